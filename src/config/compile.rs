@@ -1,0 +1,614 @@
+//! Stage three: validate the raw structs and compile them into a [`Snapshot`]. Validation
+//! collects every error instead of stopping at the first, each pointing at its value.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::uri::Authority;
+use http::{HeaderName, HeaderValue};
+use toml::Spanned;
+
+use super::raw::{RawConfig, RawListen, RawPool, RawRoute};
+use super::{error_at, ConfigError};
+use crate::routing::{Listen, Route, RouteTable, Snapshot, Split};
+use crate::upstream::{Balance, Endpoint, Pool};
+
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+/// hyper's HTTP/1 reader cannot work with a smaller buffer.
+const MIN_HEADER_BYTES: usize = 8192;
+
+/// Collects errors against one source text.
+struct Errors<'a> {
+    src: &'a str,
+    list: Vec<ConfigError>,
+}
+
+impl Errors<'_> {
+    fn at<T>(&mut self, value: &Spanned<T>, path: impl Into<String>, message: impl Into<String>, fix: &str) {
+        self.list
+            .push(error_at(self.src, value.span().start, path.into(), message, fix));
+    }
+
+    fn top(&mut self, path: &str, message: &str, fix: &str) {
+        self.list
+            .push(error_at(self.src, 0, path.to_owned(), message, fix));
+    }
+
+    fn duration(&mut self, value: Option<&Spanned<String>>, path: &str, default: Duration) -> Duration {
+        let Some(v) = value else { return default };
+        match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) if !d.is_zero() => d,
+            Ok(_) => {
+                self.at(
+                    v,
+                    path,
+                    "must be positive",
+                    "use a duration such as \"250ms\", \"30s\" or \"5m\"",
+                );
+                default
+            }
+            Err(e) => {
+                self.at(
+                    v,
+                    path,
+                    format!("`{}` is not a duration ({e})", v.get_ref()),
+                    "use a duration such as \"250ms\", \"30s\" or \"5m\"",
+                );
+                default
+            }
+        }
+    }
+}
+
+/// Names that appear in URLs, headers and metric labels.
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// Validates `raw` (parsed from `src`) and compiles it. Relative file paths in it are taken
+/// from `base`, the config file's directory. Pools of `previous` keep their endpoint state.
+pub fn compile(
+    src: &str,
+    raw: &RawConfig,
+    base: &Path,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, Vec<ConfigError>> {
+    let mut errs = Errors {
+        src,
+        list: Vec::new(),
+    };
+
+    let (listen, tls) = match &raw.listen {
+        Some(l) => compile_listen(&mut errs, l, base),
+        None => {
+            errs.top(
+                "listen",
+                "the [listen] table is missing",
+                "add [listen] with http = \"0.0.0.0:8080\"",
+            );
+            (default_listen(), None)
+        }
+    };
+    let access_log = raw
+        .log
+        .as_ref()
+        .and_then(|l| l.get_ref().access.as_ref())
+        .map_or(true, |a| *a.get_ref());
+
+    let mut pools = Vec::new();
+    let mut pool_index = HashMap::new();
+    let mut connect_timeouts: HashMap<String, Duration> = HashMap::new();
+    for (name, pool) in &raw.pools {
+        let path = format!("pools.{name}");
+        if !valid_name(name) {
+            errs.at(
+                pool,
+                &path,
+                "pool names may use only letters, digits, `_`, `-` and `.`",
+                "rename the pool",
+            );
+        }
+        let old = previous.and_then(|p| p.pool_by_name(name));
+        let compiled = compile_pool(&mut errs, &path, name, pool.get_ref(), old.map(|p| &**p));
+        for ep in compiled.endpoints.iter() {
+            let t = connect_timeouts
+                .entry(ep.address.to_string())
+                .or_insert(compiled.connect_timeout);
+            *t = (*t).min(compiled.connect_timeout);
+        }
+        pool_index.insert(name.clone(), pools.len());
+        pools.push(Arc::new(compiled));
+    }
+
+    let mut routes = Vec::new();
+    let mut names = HashSet::new();
+    let mut matchers = HashSet::new();
+    for (i, route) in raw.routes.iter().enumerate() {
+        let path = format!("routes[{i}]");
+        let name = &route.get_ref().name;
+        if !names.insert(name.get_ref().clone()) {
+            errs.at(
+                name,
+                format!("{path}.name"),
+                format!("a route named `{}` is already defined", name.get_ref()),
+                "give every route a unique name",
+            );
+        }
+        if let Some(r) = compile_route(&mut errs, &path, route, &pool_index) {
+            let mut hdrs: Vec<_> = r
+                .headers
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect();
+            hdrs.sort();
+            if !matchers.insert((r.host.clone(), r.path_prefix.clone(), hdrs)) {
+                errs.at(
+                    route,
+                    &path,
+                    "another route has the same host, path_prefix and headers",
+                    "make the routes differ, or merge them",
+                );
+            }
+            routes.push(r);
+        }
+    }
+    if raw.routes.is_empty() {
+        errs.top(
+            "routes",
+            "no [[routes]] are defined, so every request would get 404",
+            "add a [[routes]] entry with a name and a split",
+        );
+    }
+
+    if !errs.list.is_empty() {
+        errs.list.sort_by_key(|e| (e.line, e.col));
+        return Err(errs.list);
+    }
+    let table = RouteTable::build(&routes);
+    Ok(Snapshot {
+        revision: revision(src),
+        listen,
+        access_log,
+        tls,
+        pools,
+        routes,
+        table,
+        connect_timeouts,
+    })
+}
+
+fn default_listen() -> Listen {
+    Listen {
+        http: None,
+        https: None,
+        max_connections: DEFAULT_MAX_CONNECTIONS,
+        header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+        max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+        drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+    }
+}
+
+fn compile_listen(
+    errs: &mut Errors<'_>,
+    l: &Spanned<RawListen>,
+    base: &Path,
+) -> (Listen, Option<Arc<rustls::ServerConfig>>) {
+    let raw = l.get_ref();
+    let mut addr = |v: &Option<Spanned<String>>, path: &str| {
+        v.as_ref().and_then(|v| match v.get_ref().parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                errs.at(
+                    v,
+                    path,
+                    format!("`{}` is not an address", v.get_ref()),
+                    "write IP:PORT, such as \"0.0.0.0:8080\"",
+                );
+                None
+            }
+        })
+    };
+    let http = addr(&raw.http, "listen.http");
+    let https = addr(&raw.https, "listen.https");
+    if raw.http.is_none() && raw.https.is_none() {
+        errs.at(
+            l,
+            "listen",
+            "neither http nor https is set, so nothing would be served",
+            "add http = \"0.0.0.0:8080\"",
+        );
+    }
+    let mut tls = None;
+    match (&raw.https, &raw.tls) {
+        (Some(h), None) => errs.at(
+            h,
+            "listen.https",
+            "https needs a certificate",
+            "add tls = { cert = \"server.pem\", key = \"server.key\" }",
+        ),
+        (None, Some(t)) => errs.at(
+            t,
+            "listen.tls",
+            "tls is set but there is no https listener",
+            "add https = \"0.0.0.0:8443\" or remove tls",
+        ),
+        (Some(_), Some(t)) => {
+            let t = t.get_ref();
+            let cert = base.join(t.cert.get_ref());
+            let key = base.join(t.key.get_ref());
+            match crate::proxy::tls::server_config(&cert, &key) {
+                Ok(c) => tls = Some(Arc::new(c)),
+                Err(crate::proxy::tls::TlsError::Cert(m)) => errs.at(
+                    &t.cert,
+                    "listen.tls.cert",
+                    m,
+                    "give the path of a PEM certificate chain, relative to this file",
+                ),
+                Err(crate::proxy::tls::TlsError::Key(m)) => errs.at(
+                    &t.key,
+                    "listen.tls.key",
+                    m,
+                    "give the path of the PEM private key, relative to this file",
+                ),
+            }
+        }
+        (None, None) => {}
+    }
+    let mut listen = default_listen();
+    listen.http = http;
+    listen.https = https;
+    if let Some(m) = &raw.max_connections {
+        match usize::try_from(*m.get_ref()) {
+            Ok(n) if n > 0 => listen.max_connections = n,
+            _ => errs.at(
+                m,
+                "listen.max_connections",
+                "must be a positive number",
+                "use a number such as 10000",
+            ),
+        }
+    }
+    if let Some(m) = &raw.max_header_bytes {
+        match usize::try_from(*m.get_ref()) {
+            Ok(n) if n >= MIN_HEADER_BYTES => listen.max_header_bytes = n,
+            _ => errs.at(
+                m,
+                "listen.max_header_bytes",
+                format!("must be at least {MIN_HEADER_BYTES}"),
+                "use a number such as 65536",
+            ),
+        }
+    }
+    listen.header_read_timeout = errs.duration(
+        raw.header_read_timeout.as_ref(),
+        "listen.header_read_timeout",
+        DEFAULT_HEADER_READ_TIMEOUT,
+    );
+    listen.drain_timeout = errs.duration(
+        raw.drain_timeout.as_ref(),
+        "listen.drain_timeout",
+        DEFAULT_DRAIN_TIMEOUT,
+    );
+    (listen, tls)
+}
+
+fn compile_pool(errs: &mut Errors<'_>, path: &str, name: &str, raw: &RawPool, old: Option<&Pool>) -> Pool {
+    let mut endpoints = Vec::new();
+    if raw.endpoints.get_ref().is_empty() {
+        errs.at(
+            &raw.endpoints,
+            format!("{path}.endpoints"),
+            "a pool needs at least one endpoint",
+            "add an address such as \"10.0.0.11:8080\"",
+        );
+    }
+    for (i, ep) in raw.endpoints.get_ref().iter().enumerate() {
+        let text = ep.get_ref().trim();
+        match text.parse::<Authority>() {
+            Ok(a) if a.port_u16().is_some() && !text.contains('@') => {
+                let reused = old.and_then(|p| p.endpoints.iter().find(|e| &*e.address == text).cloned());
+                endpoints.push(reused.unwrap_or_else(|| Arc::new(Endpoint::new(text, a))));
+            }
+            _ => errs.at(
+                ep,
+                format!("{path}.endpoints[{i}]"),
+                format!("`{text}` is not HOST:PORT"),
+                "write an address such as \"10.0.0.11:8080\"",
+            ),
+        }
+    }
+    let balance = match raw.balance.as_ref() {
+        None => Balance::LeastRequest,
+        Some(b) => match b.get_ref().as_str() {
+            "least_request" => Balance::LeastRequest,
+            "round_robin" => Balance::RoundRobin,
+            other => {
+                errs.at(
+                    b,
+                    format!("{path}.balance"),
+                    format!("unknown balance `{other}`"),
+                    "use \"least_request\" or \"round_robin\"",
+                );
+                Balance::LeastRequest
+            }
+        },
+    };
+    let connect_timeout = errs.duration(
+        raw.connect_timeout.as_ref(),
+        &format!("{path}.connect_timeout"),
+        DEFAULT_CONNECT_TIMEOUT,
+    );
+    let timeout = errs.duration(raw.timeout.as_ref(), &format!("{path}.timeout"), DEFAULT_TIMEOUT);
+    Pool::new(name, endpoints, balance, connect_timeout, timeout)
+}
+
+fn compile_route(
+    errs: &mut Errors<'_>,
+    path: &str,
+    route: &Spanned<RawRoute>,
+    pool_index: &HashMap<String, usize>,
+) -> Option<Route> {
+    let raw = route.get_ref();
+    let before = errs.list.len();
+    let name = raw.name.get_ref();
+    if !valid_name(name) {
+        errs.at(
+            &raw.name,
+            format!("{path}.name"),
+            "route names may use only letters, digits, `_`, `-` and `.`",
+            "rename the route",
+        );
+    }
+    let host = raw.host.as_ref().and_then(|h| {
+        let host = h.get_ref().trim().to_ascii_lowercase();
+        let bare = host.strip_prefix("*.").unwrap_or(&host);
+        let ok = !bare.is_empty()
+            && bare
+                .split('.')
+                .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if ok {
+            Some(host)
+        } else {
+            errs.at(
+                h,
+                format!("{path}.host"),
+                format!("`{}` is not a host name", h.get_ref()),
+                "write a name such as \"shop.example.com\" or \"*.example.com\", without port",
+            );
+            None
+        }
+    });
+    let path_prefix = match &raw.path_prefix {
+        None => "/".to_owned(),
+        Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+        Some(p) => {
+            errs.at(
+                p,
+                format!("{path}.path_prefix"),
+                "must start with `/`",
+                "write a prefix such as \"/api\"",
+            );
+            "/".to_owned()
+        }
+    };
+    let mut headers = Vec::new();
+    if let Some(h) = &raw.headers {
+        for (k, v) in h.get_ref() {
+            let name = HeaderName::from_bytes(k.as_bytes());
+            let value = HeaderValue::from_str(v.get_ref());
+            match (name, value) {
+                (Ok(n), Ok(v)) => headers.push((n, v)),
+                (Err(_), _) => errs.at(
+                    v,
+                    format!("{path}.headers.{k}"),
+                    "not a valid header name",
+                    "use letters, digits and `-`",
+                ),
+                (_, Err(_)) => errs.at(
+                    v,
+                    format!("{path}.headers.{k}"),
+                    "not a valid header value",
+                    "use visible ASCII characters",
+                ),
+            }
+        }
+    }
+    let split = compile_split(errs, &format!("{path}.split"), &raw.split, pool_index);
+    (errs.list.len() == before).then(|| Route {
+        name: name.as_str().into(),
+        host,
+        path_prefix,
+        headers,
+        split: split.expect("split compiled without errors"),
+    })
+}
+
+fn compile_split(
+    errs: &mut Errors<'_>,
+    path: &str,
+    split: &Spanned<super::raw::SpannedMap<i64>>,
+    pool_index: &HashMap<String, usize>,
+) -> Option<Split> {
+    let mut weights = Vec::new();
+    let mut ok = true;
+    for (pool, weight) in split.get_ref() {
+        let p = format!("{path}.{pool}");
+        match pool_index.get(pool) {
+            Some(&i) => weights.push((i, 0)),
+            None => {
+                let known: Vec<&str> = pool_index.keys().map(String::as_str).collect();
+                errs.at(
+                    weight,
+                    &p,
+                    format!("there is no pool `{pool}`"),
+                    &format!("define [pools.{pool}] or use one of: {}", known.join(", ")),
+                );
+                ok = false;
+                continue;
+            }
+        }
+        match u64::try_from(*weight.get_ref()) {
+            Ok(w) => weights.last_mut().expect("pushed above").1 = w,
+            Err(_) => {
+                errs.at(
+                    weight,
+                    &p,
+                    "weights cannot be negative",
+                    "use 0 to send this pool nothing",
+                );
+                ok = false;
+            }
+        }
+    }
+    if split.get_ref().is_empty() {
+        errs.at(
+            split,
+            path,
+            "the split names no pool",
+            "write split = { blue = 100 }",
+        );
+        return None;
+    }
+    if ok && weights.iter().all(|&(_, w)| w == 0) {
+        errs.at(
+            split,
+            path,
+            "the weights add up to 0, so no pool would get traffic",
+            "give at least one pool a positive weight",
+        );
+        return None;
+    }
+    if ok && weights.iter().filter(|&&(_, w)| w > 0).count() > 1 {
+        errs.at(
+            split,
+            path,
+            "this version routes each route to one pool",
+            "set one pool's weight, such as split = { blue = 100 }",
+        );
+        return None;
+    }
+    ok.then(|| Split::new(&weights))
+}
+
+fn revision(src: &str) -> String {
+    // Display only: a short, stable fingerprint of the text.
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    src.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, ConfigError};
+    use std::path::Path;
+
+    fn errors(src: &str) -> Vec<ConfigError> {
+        let raw = parse(src).expect("parses");
+        match super::compile(src, &raw, Path::new("."), None) {
+            Ok(_) => Vec::new(),
+            Err(e) => e,
+        }
+    }
+
+    const GOOD: &str = r#"
+[listen]
+http = "127.0.0.1:8080"
+
+[pools.blue]
+endpoints = ["127.0.0.1:9001", "localhost:9002"]
+balance = "round_robin"
+timeout = "5s"
+
+[[routes]]
+name = "web"
+host = "*.Example.com"
+split = { blue = 100 }
+"#;
+
+    #[test]
+    fn a_good_file_compiles() {
+        let raw = parse(GOOD).unwrap();
+        let snap = super::compile(GOOD, &raw, Path::new("."), None).unwrap();
+        assert_eq!(snap.routes[0].host.as_deref(), Some("*.example.com"));
+        assert_eq!(snap.pools[0].timeout, std::time::Duration::from_secs(5));
+        assert_eq!(
+            snap.connect_timeout("localhost:9002"),
+            Some(super::DEFAULT_CONNECT_TIMEOUT)
+        );
+    }
+
+    #[test]
+    fn every_semantic_error_is_reported_with_its_line() {
+        let src = r#"
+[listen]
+http = "nonsense"
+
+[pools.blue]
+endpoints = ["no-port"]
+timeout = "-1s"
+
+[[routes]]
+name = "web"
+path_prefix = "api"
+split = { bleu = 100 }
+
+[[routes]]
+name = "web"
+split = { blue = -5 }
+"#;
+        let errs = errors(src);
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let expect = [
+            ("3:8 listen.http", "not an address"),
+            ("6:14 pools.blue.endpoints[0]", "not HOST:PORT"),
+            ("7:11 pools.blue.timeout", "not a duration"),
+            ("11:15 routes[0].path_prefix", "must start with"),
+            ("12:18 routes[0].split.bleu", "there is no pool `bleu`"),
+            ("15:8 routes[1].name", "already defined"),
+            ("16:18 routes[1].split.blue", "cannot be negative"),
+        ];
+        for (at, what) in expect {
+            assert!(
+                shown.iter().any(|s| s.starts_with(at) && s.contains(what)),
+                "missing {at} {what} in {shown:#?}"
+            );
+        }
+        assert!(
+            shown.iter().all(|s| s.contains(" — ")),
+            "every error says how to fix it: {shown:#?}"
+        );
+    }
+
+    #[test]
+    fn zero_total_weight_and_duplicate_matchers_are_errors() {
+        let src = "[listen]\nhttp = \"127.0.0.1:1\"\n[pools.a]\nendpoints = [\"127.0.0.1:2\"]\n[[routes]]\nname = \"x\"\nsplit = { a = 0 }\n[[routes]]\nname = \"y\"\nsplit = { a = 1 }\n[[routes]]\nname = \"z\"\nsplit = { a = 1 }\n";
+        let shown: Vec<String> = errors(src).iter().map(|e| e.to_string()).collect();
+        assert!(shown.iter().any(|s| s.contains("add up to 0")), "{shown:?}");
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("same host, path_prefix and headers")),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn https_without_a_certificate_is_an_error() {
+        let src = "[listen]\nhttps = \"127.0.0.1:1\"\n[pools.a]\nendpoints = [\"127.0.0.1:2\"]\n[[routes]]\nname = \"x\"\nsplit = { a = 1 }\n";
+        let errs = errors(src);
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "listen.https");
+    }
+}

@@ -1,0 +1,348 @@
+//! The config file, in the stages sozu uses: TOML text → raw structs ([`raw`], unknown keys
+//! collected, not fatal) → validated and compiled into an immutable [`Snapshot`]
+//! ([`compile`]). Every problem found on the way becomes a [`ConfigError`] that names its
+//! line, column and field path and says how to fix the file; all of them are reported at once.
+//!
+//! [`Snapshot`]: crate::routing::Snapshot
+
+mod compile;
+pub mod raw;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
+
+pub use compile::compile;
+
+use crate::routing::Snapshot;
+
+/// One problem in a config file, with where it is and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column, in characters.
+    pub col: usize,
+    /// Dotted field path, such as `routes[0].split.canary`; empty for the whole file.
+    pub path: String,
+    pub message: String,
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.line, self.col)?;
+        if !self.path.is_empty() {
+            write!(f, " {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)?;
+        if !self.fix.is_empty() {
+            write!(f, " — {}", self.fix)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every error of one file, printed one per line as `FILE:LINE:COL field.path: message — fix`.
+#[derive(Debug, Clone)]
+pub struct Diagnostics {
+    pub file: PathBuf,
+    pub errors: Vec<ConfigError>,
+}
+
+impl fmt::Display for Diagnostics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.errors.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}:{e}", self.file.display())?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Diagnostics {}
+
+/// Why a config could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {}: {source} — check the path given with --config", path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Invalid(Diagnostics),
+}
+
+/// Reads, validates and compiles a config file. `previous` is the snapshot being replaced, if
+/// any: pools whose endpoints did not change keep their runtime state.
+pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
+    let src = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    load_str(&src, path, previous)
+}
+
+/// Like [`load`], from text already read; `path` names the file in errors and anchors the
+/// relative paths (TLS certificates) the file contains.
+pub fn load_str(src: &str, path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
+    let invalid = |errors| {
+        LoadError::Invalid(Diagnostics {
+            file: path.to_owned(),
+            errors,
+        })
+    };
+    let raw = parse(src).map_err(invalid)?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    compile(src, &raw, base, previous).map_err(invalid)
+}
+
+/// Stage one: TOML text to raw structs. Syntax errors, type errors and every unknown key are
+/// reported; an unknown key is not fatal to reading the rest, so one run lists them all.
+pub fn parse(src: &str) -> Result<raw::RawConfig, Vec<ConfigError>> {
+    let (tree, syntax) = DeTable::parse_recoverable(src);
+    if !syntax.is_empty() {
+        return Err(syntax
+            .iter()
+            .map(|e| {
+                let at = e.span().map_or(0, |s| s.start);
+                error_at(src, at, String::new(), e.message().trim(), "fix the TOML syntax")
+            })
+            .collect());
+    }
+    let mut unknown = Vec::new();
+    let de = toml::de::Deserializer::from(tree.clone());
+    let parsed: Result<raw::RawConfig, _> = serde_ignored::deserialize(de, |path| {
+        unknown.push(segments(&path));
+    });
+    let mut errors: Vec<ConfigError> = unknown
+        .iter()
+        .map(|segs| {
+            let at = key_offset(tree.get_ref(), segs).unwrap_or(0);
+            let key = segs.last().map(Seg::to_string).unwrap_or_default();
+            error_at(
+                src,
+                at,
+                format_path(segs),
+                format!("unknown key `{key}`"),
+                "remove it or check its spelling against config/switchyard.toml",
+            )
+        })
+        .collect();
+    match parsed {
+        Ok(raw) if errors.is_empty() => Ok(raw),
+        Ok(_) => Err(errors),
+        Err(e) => {
+            let at = e.span().map_or(0, |s| s.start);
+            let path = path_at(tree.get_ref(), at);
+            let message = e.message().trim().to_owned();
+            let fix = if message.starts_with("missing field") {
+                "add the field"
+            } else {
+                "give the value the type this field takes (see config/switchyard.toml)"
+            };
+            errors.push(error_at(src, at, path, message, fix));
+            errors.sort_by_key(|e| (e.line, e.col));
+            Err(errors)
+        }
+    }
+}
+
+/// A [`ConfigError`] at byte offset `at` of `src`.
+pub(crate) fn error_at(
+    src: &str,
+    at: usize,
+    path: String,
+    message: impl Into<String>,
+    fix: impl Into<String>,
+) -> ConfigError {
+    let (line, col) = position(src, at);
+    ConfigError {
+        line,
+        col,
+        path,
+        message: message.into(),
+        fix: fix.into(),
+    }
+}
+
+/// 1-based line and character column of a byte offset.
+pub(crate) fn position(src: &str, at: usize) -> (usize, usize) {
+    let at = at.min(src.len());
+    let before = &src[..src.floor_char_boundary_compat(at)];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+trait FloorCharBoundary {
+    fn floor_char_boundary_compat(&self, at: usize) -> usize;
+}
+
+impl FloorCharBoundary for str {
+    fn floor_char_boundary_compat(&self, mut at: usize) -> usize {
+        while !self.is_char_boundary(at) {
+            at -= 1;
+        }
+        at
+    }
+}
+
+/// One step of a field path: a table key or an array index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+impl fmt::Display for Seg {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Seg::Key(k) => f.write_str(k),
+            Seg::Index(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+fn format_path(segs: &[Seg]) -> String {
+    let mut out = String::new();
+    for s in segs {
+        match s {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => out.push_str(&format!("[{i}]")),
+        }
+    }
+    out
+}
+
+/// serde_ignored's path, without the private keys `Spanned` uses to carry positions.
+fn segments(path: &serde_ignored::Path<'_>) -> Vec<Seg> {
+    use serde_ignored::Path;
+    let mut out = match path {
+        Path::Root => return Vec::new(),
+        Path::Seq { parent, .. }
+        | Path::Map { parent, .. }
+        | Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => segments(parent),
+    };
+    match path {
+        Path::Seq { index, .. } => out.push(Seg::Index(*index)),
+        Path::Map { key, .. } if !key.starts_with("$__serde_spanned") => out.push(Seg::Key(key.clone())),
+        _ => {}
+    }
+    out
+}
+
+/// Byte offset of the key (or array item) that `segs` names.
+fn key_offset(table: &DeTable<'_>, segs: &[Seg]) -> Option<usize> {
+    let (first, rest) = segs.split_first()?;
+    let Seg::Key(k) = first else { return None };
+    let (key, value) = table.iter().find(|(key, _)| key.get_ref() == k)?;
+    if rest.is_empty() {
+        return Some(key.span().start);
+    }
+    value_offset(value, rest).or(Some(key.span().start))
+}
+
+fn value_offset(value: &Spanned<DeValue<'_>>, segs: &[Seg]) -> Option<usize> {
+    match (value.get_ref(), segs.first()?) {
+        (DeValue::Table(t), Seg::Key(_)) => key_offset(t, segs),
+        (DeValue::Array(items), Seg::Index(i)) => {
+            let item = items.get(*i)?;
+            if segs.len() == 1 {
+                Some(item.span().start)
+            } else {
+                value_offset(item, &segs[1..]).or(Some(item.span().start))
+            }
+        }
+        _ => None,
+    }
+}
+
+/// The field path of the innermost key whose key or value covers byte offset `at`. Containers
+/// are searched whatever their own span says: an array of tables (`[[routes]]`) does not span
+/// its items.
+fn path_at(table: &DeTable<'_>, at: usize) -> String {
+    format_path(&find_in_table(table, at).unwrap_or_default())
+}
+
+fn find_in_table(table: &DeTable<'_>, at: usize) -> Option<Vec<Seg>> {
+    table.iter().find_map(|(key, value)| {
+        let here = key.span().contains(&at) || value.span().contains(&at);
+        let inner = find_in_value(value, at);
+        (here || inner.is_some()).then(|| {
+            let mut segs = vec![Seg::Key(key.get_ref().to_string())];
+            segs.extend(inner.unwrap_or_default());
+            segs
+        })
+    })
+}
+
+fn find_in_value(value: &Spanned<DeValue<'_>>, at: usize) -> Option<Vec<Seg>> {
+    match value.get_ref() {
+        DeValue::Table(t) => find_in_table(t, at),
+        DeValue::Array(items) => items.iter().enumerate().find_map(|(i, item)| {
+            let inner = find_in_value(item, at);
+            (item.span().contains(&at) || inner.is_some()).then(|| {
+                let mut segs = vec![Seg::Index(i)];
+                segs.extend(inner.unwrap_or_default());
+                segs
+            })
+        }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_are_one_based_lines_and_char_columns() {
+        let src = "a = 1\nb = \"é\" x\n";
+        assert_eq!(position(src, 0), (1, 1));
+        assert_eq!(position(src, 6), (2, 1));
+        assert_eq!(position(src, src.find('x').unwrap()), (2, 9));
+    }
+
+    #[test]
+    fn every_unknown_key_is_reported_with_its_path_and_line() {
+        let src = "[listen]\nhttp = \"127.0.0.1:0\"\nhtp = 1\n\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\nbalanse = \"x\"\n";
+        let errs = parse(src).unwrap_err();
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 2, "{shown:?}");
+        assert!(
+            shown[0].starts_with("3:1 listen.htp: unknown key `htp`"),
+            "{shown:?}"
+        );
+        assert!(
+            shown[1].starts_with("7:1 pools.blue.balanse: unknown key"),
+            "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_the_field() {
+        let src =
+            "[listen]\nhttp = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"web\"\nsplit = { blue = \"x\" }\n";
+        let errs = parse(src).unwrap_err();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].line, 6);
+        assert!(errs[0].path.starts_with("routes[0].split"), "{:?}", errs[0]);
+    }
+
+    #[test]
+    fn syntax_errors_have_positions() {
+        let errs = parse("[listen\nhttp = 1\n").unwrap_err();
+        assert_eq!(errs[0].line, 1);
+        assert!(errs[0].fix.contains("syntax"));
+    }
+}

@@ -1,0 +1,61 @@
+//! Stage two: the file as serde structs, with the position of every value kept (`Spanned`)
+//! so that validation can point at the line to fix. Nothing here is checked beyond TOML types;
+//! [`super::compile`] does the checking. Unknown keys are collected by the caller, not denied
+//! here, so that one run reports every one of them.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// An ordered TOML table (split order is part of the bucket contract, so it must survive
+/// parsing). Values keep their positions; errors about a key point at its value.
+pub type SpannedMap<V> = IndexMap<String, Spanned<V>>;
+
+#[derive(Debug, Deserialize)]
+pub struct RawConfig {
+    pub listen: Option<Spanned<RawListen>>,
+    pub log: Option<Spanned<RawLog>>,
+    #[serde(default)]
+    pub pools: SpannedMap<RawPool>,
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawListen {
+    pub http: Option<Spanned<String>>,
+    pub https: Option<Spanned<String>>,
+    pub tls: Option<Spanned<RawTls>>,
+    pub max_connections: Option<Spanned<i64>>,
+    pub header_read_timeout: Option<Spanned<String>>,
+    pub max_header_bytes: Option<Spanned<i64>>,
+    pub drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawTls {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawLog {
+    pub access: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawPool {
+    pub endpoints: Spanned<Vec<Spanned<String>>>,
+    pub balance: Option<Spanned<String>>,
+    pub connect_timeout: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRoute {
+    pub name: Spanned<String>,
+    pub host: Option<Spanned<String>>,
+    pub path_prefix: Option<Spanned<String>>,
+    pub headers: Option<Spanned<SpannedMap<String>>>,
+    pub split: Spanned<SpannedMap<i64>>,
+}

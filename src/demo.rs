@@ -1,0 +1,127 @@
+//! `switchyard demo`: three built-in upstreams (blue, green, canary) on loopback, each
+//! answering with its name and echoing the `x-switchyard-*` headers it received, and the proxy
+//! in front of them on a built-in config. Needs nothing but the binary.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+use crate::proxy::headers::INTERNAL_PREFIX;
+
+/// The demo's pools, in the order they are started.
+pub const POOLS: [&str; 3] = ["blue", "green", "canary"];
+
+/// Starts an upstream on `127.0.0.1:0` that answers every request with `name` and the
+/// `x-switchyard-*` headers it received, one per line. Returns its address.
+pub async fn start_upstream(name: &'static str) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| async move {
+                    Ok::<_, Infallible>(answer(name, &req))
+                });
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Ok(addr)
+}
+
+fn answer(name: &str, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let mut body = format!("{name}\n");
+    for (k, v) in req.headers() {
+        if k.as_str().starts_with(INTERNAL_PREFIX) {
+            let _ = writeln!(body, "{k}: {}", v.to_str().unwrap_or("<binary>"));
+        }
+    }
+    Response::builder()
+        .header("content-type", "text/plain; charset=utf-8")
+        .header("x-served-by", name)
+        .body(Full::new(Bytes::from(body)))
+        .expect("static response parts are valid")
+}
+
+/// The demo config, pointing at upstreams on `ports` (blue, green, canary).
+pub fn config(listen: SocketAddr, ports: [u16; 3]) -> String {
+    format!(
+        r#"# The built-in demo config (switchyard demo).
+[listen]
+http = "{listen}"
+
+[pools.blue]
+endpoints = ["127.0.0.1:{b}"]
+
+[pools.green]
+endpoints = ["127.0.0.1:{g}"]
+
+[pools.canary]
+endpoints = ["127.0.0.1:{c}"]
+
+# Everything goes to blue...
+[[routes]]
+name = "web"
+split = {{ blue = 100 }}
+
+# ...but /beta goes to green,
+[[routes]]
+name = "beta"
+path_prefix = "/beta"
+split = {{ green = 100 }}
+
+# and requests with "x-ring: canary" go to the canary.
+[[routes]]
+name = "canary-ring"
+headers = {{ "x-ring" = "canary" }}
+split = {{ canary = 100 }}
+"#,
+        b = ports[0],
+        g = ports[1],
+        c = ports[2],
+    )
+}
+
+/// The lines `switchyard demo` prints once it is up.
+pub fn banner(proxy: SocketAddr, upstreams: &[(&str, SocketAddr)]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "switchyard demo is running.\n");
+    let _ = writeln!(s, "  proxy      http://{proxy}/");
+    for (name, addr) in upstreams {
+        let _ = writeln!(s, "  {name:<10} http://{addr}/   (upstream)");
+    }
+    let _ = writeln!(s, "\nTry:");
+    let _ = writeln!(
+        s,
+        "  curl -i http://{proxy}/                        # route web -> blue"
+    );
+    let _ = writeln!(
+        s,
+        "  curl -i http://{proxy}/beta                    # route beta -> green"
+    );
+    let _ = writeln!(
+        s,
+        "  curl -i -H 'x-ring: canary' http://{proxy}/    # header match -> canary"
+    );
+    let _ = writeln!(s, "  curl -i --http2-prior-knowledge http://{proxy}/  # h2c");
+    let _ = writeln!(
+        s,
+        "  curl -i http://{proxy}/ -H 'Host: nowhere' -X DELETE  # still routed: no host is set"
+    );
+    let _ = writeln!(s, "\nPress Ctrl-C to stop.");
+    s
+}

@@ -1,0 +1,105 @@
+//! The errors a request can end in, who caused each, and the one place that turns them into
+//! HTTP responses. Every locally generated response carries `x-switchyard-error: <reason>`.
+
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+
+use super::body::ProxyBody;
+use super::headers::{X_REQUEST_ID, X_SWITCHYARD_ERROR};
+
+/// Who caused an error. Only upstream-caused errors count against a pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Upstream,
+    Downstream,
+    Internal,
+}
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route matched host {host:?} and path {path:?}")]
+    NoRoute { host: String, path: String },
+    #[error("pool {pool} has no endpoint to send to")]
+    NoEndpoint { pool: String },
+    #[error("could not connect to {endpoint} of pool {pool}: {detail}")]
+    Connect {
+        pool: String,
+        endpoint: String,
+        detail: String,
+    },
+    #[error("{endpoint} of pool {pool} sent no response headers within {timeout:?}")]
+    Timeout {
+        pool: String,
+        endpoint: String,
+        timeout: std::time::Duration,
+    },
+    #[error("{endpoint} of pool {pool} failed the request: {detail}")]
+    Reset {
+        pool: String,
+        endpoint: String,
+        detail: String,
+    },
+    #[error("{0}")]
+    BadRequest(&'static str),
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Connect { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The value of `x-switchyard-error`: a short, fixed token.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "no_route",
+            ProxyError::NoEndpoint { .. } => "no_healthy_endpoint",
+            ProxyError::Connect { .. } => "upstream_connect",
+            ProxyError::Timeout { .. } => "upstream_timeout",
+            ProxyError::Reset { .. } => "upstream_reset",
+            ProxyError::BadRequest(_) => "bad_request",
+        }
+    }
+
+    pub fn cause(&self) -> Cause {
+        match self {
+            ProxyError::NoRoute { .. } | ProxyError::BadRequest(_) => Cause::Downstream,
+            ProxyError::NoEndpoint { .. } => Cause::Internal,
+            ProxyError::Connect { .. } | ProxyError::Timeout { .. } | ProxyError::Reset { .. } => {
+                Cause::Upstream
+            }
+        }
+    }
+
+    /// The response the client gets: the status, a one-line plain-text body, the reason header
+    /// and the request id.
+    pub fn to_response(&self, request_id: &HeaderValue) -> Response<ProxyBody> {
+        let body = match self {
+            // The upstream's address is for the logs, not for clients.
+            ProxyError::Connect { pool, .. } => format!("switchyard: could not connect to pool {pool}\n"),
+            ProxyError::Timeout { pool, .. } => format!("switchyard: pool {pool} did not answer in time\n"),
+            ProxyError::Reset { pool, .. } => format!("switchyard: pool {pool} failed the request\n"),
+            other => format!("switchyard: {other}\n"),
+        };
+        let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert(
+            X_SWITCHYARD_ERROR.clone(),
+            HeaderValue::from_static(self.reason()),
+        );
+        h.insert(X_REQUEST_ID.clone(), request_id.clone());
+        resp
+    }
+}

@@ -1,0 +1,369 @@
+//! Serving and forwarding. A request goes through these phases, in order:
+//!
+//! 1. **route** — find the route for host, path and headers ([`Snapshot::decide`]); none: 404.
+//! 2. **decide** — the route's split picks the pool.
+//! 3. **upstream_peer** — the pool picks an endpoint ([`crate::upstream::Pool::select`]).
+//! 4. **upstream_request** — header hygiene ([`headers`]): hop-by-hop headers and inbound
+//!    `x-switchyard-*` removed, `x-forwarded-*`, `via` and `x-request-id` added.
+//! 5. **forward** — the shared client sends it, body streamed; a failed connect is retried once
+//!    on another endpoint; no response headers within the pool's `timeout`: 504.
+//! 6. **response** — hop-by-hop headers removed from the answer, `via` added, body streamed
+//!    back; a `101 Switching Protocols` becomes a tunnel between the two upgraded connections.
+//! 7. **logging** — when the response body is done ([`body::ProxyBody`] is dropped).
+//!
+//! Local errors become responses in one place ([`error::ProxyError::to_response`]).
+
+pub mod body;
+pub mod error;
+pub mod headers;
+pub mod server;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use http::header::{self, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
+use hyper_util::rt::TokioIo;
+
+use crate::routing::{normalize_host, Snapshot};
+use crate::upstream::client::{self, UpstreamBody, UpstreamClient};
+use crate::upstream::{InFlight, Pool};
+use body::{AccessLog, ProxyBody};
+use error::ProxyError;
+use headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+
+static VIA_11: HeaderValue = HeaderValue::from_static("1.1 switchyard");
+static VIA_2: HeaderValue = HeaderValue::from_static("2.0 switchyard");
+
+/// Where a request came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Arrived on the https listener.
+    pub tls: bool,
+}
+
+/// The request handler: the live snapshot and the shared upstream client.
+pub struct Proxy {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    client: UpstreamClient,
+}
+
+/// Route and pool names of a request, for its log line, filled in as the phases decide them.
+#[derive(Default)]
+struct Names {
+    route: Option<Arc<str>>,
+    pool: Option<Arc<str>>,
+}
+
+impl Proxy {
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Proxy {
+        let client = client::build(snapshot.clone());
+        Proxy { snapshot, client }
+    }
+
+    pub fn snapshot(&self) -> &Arc<ArcSwap<Snapshot>> {
+        &self.snapshot
+    }
+
+    /// Answers one request. Never fails: local errors become responses here.
+    pub async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
+        let start = Instant::now();
+        // One snapshot for the whole request, even if a reload swaps it meanwhile.
+        let snap = self.snapshot.load_full();
+        let request_id = match req.headers().get(&X_REQUEST_ID) {
+            Some(v) => v.clone(),
+            None => headers::new_request_id(),
+        };
+        let log_head = snap.access_log.then(|| (req.method().clone(), req.uri().clone()));
+        let mut names = Names::default();
+        let (mut response, error) = match self.forward(&snap, req, peer, &request_id, &mut names).await {
+            Ok(r) => (r, None),
+            Err(e) => {
+                let status = e.status();
+                if status.is_server_error() {
+                    tracing::warn!(
+                        route = names.route.as_deref(),
+                        pool = names.pool.as_deref(),
+                        status = status.as_u16(),
+                        reason = e.reason(),
+                        "{e}"
+                    );
+                } else {
+                    tracing::debug!(status = status.as_u16(), reason = e.reason(), "{e}");
+                }
+                (e.to_response(&request_id), Some(e.reason()))
+            }
+        };
+        if let Some((method, uri)) = log_head {
+            let status = response.status();
+            let log = Box::new(AccessLog {
+                start,
+                method,
+                uri,
+                route: names.route,
+                pool: names.pool,
+                status,
+                error,
+                failed: false,
+            });
+            let body = std::mem::replace(response.body_mut(), ProxyBody::empty());
+            *response.body_mut() = body.with_log(Some(log));
+        }
+        response
+    }
+
+    async fn forward(
+        &self,
+        snap: &Snapshot,
+        mut req: Request<Incoming>,
+        peer: Peer,
+        request_id: &HeaderValue,
+        names: &mut Names,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        // Phase: route. HTTP/2 carries the host in the URI, HTTP/1.1 in the Host header.
+        let host: Option<HeaderValue> = match req.uri().authority() {
+            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+            None => req.headers().get(header::HOST).cloned(),
+        };
+        let host_name = normalize_host(host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""));
+        let decision = snap
+            .decide(&host_name, req.uri().path(), req.headers())
+            .ok_or_else(|| ProxyError::NoRoute {
+                host: host_name.to_string(),
+                path: req.uri().path().to_owned(),
+            })?;
+        names.route = Some(decision.route.name.clone());
+        // Phase: decide.
+        let pool = snap.pool(decision.pool).clone();
+        names.pool = Some(pool.name.clone());
+
+        // Phase: upstream_request.
+        let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        let via = if parts.version == Version::HTTP_2 {
+            &VIA_2
+        } else {
+            &VIA_11
+        };
+        let mut head = parts.headers;
+        prepare_request_headers(&mut head, host.as_ref(), peer, request_id, via, upgrade);
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+
+        // Phases: upstream_peer and forward.
+        let response = self.send(&pool, parts.method, path, head, body, upgrade).await?;
+        Ok(finish_response(response, via, request_id, client_upgrade))
+    }
+
+    /// Sends the request to an endpoint of `pool`, retrying once on another endpoint when the
+    /// connect fails (the request never left, so sending it again is safe).
+    async fn send(
+        &self,
+        pool: &Pool,
+        method: Method,
+        path: PathAndQuery,
+        head: HeaderMap,
+        body: Incoming,
+        upgrade: bool,
+    ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+        let index = pool.select(None).ok_or_else(|| ProxyError::NoEndpoint {
+            pool: pool.name.to_string(),
+        })?;
+        let can_retry = pool.endpoints.len() > 1 && !upgrade;
+        let empty = http_body::Body::is_end_stream(&body);
+        let (body, reclaim) = if can_retry && !empty {
+            let (b, rx) = UpstreamBody::reclaimable(body);
+            (b, Some(rx))
+        } else {
+            (UpstreamBody::new(body), None)
+        };
+        // The retry needs the head again; only pools that can retry pay for the copy.
+        let spare = can_retry.then(|| (method.clone(), head.clone()));
+        match self.attempt(pool, index, &path, method, head, body).await {
+            Err(e @ ProxyError::Connect { .. }) => {
+                let Some((method, head)) = spare else {
+                    return Err(e);
+                };
+                let body = if empty {
+                    UpstreamBody::empty()
+                } else {
+                    // The client drops an unsent request's body, which hands it back here.
+                    match reclaim.and_then(|mut rx| rx.try_recv().ok()) {
+                        Some(b) => UpstreamBody::new(b),
+                        None => return Err(e),
+                    }
+                };
+                tracing::debug!(pool = %pool.name, "{e}; retrying on another endpoint");
+                let index = pool
+                    .select(Some(index))
+                    .expect("a pool that can retry has endpoints");
+                self.attempt(pool, index, &path, method, head, body).await
+            }
+            other => other,
+        }
+    }
+
+    /// One try at one endpoint.
+    async fn attempt(
+        &self,
+        pool: &Pool,
+        index: usize,
+        path: &PathAndQuery,
+        method: Method,
+        headers: HeaderMap,
+        body: UpstreamBody,
+    ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+        let endpoint = &pool.endpoints[index];
+        let mut req = Request::new(body);
+        *req.method_mut() = method;
+        *req.uri_mut() = upstream_uri(&endpoint.authority, path)?;
+        *req.version_mut() = Version::HTTP_11;
+        *req.headers_mut() = headers;
+        let in_flight = endpoint.begin();
+        let fail = |detail| (pool.name.to_string(), endpoint.address.to_string(), detail);
+        match tokio::time::timeout(pool.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok((resp, in_flight)),
+            Err(_) => Err(ProxyError::Timeout {
+                pool: pool.name.to_string(),
+                endpoint: endpoint.address.to_string(),
+                timeout: pool.timeout,
+            }),
+            Ok(Err(e)) => {
+                let (pool, endpoint, detail) = fail(error_chain(&e));
+                Err(if e.is_connect() {
+                    ProxyError::Connect {
+                        pool,
+                        endpoint,
+                        detail,
+                    }
+                } else {
+                    ProxyError::Reset {
+                        pool,
+                        endpoint,
+                        detail,
+                    }
+                })
+            }
+        }
+    }
+}
+
+fn upstream_uri(authority: &http::uri::Authority, path: &PathAndQuery) -> Result<Uri, ProxyError> {
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(path.clone())
+        .build()
+        .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
+}
+
+/// The header changes of the upstream_request phase.
+fn prepare_request_headers(
+    h: &mut HeaderMap,
+    host: Option<&HeaderValue>,
+    peer: Peer,
+    request_id: &HeaderValue,
+    via: &HeaderValue,
+    upgrade: bool,
+) {
+    // `TE: trailers` says the client takes trailers; pass that on, drop any other TE.
+    let te_trailers = headers::has_token(h, &header::TE, "trailers");
+    headers::strip_hop_by_hop(h, upgrade);
+    headers::strip_internal(h);
+    if te_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    if let Some(host) = host {
+        if !h.contains_key(header::HOST) {
+            h.insert(header::HOST, host.clone());
+        }
+        h.insert(X_FORWARDED_HOST.clone(), host.clone());
+    }
+    let mut ip = [0u8; 64];
+    let ip = format_ip(peer.addr.ip(), &mut ip);
+    headers::append_list(h, &X_FORWARDED_FOR, ip);
+    h.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(if peer.tls { "https" } else { "http" }),
+    );
+    headers::append_list(h, &header::VIA, via.to_str().unwrap_or_default());
+    h.insert(X_REQUEST_ID.clone(), request_id.clone());
+}
+
+/// Formats an IP address into a stack buffer.
+fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &str {
+    use std::io::Write;
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    let _ = write!(cursor, "{ip}");
+    let len = cursor.position() as usize;
+    std::str::from_utf8(&buf[..len]).unwrap_or_default()
+}
+
+/// The response phase.
+fn finish_response(
+    (mut resp, in_flight): (Response<Incoming>, InFlight),
+    via: &HeaderValue,
+    request_id: &HeaderValue,
+    client_upgrade: Option<OnUpgrade>,
+) -> Response<ProxyBody> {
+    let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+    let tunnel = match client_upgrade {
+        Some(client) if switching => Some((client, hyper::upgrade::on(&mut resp))),
+        _ => None,
+    };
+    let (mut parts, body) = resp.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers, tunnel.is_some());
+    headers::append_list(&mut parts.headers, &header::VIA, via.to_str().unwrap_or_default());
+    if !parts.headers.contains_key(&X_REQUEST_ID) {
+        parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    }
+    let body = match tunnel {
+        Some((client, upstream)) => {
+            tokio::spawn(run_tunnel(client, upstream, in_flight));
+            ProxyBody::empty()
+        }
+        None => ProxyBody::upstream(body, in_flight),
+    };
+    Response::from_parts(parts, body)
+}
+
+/// Copies bytes both ways between an upgraded client connection and an upgraded upstream one
+/// (a WebSocket, say) until either side closes.
+async fn run_tunnel(client: OnUpgrade, upstream: OnUpgrade, in_flight: InFlight) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(pair) => pair,
+        Err(e) => {
+            tracing::debug!("upgrade failed: {e}");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        tracing::debug!("tunnel closed: {e}");
+    }
+    drop(in_flight);
+}
+
+/// An error and its causes, joined: hyper-util's top-level messages alone say little.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}

@@ -1,0 +1,213 @@
+//! Listeners and connections: HTTP/1.1 and prior-knowledge HTTP/2 (h2c) on the plain listener,
+//! both by ALPN on the TLS one. Connections are capped by a semaphore (past the cap, accepting
+//! pauses and the kernel's backlog holds new clients), slow clients are cut off by the header
+//! read timeout, and shutdown drains: stop accepting, let in-flight requests finish up to the
+//! drain deadline, then return.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+
+use super::{Peer, Proxy};
+use crate::routing::Snapshot;
+
+/// Bound listeners and the proxy behind them.
+pub struct Server {
+    proxy: Arc<Proxy>,
+    http: Option<TcpListener>,
+    https: Option<TcpListener>,
+}
+
+impl Server {
+    /// Binds the snapshot's listen addresses (port 0 picks a free port; see
+    /// [`Server::http_addr`]).
+    pub async fn bind(snapshot: Arc<ArcSwap<Snapshot>>) -> io::Result<Server> {
+        let listen = snapshot.load().listen.clone();
+        let http = match listen.http {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        let https = match listen.https {
+            Some(a) => Some(bind(a).await?),
+            None => None,
+        };
+        Ok(Server {
+            proxy: Arc::new(Proxy::new(snapshot)),
+            http,
+            https,
+        })
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.https.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn proxy(&self) -> &Arc<Proxy> {
+        &self.proxy
+    }
+
+    /// Serves until `shutdown` resolves, then drains.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
+        let snapshot = self.proxy.snapshot().load_full();
+        let listen = &snapshot.listen;
+        let builder = Arc::new(connection_builder(
+            listen.header_read_timeout,
+            listen.max_header_bytes,
+        ));
+        let limit = Arc::new(Semaphore::new(listen.max_connections));
+        let graceful = Arc::new(GracefulShutdown::new());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let ctx = Arc::new(Accepting {
+            proxy: self.proxy.clone(),
+            builder,
+            limit,
+            handshake_timeout: listen.header_read_timeout,
+        });
+
+        let mut loops = Vec::new();
+        for (listener, tls) in [(self.http, false), (self.https, true)] {
+            if let Some(listener) = listener {
+                let addr = listener.local_addr()?;
+                tracing::info!(%addr, tls, "listening");
+                loops.push(tokio::spawn(accept_loop(
+                    listener,
+                    tls,
+                    ctx.clone(),
+                    graceful.clone(),
+                    stop_rx.clone(),
+                )));
+            }
+        }
+        shutdown.await;
+        tracing::info!("shutting down: no new connections; draining in-flight requests");
+        let _ = stop_tx.send(true);
+        for l in loops {
+            let _ = l.await;
+        }
+        // The accept loops are done, so this is the last reference.
+        let graceful = Arc::into_inner(graceful).expect("accept loops have ended");
+        let open = graceful.count();
+        match tokio::time::timeout(listen.drain_timeout, graceful.shutdown()).await {
+            Ok(()) => tracing::info!(connections = open, "drained"),
+            Err(_) => tracing::warn!(
+                "drain deadline ({:?}) passed with requests still in flight; closing them",
+                listen.drain_timeout
+            ),
+        }
+        Ok(())
+    }
+}
+
+async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+}
+
+fn connection_builder(
+    header_read_timeout: Duration,
+    max_header_bytes: usize,
+) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(max_header_bytes);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+    b
+}
+
+/// What every accepted connection needs.
+struct Accepting {
+    proxy: Arc<Proxy>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limit: Arc<Semaphore>,
+    handshake_timeout: Duration,
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: bool,
+    ctx: Arc<Accepting>,
+    graceful: Arc<GracefulShutdown>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        let permit = tokio::select! {
+            p = ctx.limit.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            _ = stop.changed() => return,
+        };
+        let (stream, addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::error!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let peer = Peer { addr, tls };
+            if tls {
+                serve_tls(stream, peer, &ctx, watcher).await;
+            } else {
+                serve(TokioIo::new(stream), peer, &ctx, watcher).await;
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_tls(stream: TcpStream, peer: Peer, ctx: &Accepting, watcher: Watcher) {
+    let Some(config) = ctx.proxy.snapshot().load().tls.clone() else {
+        return;
+    };
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => serve(TokioIo::new(tls), peer, ctx, watcher).await,
+        Ok(Err(e)) => tracing::debug!(peer = %peer.addr, "TLS handshake failed: {e}"),
+        Err(_) => tracing::debug!(peer = %peer.addr, "TLS handshake timed out"),
+    }
+}
+
+async fn serve<I>(io: TokioIo<I>, peer: Peer, ctx: &Accepting, watcher: Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let proxy = ctx.proxy.clone();
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+    });
+    let conn = ctx.builder.serve_connection_with_upgrades(io, service);
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(peer = %peer.addr, "connection ended with an error: {e}");
+    }
+}
