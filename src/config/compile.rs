@@ -105,7 +105,7 @@ pub fn compile(
         .log
         .as_ref()
         .and_then(|l| l.get_ref().access.as_ref())
-        .map_or(true, |a| *a.get_ref());
+        .is_none_or(|a| *a.get_ref());
 
     let mut pools = Vec::new();
     let mut pool_index = HashMap::new();
@@ -515,7 +515,7 @@ mod tests {
     use std::path::Path;
 
     fn errors(src: &str) -> Vec<ConfigError> {
-        let raw = parse(src).expect("parses");
+        let raw = parse(src).0.expect("parses");
         match super::compile(src, &raw, Path::new("."), None) {
             Ok(_) => Vec::new(),
             Err(e) => e,
@@ -539,7 +539,7 @@ split = { blue = 100 }
 
     #[test]
     fn a_good_file_compiles() {
-        let raw = parse(GOOD).unwrap();
+        let raw = parse(GOOD).0.unwrap();
         let snap = super::compile(GOOD, &raw, Path::new("."), None).unwrap();
         assert_eq!(snap.routes[0].host.as_deref(), Some("*.example.com"));
         assert_eq!(snap.pools[0].timeout, std::time::Duration::from_secs(5));

@@ -94,23 +94,36 @@ pub fn load_str(src: &str, path: &Path, previous: Option<&Snapshot>) -> Result<S
             errors,
         })
     };
-    let raw = parse(src).map_err(invalid)?;
+    let (raw, mut errors) = parse(src);
+    let Some(raw) = raw else {
+        return Err(invalid(errors));
+    };
     let base = path.parent().unwrap_or(Path::new("."));
-    compile(src, &raw, base, previous).map_err(invalid)
+    match compile(src, &raw, base, previous) {
+        Ok(snap) if errors.is_empty() => Ok(snap),
+        Ok(_) => Err(invalid(errors)),
+        Err(more) => {
+            errors.extend(more);
+            errors.sort_by_key(|e| (e.line, e.col));
+            Err(invalid(errors))
+        }
+    }
 }
 
-/// Stage one: TOML text to raw structs. Syntax errors, type errors and every unknown key are
-/// reported; an unknown key is not fatal to reading the rest, so one run lists them all.
-pub fn parse(src: &str) -> Result<raw::RawConfig, Vec<ConfigError>> {
+/// Stage one: TOML text to raw structs, and the errors found on the way: syntax errors, a type
+/// error, and every unknown key. Unknown keys do not stop the reading, so the raw config is
+/// still returned with them and can be validated too: one run lists every error.
+pub fn parse(src: &str) -> (Option<raw::RawConfig>, Vec<ConfigError>) {
     let (tree, syntax) = DeTable::parse_recoverable(src);
     if !syntax.is_empty() {
-        return Err(syntax
+        let errors = syntax
             .iter()
             .map(|e| {
                 let at = e.span().map_or(0, |s| s.start);
                 error_at(src, at, String::new(), e.message().trim(), "fix the TOML syntax")
             })
-            .collect());
+            .collect();
+        return (None, errors);
     }
     let mut unknown = Vec::new();
     let de = toml::de::Deserializer::from(tree.clone());
@@ -132,8 +145,7 @@ pub fn parse(src: &str) -> Result<raw::RawConfig, Vec<ConfigError>> {
         })
         .collect();
     match parsed {
-        Ok(raw) if errors.is_empty() => Ok(raw),
-        Ok(_) => Err(errors),
+        Ok(raw) => (Some(raw), errors),
         Err(e) => {
             let at = e.span().map_or(0, |s| s.start);
             let path = path_at(tree.get_ref(), at);
@@ -145,7 +157,7 @@ pub fn parse(src: &str) -> Result<raw::RawConfig, Vec<ConfigError>> {
             };
             errors.push(error_at(src, at, path, message, fix));
             errors.sort_by_key(|e| (e.line, e.col));
-            Err(errors)
+            (None, errors)
         }
     }
 }
@@ -316,7 +328,7 @@ mod tests {
     #[test]
     fn every_unknown_key_is_reported_with_its_path_and_line() {
         let src = "[listen]\nhttp = \"127.0.0.1:0\"\nhtp = 1\n\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\nbalanse = \"x\"\n";
-        let errs = parse(src).unwrap_err();
+        let errs = parse(src).1;
         let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
         assert_eq!(errs.len(), 2, "{shown:?}");
         assert!(
@@ -333,7 +345,8 @@ mod tests {
     fn type_errors_name_the_field() {
         let src =
             "[listen]\nhttp = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"web\"\nsplit = { blue = \"x\" }\n";
-        let errs = parse(src).unwrap_err();
+        let (raw, errs) = parse(src);
+        assert!(raw.is_none());
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].line, 6);
         assert!(errs[0].path.starts_with("routes[0].split"), "{:?}", errs[0]);
@@ -341,7 +354,7 @@ mod tests {
 
     #[test]
     fn syntax_errors_have_positions() {
-        let errs = parse("[listen\nhttp = 1\n").unwrap_err();
+        let errs = parse("[listen\nhttp = 1\n").1;
         assert_eq!(errs[0].line, 1);
         assert!(errs[0].fix.contains("syntax"));
     }

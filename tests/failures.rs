@@ -1,0 +1,232 @@
+//! Each row of the failure table (DESIGN §8) through the real proxy: what the client gets, and
+//! that the proxy keeps serving afterwards.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::Request;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn connect_failure_is_retried_on_another_endpoint() {
+    let blue = Upstream::start("blue").await;
+    let dead = dead_port().await;
+    let extra = "";
+    let cfg = config(&[("blue", &[dead, blue.addr])], extra)
+        .replace("endpoints = [", "balance = \"round_robin\"\nendpoints = [");
+    let proxy = Proxy::start(&cfg).await;
+    let client = h1_client();
+    for i in 0..10 {
+        // Half of these start on the dead endpoint; all succeed, bodies included.
+        let req = Request::post(proxy.url("/upload"))
+            .body(full(vec![b'a'; 1000 + i]))
+            .unwrap();
+        let (parts, body) = send(&client, req).await;
+        assert_eq!(parts.status, 200, "{body:?}");
+        let got: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(got["len"], 1000 + i);
+        let (parts, _) = get(&client, &proxy.url("/")).await;
+        assert_eq!(parts.status, 200);
+    }
+    assert_eq!(blue.hits(), 20);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_failure_everywhere_is_502() {
+    let (a, b) = (dead_port().await, dead_port().await);
+    let proxy = Proxy::start(&config(&[("blue", &[a, b])], "")).await;
+    let (parts, body) = get(&h1_client(), &proxy.url("/")).await;
+    assert_eq!(parts.status, 502);
+    assert_eq!(parts.headers["x-switchyard-error"], "upstream_connect");
+    assert!(String::from_utf8_lossy(&body).contains("could not connect to pool blue"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let blue = Upstream::start("blue").await;
+    let cfg =
+        config(&[("blue", &[blue.addr])], "").replace("endpoints = [", "timeout = \"300ms\"\nendpoints = [");
+    let proxy = Proxy::start(&cfg).await;
+    let client = h1_client();
+    let started = Instant::now();
+    let (parts, _) = get(&client, &proxy.url("/sleep/3000")).await;
+    assert_eq!(parts.status, 504);
+    assert_eq!(parts.headers["x-switchyard-error"], "upstream_timeout");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    let (parts, _) = get(&client, &proxy.url("/sleep/10")).await;
+    assert_eq!(parts.status, 200, "a fast request still passes");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn upstream_that_hangs_up_is_502() {
+    // Reads the request, then closes without answering.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut buf = [0u8; 1024];
+            let _ = s.read(&mut buf).await;
+        }
+    });
+    let proxy = Proxy::start(&config(&[("blue", &[addr])], "")).await;
+    let (parts, _) = get(&h1_client(), &proxy.url("/")).await;
+    assert_eq!(parts.status, 502);
+    assert_eq!(parts.headers["x-switchyard-error"], "upstream_reset");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_requests_get_400_and_the_proxy_carries_on() {
+    let blue = Upstream::start("blue").await;
+    let proxy = Proxy::start(&config(&[("blue", &[blue.addr])], "")).await;
+    let addr = proxy.http.unwrap();
+    let wait = Duration::from_secs(2);
+    for bad in [
+        &b"GET / HTTP/1.1\r\nHost: h\r\nBad Header: x\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: h\r\nx-nul: a\x00b\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabcde",
+        b"POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\n\r\n",
+        b"NOT-HTTP\r\n\r\n",
+    ] {
+        let (answer, closed) = raw(addr, bad, wait).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{:?} got {answer:?}",
+            String::from_utf8_lossy(bad)
+        );
+        assert!(
+            closed,
+            "connection closed after {:?}",
+            String::from_utf8_lossy(bad)
+        );
+    }
+    assert_eq!(blue.hits(), 0);
+    assert_eq!(get(&h1_client(), &proxy.url("/")).await.0.status, 200);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_cannot_smuggle() {
+    let blue = Upstream::start("blue").await;
+    let proxy = Proxy::start(&config(&[("blue", &[blue.addr])], "")).await;
+    // Read as Content-Length, the body would be "0\r\n\r\n" plus a hidden second request; the
+    // proxy frames by Transfer-Encoding only, never forwards the Content-Length, and closes the
+    // connection after answering, so the hidden request reaches nobody.
+    let (answer, closed) = raw(
+        proxy.http.unwrap(),
+        b"POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 45\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: h\r\n\r\n",
+        Duration::from_secs(2),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(r#""len":0"#), "{answer}");
+    assert!(closed, "the connection is closed after a CL+TE request");
+    assert_eq!(answer.matches("HTTP/1.1").count(), 1, "{answer}");
+    let paths = blue.seen.paths.lock().unwrap().clone();
+    assert_eq!(paths, vec!["/upload"]);
+    let seen = blue.seen.last_headers.lock().unwrap().clone().unwrap();
+    assert!(seen.get("content-length").is_none() || seen["content-length"] == "0");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn oversized_head_is_431() {
+    let blue = Upstream::start("blue").await;
+    let cfg =
+        config(&[("blue", &[blue.addr])], "").replace("[listen]\n", "[listen]\nmax_header_bytes = 16384\n");
+    let proxy = Proxy::start(&cfg).await;
+    let mut req = b"GET / HTTP/1.1\r\nHost: h\r\n".to_vec();
+    for i in 0..400 {
+        req.extend_from_slice(format!("x-filler-{i}: {}\r\n", "y".repeat(60)).as_bytes());
+    }
+    req.extend_from_slice(b"\r\n");
+    let (answer, closed) = raw(proxy.http.unwrap(), &req, Duration::from_secs(2)).await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    assert!(closed);
+    assert_eq!(blue.hits(), 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_client_is_cut_off_after_the_header_read_timeout() {
+    let blue = Upstream::start("blue").await;
+    let cfg = config(&[("blue", &[blue.addr])], "")
+        .replace("[listen]\n", "[listen]\nheader_read_timeout = \"500ms\"\n");
+    let proxy = Proxy::start(&cfg).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.http.unwrap()).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n").await.unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(5), async {
+        // Trickle one header byte pair a while, never finishing the head.
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if s.write_all(b"x").await.is_err() {
+                return 0;
+            }
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+                return n;
+            }
+        }
+    })
+    .await
+    .expect("the proxy closed the connection");
+    let took = started.elapsed();
+    assert!(
+        n == 0 || String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 408"),
+        "{:?}",
+        &buf[..n]
+    );
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(4),
+        "closed after {took:?}"
+    );
+    assert_eq!(blue.hits(), 0);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_past_the_limit_wait_for_a_free_slot() {
+    let blue = Upstream::start("blue").await;
+    let cfg = config(&[("blue", &[blue.addr])], "").replace("[listen]\n", "[listen]\nmax_connections = 2\n");
+    let proxy = Proxy::start(&cfg).await;
+    let addr = proxy.http.unwrap();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s); // keep-alive: each holds a slot
+    }
+    let third = tokio::spawn(async move {
+        raw(
+            addr,
+            b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        !third.is_finished(),
+        "the third connection is not served while two are open"
+    );
+    drop(held.pop());
+    let (answer, _) = tokio::time::timeout(Duration::from_secs(5), third)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    proxy.shutdown().await;
+}

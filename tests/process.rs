@@ -1,0 +1,238 @@
+//! The `switchyard` binary as users run it: `check` on files, graceful drain on SIGTERM, and
+//! memory while a GiB streams through in each direction.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use http_body_util::BodyExt;
+use support::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+
+fn check(path: &std::path::Path) -> std::process::Output {
+    Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn check_passes_on_every_shipped_config() {
+    let mut files = Vec::new();
+    for dir in ["config", "benches/peer"] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() >= 2, "{files:?}");
+    for f in files {
+        let out = check(&f);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            f.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (revision"));
+    }
+}
+
+#[test]
+fn check_lists_every_error_with_file_line_column_field_and_fix() {
+    let mut f = tempfile::NamedTempFile::new().unwrap();
+    write!(
+        f,
+        "[listen]\nhttp = \"0.0.0.0:80\"\nhttps = \"0.0.0.0:443\"\n\n[pools.blue]\nendpoints = [\"10.0.0.1\"]\nbalanse = \"x\"\n\n[[routes]]\nname = \"web\"\nsplit = {{ bleu = 100 }}\n"
+    )
+    .unwrap();
+    let out = check(f.path());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let name = f.path().display().to_string();
+    for want in [
+        format!("{name}:3:9 listen.https: https needs a certificate — add tls = "),
+        format!("{name}:6:14 pools.blue.endpoints[0]: `10.0.0.1` is not HOST:PORT — "),
+        format!("{name}:7:1 pools.blue.balanse: unknown key `balanse` — remove it"),
+        format!("{name}:11:18 routes[0].split.bleu: there is no pool `bleu` — define [pools.bleu] or use one of: blue"),
+        format!("{name}: 4 errors"),
+    ] {
+        assert!(err.contains(&want), "missing {want:?} in:\n{err}");
+    }
+}
+
+struct Running {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Running {
+    /// Starts the binary on a config whose http listener is `127.0.0.1:PORT` with a free port.
+    fn start(config_text: &str) -> Running {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let text = config_text.replace("http = \"127.0.0.1:0\"", &format!("http = \"127.0.0.1:{port}\""));
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--workers", "2", "-c"])
+            .arg(f.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let started = Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the proxy did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Running {
+            child,
+            addr,
+            _config: f,
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child we spawned and still own.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn sigterm_drains_in_flight_requests_then_exits_0() {
+    let blue = Upstream::start("blue").await;
+    let mut proxy = Running::start(&config(&[("blue", &[blue.addr])], ""));
+    let client = h1_client();
+    let url = format!("http://{}/sleep/1500", proxy.addr);
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { get(&client, &url).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.signal(libc::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(proxy.addr).await.is_err(),
+        "no new connections once draining"
+    );
+    let (parts, body) = in_flight.await.unwrap();
+    assert_eq!(parts.status, 200);
+    assert_eq!(body, "blue");
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = proxy.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the proxy did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+}
+
+const GIB: u64 = 1 << 30;
+
+/// Polls the proxy's RSS while `work` runs; returns the highest reading.
+async fn peak_rss_during<F: std::future::Future>(proxy: &Running, work: F) -> (F::Output, u64) {
+    let pid = proxy.child.id();
+    let (stop_tx, mut stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let sampler = tokio::spawn(async move {
+        let mut peak = 0u64;
+        loop {
+            if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status")) {
+                if let Some(v) = s.lines().find(|l| l.starts_with("VmRSS:")) {
+                    peak = peak.max(v.split_whitespace().nth(1).unwrap().parse().unwrap());
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                _ = &mut stop_rx => return peak,
+            }
+        }
+    });
+    let out = work.await;
+    let _ = stop_tx.send(());
+    (out, sampler.await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gib_streams_each_way_without_growing_memory() {
+    let blue = Upstream::start("blue").await;
+    let proxy = Running::start(&config(&[("blue", &[blue.addr])], ""));
+    let client = h1_client();
+    // Warm up: first connections, buffers and the allocator's arenas.
+    let req = Request::post(format!("http://{}/upload", proxy.addr))
+        .body(generated(64 << 20))
+        .unwrap();
+    send(&client, req).await;
+    let base = proxy.rss_kib();
+
+    let upload = async {
+        let req = Request::post(format!("http://{}/upload", proxy.addr))
+            .body(generated(GIB))
+            .unwrap();
+        let (parts, body) = send(&client, req).await;
+        assert_eq!(parts.status, 200);
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["len"]
+            .as_u64()
+            .unwrap()
+    };
+    let (len, peak_up) = peak_rss_during(&proxy, upload).await;
+    assert_eq!(len, GIB);
+
+    let download = async {
+        let resp = client
+            .request(
+                Request::get(format!("http://{}/download/{GIB}", proxy.addr))
+                    .body(empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let mut body = resp.into_body();
+        let mut n = 0u64;
+        while let Some(frame) = body.frame().await {
+            n += frame.unwrap().data_ref().map_or(0, |d| d.len() as u64);
+        }
+        n
+    };
+    let (len, peak_down) = peak_rss_during(&proxy, download).await;
+    assert_eq!(len, GIB);
+    let grew = peak_up.max(peak_down).saturating_sub(base);
+    eprintln!("proxy RSS: base {base} KiB, peak upload {peak_up} KiB, peak download {peak_down} KiB");
+    assert!(
+        grew < 8 * 1024,
+        "the proxy's memory grew by {grew} KiB while streaming a GiB"
+    );
+}

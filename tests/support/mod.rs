@@ -1,0 +1,337 @@
+//! Test helpers: an upstream that answers with its name and can be told (by path) to echo,
+//! sleep, fail, stream or count; a proxy started in-process on ephemeral ports; clients.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub type Body = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|e| match e {}).boxed()
+}
+
+pub fn empty() -> Body {
+    Empty::new().map_err(|e| match e {}).boxed()
+}
+
+/// A body of `total` bytes sent in 64 KiB chunks, generated as it is read.
+pub fn generated(total: u64) -> Body {
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    let stream = futures_util::stream::unfold(total, move |left| {
+        let chunk = chunk.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let n = left.min(chunk.len() as u64);
+            Some((
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(chunk.slice(..n as usize))),
+                left - n,
+            ))
+        }
+    });
+    StreamBody::new(stream).boxed()
+}
+
+/// What a test upstream saw.
+#[derive(Default)]
+pub struct Seen {
+    pub hits: AtomicUsize,
+    pub connections: AtomicUsize,
+    pub paths: Mutex<Vec<String>>,
+    pub last_headers: Mutex<Option<HeaderMap>>,
+}
+
+/// A loopback upstream. Paths:
+/// - `/echo`: the request headers as JSON (`{"name": ["v1", ...]}`), and `x-upstream: NAME`
+/// - `/sleep/MS`: answers after MS milliseconds
+/// - `/status/CODE`: answers with that status
+/// - `/download/N`: N bytes, streamed
+/// - `/upload`: reads the body, answers with its length (and trailers it got, as JSON)
+/// - `/trailers`: a chunked body followed by the trailer `x-checksum: abc123`
+/// - `/hop`: answers with hop-by-hop headers that must not reach the client
+/// - anything else: the upstream's name
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub name: &'static str,
+    pub seen: Arc<Seen>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Upstream {
+    pub async fn start(name: &'static str) -> Upstream {
+        Self::start_on(name, TcpListener::bind("127.0.0.1:0").await.unwrap()).await
+    }
+
+    pub async fn start_on(name: &'static str, listener: TcpListener) -> Upstream {
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Seen::default());
+        let (stop, mut stopped) = oneshot::channel();
+        let s = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    r = listener.accept() => match r { Ok((s, _)) => s, Err(_) => continue },
+                    _ = &mut stopped => return,
+                };
+                s.connections.fetch_add(1, Ordering::SeqCst);
+                let s = s.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        let s = s.clone();
+                        async move { Ok::<_, Infallible>(answer(name, &s, req).await) }
+                    });
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream {
+            addr,
+            name,
+            seen,
+            stop: Some(stop),
+        }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.seen.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+async fn answer(name: &'static str, seen: &Seen, req: Request<Incoming>) -> Response<Body> {
+    seen.hits.fetch_add(1, Ordering::SeqCst);
+    let path = req.uri().path().to_owned();
+    seen.paths.lock().unwrap().push(path.clone());
+    *seen.last_headers.lock().unwrap() = Some(req.headers().clone());
+    let mut resp = if path == "/echo" {
+        let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (k, v) in req.headers() {
+            map.entry(k.to_string())
+                .or_default()
+                .push(v.to_str().unwrap_or("?").to_owned());
+        }
+        Response::new(full(serde_json::to_vec(&map).unwrap()))
+    } else if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+        Response::new(full(name))
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let mut r = Response::new(full(name));
+        *r.status_mut() = StatusCode::from_u16(code.parse().unwrap()).unwrap();
+        r
+    } else if let Some(n) = path.strip_prefix("/download/") {
+        Response::new(generated(n.parse().unwrap()))
+    } else if path == "/upload" {
+        let mut body = req.into_body();
+        let mut len = 0u64;
+        let mut trailers = BTreeMap::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.unwrap();
+            if let Some(d) = frame.data_ref() {
+                len += d.len() as u64;
+            } else if let Some(t) = frame.trailers_ref() {
+                for (k, v) in t {
+                    trailers.insert(k.to_string(), v.to_str().unwrap().to_owned());
+                }
+            }
+        }
+        Response::new(full(
+            serde_json::to_vec(&serde_json::json!({"len": len, "trailers": trailers})).unwrap(),
+        ))
+    } else if path == "/trailers" {
+        let frames = vec![
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from_static(b"part one;"))),
+            Ok(Frame::data(Bytes::from_static(b"part two"))),
+            Ok(Frame::trailers({
+                let mut t = HeaderMap::new();
+                t.insert("x-checksum", "abc123".parse().unwrap());
+                t
+            })),
+        ];
+        let mut r = Response::new(StreamBody::new(futures_util::stream::iter(frames)).boxed());
+        r.headers_mut().insert("trailer", "x-checksum".parse().unwrap());
+        r
+    } else if path == "/hop" {
+        let mut r = Response::new(full(name));
+        let h = r.headers_mut();
+        h.insert("connection", "x-resp-hop".parse().unwrap());
+        h.insert("x-resp-hop", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("proxy-connection", "keep-alive".parse().unwrap());
+        h.insert("upgrade", "h2c".parse().unwrap());
+        h.insert("x-end-to-end", "kept".parse().unwrap());
+        r
+    } else {
+        Response::new(full(name))
+    };
+    resp.headers_mut().insert("x-upstream", name.parse().unwrap());
+    resp
+}
+
+/// A WebSocket upstream that echoes every message.
+pub async fn ws_upstream() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(stream).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A proxy running in this process.
+pub struct Proxy {
+    pub http: Option<SocketAddr>,
+    pub https: Option<SocketAddr>,
+    stop: Option<oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    /// Starts the proxy on a config text (its `listen` addresses should use port 0).
+    pub async fn start(config: &str) -> Proxy {
+        let snap = switchyard::config::load_str(config, Path::new("test.toml"), None)
+            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
+        let server = switchyard::Server::bind(Arc::new(ArcSwap::from_pointee(snap)))
+            .await
+            .unwrap();
+        let (http, https) = (server.http_addr(), server.https_addr());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let done = tokio::spawn(async move {
+            server
+                .run(async {
+                    let _ = stopped.await;
+                })
+                .await
+                .unwrap();
+        });
+        Proxy {
+            http,
+            https,
+            stop: Some(stop),
+            done: Some(done),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.http.expect("an http listener"))
+    }
+
+    /// Stops accepting, drains, and waits for the server to return.
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(d) = self.done.take() {
+            d.await.unwrap();
+        }
+    }
+}
+
+/// A config with one http listener on port 0 and a pool per `(name, endpoints)`, each routed
+/// by a route of the same name on path prefix `/NAME` (the first pool also gets `/`).
+pub fn config(pools: &[(&str, &[SocketAddr])], extra: &str) -> String {
+    let mut s = String::from("[listen]\nhttp = \"127.0.0.1:0\"\n\n[log]\naccess = false\n\n");
+    for (name, eps) in pools {
+        let eps: Vec<String> = eps.iter().map(|a| format!("\"{a}\"")).collect();
+        s.push_str(&format!("[pools.{name}]\nendpoints = [{}]\n\n", eps.join(", ")));
+    }
+    for (i, (name, _)) in pools.iter().enumerate() {
+        let prefix = if i == 0 {
+            "/".to_owned()
+        } else {
+            format!("/{name}")
+        };
+        s.push_str(&format!(
+            "[[routes]]\nname = \"{name}\"\npath_prefix = \"{prefix}\"\nsplit = {{ {name} = 100 }}\n\n"
+        ));
+    }
+    s.push_str(extra);
+    s
+}
+
+/// A pooled HTTP/1.1 client.
+pub fn h1_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// A prior-knowledge HTTP/2 (h2c) client.
+pub fn h2c_client() -> Client<HttpConnector, Body> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// Sends a request and reads the whole answer.
+pub async fn send(
+    client: &Client<HttpConnector, Body>,
+    req: Request<Body>,
+) -> (http::response::Parts, Bytes) {
+    let resp = client.request(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    (parts, body.collect().await.unwrap().to_bytes())
+}
+
+pub async fn get(client: &Client<HttpConnector, Body>, url: &str) -> (http::response::Parts, Bytes) {
+    send(client, Request::get(url).body(empty()).unwrap()).await
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it or `wait` passes.
+pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let closed = loop {
+        match tokio::time::timeout(wait, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (String::from_utf8_lossy(&out).into_owned(), closed)
+}
+
+/// A port nothing listens on.
+pub async fn dead_port() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    l.local_addr().unwrap()
+}
