@@ -78,11 +78,18 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        anyhow::ensure!(n > 0, "--workers must be at least 1");
-        b.worker_threads(n);
-    }
+    let mut b = match workers {
+        Some(0) => anyhow::bail!("--workers must be at least 1"),
+        // One worker: a current-thread runtime does the same work without the cross-thread
+        // scheduling machinery (measured in the peer benchmark: see the README).
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     b.enable_all().build().context("cannot start the runtime")
 }
 
