@@ -12,9 +12,11 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawListen, RawPool, RawRoute};
+use super::raw::{RawConfig, RawFlag, RawListen, RawPool, RawRoute};
 use super::{error_at, ConfigError};
-use crate::routing::{Listen, Route, RouteTable, Snapshot, Split};
+use crate::routing::flags::{is_key, is_token};
+use crate::routing::identity::KeyFrom;
+use crate::routing::{Flag, HeaderNames, Identity, Listen, Override, Route, RouteTable, Snapshot, Split};
 use crate::upstream::{Balance, Endpoint, Pool};
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -172,6 +174,48 @@ pub fn compile(
         );
     }
 
+    let identity = compile_identity(&mut errs, raw);
+    let env = raw.env.as_ref().map(|e| e.get_ref().name.get_ref().clone());
+    let headers = compile_headers(&mut errs, raw);
+    let mut flags: Vec<Flag> = Vec::new();
+    let mut flag_names = HashSet::new();
+    for (i, f) in raw.flags.iter().enumerate() {
+        let path = format!("flags[{i}]");
+        let name = &f.get_ref().name;
+        if !flag_names.insert(name.get_ref().clone()) {
+            errs.at(
+                name,
+                format!("{path}.name"),
+                format!("a flag named `{}` is already defined", name.get_ref()),
+                "give every flag a unique name",
+            );
+        }
+        if let Some(flag) = compile_flag(&mut errs, &path, f.get_ref(), &names, env.as_deref()) {
+            flags.push(flag);
+        }
+    }
+    for route in &mut routes {
+        route.flags = flags
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| {
+                f.routes
+                    .as_ref()
+                    .is_none_or(|r| r.iter().any(|n| **n == *route.name))
+            })
+            .map(|(i, _)| i)
+            .collect();
+        // A flag depends on the user unless it is on or off for everyone.
+        route.uses_key = route.split.active_pools() > 1
+            || route.flags.iter().any(|&f| {
+                let f = &flags[f];
+                f.env_enabled
+                    && ((1..100).contains(&f.percent)
+                        || !f.users.is_empty()
+                        || (f.percent > 0 && f.variants.iter().filter(|(_, w)| *w > 0).count() > 1))
+            });
+    }
+
     if !errs.list.is_empty() {
         errs.list.sort_by_key(|e| (e.line, e.col));
         return Err(errs.list);
@@ -184,8 +228,234 @@ pub fn compile(
         tls,
         pools,
         routes,
+        identity,
+        flags,
+        env,
+        headers,
         table,
         connect_timeouts,
+    })
+}
+
+fn compile_identity(errs: &mut Errors<'_>, raw: &RawConfig) -> Identity {
+    let mut id = Identity::default();
+    let Some(r) = raw.identity.as_ref().map(Spanned::get_ref) else {
+        return id;
+    };
+    if let Some(from) = &r.from {
+        id.from.clear();
+        for (i, f) in from.get_ref().iter().enumerate() {
+            let path = format!("identity.from[{i}]");
+            let fix = "write \"header:NAME\", \"cookie:NAME\" or \"query:NAME\"";
+            match f.get_ref().split_once(':') {
+                Some(("header", h)) => match HeaderName::from_bytes(h.trim().as_bytes()) {
+                    Ok(h) => id.from.push(KeyFrom::Header(h)),
+                    Err(_) => errs.at(f, path, format!("`{h}` is not a header name"), fix),
+                },
+                Some(("cookie", c)) if is_token(c.trim()) => {
+                    id.from.push(KeyFrom::Cookie(c.trim().to_owned()))
+                }
+                Some(("query", q)) if !q.trim().is_empty() => {
+                    id.from.push(KeyFrom::Query(q.trim().to_owned()))
+                }
+                _ => errs.at(f, path, format!("`{}` is not a key source", f.get_ref()), fix),
+            }
+        }
+    }
+    if let Some(c) = &r.cookie {
+        if is_token(c.get_ref()) {
+            id.cookie = c.get_ref().clone();
+        } else {
+            errs.at(
+                c,
+                "identity.cookie",
+                "not a valid cookie name",
+                "use letters, digits, `_` and `-`",
+            );
+        }
+    }
+    if let Some(s) = &r.salt {
+        id.salt = s.get_ref().clone();
+    }
+    id
+}
+
+fn compile_headers(errs: &mut Errors<'_>, raw: &RawConfig) -> HeaderNames {
+    let mut names = HeaderNames::default();
+    let Some(h) = raw.headers.as_ref().map(Spanned::get_ref) else {
+        return names;
+    };
+    for (value, slot, path) in [
+        (&h.flags, &mut names.flags, "headers.flags"),
+        (&h.pool, &mut names.pool, "headers.pool"),
+        (&h.bucket, &mut names.bucket, "headers.bucket"),
+    ] {
+        if let Some(v) = value {
+            match HeaderName::from_bytes(v.get_ref().as_bytes()) {
+                Ok(n) => *slot = n,
+                Err(_) => errs.at(
+                    v,
+                    path,
+                    format!("`{}` is not a header name", v.get_ref()),
+                    "use letters, digits and `-`",
+                ),
+            }
+        }
+    }
+    names
+}
+
+fn compile_flag(
+    errs: &mut Errors<'_>,
+    path: &str,
+    raw: &RawFlag,
+    routes: &HashSet<String>,
+    env: Option<&str>,
+) -> Option<Flag> {
+    let before = errs.list.len();
+    let name = raw.name.get_ref();
+    if !is_key(name) {
+        errs.at(
+            &raw.name,
+            format!("{path}.name"),
+            format!("`{name}` is not a valid flag name"),
+            "use lower-case letters, digits, `_`, `-`, `.`, starting with a letter (an RFC 8941 key)",
+        );
+    }
+    let users: HashSet<String> = raw.users.iter().flatten().map(|u| u.get_ref().clone()).collect();
+    let percent = match &raw.percent {
+        // Without a percentage a flag is on for everyone, unless it lists users: then for them.
+        None => {
+            if users.is_empty() {
+                100
+            } else {
+                0
+            }
+        }
+        Some(p) => match u32::try_from(*p.get_ref()) {
+            Ok(v) if v <= 100 => v,
+            _ => {
+                errs.at(
+                    p,
+                    format!("{path}.percent"),
+                    "must be between 0 and 100",
+                    "write a whole percentage such as 25",
+                );
+                0
+            }
+        },
+    };
+    let group = match &raw.group {
+        Some(g) if g.get_ref().is_empty() => {
+            errs.at(
+                g,
+                format!("{path}.group"),
+                "must not be empty",
+                "remove it to use the flag's name",
+            );
+            String::new()
+        }
+        Some(g) => g.get_ref().clone(),
+        None => name.clone(),
+    };
+    let mut time = |v: &Option<Spanned<String>>, field: &str| {
+        v.as_ref()
+            .and_then(|t| match humantime::parse_rfc3339_weak(t.get_ref()) {
+                Ok(at) => Some(at),
+                Err(e) => {
+                    errs.at(
+                        t,
+                        format!("{path}.{field}"),
+                        format!("`{}` is not a time ({e})", t.get_ref()),
+                        "write a UTC time such as \"2026-12-01T00:00:00Z\"",
+                    );
+                    None
+                }
+            })
+    };
+    let start = time(&raw.start, "start");
+    let end = time(&raw.end, "end");
+    if let (Some(s), Some(e), Some(spanned)) = (start, end, &raw.end) {
+        if e <= s {
+            errs.at(
+                spanned,
+                format!("{path}.end"),
+                "ends before it starts",
+                "make end later than start",
+            );
+        }
+    }
+    for (i, r) in raw.routes.iter().flatten().enumerate() {
+        if !routes.contains(r.get_ref()) {
+            errs.at(
+                r,
+                format!("{path}.routes[{i}]"),
+                format!("there is no route `{}`", r.get_ref()),
+                "name a route defined in [[routes]]",
+            );
+        }
+    }
+    let env_enabled = match &raw.environments {
+        None => true,
+        Some(envs) => {
+            if env.is_none() {
+                if let Some(first) = envs.first() {
+                    errs.at(
+                        first,
+                        format!("{path}.environments"),
+                        "environments are listed but this config has no [env] name",
+                        "add [env] with name = \"production\" (or whatever this deployment is)",
+                    );
+                }
+            }
+            envs.iter().any(|e| Some(e.get_ref().as_str()) == env)
+        }
+    };
+    let mut variants = Vec::new();
+    if let Some(v) = &raw.variants {
+        for (vname, w) in v.get_ref() {
+            if !is_token(vname) || vname == "on" || vname == "off" {
+                errs.at(
+                    w,
+                    format!("{path}.variants.{vname}"),
+                    format!("`{vname}` cannot be a variant name"),
+                    "use a name starting with a letter (an RFC 8941 token), other than on/off",
+                );
+            }
+            match u32::try_from(*w.get_ref()) {
+                Ok(x) => variants.push((vname.clone(), x)),
+                Err(_) => errs.at(
+                    w,
+                    format!("{path}.variants.{vname}"),
+                    "weights cannot be negative",
+                    "use 0 to turn the variant off",
+                ),
+            }
+        }
+        if variants.iter().map(|(_, w)| *w as u64).sum::<u64>() == 0 {
+            errs.at(
+                v,
+                format!("{path}.variants"),
+                "the variant weights add up to 0",
+                "give at least one variant a positive weight",
+            );
+        }
+    }
+    let variant_total = variants.iter().map(|(_, w)| *w).sum();
+    (errs.list.len() == before).then(|| Flag {
+        name: name.as_str().into(),
+        group,
+        percent,
+        users,
+        env_enabled,
+        start,
+        end,
+        variants,
+        variant_total,
+        routes: raw
+            .routes
+            .as_ref()
+            .map(|r| r.iter().map(|n| n.get_ref().clone()).collect()),
     })
 }
 
@@ -426,12 +696,42 @@ fn compile_route(
         }
     }
     let split = compile_split(errs, &format!("{path}.split"), &raw.split, pool_index);
+    let mut overrides = Override::default();
+    if let Some(o) = raw.overrides.as_ref().map(Spanned::get_ref) {
+        if let Some(h) = &o.header {
+            match HeaderName::from_bytes(h.get_ref().as_bytes()) {
+                Ok(n) => overrides.header = Some(n),
+                Err(_) => errs.at(
+                    h,
+                    format!("{path}.override.header"),
+                    format!("`{}` is not a header name", h.get_ref()),
+                    "use letters, digits and `-`",
+                ),
+            }
+        }
+        if let Some(c) = &o.cookie {
+            if is_token(c.get_ref()) {
+                overrides.cookie = Some(c.get_ref().clone());
+            } else {
+                errs.at(
+                    c,
+                    format!("{path}.override.cookie"),
+                    "not a valid cookie name",
+                    "use letters, digits, `_` and `-`",
+                );
+            }
+        }
+    }
     (errs.list.len() == before).then(|| Route {
         name: name.as_str().into(),
         host,
         path_prefix,
         headers,
         split: split.expect("split compiled without errors"),
+        overrides,
+        flags: Box::new([]),
+        uses_key: false,
+        overrides_ignored: Default::default(),
     })
 }
 

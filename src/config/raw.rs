@@ -19,6 +19,49 @@ pub struct RawConfig {
     pub pools: SpannedMap<RawPool>,
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+    pub identity: Option<Spanned<RawIdentity>>,
+    #[serde(default)]
+    pub flags: Vec<Spanned<RawFlag>>,
+    pub env: Option<Spanned<RawEnv>>,
+    pub headers: Option<Spanned<RawHeaders>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawIdentity {
+    pub from: Option<Spanned<Vec<Spanned<String>>>>,
+    pub cookie: Option<Spanned<String>>,
+    pub salt: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawFlag {
+    pub name: Spanned<String>,
+    pub percent: Option<Spanned<i64>>,
+    pub group: Option<Spanned<String>>,
+    pub users: Option<Vec<Spanned<String>>>,
+    pub routes: Option<Vec<Spanned<String>>>,
+    pub environments: Option<Vec<Spanned<String>>>,
+    pub start: Option<Spanned<String>>,
+    pub end: Option<Spanned<String>>,
+    pub variants: Option<Spanned<SpannedMap<i64>>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawEnv {
+    pub name: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawHeaders {
+    pub flags: Option<Spanned<String>>,
+    pub pool: Option<Spanned<String>>,
+    pub bucket: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawOverride {
+    pub header: Option<Spanned<String>>,
+    pub cookie: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,4 +101,6 @@ pub struct RawRoute {
     pub path_prefix: Option<Spanned<String>>,
     pub headers: Option<Spanned<SpannedMap<String>>>,
     pub split: Spanned<SpannedMap<i64>>,
+    #[serde(rename = "override")]
+    pub overrides: Option<Spanned<RawOverride>>,
 }

@@ -1,10 +1,12 @@
 //! Serving and forwarding. A request goes through these phases, in order:
 //!
 //! 1. **route** — find the route for host, path and headers ([`Snapshot::decide`]); none: 404.
-//! 2. **decide** — the route's split picks the pool.
+//! 2. **decide** — user key, bucket, pool (override, else the sticky split) and flags
+//!    ([`Snapshot::decide`]).
 //! 3. **upstream_peer** — the pool picks an endpoint ([`crate::upstream::Pool::select`]).
 //! 4. **upstream_request** — header hygiene ([`headers`]): hop-by-hop headers and inbound
-//!    `x-switchyard-*` removed, `x-forwarded-*`, `via` and `x-request-id` added.
+//!    `x-switchyard-*` removed, `x-forwarded-*`, `via` and `x-request-id` added, then the
+//!    decision headers (pool, bucket, flags).
 //! 5. **forward** — the shared client sends it, body streamed; a failed connect is retried once
 //!    on another endpoint; no response headers within the pool's `timeout`: 504.
 //! 6. **response** — hop-by-hop headers removed from the answer, `via` added, body streamed
@@ -31,7 +33,9 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use crate::routing::{normalize_host, Snapshot};
+use std::time::SystemTime;
+
+use crate::routing::{bucket, normalize_host, RequestView, Snapshot};
 use crate::upstream::client::{self, UpstreamBody, UpstreamClient};
 use crate::upstream::{InFlight, Pool};
 use body::{AccessLog, ProxyBody};
@@ -133,15 +137,28 @@ impl Proxy {
             None => req.headers().get(header::HOST).cloned(),
         };
         let host_name = normalize_host(host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""));
-        let decision = snap
-            .decide(&host_name, req.uri().path(), req.headers())
-            .ok_or_else(|| ProxyError::NoRoute {
-                host: host_name.to_string(),
-                path: req.uri().path().to_owned(),
-            })?;
-        names.route = Some(decision.route.name.clone());
-        // Phase: decide.
-        let pool = snap.pool(decision.pool).clone();
+        let view = RequestView {
+            host: &host_name,
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        };
+        // Phase: decide. Only owned values leave this block, so the request is free to change.
+        let (pool, decided) = {
+            let d = snap
+                .decide(&view, None, SystemTime::now())
+                .ok_or_else(|| ProxyError::NoRoute {
+                    host: host_name.to_string(),
+                    path: req.uri().path().to_owned(),
+                })?;
+            names.route = Some(d.route.name.clone());
+            let decided = Decided {
+                bucket: bucket::format_point(d.point),
+                flags: d.flags_header(snap),
+                set_cookie: d.sets_cookie().then(|| snap.identity.set_cookie(&d.key)),
+            };
+            (snap.pool(d.pool).clone(), decided)
+        };
         names.pool = Some(pool.name.clone());
 
         // Phase: upstream_request.
@@ -155,6 +172,7 @@ impl Proxy {
         };
         let mut head = parts.headers;
         prepare_request_headers(&mut head, host.as_ref(), peer, request_id, via, upgrade);
+        decided.add_to(&mut head, snap, &pool);
         let path = parts
             .uri
             .path_and_query()
@@ -163,7 +181,11 @@ impl Proxy {
 
         // Phases: upstream_peer and forward.
         let response = self.send(&pool, parts.method, path, head, body, upgrade).await?;
-        Ok(finish_response(response, via, request_id, client_upgrade))
+        let mut response = finish_response(response, via, request_id, client_upgrade);
+        if let Some(c) = decided.set_cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
+            response.headers_mut().append(header::SET_COOKIE, c);
+        }
+        Ok(response)
     }
 
     /// Sends the request to an endpoint of `pool`, retrying once on another endpoint when the
@@ -266,6 +288,29 @@ fn upstream_uri(authority: &http::uri::Authority, path: &PathAndQuery) -> Result
         .path_and_query(path.clone())
         .build()
         .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
+}
+
+/// The decision, as header values for the upstream request and the response.
+struct Decided {
+    bucket: [u8; 6],
+    flags: Option<String>,
+    set_cookie: Option<String>,
+}
+
+impl Decided {
+    /// Adds the decision headers; clients' own copies of them (under configured names that
+    /// lack the `x-switchyard-` prefix) are dropped first.
+    fn add_to(&self, h: &mut HeaderMap, snap: &Snapshot, pool: &Pool) {
+        let names = &snap.headers;
+        h.remove(&names.flags);
+        h.insert(names.pool.clone(), pool.name_header.clone());
+        if let Ok(v) = HeaderValue::from_bytes(&self.bucket) {
+            h.insert(names.bucket.clone(), v);
+        }
+        if let Some(v) = self.flags.clone().and_then(|f| HeaderValue::try_from(f).ok()) {
+            h.insert(names.flags.clone(), v);
+        }
+    }
 }
 
 /// The header changes of the upstream_request phase.

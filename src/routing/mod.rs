@@ -1,17 +1,29 @@
 //! The compiled, immutable view of the config that every request reads, and the pure
-//! functions that turn a request into a [`Decision`]: route matching ([`table`]) and the
-//! weighted split ([`split`]). Nothing here does I/O, so all of it is unit-tested directly.
+//! function that turns a request into a [`Decision`]:
+//!
+//! route ([`table`]) → user key ([`identity`]) → bucket ([`bucket`]) → pool (override, else the
+//! route's [`split`]) → flags ([`flags`]).
+//!
+//! Nothing here does I/O, so all of it is tested directly; the proxy and `switchyard explain`
+//! both call [`Snapshot::decide`], so what explain prints is what the proxy does.
 
+pub mod bucket;
+pub mod flags;
+pub mod identity;
 pub mod split;
 pub mod table;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use http::{HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 
+pub use flags::Flag;
+pub use identity::{Identity, KeySource};
 pub use split::Split;
 pub use table::RouteTable;
 
@@ -29,6 +41,12 @@ pub struct Snapshot {
     /// Pools by index; routes refer to pools by index into this list.
     pub pools: Vec<Arc<Pool>>,
     pub routes: Vec<Route>,
+    pub identity: Identity,
+    /// Every flag, in config order.
+    pub flags: Vec<Flag>,
+    /// `[env] name`, if set.
+    pub env: Option<String>,
+    pub headers: HeaderNames,
     pub(crate) table: RouteTable,
     /// Connect timeout per endpoint address (`host:port`), read by the connector.
     pub(crate) connect_timeouts: HashMap<String, Duration>,
@@ -45,6 +63,31 @@ pub struct Listen {
     pub drain_timeout: Duration,
 }
 
+/// The names of the decision headers sent upstream (`[headers]`).
+#[derive(Debug, Clone)]
+pub struct HeaderNames {
+    pub flags: HeaderName,
+    pub pool: HeaderName,
+    pub bucket: HeaderName,
+}
+
+impl Default for HeaderNames {
+    fn default() -> HeaderNames {
+        HeaderNames {
+            flags: HeaderName::from_static("x-switchyard-flags"),
+            pool: HeaderName::from_static("x-switchyard-pool"),
+            bucket: HeaderName::from_static("x-switchyard-bucket"),
+        }
+    }
+}
+
+/// Where a tester may name the pool for a request (`override = { header, cookie }`).
+#[derive(Debug, Clone, Default)]
+pub struct Override {
+    pub header: Option<HeaderName>,
+    pub cookie: Option<String>,
+}
+
 /// One `[[routes]]` entry, compiled.
 #[derive(Debug)]
 pub struct Route {
@@ -55,6 +98,15 @@ pub struct Route {
     /// Request headers that must all be present with these exact values.
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub split: Split,
+    pub overrides: Override,
+    /// Indices into [`Snapshot::flags`] of the flags in scope here, in config order.
+    pub flags: Box<[usize]>,
+    /// Whether any decision on this route depends on who the user is (a split over several
+    /// pools, or a flag that is neither fully on nor off). Only then does an anonymous user get
+    /// the id cookie.
+    pub uses_key: bool,
+    /// Override values that named no pool of this route (ignored).
+    pub overrides_ignored: AtomicU64,
 }
 
 impl Route {
@@ -67,12 +119,66 @@ impl Route {
     }
 }
 
-/// What the proxy decided for one request.
+/// The parts of a request that decisions read.
 #[derive(Debug, Clone, Copy)]
-pub struct Decision<'s> {
+pub struct RequestView<'r> {
+    /// Lower-cased, without port (see [`normalize_host`]).
+    pub host: &'r str,
+    pub path: &'r str,
+    pub query: Option<&'r str>,
+    pub headers: &'r HeaderMap,
+}
+
+/// Why a request went to its pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The override header named the pool.
+    OverrideHeader,
+    /// The override cookie named the pool.
+    OverrideCookie,
+    /// The user's bucket fell in the pool's range of the split.
+    Split,
+}
+
+/// What the proxy decided for one request.
+#[derive(Debug)]
+pub struct Decision<'s, 'r> {
     pub route: &'s Route,
+    /// The user key; borrowed from the request unless it is new.
+    pub key: Cow<'r, str>,
+    pub key_source: KeySource,
+    /// The user's point for splits, `bucket · 2^32`.
+    pub point: u32,
     /// Index into [`Snapshot::pools`].
     pub pool: usize,
+    pub why: Why,
+    /// `(index into Snapshot::flags, value, reason)` for the flags in scope, in config order.
+    pub flags: Vec<(usize, flags::Value, flags::Reason)>,
+}
+
+impl Decision<'_, '_> {
+    /// True when the proxy should set the anonymous-id cookie on the response.
+    pub fn sets_cookie(&self) -> bool {
+        self.key_source == KeySource::New && self.route.uses_key
+    }
+
+    /// The flags header value, `name=value, ...`; `None` when no flag is in scope.
+    pub fn flags_header(&self, snap: &Snapshot) -> Option<String> {
+        if self.flags.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(self.flags.len() * 16);
+        for (i, &(f, value, _)) in self.flags.iter().enumerate() {
+            let flag = &snap.flags[f];
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&flag.name);
+            out.push('=');
+            out.push_str(flag.token(value));
+        }
+        Some(out)
+    }
 }
 
 impl Snapshot {
@@ -82,13 +188,70 @@ impl Snapshot {
         self.table.find(&self.routes, host, path, headers)
     }
 
-    /// Decides route and pool for a request; `None` when no route matches.
-    pub fn decide(&self, host: &str, path: &str, headers: &http::HeaderMap) -> Option<Decision<'_>> {
-        let route = self.find(host, path, headers)?;
+    /// Decides everything for a request: route, user key, bucket, pool and flags. `None` when
+    /// no route matches. `given_key` replaces the request's own key (`explain --user`).
+    pub fn decide<'s, 'r>(
+        &'s self,
+        req: &RequestView<'r>,
+        given_key: Option<&'r str>,
+        now: SystemTime,
+    ) -> Option<Decision<'s, 'r>> {
+        let route = self.find(req.host, req.path, req.headers)?;
+        let (key, key_source) = match given_key {
+            Some(k) => (Cow::Borrowed(k), KeySource::Given),
+            None => self.identity.key(req.headers, req.query),
+        };
+        let point = bucket::pool_point(&self.identity.salt, &key);
+        let (pool, why) = match self.override_pool(route, req.headers) {
+            Some(found) => found,
+            None => (route.split.pick(point), Why::Split),
+        };
+        let flags = route
+            .flags
+            .iter()
+            .map(|&f| {
+                let (value, reason) = self.flags[f].evaluate(&key, now);
+                (f, value, reason)
+            })
+            .collect();
         Some(Decision {
             route,
-            pool: route.split.only_pool(),
+            key,
+            key_source,
+            point,
+            pool,
+            why,
+            flags,
         })
+    }
+
+    /// The pool an override header or cookie names, if it is one of the route's pools. A value
+    /// that names no pool of the route is ignored and counted.
+    fn override_pool(&self, route: &Route, headers: &HeaderMap) -> Option<(usize, Why)> {
+        let o = &route.overrides;
+        let from_header = o
+            .header
+            .as_ref()
+            .and_then(|h| headers.get(h))
+            .and_then(|v| v.to_str().ok())
+            .map(|v| (v, Why::OverrideHeader));
+        let from_cookie = || {
+            o.cookie
+                .as_deref()
+                .and_then(|c| identity::cookie(headers, c))
+                .map(|v| (v, Why::OverrideCookie))
+        };
+        let (name, why) = from_header.or_else(from_cookie)?;
+        let found = route
+            .split
+            .weights()
+            .map(|(p, _)| p)
+            .find(|&p| &*self.pools[p].name == name);
+        if found.is_none() {
+            route.overrides_ignored.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(route = %route.name, value = name, "override names no pool of this route; ignored");
+        }
+        found.map(|p| (p, why))
     }
 
     pub fn pool(&self, index: usize) -> &Arc<Pool> {

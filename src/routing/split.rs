@@ -48,9 +48,29 @@ impl Split {
             .map_or(self.entries[self.entries.len() - 1].pool, |e| e.pool)
     }
 
-    /// The single pool of a one-pool split (the only kind this version accepts).
-    pub fn only_pool(&self) -> usize {
-        self.pick(0)
+    /// Number of pools with a positive weight.
+    pub fn active_pools(&self) -> usize {
+        self.entries.iter().filter(|e| e.weight > 0).count()
+    }
+
+    /// The share of the bucket space, `[0, 1]`, each entry owns, in written order.
+    pub fn shares(&self) -> impl Iterator<Item = (usize, f64)> + '_ {
+        let mut lower = 0u64;
+        self.entries.iter().map(move |e| {
+            let share = (e.upper - lower) as f64 / SPACE as f64;
+            lower = e.upper;
+            (e.pool, share)
+        })
+    }
+
+    /// `(pool, lower, upper)` ranges of the bucket space in units of 2^-32, in written order.
+    pub fn ranges(&self) -> impl Iterator<Item = (usize, u64, u64)> + '_ {
+        let mut lower = 0u64;
+        self.entries.iter().map(move |e| {
+            let r = (e.pool, lower, e.upper);
+            lower = e.upper;
+            r
+        })
     }
 
     /// `(pool index, weight)` in written order.

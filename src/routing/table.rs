@@ -97,6 +97,10 @@ mod tests {
                 })
                 .collect(),
             split: Split::new(&[(0, 1)]),
+            overrides: Default::default(),
+            flags: Box::new([]),
+            uses_key: false,
+            overrides_ignored: Default::default(),
         }
     }
 

@@ -23,6 +23,8 @@ pub enum Balance {
 #[derive(Debug)]
 pub struct Pool {
     pub name: Arc<str>,
+    /// The name as a header value, made once for the pool header of every request.
+    pub name_header: http::HeaderValue,
     pub endpoints: Box<[Arc<Endpoint>]>,
     pub balance: Balance,
     pub connect_timeout: Duration,
@@ -81,6 +83,8 @@ impl Pool {
     ) -> Pool {
         Pool {
             name: name.into(),
+            name_header: http::HeaderValue::from_str(name)
+                .unwrap_or(http::HeaderValue::from_static("invalid")),
             endpoints: endpoints.into(),
             balance,
             connect_timeout,
