@@ -73,22 +73,34 @@ endpoints = ["127.0.0.1:{g}"]
 [pools.canary]
 endpoints = ["127.0.0.1:{c}"]
 
-# Everything goes to blue...
+[identity]
+from = ["header:x-user-id", "cookie:session_user", "query:uid"]
+cookie = "sy_uid"                  # users without an id get one in this cookie
+
+# 90% of users on blue, 10% on the canary, sticky per user. Testers can force a pool with
+# the header x-switchyard-pool or the cookie sy_pool.
 [[routes]]
 name = "web"
-split = {{ blue = 100 }}
+split = {{ blue = 90, canary = 10 }}
+override = {{ header = "x-switchyard-pool", cookie = "sy_pool" }}
 
-# ...but /beta goes to green,
+# /beta is a blue/green switch: all of it on green.
 [[routes]]
 name = "beta"
 path_prefix = "/beta"
 split = {{ green = 100 }}
 
-# and requests with "x-ring: canary" go to the canary.
-[[routes]]
-name = "canary-ring"
-headers = {{ "x-ring" = "canary" }}
-split = {{ canary = 100 }}
+# An A/B test on half the users, split evenly between two variants.
+[[flags]]
+name = "checkout_ab"
+percent = 50
+variants = {{ control = 50, treatment = 50 }}
+
+# On for a quarter of users, and always for alice.
+[[flags]]
+name = "dark_mode"
+percent = 25
+users = ["alice"]
 "#,
         b = ports[0],
         g = ports[1],
@@ -102,26 +114,24 @@ pub fn banner(proxy: SocketAddr, upstreams: &[(&str, SocketAddr)]) -> String {
     let _ = writeln!(s, "switchyard demo is running.\n");
     let _ = writeln!(s, "  proxy      http://{proxy}/");
     for (name, addr) in upstreams {
-        let _ = writeln!(s, "  {name:<10} http://{addr}/   (upstream)");
+        let _ = writeln!(s, "  {name:<10} http://{addr}/   (upstream: answers with its name and the x-switchyard-* headers it got)");
     }
+    let p = proxy;
+    let lines = [
+        (format!("curl -s -H 'x-user-id: alice' http://{p}/"), "sticky: alice always gets the same pool and flags"),
+        (
+            format!("for u in $(seq 1 100); do curl -s -H \"x-user-id: user-$u\" http://{p}/ | head -1; done | sort | uniq -c"),
+            "about 90 blue, 10 canary",
+        ),
+        (format!("curl -si http://{p}/ | grep -i set-cookie"), "no id: an anonymous one, in a cookie"),
+        (format!("curl -s -H 'x-switchyard-pool: canary' http://{p}/"), "a tester forces the canary"),
+        (format!("curl -s http://{p}/beta"), "blue/green switch: all on green"),
+        (format!("curl -s --http2-prior-knowledge -H 'x-user-id: bob' http://{p}/"), "the same over h2c"),
+    ];
     let _ = writeln!(s, "\nTry:");
-    let _ = writeln!(
-        s,
-        "  curl -i http://{proxy}/                        # route web -> blue"
-    );
-    let _ = writeln!(
-        s,
-        "  curl -i http://{proxy}/beta                    # route beta -> green"
-    );
-    let _ = writeln!(
-        s,
-        "  curl -i -H 'x-ring: canary' http://{proxy}/    # header match -> canary"
-    );
-    let _ = writeln!(s, "  curl -i --http2-prior-knowledge http://{proxy}/  # h2c");
-    let _ = writeln!(
-        s,
-        "  curl -i http://{proxy}/ -H 'Host: nowhere' -X DELETE  # still routed: no host is set"
-    );
+    for (cmd, what) in lines {
+        let _ = writeln!(s, "  # {what}\n  {cmd}");
+    }
     let _ = writeln!(s, "\nPress Ctrl-C to stop.");
     s
 }

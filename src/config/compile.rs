@@ -790,15 +790,6 @@ fn compile_split(
         );
         return None;
     }
-    if ok && weights.iter().filter(|&&(_, w)| w > 0).count() > 1 {
-        errs.at(
-            split,
-            path,
-            "this version routes each route to one pool",
-            "set one pool's weight, such as split = { blue = 100 }",
-        );
-        return None;
-    }
     ok.then(|| Split::new(&weights))
 }
 
