@@ -42,6 +42,35 @@ enum Command {
         #[arg(short, long, default_value = "config/switchyard.toml")]
         config: PathBuf,
     },
+    /// Show what the proxy would do with a request: route, user, bucket, pool, flags and the
+    /// headers sent upstream.
+    Explain {
+        #[arg(short, long, default_value = "config/switchyard.toml")]
+        config: PathBuf,
+        /// Decide for this user key instead of the request's own.
+        #[arg(long)]
+        user: Option<String>,
+        /// A request header, `name: value` (repeatable).
+        #[arg(short = 'H', long = "header")]
+        headers: Vec<String>,
+        /// A request cookie, `name=value` (repeatable).
+        #[arg(long = "cookie")]
+        cookies: Vec<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// `[METHOD] URL`; the URL may be a path (`/cart`) with the host in a Host header.
+        #[arg(required = true, num_args = 1..=2)]
+        request: Vec<String>,
+    },
+    /// Compare two configs: the share of users that would change pool on each route, and the
+    /// share that would see each flag flip.
+    Diff {
+        old: PathBuf,
+        new: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Start built-in blue, green and canary upstreams and the proxy in front of them.
     Demo {
         /// Where the demo proxy listens.
@@ -56,6 +85,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
+        Command::Explain {
+            config,
+            user,
+            headers,
+            cookies,
+            json,
+            request,
+        } => report(explain(&config, user, &headers, &cookies, json, &request)),
+        Command::Diff { old, new, json } => report(diff(&old, &new, json)),
         Command::Run { config, workers } => {
             let _guard = logging::init(cli.log_format);
             report(runtime(workers).and_then(|rt| rt.block_on(run(&config))))
@@ -112,6 +150,80 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+/// Loads a config for a one-shot command, with every error on failure.
+fn load(path: &Path) -> anyhow::Result<Snapshot> {
+    config::load(path, None).map_err(|e| match e {
+        LoadError::Invalid(d) => anyhow::anyhow!("the config has errors:\n{d}"),
+        other => anyhow::anyhow!(other),
+    })
+}
+
+fn explain(
+    path: &Path,
+    user: Option<String>,
+    headers: &[String],
+    cookies: &[String],
+    json: bool,
+    request: &[String],
+) -> anyhow::Result<()> {
+    use switchyard::proxy::explain::{self, Question};
+    let snap = load(path)?;
+    let (method, url) = match request {
+        [url] => (http::Method::GET, url),
+        [m, url] => (
+            http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).context("bad METHOD")?,
+            url,
+        ),
+        _ => anyhow::bail!("give [METHOD] URL"),
+    };
+    let uri: http::Uri = url.parse().with_context(|| format!("`{url}` is not a URL"))?;
+    let mut map = http::HeaderMap::new();
+    for h in headers {
+        let (k, v) = h
+            .split_once(':')
+            .with_context(|| format!("-H `{h}`: write 'name: value'"))?;
+        map.append(
+            http::HeaderName::from_bytes(k.trim().as_bytes())
+                .with_context(|| format!("-H `{h}`: bad name"))?,
+            http::HeaderValue::from_str(v.trim()).with_context(|| format!("-H `{h}`: bad value"))?,
+        );
+    }
+    if !cookies.is_empty() {
+        anyhow::ensure!(
+            cookies.iter().all(|c| c.contains('=')),
+            "--cookie takes name=value"
+        );
+        map.append(
+            http::header::COOKIE,
+            http::HeaderValue::from_str(&cookies.join("; "))?,
+        );
+    }
+    let q = Question {
+        method,
+        uri,
+        headers: map,
+        user,
+    };
+    let answer = explain::explain(&snap, &q, std::time::SystemTime::now());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&answer)?);
+    } else {
+        print!("{answer}");
+    }
+    Ok(())
+}
+
+fn diff(old: &Path, new: &Path, json: bool) -> anyhow::Result<()> {
+    let (a, b) = (load(old)?, load(new)?);
+    let d = switchyard::routing::diff::diff(&a, &b, std::time::SystemTime::now());
+    if json {
+        println!("{}", serde_json::to_string_pretty(&d)?);
+    } else {
+        print!("{d}");
+    }
+    Ok(())
+}
+
 fn summary(path: &Path, snap: &Snapshot) -> String {
     use std::fmt::Write;
     let mut s = String::new();
@@ -149,6 +261,28 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
             headers.concat(),
             split.join(" ")
         );
+    }
+    if !snap.flags.is_empty() {
+        let _ = writeln!(s, "flags ({}):", snap.flags.len());
+        for f in &snap.flags {
+            let variants: Vec<String> = f.variants.iter().map(|(n, w)| format!("{n}={w}")).collect();
+            let _ = writeln!(
+                s,
+                "  {:<20} {}%{}{}",
+                f.name,
+                f.percent,
+                if f.users.is_empty() {
+                    String::new()
+                } else {
+                    format!(", {} users", f.users.len())
+                },
+                if variants.is_empty() {
+                    String::new()
+                } else {
+                    format!(", variants {}", variants.join(" "))
+                }
+            );
+        }
     }
     s
 }

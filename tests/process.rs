@@ -4,7 +4,7 @@
 mod support;
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use http::Request;
@@ -65,65 +65,6 @@ fn check_lists_every_error_with_file_line_column_field_and_fix() {
         format!("{name}: 4 errors"),
     ] {
         assert!(err.contains(&want), "missing {want:?} in:\n{err}");
-    }
-}
-
-struct Running {
-    child: Child,
-    addr: std::net::SocketAddr,
-    _config: tempfile::NamedTempFile,
-}
-
-impl Running {
-    /// Starts the binary on a config whose http listener is `127.0.0.1:PORT` with a free port.
-    fn start(config_text: &str) -> Running {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let text = config_text.replace("http = \"127.0.0.1:0\"", &format!("http = \"127.0.0.1:{port}\""));
-        let mut f = tempfile::NamedTempFile::new().unwrap();
-        f.write_all(text.as_bytes()).unwrap();
-        let child = Command::new(BIN)
-            .args(["run", "--workers", "2", "-c"])
-            .arg(f.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr = format!("127.0.0.1:{port}").parse().unwrap();
-        let started = Instant::now();
-        while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "the proxy did not start"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Running {
-            child,
-            addr,
-            _config: f,
-        }
-    }
-
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
-        line.split_whitespace().nth(1).unwrap().parse().unwrap()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on a child we spawned and still own.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

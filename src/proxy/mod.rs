@@ -17,6 +17,7 @@
 
 pub mod body;
 pub mod error;
+pub mod explain;
 pub mod headers;
 pub mod server;
 pub mod tls;
@@ -35,7 +36,7 @@ use hyper_util::rt::TokioIo;
 
 use std::time::SystemTime;
 
-use crate::routing::{bucket, normalize_host, RequestView, Snapshot};
+use crate::routing::{bucket, normalize_host, Decision, RequestView, Snapshot};
 use crate::upstream::client::{self, UpstreamBody, UpstreamClient};
 use crate::upstream::{InFlight, Pool};
 use body::{AccessLog, ProxyBody};
@@ -152,12 +153,7 @@ impl Proxy {
                     path: req.uri().path().to_owned(),
                 })?;
             names.route = Some(d.route.name.clone());
-            let decided = Decided {
-                bucket: bucket::format_point(d.point),
-                flags: d.flags_header(snap),
-                set_cookie: d.sets_cookie().then(|| snap.identity.set_cookie(&d.key)),
-            };
-            (snap.pool(d.pool).clone(), decided)
+            (snap.pool(d.pool).clone(), Decided::new(&d, snap))
         };
         names.pool = Some(pool.name.clone());
 
@@ -298,6 +294,14 @@ struct Decided {
 }
 
 impl Decided {
+    fn new(d: &Decision<'_, '_>, snap: &Snapshot) -> Decided {
+        Decided {
+            bucket: bucket::format_point(d.point),
+            flags: d.flags_header(snap),
+            set_cookie: d.sets_cookie().then(|| snap.identity.set_cookie(&d.key)),
+        }
+    }
+
     /// Adds the decision headers; clients' own copies of them (under configured names that
     /// lack the `x-switchyard-` prefix) are dropped first.
     fn add_to(&self, h: &mut HeaderMap, snap: &Snapshot, pool: &Pool) {

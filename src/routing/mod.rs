@@ -8,6 +8,7 @@
 //! both call [`Snapshot::decide`], so what explain prints is what the proxy does.
 
 pub mod bucket;
+pub mod diff;
 pub mod flags;
 pub mod identity;
 pub mod split;

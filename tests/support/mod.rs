@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -62,7 +63,7 @@ pub struct Seen {
 }
 
 /// A loopback upstream. Paths:
-/// - `/echo`: the request headers as JSON (`{"name": ["v1", ...]}`), and `x-upstream: NAME`
+/// - `/echo` (or any path ending in it): the request headers as JSON (`{"name": ["v1", ...]}`), and `x-upstream: NAME`
 /// - `/sleep/MS`: answers after MS milliseconds
 /// - `/status/CODE`: answers with that status
 /// - `/download/N`: N bytes, streamed
@@ -130,7 +131,7 @@ async fn answer(name: &'static str, seen: &Seen, req: Request<Incoming>) -> Resp
     let path = req.uri().path().to_owned();
     seen.paths.lock().unwrap().push(path.clone());
     *seen.last_headers.lock().unwrap() = Some(req.headers().clone());
-    let mut resp = if path == "/echo" {
+    let mut resp = if path.ends_with("/echo") {
         let mut map: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (k, v) in req.headers() {
             map.entry(k.to_string())
@@ -334,4 +335,64 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, boo
 pub async fn dead_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     l.local_addr().unwrap()
+}
+
+/// The `switchyard` binary, running on a config file.
+pub struct Running {
+    pub child: std::process::Child,
+    pub addr: std::net::SocketAddr,
+    _config: tempfile::NamedTempFile,
+}
+
+impl Running {
+    /// Starts the binary on a config whose http listener is `127.0.0.1:PORT` with a free port.
+    pub fn start(config_text: &str) -> Running {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let text = config_text.replace("http = \"127.0.0.1:0\"", &format!("http = \"127.0.0.1:{port}\""));
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["run", "--workers", "2", "-c"])
+            .arg(f.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let started = std::time::Instant::now();
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "the proxy did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Running {
+            child,
+            addr,
+            _config: f,
+        }
+    }
+
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on a child we spawned and still own.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

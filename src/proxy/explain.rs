@@ -1,0 +1,218 @@
+//! `switchyard explain`: what the proxy would do with one request — the route, the user key
+//! and where it came from, the bucket, the pool and why, every flag's value and why, and the
+//! exact headers sent upstream. It runs [`Snapshot::decide`] and the proxy's own header code,
+//! so it cannot drift from what the proxy does.
+
+use std::net::SocketAddr;
+use std::time::SystemTime;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Uri};
+use serde::Serialize;
+
+use super::{prepare_request_headers, Decided, Peer, VIA_11};
+use crate::routing::flags::{Reason, Value};
+use crate::routing::{bucket, normalize_host, RequestView, Snapshot, Why};
+
+/// A request to explain.
+pub struct Question {
+    pub method: Method,
+    pub uri: Uri,
+    pub headers: HeaderMap,
+    /// Replaces the request's own user key.
+    pub user: Option<String>,
+}
+
+/// The answer, as `--json` prints it.
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    pub method: String,
+    pub url: String,
+    /// `None`: no route matched (the proxy answers 404).
+    pub route: Option<RouteFacts>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct RouteFacts {
+    pub name: String,
+    pub host: Option<String>,
+    pub path_prefix: String,
+    pub user_key: String,
+    pub user_key_from: String,
+    pub bucket: String,
+    pub pool: String,
+    pub why: String,
+    pub split: Vec<SplitShare>,
+    pub endpoints: Vec<String>,
+    pub flags: Vec<FlagFacts>,
+    pub upstream_headers: Vec<(String, String)>,
+    pub set_cookie: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SplitShare {
+    pub pool: String,
+    pub weight: u64,
+    /// Bucket range `[from, to)`.
+    pub from: f64,
+    pub to: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FlagFacts {
+    pub name: String,
+    pub value: String,
+    pub why: String,
+}
+
+/// Explains `q` against `snap`, at time `now`.
+pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime) -> Explanation {
+    let host = match q.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => q.headers.get(header::HOST).cloned(),
+    };
+    let host_name = normalize_host(host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""));
+    let view = RequestView {
+        host: &host_name,
+        path: q.uri.path(),
+        query: q.uri.query(),
+        headers: &q.headers,
+    };
+    let route = snap.decide(&view, q.user.as_deref(), now).map(|d| {
+        let route = d.route;
+        let pool = snap.pool(d.pool);
+        let space = (1u64 << 32) as f64;
+        let split = route
+            .split
+            .ranges()
+            .zip(route.split.weights())
+            .map(|((p, lo, hi), (_, weight))| SplitShare {
+                pool: snap.pools[p].name.to_string(),
+                weight,
+                from: lo as f64 / space,
+                to: hi as f64 / space,
+            })
+            .collect();
+        let bucket = String::from_utf8_lossy(&bucket::format_point(d.point)).into_owned();
+        let why = match d.why {
+            Why::OverrideHeader => format!(
+                "override: header {} names it",
+                route.overrides.header.as_ref().map_or("", |h| h.as_str())
+            ),
+            Why::OverrideCookie => format!(
+                "override: cookie {} names it",
+                route.overrides.cookie.as_deref().unwrap_or("")
+            ),
+            Why::Split => format!("sticky split: bucket {bucket} falls in {}'s range", pool.name),
+        };
+        let flags = d
+            .flags
+            .iter()
+            .map(|&(f, value, reason)| {
+                let flag = &snap.flags[f];
+                let why = match reason {
+                    Reason::OutsideWindow => "outside its start/end window".to_owned(),
+                    Reason::OtherEnvironment => "not enabled in this environment".to_owned(),
+                    Reason::Listed => "the user is in its users list".to_owned(),
+                    Reason::Rollout { percent: 0, .. } => "0% rollout".to_owned(),
+                    Reason::Rollout { bucket, percent } => {
+                        let cmp = if bucket <= percent { "<=" } else { ">" };
+                        format!("user bucket {bucket} {cmp} {percent}%")
+                    }
+                };
+                let why = match value {
+                    Value::Variant(_) => format!("{why}; variant by weight"),
+                    _ => why,
+                };
+                FlagFacts {
+                    name: flag.name.to_string(),
+                    value: flag.token(value).to_owned(),
+                    why,
+                }
+            })
+            .collect();
+        let decided = Decided::new(&d, snap);
+        let mut upstream = q.headers.clone();
+        let peer = Peer {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            tls: q.uri.scheme_str() == Some("https"),
+        };
+        let request_id = q
+            .headers
+            .get("x-request-id")
+            .cloned()
+            .unwrap_or(HeaderValue::from_static("(generated per request)"));
+        prepare_request_headers(&mut upstream, host.as_ref(), peer, &request_id, &VIA_11, false);
+        decided.add_to(&mut upstream, snap, pool);
+        let upstream_headers = upstream
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("<binary>").to_owned()))
+            .collect();
+        RouteFacts {
+            name: route.name.to_string(),
+            host: route.host.clone(),
+            path_prefix: route.path_prefix.clone(),
+            user_key: d.key.to_string(),
+            user_key_from: d.key_source.to_string(),
+            bucket,
+            pool: pool.name.to_string(),
+            why,
+            split,
+            endpoints: pool.endpoints.iter().map(|e| e.address.to_string()).collect(),
+            flags,
+            upstream_headers,
+            set_cookie: decided.set_cookie,
+        }
+    });
+    Explanation {
+        method: q.method.to_string(),
+        url: q.uri.to_string(),
+        route,
+    }
+}
+
+impl std::fmt::Display for Explanation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} {}", self.method, self.url)?;
+        let Some(r) = &self.route else {
+            return writeln!(
+                f,
+                "route:    none matched: the proxy answers 404 (x-switchyard-error: no_route)"
+            );
+        };
+        writeln!(
+            f,
+            "route:    {} (host {}, path prefix {})",
+            r.name,
+            r.host.as_deref().unwrap_or("any"),
+            r.path_prefix
+        )?;
+        writeln!(f, "user:     {} (from {})", r.user_key, r.user_key_from)?;
+        writeln!(f, "bucket:   {}", r.bucket)?;
+        writeln!(f, "pool:     {} — {}", r.pool, r.why)?;
+        for s in &r.split {
+            writeln!(
+                f,
+                "          {:<12} weight {:<5} [{:.4}, {:.4})",
+                s.pool, s.weight, s.from, s.to
+            )?;
+        }
+        writeln!(f, "          endpoints: {}", r.endpoints.join(", "))?;
+        if r.flags.is_empty() {
+            writeln!(f, "flags:    none in scope")?;
+        } else {
+            writeln!(f, "flags:")?;
+            for fl in &r.flags {
+                writeln!(f, "          {:<20} = {:<12} ({})", fl.name, fl.value, fl.why)?;
+            }
+        }
+        writeln!(f, "upstream request headers:")?;
+        for (k, v) in &r.upstream_headers {
+            writeln!(f, "          {k}: {v}")?;
+        }
+        if let Some(c) = &r.set_cookie {
+            writeln!(f, "response: set-cookie: {c}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,310 @@
+//! Traffic shifting through the real proxy: sticky split shares, stickiness across requests
+//! and across two proxy processes, the anonymous cookie, overrides, spoofed decision headers,
+//! and flags with windows, environments and variants.
+
+mod support;
+
+use std::collections::HashMap;
+
+use http::Request;
+use support::*;
+
+fn split_config(blue: std::net::SocketAddr, canary: std::net::SocketAddr, extra: &str) -> String {
+    format!(
+        r#"[listen]
+http = "127.0.0.1:0"
+[log]
+access = false
+[identity]
+from = ["header:x-user-id", "cookie:session_user", "query:uid"]
+[pools.blue]
+endpoints = ["{blue}"]
+[pools.canary]
+endpoints = ["{canary}"]
+[[routes]]
+name = "web"
+split = {{ blue = 80, canary = 20 }}
+override = {{ header = "x-switchyard-pool", cookie = "sy_pool" }}
+{extra}"#
+    )
+}
+
+async fn ask(proxy_url: &str, headers: &[(&str, &str)]) -> (http::response::Parts, serde_json::Value) {
+    let client = h1_client();
+    let mut b = Request::get(format!("{proxy_url}/echo"));
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let (parts, body) = send(&client, b.body(empty()).unwrap()).await;
+    (parts, serde_json::from_slice(&body).unwrap())
+}
+
+fn header<'a>(seen: &'a serde_json::Value, name: &str) -> Option<&'a str> {
+    seen.get(name).and_then(|v| v[0].as_str())
+}
+
+#[tokio::test]
+async fn the_split_is_sticky_and_shares_follow_the_weights() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let proxy = Proxy::start(&split_config(blue.addr, canary.addr, "")).await;
+    let client = h1_client();
+    let mut first = HashMap::new();
+    for round in 0..2 {
+        for i in 0..1000 {
+            let user = format!("user-{i}");
+            let req = Request::get(proxy.url("/"))
+                .header("x-user-id", &user)
+                .body(empty())
+                .unwrap();
+            let (parts, _) = send(&client, req).await;
+            let pool = parts.headers["x-upstream"].to_str().unwrap().to_owned();
+            if round == 0 {
+                first.insert(user, pool);
+            } else {
+                assert_eq!(first[&user], pool, "{user} moved between requests");
+            }
+        }
+    }
+    let on_canary = first.values().filter(|p| *p == "canary").count();
+    assert!(
+        (150..=250).contains(&on_canary),
+        "{on_canary} of 1000 users on a 20% canary"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_proxy_processes_agree_on_every_user() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let cfg = split_config(
+        blue.addr,
+        canary.addr,
+        "[[flags]]\nname = \"ab\"\npercent = 50\nvariants = { x = 1, y = 1 }\n",
+    );
+    let (a, b) = (Running::start(&cfg), Running::start(&cfg));
+    for i in 0..200 {
+        let user = format!("u{i}");
+        let (_, sa) = ask(&format!("http://{}", a.addr), &[("x-user-id", &user)]).await;
+        let (_, sb) = ask(&format!("http://{}", b.addr), &[("x-user-id", &user)]).await;
+        for h in ["x-switchyard-pool", "x-switchyard-bucket", "x-switchyard-flags"] {
+            assert_eq!(header(&sa, h), header(&sb, h), "{user}: {h}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn pinned_buckets_and_flags_reach_the_upstream() {
+    // The public contract: murmur3_x86_32("switchyard:alice") = 1597324748 → bucket 0.3719;
+    // Unleash bucket of "new_checkout:alice" = 21, variant target (of 1000) = 175.
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let flags = "[[flags]]\nname = \"new_checkout\"\npercent = 21\nvariants = { control = 200, treatment = 800 }\n[[flags]]\nname = \"narrow\"\ngroup = \"new_checkout\"\npercent = 20\n";
+    let proxy = Proxy::start(&split_config(blue.addr, canary.addr, flags)).await;
+    let (_, seen) = ask(&proxy.url(""), &[("x-user-id", "alice")]).await;
+    assert_eq!(header(&seen, "x-switchyard-bucket"), Some("0.3719"));
+    assert_eq!(header(&seen, "x-switchyard-pool"), Some("blue"));
+    assert_eq!(
+        header(&seen, "x-switchyard-flags"),
+        Some("new_checkout=control, narrow=off")
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn users_without_an_id_get_a_sticky_cookie() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let proxy = Proxy::start(&split_config(blue.addr, canary.addr, "")).await;
+    let (parts, seen) = ask(&proxy.url(""), &[]).await;
+    let cookie = parts.headers["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("sy_uid="), "{cookie}");
+    for attr in ["Path=/", "HttpOnly", "SameSite=Lax", "Max-Age=31536000"] {
+        assert!(cookie.contains(attr), "{cookie} lacks {attr}");
+    }
+    let id = cookie.split(';').next().unwrap().to_owned();
+    let bucket = header(&seen, "x-switchyard-bucket").unwrap().to_owned();
+    for _ in 0..5 {
+        let (parts, seen) = ask(&proxy.url(""), &[("cookie", &id)]).await;
+        assert!(
+            parts.headers.get("set-cookie").is_none(),
+            "the known id is not reset"
+        );
+        assert_eq!(header(&seen, "x-switchyard-bucket"), Some(bucket.as_str()));
+    }
+    // The other sources of identity, in order.
+    let (_, by_cookie) = ask(&proxy.url(""), &[("cookie", "session_user=alice")]).await;
+    assert_eq!(header(&by_cookie, "x-switchyard-bucket"), Some("0.3719"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_query_parameter_identifies_the_user() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let proxy = Proxy::start(&split_config(blue.addr, canary.addr, "")).await;
+    let client = h1_client();
+    let (parts, body) = get(&client, &proxy.url("/echo?x=1&uid=alice")).await;
+    assert!(parts.headers.get("set-cookie").is_none());
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(header(&seen, "x-switchyard-bucket"), Some("0.3719"));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn overrides_force_a_pool_of_the_route_and_unknown_values_are_ignored() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let proxy = Proxy::start(&split_config(blue.addr, canary.addr, "")).await;
+    // alice's bucket (0.3719) is in blue's range.
+    let (parts, _) = ask(
+        &proxy.url(""),
+        &[("x-user-id", "alice"), ("x-switchyard-pool", "canary")],
+    )
+    .await;
+    assert_eq!(parts.headers["x-upstream"], "canary");
+    let (parts, _) = ask(
+        &proxy.url(""),
+        &[("x-user-id", "alice"), ("cookie", "sy_pool=canary")],
+    )
+    .await;
+    assert_eq!(parts.headers["x-upstream"], "canary");
+    let (parts, _) = ask(
+        &proxy.url(""),
+        &[("x-user-id", "alice"), ("x-switchyard-pool", "purple")],
+    )
+    .await;
+    assert_eq!(parts.headers["x-upstream"], "blue", "an unknown pool is ignored");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn spoofed_decision_headers_are_replaced() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let flags = "[[flags]]\nname = \"beta\"\npercent = 0\n[headers]\nflags = \"x-flags\"\n";
+    let proxy = Proxy::start(&split_config(blue.addr, canary.addr, flags)).await;
+    let (_, seen) = ask(
+        &proxy.url(""),
+        &[
+            ("x-user-id", "alice"),
+            ("x-flags", "beta=on, admin=on"),
+            ("x-switchyard-bucket", "0.9999"),
+            ("x-switchyard-debug", "1"),
+        ],
+    )
+    .await;
+    assert_eq!(header(&seen, "x-flags"), Some("beta=off"));
+    assert_eq!(seen["x-flags"].as_array().unwrap().len(), 1);
+    assert_eq!(header(&seen, "x-switchyard-bucket"), Some("0.3719"));
+    assert!(seen.get("x-switchyard-debug").is_none());
+    assert!(
+        seen.get("x-switchyard-flags").is_none(),
+        "the flags header was renamed"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn flags_follow_windows_environments_users_and_routes() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let flags = r#"
+[env]
+name = "production"
+[[flags]]
+name = "always"
+[[flags]]
+name = "future"
+start = "2099-01-01T00:00:00Z"
+[[flags]]
+name = "past"
+start = "2020-01-01T00:00:00Z"
+end = "2021-01-01T00:00:00Z"
+[[flags]]
+name = "current"
+start = "2020-01-01T00:00:00Z"
+end = "2099-01-01T00:00:00Z"
+[[flags]]
+name = "staging_only"
+environments = ["staging"]
+[[flags]]
+name = "prod_only"
+environments = ["staging", "production"]
+[[flags]]
+name = "listed"
+users = ["alice"]
+[[flags]]
+name = "elsewhere"
+routes = ["other"]
+[[routes]]
+name = "other"
+path_prefix = "/other"
+split = { blue = 100 }
+"#;
+    let proxy = Proxy::start(&split_config(blue.addr, canary.addr, flags)).await;
+    let (_, seen) = ask(&proxy.url(""), &[("x-user-id", "alice")]).await;
+    assert_eq!(
+        header(&seen, "x-switchyard-flags"),
+        Some("always=on, future=off, past=off, current=on, staging_only=off, prod_only=on, listed=on")
+    );
+    let (_, seen) = ask(&proxy.url(""), &[("x-user-id", "bob")]).await;
+    assert!(header(&seen, "x-switchyard-flags")
+        .unwrap()
+        .ends_with("listed=off"));
+    let (_, body) = get(&h1_client(), &format!("{}/echo", proxy.url("/other"))).await;
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        header(&seen, "x-switchyard-flags")
+            .unwrap()
+            .ends_with("elsewhere=on"),
+        "{seen}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn variant_shares_follow_their_weights() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let flags = "[[flags]]\nname = \"search\"\npercent = 50\nvariants = { a = 1, b = 3 }\n";
+    let proxy = Proxy::start(&split_config(blue.addr, canary.addr, flags)).await;
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for i in 0..1000 {
+        let (_, seen) = ask(&proxy.url(""), &[("x-user-id", &format!("v{i}"))]).await;
+        *counts
+            .entry(header(&seen, "x-switchyard-flags").unwrap().to_owned())
+            .or_default() += 1;
+    }
+    let (off, a, b) = (counts["search=off"], counts["search=a"], counts["search=b"]);
+    assert!((430..=570).contains(&off), "{counts:?}");
+    assert!((80..=170).contains(&a) && (300..=450).contains(&b), "{counts:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn explain_uses_the_same_decision_as_the_proxy() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let flags = "[[flags]]\nname = \"ab\"\npercent = 60\nvariants = { x = 1, y = 1 }\n";
+    let cfg = split_config(blue.addr, canary.addr, flags);
+    let proxy = Proxy::start(&cfg).await;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), &cfg).unwrap();
+    for i in 0..20 {
+        let user = format!("e{i}");
+        let (_, seen) = ask(&proxy.url(""), &[("x-user-id", &user)]).await;
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["explain", "--json", "-c"])
+            .arg(file.path())
+            .args(["-H", &format!("x-user-id: {user}"), "http://h/echo"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let answer: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let route = &answer["route"];
+        assert_eq!(route["user_key_from"], "header x-user-id");
+        let upstream: HashMap<String, String> = serde_json::from_value(route["upstream_headers"].clone())
+            .map(|v: Vec<(String, String)>| v.into_iter().collect())
+            .unwrap();
+        for h in ["x-switchyard-pool", "x-switchyard-bucket", "x-switchyard-flags"] {
+            assert_eq!(
+                upstream.get(h).map(String::as_str),
+                header(&seen, h),
+                "{user}: {h}"
+            );
+        }
+    }
+    proxy.shutdown().await;
+}
