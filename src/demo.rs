@@ -64,6 +64,9 @@ pub fn config(listen: SocketAddr, ports: [u16; 3]) -> String {
 [listen]
 http = "{listen}"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [pools.blue]
 endpoints = ["127.0.0.1:{b}"]
 
@@ -109,10 +112,16 @@ users = ["alice"]
 }
 
 /// The lines `switchyard demo` prints once it is up.
-pub fn banner(proxy: SocketAddr, upstreams: &[(&str, SocketAddr)]) -> String {
+pub fn banner(proxy: SocketAddr, admin: Option<SocketAddr>, upstreams: &[(&str, SocketAddr)]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "switchyard demo is running.\n");
     let _ = writeln!(s, "  proxy      http://{proxy}/");
+    if let Some(a) = admin {
+        let _ = writeln!(
+            s,
+            "  admin      http://{a}/api/routes   (metrics: http://{a}/metrics)"
+        );
+    }
     for (name, addr) in upstreams {
         let _ = writeln!(s, "  {name:<10} http://{addr}/   (upstream: answers with its name and the x-switchyard-* headers it got)");
     }
@@ -128,6 +137,19 @@ pub fn banner(proxy: SocketAddr, upstreams: &[(&str, SocketAddr)]) -> String {
         (format!("curl -s http://{p}/beta"), "blue/green switch: all on green"),
         (format!("curl -s --http2-prior-knowledge -H 'x-user-id: bob' http://{p}/"), "the same over h2c"),
     ];
+    let admin_lines = admin.map(|a| {
+        [
+            (
+                format!("switchyard status --admin http://{a}"),
+                "routes and weights, live",
+            ),
+            (
+                format!("curl -s http://{a}/metrics | grep switchyard_requests_total"),
+                "Prometheus metrics",
+            ),
+        ]
+    });
+    let lines = lines.into_iter().chain(admin_lines.into_iter().flatten());
     let _ = writeln!(s, "\nTry:");
     for (cmd, what) in lines {
         let _ = writeln!(s, "  # {what}\n  {cmd}");

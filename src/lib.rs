@@ -15,12 +15,17 @@
 //! - [`demo`] is `switchyard demo`: built-in upstreams and config.
 //! - [`logging`] sets up `tracing` (text or JSON).
 
+pub mod admin;
+pub mod app;
 pub mod config;
 pub mod demo;
 pub mod logging;
 pub mod proxy;
+pub mod reload;
 pub mod routing;
+pub mod state;
 pub mod upstream;
 
+pub use app::{App, Source};
 pub use proxy::server::Server;
 pub use routing::Snapshot;

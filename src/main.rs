@@ -4,14 +4,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context;
-use arc_swap::ArcSwap;
 use clap::{Parser, Subcommand};
+use switchyard::app::StartError;
 use switchyard::config::{self, LoadError};
 use switchyard::logging::{self, LogFormat};
-use switchyard::{demo, Server, Snapshot};
+use switchyard::{demo, App, Snapshot, Source};
 
 #[derive(Parser)]
 #[command(
@@ -71,6 +70,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Live view of routes, weights and the config revision, from the admin API.
+    Status {
+        /// The admin API's base URL.
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+        #[arg(long)]
+        json: bool,
+    },
     /// Start built-in blue, green and canary upstreams and the proxy in front of them.
     Demo {
         /// Where the demo proxy listens.
@@ -94,6 +101,9 @@ fn main() -> ExitCode {
             request,
         } => report(explain(&config, user, &headers, &cookies, json, &request)),
         Command::Diff { old, new, json } => report(diff(&old, &new, json)),
+        Command::Status { admin, json } => {
+            report(runtime(Some(1)).and_then(|rt| rt.block_on(status(&admin, json))))
+        }
         Command::Run { config, workers } => {
             let _guard = logging::init(cli.log_format);
             report(runtime(workers).and_then(|rt| rt.block_on(run(&config))))
@@ -288,18 +298,73 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
 }
 
 async fn run(path: &Path) -> anyhow::Result<()> {
-    let snap = match config::load(path, None) {
-        Ok(s) => s,
-        Err(LoadError::Invalid(d)) => anyhow::bail!("the config has errors:\n{d}"),
-        Err(e) => return Err(e.into()),
-    };
+    let app = App::start(Source::File(path.to_owned()))
+        .await
+        .map_err(|e| match e {
+            StartError::Config(LoadError::Invalid(d)) => anyhow::anyhow!("the config has errors:\n{d}"),
+            other => anyhow::anyhow!(other),
+        })?;
+    let snap = app.state().snapshot.load_full();
     tracing::info!(config = %path.display(), revision = %snap.revision, routes = snap.routes.len(), pools = snap.pools.len(), "config loaded");
-    serve(snap).await
+    if let Some(triggers) = app.triggers() {
+        tokio::spawn(reload_on_sighup(triggers));
+    }
+    app.run(shutdown_signal()).await?;
+    Ok(())
 }
 
-async fn serve(snap: Snapshot) -> anyhow::Result<()> {
-    let server = Server::bind(Arc::new(ArcSwap::from_pointee(snap))).await?;
-    server.run(shutdown_signal()).await?;
+/// SIGHUP reloads the config, as for nginx and HAProxy.
+async fn reload_on_sighup(triggers: tokio::sync::mpsc::Sender<switchyard::reload::Trigger>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        tracing::error!("cannot listen for SIGHUP; reload by saving the file or with POST /api/reload");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading the config");
+        if triggers.send(switchyard::reload::Trigger::Signal).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// One call to the admin API; the token comes from SWITCHYARD_ADMIN_TOKEN when set.
+async fn admin_call(method: http::Method, url: &str) -> anyhow::Result<serde_json::Value> {
+    use http_body_util::{BodyExt, Empty};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build_http::<Empty<bytes::Bytes>>();
+    let mut req = http::Request::builder().method(method).uri(url);
+    if let Ok(token) = std::env::var("SWITCHYARD_ADMIN_TOKEN") {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let resp = client
+        .request(req.body(Empty::new())?)
+        .await
+        .with_context(|| format!("cannot reach the admin API at {url}: is switchyard running with [admin] listen set? (--admin URL)"))?;
+    let status = resp.status();
+    let body = resp.into_body().collect().await?.to_bytes();
+    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    if !status.is_success() {
+        let msg = value["error"]
+            .as_str()
+            .map_or_else(|| String::from_utf8_lossy(&body).into_owned(), str::to_owned);
+        anyhow::bail!("{url}: {status}: {msg}");
+    }
+    Ok(value)
+}
+
+async fn status(admin: &str, json: bool) -> anyhow::Result<()> {
+    let base = admin.trim_end_matches('/');
+    let config = admin_call(http::Method::GET, &format!("{base}/api/config")).await?;
+    let routes = admin_call(http::Method::GET, &format!("{base}/api/routes")).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "config": config, "routes": routes }))?
+        );
+        return Ok(());
+    }
+    print!("{}", switchyard::admin::render_status(&config, &routes));
     Ok(())
 }
 
@@ -314,13 +379,15 @@ async fn run_demo(listen: SocketAddr) -> anyhow::Result<()> {
         upstreams[2].1.port(),
     ];
     let text = demo::config(listen, ports);
-    let snap = config::load_str(&text, Path::new("demo.toml"), None).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let server = Server::bind(Arc::new(ArcSwap::from_pointee(snap)))
-        .await
-        .with_context(|| format!("is another program on {listen}? try --listen 127.0.0.1:0"))?;
-    let addr = server.http_addr().context("the demo has an http listener")?;
-    println!("{}", demo::banner(addr, &upstreams));
-    server.run(shutdown_signal()).await?;
+    let app = App::start(Source::Text {
+        text,
+        name: "demo.toml".into(),
+    })
+    .await
+    .with_context(|| format!("is another program on {listen}? try --listen 127.0.0.1:0"))?;
+    let addr = app.http_addr().context("the demo has an http listener")?;
+    println!("{}", demo::banner(addr, app.admin_addr(), &upstreams));
+    app.run(shutdown_signal()).await?;
     Ok(())
 }
 

@@ -2,7 +2,6 @@
 //! collects every error instead of stopping at the first, each pointing at its value.
 
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -16,7 +15,9 @@ use super::raw::{RawConfig, RawFlag, RawListen, RawPool, RawRoute};
 use super::{error_at, ConfigError};
 use crate::routing::flags::{is_key, is_token};
 use crate::routing::identity::KeyFrom;
-use crate::routing::{Flag, HeaderNames, Identity, Listen, Override, Route, RouteTable, Snapshot, Split};
+use crate::routing::{
+    AdminSettings, Flag, HeaderNames, Identity, Listen, Override, Route, RouteTable, Snapshot, Split,
+};
 use crate::upstream::{Balance, Endpoint, Pool};
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -175,6 +176,24 @@ pub fn compile(
     }
 
     let identity = compile_identity(&mut errs, raw);
+    let admin = raw.admin.as_ref().and_then(|a| {
+        let a = a.get_ref();
+        match a.listen.get_ref().parse::<SocketAddr>() {
+            Ok(listen) => Some(AdminSettings {
+                listen,
+                token_env: a.token_env.as_ref().map(|t| t.get_ref().clone()),
+            }),
+            Err(_) => {
+                errs.at(
+                    &a.listen,
+                    "admin.listen",
+                    format!("`{}` is not an address", a.listen.get_ref()),
+                    "write IP:PORT, such as \"127.0.0.1:9901\"",
+                );
+                None
+            }
+        }
+    });
     let env = raw.env.as_ref().map(|e| e.get_ref().name.get_ref().clone());
     let headers = compile_headers(&mut errs, raw);
     let mut flags: Vec<Flag> = Vec::new();
@@ -194,7 +213,8 @@ pub fn compile(
             flags.push(flag);
         }
     }
-    for route in &mut routes {
+    for (i, route) in routes.iter_mut().enumerate() {
+        route.index = i;
         route.flags = flags
             .iter()
             .enumerate()
@@ -232,6 +252,8 @@ pub fn compile(
         flags,
         env,
         headers,
+        admin,
+        metrics: None,
         table,
         connect_timeouts,
     })
@@ -723,6 +745,7 @@ fn compile_route(
         }
     }
     (errs.list.len() == before).then(|| Route {
+        index: 0,
         name: name.as_str().into(),
         host,
         path_prefix,
@@ -731,7 +754,6 @@ fn compile_route(
         overrides,
         flags: Box::new([]),
         uses_key: false,
-        overrides_ignored: Default::default(),
     })
 }
 
@@ -793,11 +815,13 @@ fn compile_split(
     ok.then(|| Split::new(&weights))
 }
 
-fn revision(src: &str) -> String {
-    // Display only: a short, stable fingerprint of the text.
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    src.hash(&mut h);
-    format!("{:016x}", h.finish())
+/// A short fingerprint of a config text, shown as its revision and used to tell whether a
+/// changed file really changed.
+pub fn revision(src: &str) -> String {
+    // murmur3 is already the project's stable hash; two seeds give 64 bits.
+    let hash =
+        |seed| murmur3::murmur3_32(&mut src.as_bytes(), seed).expect("reading from memory cannot fail");
+    format!("{:08x}{:08x}", hash(0), hash(1))
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
-pub use compile::compile;
+pub use compile::{compile, revision};
 
 use crate::routing::Snapshot;
 

@@ -14,6 +14,7 @@ pub type SpannedMap<V> = IndexMap<String, Spanned<V>>;
 #[derive(Debug, Deserialize)]
 pub struct RawConfig {
     pub listen: Option<Spanned<RawListen>>,
+    pub admin: Option<Spanned<RawAdmin>>,
     pub log: Option<Spanned<RawLog>>,
     #[serde(default)]
     pub pools: SpannedMap<RawPool>,
@@ -73,6 +74,12 @@ pub struct RawListen {
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<i64>>,
     pub drain_timeout: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawAdmin {
+    pub listen: Spanned<String>,
+    pub token_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -1,6 +1,7 @@
 //! The one body type of every response the proxy sends: an upstream body streamed through, or
-//! a small locally generated one. Dropping it ends the request: the endpoint's in-flight count
-//! goes down and the access-log line is written, with the time to the last byte.
+//! a small locally generated one. Dropping it ends the request (the logging phase): the
+//! endpoint's in-flight count goes down, the request is counted in the metrics with its time to
+//! the last byte, and the access-log line is written.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -8,17 +9,18 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::{Method, StatusCode, Uri};
+use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::admin::metrics::UpstreamError;
+use crate::routing::Snapshot;
 use crate::upstream::InFlight;
 
 /// Response body: streamed from upstream or generated here.
 pub struct ProxyBody {
     kind: Kind,
-    _in_flight: Option<InFlight>,
-    log: Option<Box<AccessLog>>,
+    finish: Option<Finish>,
 }
 
 enum Kind {
@@ -26,47 +28,54 @@ enum Kind {
     Full(Option<Bytes>),
 }
 
-/// What the access-log line says about a request; written when the response body is dropped.
-pub struct AccessLog {
+/// Everything the logging phase needs, carried by the body until it is dropped.
+pub struct Finish {
     pub start: Instant,
-    pub method: Method,
-    pub uri: Uri,
-    pub route: Option<Arc<str>>,
-    pub pool: Option<Arc<str>>,
-    pub status: StatusCode,
+    pub snap: Arc<Snapshot>,
+    /// Route and pool indices, once decided.
+    pub route: Option<usize>,
+    pub pool: Option<usize>,
+    /// The status sent; `None` when the upstream failed to answer (counted as class `error`).
+    pub status: Option<u16>,
+    /// The reason of a locally generated error.
     pub error: Option<&'static str>,
+    /// The upstream body failed mid-stream.
     pub failed: bool,
+    pub in_flight: Option<InFlight>,
+    /// Method and URI, kept only when access logs are on.
+    pub log: Option<Box<(Method, Uri)>>,
 }
 
 impl ProxyBody {
     pub fn full(bytes: Bytes) -> ProxyBody {
         ProxyBody {
             kind: Kind::Full(Some(bytes)),
-            _in_flight: None,
-            log: None,
+            finish: None,
         }
     }
 
     pub fn empty() -> ProxyBody {
         ProxyBody {
             kind: Kind::Full(None),
-            _in_flight: None,
-            log: None,
+            finish: None,
         }
     }
 
-    pub fn upstream(body: Incoming, in_flight: InFlight) -> ProxyBody {
+    pub fn upstream(body: Incoming) -> ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(body),
-            _in_flight: Some(in_flight),
-            log: None,
+            finish: None,
         }
     }
 
-    /// Writes `log` when this body is done.
-    pub fn with_log(mut self, log: Option<Box<AccessLog>>) -> ProxyBody {
-        self.log = log;
-        self
+    /// Runs the logging phase for `finish` when this body is done.
+    pub fn set_finish(&mut self, finish: Finish) {
+        self.finish = Some(finish);
+    }
+
+    /// Attaches the endpoint's in-flight guard, if a finish record is set.
+    pub fn finish_mut(&mut self) -> Option<&mut Finish> {
+        self.finish.as_mut()
     }
 }
 
@@ -82,8 +91,8 @@ impl Body for ProxyBody {
         match &mut this.kind {
             Kind::Upstream(b) => {
                 let polled = Pin::new(b).poll_frame(cx);
-                if let (Poll::Ready(Some(Err(_))), Some(log)) = (&polled, this.log.as_mut()) {
-                    log.failed = true;
+                if let (Poll::Ready(Some(Err(_))), Some(f)) = (&polled, this.finish.as_mut()) {
+                    f.failed = true;
                 }
                 polled
             }
@@ -108,24 +117,39 @@ impl Body for ProxyBody {
 
 impl Drop for ProxyBody {
     fn drop(&mut self) {
-        if let Some(log) = self.log.take() {
-            log.write();
+        if let Some(f) = self.finish.take() {
+            f.done();
         }
     }
 }
 
-impl AccessLog {
-    fn write(&self) {
-        tracing::info!(
-            target: "switchyard::access",
-            method = %self.method,
-            path = self.uri.path(),
-            route = self.route.as_deref().unwrap_or("-"),
-            pool = self.pool.as_deref().unwrap_or("-"),
-            status = self.status.as_u16(),
-            duration_ms = self.start.elapsed().as_secs_f64() * 1000.0,
-            error = self.error.unwrap_or("-"),
-            body_failed = self.failed,
-        );
+impl Finish {
+    fn done(self) {
+        let elapsed = self.start.elapsed();
+        if let (Some(route), Some(pool), Some(m)) = (self.route, self.pool, self.snap.metrics.as_deref()) {
+            // An upstream that breaks off its body failed the request, whatever its status.
+            let status = if self.failed { None } else { self.status };
+            m.request(route, pool, status, elapsed);
+            if self.failed {
+                m.upstream_error(pool, UpstreamError::Reset);
+            }
+        }
+        if let Some(head) = self.log {
+            let (method, uri) = *head;
+            let route = self.route.map_or("-", |r| &*self.snap.routes[r].name);
+            let pool = self.pool.map_or("-", |p| &*self.snap.pools[p].name);
+            tracing::info!(
+                target: "switchyard::access",
+                method = %method,
+                path = uri.path(),
+                route,
+                pool,
+                status = self.status.unwrap_or(0),
+                duration_ms = elapsed.as_secs_f64() * 1000.0,
+                error = self.error.unwrap_or("-"),
+                body_failed = self.failed,
+            );
+        }
+        drop(self.in_flight);
     }
 }

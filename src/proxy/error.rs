@@ -78,6 +78,17 @@ impl ProxyError {
         }
     }
 
+    /// The kind of upstream failure, for `switchyard_upstream_errors_total`.
+    pub fn upstream_kind(&self) -> Option<crate::admin::metrics::UpstreamError> {
+        use crate::admin::metrics::UpstreamError as K;
+        match self {
+            ProxyError::Connect { .. } => Some(K::Connect),
+            ProxyError::Timeout { .. } => Some(K::Timeout),
+            ProxyError::Reset { .. } => Some(K::Reset),
+            _ => None,
+        }
+    }
+
     /// The response the client gets: the status, a one-line plain-text body, the reason header
     /// and the request id.
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<ProxyBody> {

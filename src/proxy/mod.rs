@@ -26,7 +26,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use http::header::{self, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
@@ -37,9 +36,10 @@ use hyper_util::rt::TokioIo;
 use std::time::SystemTime;
 
 use crate::routing::{bucket, normalize_host, Decision, RequestView, Snapshot};
+use crate::state::State;
 use crate::upstream::client::{self, UpstreamBody, UpstreamClient};
 use crate::upstream::{InFlight, Pool};
-use body::{AccessLog, ProxyBody};
+use body::{Finish, ProxyBody};
 use error::ProxyError;
 use headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
 
@@ -54,73 +54,83 @@ pub struct Peer {
     pub tls: bool,
 }
 
-/// The request handler: the live snapshot and the shared upstream client.
+/// The request handler: the live state and the shared upstream client.
 pub struct Proxy {
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    state: Arc<State>,
     client: UpstreamClient,
 }
 
-/// Route and pool names of a request, for its log line, filled in as the phases decide them.
+/// Route and pool of a request, filled in as the phases decide them.
 #[derive(Default)]
 struct Names {
-    route: Option<Arc<str>>,
-    pool: Option<Arc<str>>,
+    route: Option<usize>,
+    pool: Option<usize>,
 }
 
 impl Proxy {
-    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>) -> Proxy {
-        let client = client::build(snapshot.clone());
-        Proxy { snapshot, client }
+    pub fn new(state: Arc<State>) -> Proxy {
+        let client = client::build(state.snapshot.clone());
+        Proxy { state, client }
     }
 
-    pub fn snapshot(&self) -> &Arc<ArcSwap<Snapshot>> {
-        &self.snapshot
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
     }
 
     /// Answers one request. Never fails: local errors become responses here.
     pub async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
         let start = Instant::now();
         // One snapshot for the whole request, even if a reload swaps it meanwhile.
-        let snap = self.snapshot.load_full();
+        let snap = self.state.snapshot.load_full();
         let request_id = match req.headers().get(&X_REQUEST_ID) {
             Some(v) => v.clone(),
             None => headers::new_request_id(),
         };
-        let log_head = snap.access_log.then(|| (req.method().clone(), req.uri().clone()));
+        let log = snap
+            .access_log
+            .then(|| Box::new((req.method().clone(), req.uri().clone())));
         let mut names = Names::default();
-        let (mut response, error) = match self.forward(&snap, req, peer, &request_id, &mut names).await {
-            Ok(r) => (r, None),
+        let mut in_flight = None;
+        let result = self
+            .forward(&snap, req, peer, &request_id, &mut names, &mut in_flight)
+            .await;
+        let (mut response, error, status) = match result {
+            Ok(r) => {
+                let status = r.status().as_u16();
+                (r, None, Some(status))
+            }
             Err(e) => {
                 let status = e.status();
+                let (route, pool) = (
+                    names.route.map(|r| &*snap.routes[r].name),
+                    names.pool.map(|p| &*snap.pools[p].name),
+                );
                 if status.is_server_error() {
-                    tracing::warn!(
-                        route = names.route.as_deref(),
-                        pool = names.pool.as_deref(),
-                        status = status.as_u16(),
-                        reason = e.reason(),
-                        "{e}"
-                    );
+                    tracing::warn!(route, pool, status = status.as_u16(), reason = e.reason(), "{e}");
                 } else {
                     tracing::debug!(status = status.as_u16(), reason = e.reason(), "{e}");
                 }
-                (e.to_response(&request_id), Some(e.reason()))
+                if let (Some(kind), Some(pool), Some(m)) =
+                    (e.upstream_kind(), names.pool, snap.metrics.as_deref())
+                {
+                    m.upstream_error(pool, kind);
+                }
+                // Upstream failures are counted as class "error", not by the status sent.
+                let counted = (e.cause() != error::Cause::Upstream).then_some(status.as_u16());
+                (e.to_response(&request_id), Some(e.reason()), counted)
             }
         };
-        if let Some((method, uri)) = log_head {
-            let status = response.status();
-            let log = Box::new(AccessLog {
-                start,
-                method,
-                uri,
-                route: names.route,
-                pool: names.pool,
-                status,
-                error,
-                failed: false,
-            });
-            let body = std::mem::replace(response.body_mut(), ProxyBody::empty());
-            *response.body_mut() = body.with_log(Some(log));
-        }
+        response.body_mut().set_finish(Finish {
+            start,
+            route: names.route,
+            pool: names.pool,
+            status,
+            error,
+            failed: false,
+            in_flight,
+            log,
+            snap,
+        });
         response
     }
 
@@ -131,6 +141,7 @@ impl Proxy {
         peer: Peer,
         request_id: &HeaderValue,
         names: &mut Names,
+        in_flight: &mut Option<InFlight>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         // Phase: route. HTTP/2 carries the host in the URI, HTTP/1.1 in the Host header.
         let host: Option<HeaderValue> = match req.uri().authority() {
@@ -152,10 +163,19 @@ impl Proxy {
                     host: host_name.to_string(),
                     path: req.uri().path().to_owned(),
                 })?;
-            names.route = Some(d.route.name.clone());
+            names.route = Some(d.route.index);
+            names.pool = Some(d.pool);
+            if let Some(m) = snap.metrics.as_deref() {
+                for &(f, value, _) in &d.flags {
+                    m.flag(f, value);
+                }
+                if d.ignored_override {
+                    m.override_ignored(d.route.index);
+                    tracing::debug!(route = %d.route.name, "override names no pool of this route; ignored");
+                }
+            }
             (snap.pool(d.pool).clone(), Decided::new(&d, snap))
         };
-        names.pool = Some(pool.name.clone());
 
         // Phase: upstream_request.
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
@@ -176,8 +196,13 @@ impl Proxy {
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
 
         // Phases: upstream_peer and forward.
-        let response = self.send(&pool, parts.method, path, head, body, upgrade).await?;
-        let mut response = finish_response(response, via, request_id, client_upgrade);
+        let (response, guard) = self.send(&pool, parts.method, path, head, body, upgrade).await?;
+        if response.status().is_server_error() {
+            if let (Some(m), Some(p)) = (snap.metrics.as_deref(), names.pool) {
+                m.upstream_error(p, crate::admin::metrics::UpstreamError::Status);
+            }
+        }
+        let mut response = finish_response(response, via, request_id, client_upgrade, guard, in_flight);
         if let Some(c) = decided.set_cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
             response.headers_mut().append(header::SET_COOKIE, c);
         }
@@ -361,10 +386,12 @@ fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &str {
 
 /// The response phase.
 fn finish_response(
-    (mut resp, in_flight): (Response<Incoming>, InFlight),
+    mut resp: Response<Incoming>,
     via: &HeaderValue,
     request_id: &HeaderValue,
     client_upgrade: Option<OnUpgrade>,
+    guard: InFlight,
+    in_flight: &mut Option<InFlight>,
 ) -> Response<ProxyBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let tunnel = match client_upgrade {
@@ -379,10 +406,14 @@ fn finish_response(
     }
     let body = match tunnel {
         Some((client, upstream)) => {
-            tokio::spawn(run_tunnel(client, upstream, in_flight));
+            tokio::spawn(run_tunnel(client, upstream, guard));
             ProxyBody::empty()
         }
-        None => ProxyBody::upstream(body, in_flight),
+        None => {
+            // The request stays in flight until its response body is done.
+            *in_flight = Some(guard);
+            ProxyBody::upstream(body)
+        }
     };
     Response::from_parts(parts, body)
 }

@@ -11,7 +11,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -21,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
 use super::{Peer, Proxy};
-use crate::routing::Snapshot;
+use crate::state::State;
 
 /// Bound listeners and the proxy behind them.
 pub struct Server {
@@ -33,8 +32,8 @@ pub struct Server {
 impl Server {
     /// Binds the snapshot's listen addresses (port 0 picks a free port; see
     /// [`Server::http_addr`]).
-    pub async fn bind(snapshot: Arc<ArcSwap<Snapshot>>) -> io::Result<Server> {
-        let listen = snapshot.load().listen.clone();
+    pub async fn bind(state: Arc<State>) -> io::Result<Server> {
+        let listen = state.snapshot.load().listen.clone();
         let http = match listen.http {
             Some(a) => Some(bind(a).await?),
             None => None,
@@ -44,7 +43,7 @@ impl Server {
             None => None,
         };
         Ok(Server {
-            proxy: Arc::new(Proxy::new(snapshot)),
+            proxy: Arc::new(Proxy::new(state)),
             http,
             https,
         })
@@ -64,7 +63,7 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
-        let snapshot = self.proxy.snapshot().load_full();
+        let snapshot = self.proxy.state().snapshot.load_full();
         let listen = &snapshot.listen;
         let builder = Arc::new(connection_builder(
             listen.header_read_timeout,
@@ -175,18 +174,23 @@ async fn accept_loop(
         let watcher = graceful.watcher();
         tokio::spawn(async move {
             let peer = Peer { addr, tls };
+            let open = &ctx.proxy.state().metrics.connections;
+            open.inc();
             if tls {
                 serve_tls(stream, peer, &ctx, watcher).await;
             } else {
                 serve(TokioIo::new(stream), peer, &ctx, watcher).await;
             }
+            open.dec();
             drop(permit);
         });
     }
 }
 
 async fn serve_tls(stream: TcpStream, peer: Peer, ctx: &Accepting, watcher: Watcher) {
-    let Some(config) = ctx.proxy.snapshot().load().tls.clone() else {
+    // The live snapshot's certificate: a reload with a new certificate applies to new
+    // connections.
+    let Some(config) = ctx.proxy.state().snapshot.load().tls.clone() else {
         return;
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);

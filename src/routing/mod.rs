@@ -17,7 +17,6 @@ pub mod table;
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -48,6 +47,10 @@ pub struct Snapshot {
     /// `[env] name`, if set.
     pub env: Option<String>,
     pub headers: HeaderNames,
+    /// `[admin]`, if set. Like the listeners, it cannot change by reload.
+    pub admin: Option<AdminSettings>,
+    /// Metric series of this snapshot, attached before it is published.
+    pub metrics: Option<Arc<crate::admin::metrics::Handles>>,
     pub(crate) table: RouteTable,
     /// Connect timeout per endpoint address (`host:port`), read by the connector.
     pub(crate) connect_timeouts: HashMap<String, Duration>,
@@ -62,6 +65,14 @@ pub struct Listen {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub drain_timeout: Duration,
+}
+
+/// The `[admin]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminSettings {
+    pub listen: SocketAddr,
+    /// The environment variable holding the bearer token for mutating calls.
+    pub token_env: Option<String>,
 }
 
 /// The names of the decision headers sent upstream (`[headers]`).
@@ -92,6 +103,8 @@ pub struct Override {
 /// One `[[routes]]` entry, compiled.
 #[derive(Debug)]
 pub struct Route {
+    /// Position in [`Snapshot::routes`].
+    pub index: usize,
     pub name: Arc<str>,
     /// The host pattern as written (lower-cased), for display.
     pub host: Option<String>,
@@ -106,8 +119,6 @@ pub struct Route {
     /// pools, or a flag that is neither fully on nor off). Only then does an anonymous user get
     /// the id cookie.
     pub uses_key: bool,
-    /// Override values that named no pool of this route (ignored).
-    pub overrides_ignored: AtomicU64,
 }
 
 impl Route {
@@ -153,6 +164,8 @@ pub struct Decision<'s, 'r> {
     /// Index into [`Snapshot::pools`].
     pub pool: usize,
     pub why: Why,
+    /// An override header or cookie named no pool of the route, and was ignored.
+    pub ignored_override: bool,
     /// `(index into Snapshot::flags, value, reason)` for the flags in scope, in config order.
     pub flags: Vec<(usize, flags::Value, flags::Reason)>,
 }
@@ -203,10 +216,8 @@ impl Snapshot {
             None => self.identity.key(req.headers, req.query),
         };
         let point = bucket::pool_point(&self.identity.salt, &key);
-        let (pool, why) = match self.override_pool(route, req.headers) {
-            Some(found) => found,
-            None => (route.split.pick(point), Why::Split),
-        };
+        let (found, ignored_override) = self.override_pool(route, req.headers);
+        let (pool, why) = found.unwrap_or_else(|| (route.split.pick(point), Why::Split));
         let flags = route
             .flags
             .iter()
@@ -222,13 +233,14 @@ impl Snapshot {
             point,
             pool,
             why,
+            ignored_override,
             flags,
         })
     }
 
-    /// The pool an override header or cookie names, if it is one of the route's pools. A value
-    /// that names no pool of the route is ignored and counted.
-    fn override_pool(&self, route: &Route, headers: &HeaderMap) -> Option<(usize, Why)> {
+    /// The pool an override header or cookie names, if it is one of the route's pools; and
+    /// whether a value was given that names no pool of the route (it is ignored).
+    fn override_pool(&self, route: &Route, headers: &HeaderMap) -> (Option<(usize, Why)>, bool) {
         let o = &route.overrides;
         let from_header = o
             .header
@@ -242,17 +254,15 @@ impl Snapshot {
                 .and_then(|c| identity::cookie(headers, c))
                 .map(|v| (v, Why::OverrideCookie))
         };
-        let (name, why) = from_header.or_else(from_cookie)?;
+        let Some((name, why)) = from_header.or_else(from_cookie) else {
+            return (None, false);
+        };
         let found = route
             .split
             .weights()
             .map(|(p, _)| p)
             .find(|&p| &*self.pools[p].name == name);
-        if found.is_none() {
-            route.overrides_ignored.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(route = %route.name, value = name, "override names no pool of this route; ignored");
-        }
-        found.map(|p| (p, why))
+        (found.map(|p| (p, why)), found.is_none())
     }
 
     pub fn pool(&self, index: usize) -> &Arc<Pool> {

@@ -84,6 +84,7 @@ mod tests {
 
     fn route(name: &str, host: Option<&str>, prefix: &str, headers: &[(&str, &str)]) -> Route {
         Route {
+            index: 0,
             name: name.into(),
             host: host.map(str::to_owned),
             path_prefix: prefix.to_owned(),
@@ -100,7 +101,6 @@ mod tests {
             overrides: Default::default(),
             flags: Box::new([]),
             uses_key: false,
-            overrides_ignored: Default::default(),
         }
     }
 

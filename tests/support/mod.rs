@@ -11,7 +11,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Empty, Full, StreamBody};
@@ -221,6 +220,8 @@ pub async fn ws_upstream() -> SocketAddr {
 pub struct Proxy {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub state: Arc<switchyard::state::State>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }
@@ -228,27 +229,44 @@ pub struct Proxy {
 impl Proxy {
     /// Starts the proxy on a config text (its `listen` addresses should use port 0).
     pub async fn start(config: &str) -> Proxy {
-        let snap = switchyard::config::load_str(config, Path::new("test.toml"), None)
-            .unwrap_or_else(|e| panic!("test config is invalid:\n{e}"));
-        let server = switchyard::Server::bind(Arc::new(ArcSwap::from_pointee(snap)))
+        Self::start_source(switchyard::Source::Text {
+            text: config.to_owned(),
+            name: "test.toml".into(),
+        })
+        .await
+    }
+
+    /// Starts the proxy on a config file, reloaded when it changes.
+    pub async fn start_file(path: &Path) -> Proxy {
+        Self::start_source(switchyard::Source::File(path.to_owned())).await
+    }
+
+    async fn start_source(source: switchyard::Source) -> Proxy {
+        let app = switchyard::App::start(source)
             .await
-            .unwrap();
-        let (http, https) = (server.http_addr(), server.https_addr());
+            .unwrap_or_else(|e| panic!("the proxy did not start:\n{e}"));
+        let (http, https, admin) = (app.http_addr(), app.https_addr(), app.admin_addr());
+        let state = app.state().clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let done = tokio::spawn(async move {
-            server
-                .run(async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
+            app.run(async {
+                let _ = stopped.await;
+            })
+            .await
+            .unwrap();
         });
         Proxy {
             http,
             https,
+            admin,
+            state,
             stop: Some(stop),
             done: Some(done),
         }
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin.expect("an admin listener"))
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -1,0 +1,260 @@
+//! Prometheus metrics, in a registry of our own (no global one). Label values come only from
+//! config names and closed sets, never from paths or user ids.
+//!
+//! Looking up a labelled series takes a lock and a hash, so the request path never does it: when
+//! a snapshot is published, [`Metrics::attach`] resolves every series its routes, pools and
+//! flags can touch into [`Handles`], and requests only increment atomics. A series keeps its
+//! count across reloads because the same labels resolve to the same series.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::routing::flags::Value;
+use crate::routing::Snapshot;
+
+/// Response classes of `switchyard_requests_total`.
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Kinds of `switchyard_upstream_errors_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamError {
+    Connect = 0,
+    Timeout = 1,
+    Reset = 2,
+    /// The upstream answered with a 5xx status.
+    Status = 3,
+}
+
+const KINDS: [&str; 4] = ["connect", "timeout", "reset", "status"];
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    upstream_errors: IntCounterVec,
+    route_weight: GaugeVec,
+    reloads: IntCounterVec,
+    revision: IntGaugeVec,
+    flag_decisions: IntCounterVec,
+    overrides_ignored: IntCounterVec,
+    pub connections: IntGauge,
+}
+
+/// The series one snapshot's requests touch, resolved once.
+#[derive(Default)]
+pub struct Handles {
+    /// Per route: `(pool index, per-class counters, duration)` for each pool of its split.
+    routes: Vec<Vec<(usize, [IntCounter; 6], Histogram)>>,
+    /// Per pool: counters by [`UpstreamError`].
+    upstream_errors: Vec<[IntCounter; 4]>,
+    /// Per flag: counters for off, on, then each variant.
+    flags: Vec<Vec<IntCounter>>,
+    overrides_ignored: Vec<IntCounter>,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("metric options are valid");
+    registry
+        .register(Box::new(v.clone()))
+        .expect("each metric is registered once");
+    v
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        let requests = counter_vec(
+            &registry,
+            "switchyard_requests_total",
+            "Requests answered, by route, pool and response class (error: the upstream failed to answer).",
+            &["route", "pool", "class"],
+        );
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "switchyard_request_duration_seconds",
+                "Time from receiving a request until its response body is done.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["route", "pool"],
+        )
+        .expect("metric options are valid");
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("registered once");
+        let upstream_errors = counter_vec(
+            &registry,
+            "switchyard_upstream_errors_total",
+            "Upstream failures by pool and kind (connect, timeout, reset, status).",
+            &["pool", "kind"],
+        );
+        let route_weight = GaugeVec::new(
+            Opts::new(
+                "switchyard_route_weight",
+                "Effective share of a route's users sent to a pool, 0..1.",
+            ),
+            &["route", "pool"],
+        )
+        .expect("metric options are valid");
+        registry
+            .register(Box::new(route_weight.clone()))
+            .expect("registered once");
+        let reloads = counter_vec(
+            &registry,
+            "switchyard_config_reloads_total",
+            "Config reloads by result (ok, error).",
+            &["result"],
+        );
+        let revision = IntGaugeVec::new(
+            Opts::new(
+                "switchyard_config_revision_info",
+                "The revision of the config being served (value 1).",
+            ),
+            &["revision"],
+        )
+        .expect("metric options are valid");
+        registry
+            .register(Box::new(revision.clone()))
+            .expect("registered once");
+        let flag_decisions = counter_vec(
+            &registry,
+            "switchyard_flag_decisions_total",
+            "Flag evaluations by flag and value (on, off or a variant).",
+            &["flag", "value"],
+        );
+        let overrides_ignored = counter_vec(
+            &registry,
+            "switchyard_overrides_ignored_total",
+            "Override header or cookie values that named no pool of the route.",
+            &["route"],
+        );
+        let connections = IntGauge::new("switchyard_connections_active", "Client connections open.")
+            .expect("metric options are valid");
+        registry
+            .register(Box::new(connections.clone()))
+            .expect("registered once");
+        for result in ["ok", "error"] {
+            reloads.with_label_values(&[result]);
+        }
+        Metrics {
+            registry,
+            requests,
+            duration,
+            upstream_errors,
+            route_weight,
+            reloads,
+            revision,
+            flag_decisions,
+            overrides_ignored,
+            connections,
+        }
+    }
+
+    /// Resolves the series of `snap` into its handles and publishes its weights and revision.
+    /// Call before the snapshot is shared.
+    pub fn attach(&self, snap: &mut Snapshot) {
+        let mut h = Handles::default();
+        self.route_weight.reset();
+        for route in &snap.routes {
+            let mut per_pool = Vec::new();
+            for (pool, share) in route.split.shares() {
+                let p = &*snap.pools[pool].name;
+                let counters = CLASSES.map(|c| self.requests.with_label_values(&[&*route.name, p, c]));
+                per_pool.push((
+                    pool,
+                    counters,
+                    self.duration.with_label_values(&[&*route.name, p]),
+                ));
+                self.route_weight.with_label_values(&[&*route.name, p]).set(share);
+            }
+            h.routes.push(per_pool);
+            h.overrides_ignored
+                .push(self.overrides_ignored.with_label_values(&[&*route.name]));
+        }
+        for pool in &snap.pools {
+            h.upstream_errors
+                .push(KINDS.map(|k| self.upstream_errors.with_label_values(&[&*pool.name, k])));
+        }
+        for flag in &snap.flags {
+            let mut values = vec![
+                self.flag_decisions.with_label_values(&[&*flag.name, "off"]),
+                self.flag_decisions.with_label_values(&[&*flag.name, "on"]),
+            ];
+            for (v, _) in &flag.variants {
+                values.push(self.flag_decisions.with_label_values(&[&*flag.name, v]));
+            }
+            h.flags.push(values);
+        }
+        self.revision.reset();
+        self.revision.with_label_values(&[&snap.revision]).set(1);
+        snap.metrics = Some(Arc::new(h));
+    }
+
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .with_label_values(&[if ok { "ok" } else { "error" }])
+            .inc();
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics::new()
+    }
+}
+
+impl Handles {
+    /// Counts a finished request: `status` is `None` when the upstream failed to answer.
+    pub fn request(&self, route: usize, pool: usize, status: Option<u16>, elapsed: Duration) {
+        let Some((_, counters, duration)) = self
+            .routes
+            .get(route)
+            .and_then(|r| r.iter().find(|(p, _, _)| *p == pool))
+        else {
+            return;
+        };
+        let class = match status {
+            Some(s @ 100..=599) => (s / 100 - 1) as usize,
+            _ => 5,
+        };
+        counters[class].inc();
+        duration.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn upstream_error(&self, pool: usize, kind: UpstreamError) {
+        if let Some(c) = self.upstream_errors.get(pool) {
+            c[kind as usize].inc();
+        }
+    }
+
+    pub fn flag(&self, flag: usize, value: Value) {
+        let i = match value {
+            Value::Off => 0,
+            Value::On => 1,
+            Value::Variant(v) => 2 + v,
+        };
+        if let Some(c) = self.flags.get(flag).and_then(|f| f.get(i)) {
+            c.inc();
+        }
+    }
+
+    pub fn override_ignored(&self, route: usize) {
+        if let Some(c) = self.overrides_ignored.get(route) {
+            c.inc();
+        }
+    }
+}

@@ -1,0 +1,155 @@
+//! A whole running switchyard: the proxy listeners, the admin API, and the reloader with its
+//! file watcher, wired around one [`State`]. `switchyard run`, `switchyard demo` and the
+//! integration tests all start one of these.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+
+use crate::admin::Admin;
+use crate::config::{self, LoadError};
+use crate::proxy::server::Server;
+use crate::reload::{self, Trigger};
+use crate::state::State;
+
+/// Where the config comes from.
+pub enum Source {
+    /// A file, reloaded when it changes.
+    File(PathBuf),
+    /// Text with no file behind it (the demo); `name` appears in errors.
+    Text { text: String, name: PathBuf },
+}
+
+/// Why switchyard could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(#[from] LoadError),
+    #[error("{0}")]
+    Bind(#[from] io::Error),
+    #[error("{0}")]
+    Admin(String),
+    #[error("cannot watch the config file's directory: {0}")]
+    Watch(#[from] notify::Error),
+}
+
+/// A started switchyard, not yet serving.
+pub struct App {
+    state: Arc<State>,
+    server: Server,
+    admin: Option<(TcpListener, axum::Router)>,
+    triggers: Option<mpsc::Sender<Trigger>>,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl App {
+    /// Loads the config, binds every listener, and starts the reloader for a file source.
+    pub async fn start(source: Source) -> Result<App, StartError> {
+        let (snap, path) = match source {
+            Source::File(p) => (config::load(&p, None)?, Some(p)),
+            Source::Text { text, name } => (config::load_str(&text, &name, None)?, None),
+        };
+        let admin_settings = snap.admin.clone();
+        let token = match admin_settings.as_ref().and_then(|a| a.token_env.as_deref()) {
+            None => None,
+            Some(var) => match std::env::var(var) {
+                Ok(t) if !t.is_empty() => Some(t),
+                _ => {
+                    return Err(StartError::Admin(format!(
+                        "admin.token_env names {var}, but {var} is not set: export it, or remove token_env"
+                    )))
+                }
+            },
+        };
+        if let Some(a) = &admin_settings {
+            if !a.listen.ip().is_loopback() && token.is_none() {
+                return Err(StartError::Admin(format!(
+                    "the admin API would listen on {} (off loopback) without a token: set admin.token_env, or listen on 127.0.0.1",
+                    a.listen
+                )));
+            }
+        }
+        let state = State::new(snap, path.clone());
+        let server = Server::bind(state.clone()).await?;
+        let (triggers, watcher) = match &path {
+            Some(p) => {
+                let (tx, rx) = mpsc::channel(16);
+                let watcher = reload::watch(p, tx.clone())?;
+                tokio::spawn(reload::run(state.clone(), p.clone(), rx));
+                (Some(tx), Some(watcher))
+            }
+            None => (None, None),
+        };
+        let admin = match admin_settings {
+            Some(a) => {
+                let listener = TcpListener::bind(a.listen).await.map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!("cannot listen on {} (admin.listen): {e}", a.listen),
+                    )
+                })?;
+                Some((
+                    listener,
+                    Admin::new(state.clone(), triggers.clone(), token).router(),
+                ))
+            }
+            None => None,
+        };
+        state.set_ready();
+        Ok(App {
+            state,
+            server,
+            admin,
+            triggers,
+            _watcher: watcher,
+        })
+    }
+
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.server.http_addr()
+    }
+
+    pub fn https_addr(&self) -> Option<SocketAddr> {
+        self.server.https_addr()
+    }
+
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
+    }
+
+    /// Sends reload triggers (SIGHUP in `main`); `None` without a config file.
+    pub fn triggers(&self) -> Option<mpsc::Sender<Trigger>> {
+        self.triggers.clone()
+    }
+
+    /// Serves until `shutdown` resolves, drains, then stops the admin API.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send) -> io::Result<()> {
+        let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = self.admin.map(|(listener, router)| {
+            tracing::info!(addr = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "admin API listening");
+            tokio::spawn(async move {
+                let stopped = async {
+                    let _ = admin_stopped.await;
+                };
+                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
+                    tracing::error!("admin API stopped: {e}");
+                }
+            })
+        });
+        let result = self.server.run(shutdown).await;
+        let _ = stop_admin.send(());
+        if let Some(a) = admin {
+            let _ = a.await;
+        }
+        drop(self._watcher);
+        result
+    }
+}

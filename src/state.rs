@@ -1,0 +1,89 @@
+//! The live state of a running proxy, beside the immutable snapshot: the snapshot itself
+//! (swapped whole by the reloader, its only writer), the metrics, and what the last reloads did.
+//! Requests read it without locks.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use serde::Serialize;
+
+use crate::admin::metrics::Metrics;
+use crate::routing::Snapshot;
+
+/// Shared by the server, the admin API and the reloader.
+pub struct State {
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub metrics: Metrics,
+    pub config: ArcSwap<ConfigStatus>,
+    ready: AtomicBool,
+}
+
+/// What `GET /api/config` shows.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigStatus {
+    /// The config file, when there is one (the demo has none).
+    pub path: Option<PathBuf>,
+    pub revision: String,
+    pub loaded_at: String,
+    /// The most recent reload attempt.
+    pub last_reload: Option<ReloadReport>,
+    /// The most recent failed reload, kept after later successes.
+    pub last_error: Option<ReloadReport>,
+}
+
+/// One reload attempt.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReloadReport {
+    pub at: String,
+    /// "ok", "unchanged" or "error".
+    pub result: &'static str,
+    pub revision: String,
+    /// The errors, one per line, as `switchyard check` prints them.
+    pub error: Option<String>,
+    /// What changed, as the reload log says it.
+    pub changes: Vec<String>,
+}
+
+/// The time as RFC 3339, to the second.
+pub fn timestamp(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+impl State {
+    /// The state for a first snapshot (its metrics are attached here).
+    pub fn new(mut snap: Snapshot, path: Option<PathBuf>) -> Arc<State> {
+        let metrics = Metrics::new();
+        metrics.attach(&mut snap);
+        let config = ConfigStatus {
+            path,
+            revision: snap.revision.clone(),
+            loaded_at: timestamp(SystemTime::now()),
+            last_reload: None,
+            last_error: None,
+        };
+        Arc::new(State {
+            snapshot: Arc::new(ArcSwap::from_pointee(snap)),
+            metrics,
+            config: ArcSwap::from_pointee(config),
+            ready: AtomicBool::new(false),
+        })
+    }
+
+    /// Publishes a new snapshot. Requests that already hold the old one finish on it.
+    pub fn publish(&self, mut snap: Snapshot) {
+        self.metrics.attach(&mut snap);
+        self.snapshot.store(Arc::new(snap));
+    }
+
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Release);
+    }
+
+    /// Config loaded and listeners bound.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
