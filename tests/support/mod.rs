@@ -64,7 +64,7 @@ pub struct Seen {
 /// A loopback upstream. Paths:
 /// - `/echo` (or any path ending in it): the request headers as JSON (`{"name": ["v1", ...]}`), and `x-upstream: NAME`
 /// - `/sleep/MS`: answers after MS milliseconds
-/// - `/status/CODE`: answers with that status
+/// - `/status/CODE` (after any prefix): answers with that status
 /// - `/download/N`: N bytes, streamed
 /// - `/upload`: reads the body, answers with its length (and trailers it got, as JSON)
 /// - `/trailers`: a chunked body followed by the trailer `x-checksum: abc123`
@@ -141,7 +141,7 @@ async fn answer(name: &'static str, seen: &Seen, req: Request<Incoming>) -> Resp
     } else if let Some(ms) = path.strip_prefix("/sleep/") {
         tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
         Response::new(full(name))
-    } else if let Some(code) = path.strip_prefix("/status/") {
+    } else if let Some((_, code)) = path.split_once("/status/") {
         let mut r = Response::new(full(name));
         *r.status_mut() = StatusCode::from_u16(code.parse().unwrap()).unwrap();
         r

@@ -1,0 +1,362 @@
+//! Live operations: reloads under load by every way a file gets replaced, bad files, the admin
+//! API with its token, and the metrics.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use http_body_util::BodyExt;
+use support::*;
+
+/// The config of step `i`: web alternates blue/green; every fourth step adds a pool and route.
+fn version(i: usize, blue: &Upstream, green: &Upstream, ws: std::net::SocketAddr) -> String {
+    let (b, g) = if i % 2 == 0 { (100, 0) } else { (0, 100) };
+    let extra = if i % 4 == 1 {
+        format!("[pools.spare]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\nsplit = {{ spare = 1 }}\n", green.addr)
+    } else {
+        String::new()
+    };
+    format!(
+        "# step {i}\n[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = false\n\
+         [pools.blue]\nendpoints = [\"{}\"]\n[pools.green]\nendpoints = [\"{}\"]\n[pools.ws]\nendpoints = [\"{ws}\"]\n\
+         [[routes]]\nname = \"web\"\nsplit = {{ blue = {b}, green = {g} }}\n\
+         [[routes]]\nname = \"ws\"\npath_prefix = \"/ws\"\nsplit = {{ ws = 1 }}\n{extra}",
+        blue.addr, green.addr
+    )
+}
+
+/// Replaces `path` with `text` the way step `i` says: rename over it, write in place, or swap a
+/// Kubernetes-style `..data` symlink.
+fn replace(dir: &Path, path: &Path, text: &str, i: usize) {
+    match i % 3 {
+        0 => {
+            let tmp = dir.join(".config.toml.tmp");
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, path).unwrap();
+        }
+        1 => {
+            // In place: through the symlink if there is one (its target is a plain file).
+            let target = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_owned());
+            std::fs::write(target, text).unwrap();
+            // Writing through a symlink is an event in the target's directory, which a real
+            // ConfigMap never does; touch the link's directory so the change is seen.
+            if std::fs::symlink_metadata(path).unwrap().file_type().is_symlink() {
+                std::fs::write(dir.join(".touch"), i.to_string()).unwrap();
+            }
+        }
+        _ => {
+            let version = dir.join(format!("..v{i}"));
+            std::fs::create_dir(&version).unwrap();
+            std::fs::write(version.join("config.toml"), text).unwrap();
+            let tmp = dir.join("..data_tmp");
+            std::os::unix::fs::symlink(format!("..v{i}"), &tmp).unwrap();
+            std::fs::rename(&tmp, dir.join("..data")).unwrap();
+            if !std::fs::symlink_metadata(path).unwrap().file_type().is_symlink() {
+                let link = dir.join(".config.link");
+                std::os::unix::fs::symlink("..data/config.toml", &link).unwrap();
+                std::fs::rename(&link, path).unwrap();
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_reloads_under_load_drop_nothing() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (blue, green, ws) = (
+        Upstream::start("blue").await,
+        Upstream::start("green").await,
+        ws_upstream().await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("config.toml");
+    std::fs::write(&path, version(0, &blue, &green, ws)).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let addr = proxy.http.unwrap();
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut socket, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
+        .await
+        .unwrap();
+    socket.send(Message::text("before")).await.unwrap();
+    assert_eq!(
+        socket
+            .next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "before"
+    );
+
+    // Steady load: 4 clients, bounded by a stop flag, a 60 s limit and a request cap.
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let mut load = Vec::new();
+    for c in 0..4 {
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        load.push(tokio::spawn(async move {
+            let client = h1_client();
+            let started = Instant::now();
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(60) && n < 200_000
+            {
+                let req = Request::get(format!("http://{addr}/"))
+                    .header("x-user-id", format!("load-{c}-{n}"))
+                    .body(empty())
+                    .unwrap();
+                match client.request(req).await {
+                    Ok(r) if r.status() == 200 => {
+                        let _ = r.into_body().collect().await;
+                    }
+                    other => {
+                        eprintln!("failed: {:?}", other.map(|r| r.status()));
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                sent.fetch_add(1, Ordering::Relaxed);
+                n += 1;
+            }
+        }));
+    }
+
+    let probe = h1_client();
+    let mut slowest = Duration::ZERO;
+    for i in 1..=50 {
+        let written = Instant::now();
+        replace(dir.path(), &path, &version(i, &blue, &green, ws), i);
+        let want = if i % 2 == 0 { "blue" } else { "green" };
+        let want_extra = i % 4 == 1;
+        loop {
+            let (parts, _) = get(&probe, &format!("http://{addr}/")).await;
+            // Without route "extra", /extra falls to the "/" route.
+            let (extra, _) = get(&probe, &format!("http://{addr}/extra")).await;
+            let (route, _) = get(&probe, &proxy.admin_url("/api/routes/extra")).await;
+            let extra_ok = if want_extra {
+                route.status == 200 && extra.headers["x-upstream"] == "green"
+            } else {
+                route.status == 404 && extra.headers["x-upstream"] == want
+            };
+            if parts.headers["x-upstream"] == want && extra_ok {
+                break;
+            }
+            if written.elapsed() > Duration::from_secs(1) {
+                let status = admin_json(&proxy.admin_url("/api/config")).await;
+                panic!("step {i}: the new config was not serving after 1 s; reloader says {status}");
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        slowest = slowest.max(written.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    socket.send(Message::text("after")).await.unwrap();
+    assert_eq!(
+        socket
+            .next()
+            .await
+            .unwrap()
+            .unwrap()
+            .into_text()
+            .unwrap()
+            .as_str(),
+        "after"
+    );
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "50 reloads: {sent} requests under load, {failed} failed, slowest reload visible after {slowest:?}"
+    );
+    assert!(sent > 500, "the load ran ({sent} requests)");
+    assert_eq!(failed, 0);
+    proxy.shutdown().await;
+}
+
+async fn admin_json(url: &str) -> serde_json::Value {
+    let (_, body) = get(&h1_client(), url).await;
+    serde_json::from_slice(&body).unwrap()
+}
+
+async fn post(url: &str, token: Option<&str>) -> (u16, serde_json::Value) {
+    let mut b = Request::post(url);
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    let (parts, body) = send(&h1_client(), b.body(empty()).unwrap()).await;
+    (
+        parts.status.as_u16(),
+        serde_json::from_slice(&body).unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn a_broken_file_keeps_the_old_config_and_says_where() {
+    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let good = config(
+        &[("blue", &[blue.addr]), ("green", &[green.addr])],
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    std::fs::write(&path, &good).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let revision = admin_json(&proxy.admin_url("/api/config")).await["revision"].clone();
+
+    // A syntax error, then an unknown pool, then a changed listen address.
+    let broken = [
+        (good.replace("[pools.green]", "[pools.green"), "unclosed table"),
+        (
+            good.replace("split = { green = 100 }", "split = { purple = 100 }"),
+            "there is no pool `purple`",
+        ),
+        (
+            good.replace("http = \"127.0.0.1:0\"", "http = \"127.0.0.1:1\""),
+            "listen.http cannot change by reload",
+        ),
+    ];
+    for (text, says) in broken {
+        std::fs::write(&path, &text).unwrap();
+        let started = Instant::now();
+        let config = loop {
+            let c = admin_json(&proxy.admin_url("/api/config")).await;
+            if c["last_error"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains(says))
+            {
+                break c;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "no error reported for {says}: {c}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(config["revision"], revision, "the old config still serves");
+        let error = config["last_error"]["error"].as_str().unwrap();
+        assert!(
+            error.contains("config.toml:"),
+            "names the file and position: {error}"
+        );
+        let (parts, body) = get(&h1_client(), &proxy.url("/green")).await;
+        assert_eq!((parts.status.as_u16(), body.as_ref()), (200, &b"green"[..]));
+    }
+    let text = proxy.state.metrics.render();
+    assert!(
+        text.contains("switchyard_config_reloads_total{result=\"error\"} 3"),
+        "{text}"
+    );
+    // The syntax error's message carries its line.
+    std::fs::write(&path, good.replace("[pools.green]", "[pools.green")).unwrap();
+    let (status, report) = post(&proxy.admin_url("/api/reload"), None).await;
+    assert_eq!(status, 422);
+    let error = report["error"].as_str().unwrap().to_owned();
+    let line = good.lines().position(|l| l == "[pools.green]").unwrap() + 1;
+    assert!(error.contains(&format!("config.toml:{line}:")), "{error}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn admin_calls_without_the_token_get_401_and_change_nothing() {
+    let blue = Upstream::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    // SAFETY: a variable only this test reads, set before anything reads it.
+    unsafe { std::env::set_var("SY_TEST_ADMIN_TOKEN", "s3cret") };
+    let text = config(
+        &[("blue", &[blue.addr])],
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"SY_TEST_ADMIN_TOKEN\"\n",
+    );
+    std::fs::write(&path, &text).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let before = admin_json(&proxy.admin_url("/api/config")).await;
+
+    // Change the file without a watcher event reaching the reloader first: SIGHUP and file
+    // events are not involved; only the API call could reload it.
+    for token in [None, Some("wrong"), Some("s3cret-not")] {
+        let (status, body) = post(&proxy.admin_url("/api/reload"), token).await;
+        assert_eq!(status, 401, "{token:?}: {body}");
+        assert!(body["error"].as_str().unwrap().contains("Bearer"));
+    }
+    let after = admin_json(&proxy.admin_url("/api/config")).await;
+    assert_eq!(
+        before["last_reload"], after["last_reload"],
+        "nothing was reloaded"
+    );
+    let (status, body) = post(&proxy.admin_url("/api/reload"), Some("s3cret")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"], "ok");
+    // Reads need no token.
+    assert!(admin_json(&proxy.admin_url("/api/routes")).await.is_array());
+    let (status, body) = post(&proxy.admin_url("/api/nothing"), Some("s3cret")).await;
+    assert_eq!(status, 404);
+    assert!(body["error"].is_string());
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_admin_api_off_loopback_needs_a_token() {
+    let text = config(
+        &[("blue", &[dead_port().await])],
+        "[admin]\nlisten = \"0.0.0.0:0\"\n",
+    );
+    let err = switchyard::App::start(switchyard::Source::Text {
+        text,
+        name: "t.toml".into(),
+    })
+    .await
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("off loopback"), "{err}");
+}
+
+#[tokio::test]
+async fn metrics_count_requests_by_route_pool_and_class() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let cfg = config(
+        &[
+            ("blue", &[blue.addr]),
+            ("canary", &[canary.addr]),
+            ("dead", &[dead_port().await]),
+        ],
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[flags]]\nname = \"beta\"\npercent = 100\n",
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let client = h1_client();
+    for _ in 0..5 {
+        get(&client, &proxy.url("/")).await;
+    }
+    get(&client, &proxy.url("/canary/status/503")).await;
+    get(&client, &proxy.url("/canary/status/404")).await;
+    get(&client, &proxy.url("/dead")).await;
+    let (parts, text) = get(&client, &proxy.admin_url("/metrics")).await;
+    assert!(parts.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = String::from_utf8(text.to_vec()).unwrap();
+    for want in [
+        r#"switchyard_requests_total{class="2xx",pool="blue",route="blue"} 5"#,
+        r#"switchyard_requests_total{class="5xx",pool="canary",route="canary"} 1"#,
+        r#"switchyard_requests_total{class="4xx",pool="canary",route="canary"} 1"#,
+        r#"switchyard_requests_total{class="error",pool="dead",route="dead"} 1"#,
+        r#"switchyard_upstream_errors_total{kind="connect",pool="dead"} 1"#,
+        r#"switchyard_upstream_errors_total{kind="status",pool="canary"} 1"#,
+        r#"switchyard_request_duration_seconds_count{pool="blue",route="blue"} 5"#,
+        r#"switchyard_route_weight{pool="blue",route="blue"} 1"#,
+        r#"switchyard_flag_decisions_total{flag="beta",value="on"} 8"#,
+        "switchyard_config_revision_info{revision=",
+        "switchyard_connections_active",
+    ] {
+        assert!(text.contains(want), "missing {want} in\n{text}");
+    }
+    proxy.shutdown().await;
+}
