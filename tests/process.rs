@@ -177,3 +177,79 @@ async fn a_gib_streams_each_way_without_growing_memory() {
         "the proxy's memory grew by {grew} KiB while streaming a GiB"
     );
 }
+
+#[tokio::test]
+async fn sighup_reloads_and_status_shows_the_routes() {
+    let blue = Upstream::start("blue").await;
+    let admin_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let cfg = config(
+        &[("blue", &[blue.addr])],
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin_port}\"\n"),
+    );
+    let proxy = Running::start(&cfg);
+    let admin = format!("http://127.0.0.1:{admin_port}");
+    let client = h1_client();
+    let started = Instant::now();
+    while get_status(&client, &format!("{admin}/readyz")).await != Some(200) {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the admin API did not come up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let config_now = || async {
+        let (_, body) = get(&h1_client(), &format!("{admin}/api/config")).await;
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    };
+    assert!(config_now().await["last_reload"].is_null());
+    // SIGHUP reloads even an unchanged file (that is what it is for).
+    proxy.signal(libc::SIGHUP);
+    let started = Instant::now();
+    loop {
+        let c = config_now().await;
+        if c["last_reload"]["result"] == "ok" {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "SIGHUP did not reload: {c}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let out = Command::new(BIN)
+        .args(["status", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("revision") && text.contains("last reload: ok"),
+        "{text}"
+    );
+    let row = text
+        .lines()
+        .find(|l| l.starts_with("blue"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(row.contains("100.0%"), "{text}");
+    let out = Command::new(BIN)
+        .args(["status", "--admin", "http://127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the admin API"));
+}
+
+async fn get_status(
+    client: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Body>,
+    url: &str,
+) -> Option<u16> {
+    client
+        .request(Request::get(url).body(empty()).unwrap())
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}

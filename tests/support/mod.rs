@@ -359,7 +359,7 @@ pub async fn dead_port() -> SocketAddr {
 pub struct Running {
     pub child: std::process::Child,
     pub addr: std::net::SocketAddr,
-    _config: tempfile::NamedTempFile,
+    pub config: tempfile::NamedTempFile,
 }
 
 impl Running {
@@ -392,7 +392,7 @@ impl Running {
         Running {
             child,
             addr,
-            _config: f,
+            config: f,
         }
     }
 
