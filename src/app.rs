@@ -37,6 +37,10 @@ pub enum StartError {
     Watch(#[from] notify::Error),
 }
 
+/// Outcomes waiting for the guard task; past this, new ones are dropped (and the guard judges
+/// on the rest) rather than slowing requests down.
+const OUTCOME_QUEUE: usize = 65_536;
+
 /// A started switchyard, not yet serving.
 pub struct App {
     state: Arc<State>,
@@ -49,7 +53,7 @@ pub struct App {
 impl App {
     /// Loads the config, binds every listener, and starts the reloader for a file source.
     pub async fn start(source: Source) -> Result<App, StartError> {
-        let (snap, path) = match source {
+        let (mut snap, path) = match source {
             Source::File(p) => (config::load(&p, None)?, Some(p)),
             Source::Text { text, name } => (config::load_str(&text, &name, None)?, None),
         };
@@ -73,17 +77,19 @@ impl App {
                 )));
             }
         }
-        let state = State::new(snap, path.clone());
+        // Trips and rollout steps from the state file apply before the first request.
+        let (overlay, state_file) = reload::prepare(&mut snap, path.as_deref());
+        let (outcomes_tx, outcomes_rx) = mpsc::channel(OUTCOME_QUEUE);
+        let state = State::new(snap, path.clone(), Some(outcomes_tx));
         let server = Server::bind(state.clone()).await?;
-        let (triggers, watcher) = match &path {
-            Some(p) => {
-                let (tx, rx) = mpsc::channel(16);
-                let watcher = reload::watch(p, tx.clone())?;
-                tokio::spawn(reload::run(state.clone(), p.clone(), rx));
-                (Some(tx), Some(watcher))
-            }
-            None => (None, None),
+        let (tx, rx) = mpsc::channel(64);
+        let watcher = match &path {
+            Some(p) => Some(reload::watch(p, tx.clone())?),
+            None => None,
         };
+        tokio::spawn(reload::run(state.clone(), path.clone(), overlay, state_file, rx));
+        tokio::spawn(crate::guard::run(state.clone(), outcomes_rx, tx.clone()));
+        let triggers = Some(tx);
         let admin = match admin_settings {
             Some(a) => {
                 let listener = TcpListener::bind(a.listen).await.map_err(|e| {
@@ -94,7 +100,7 @@ impl App {
                 })?;
                 Some((
                     listener,
-                    Admin::new(state.clone(), triggers.clone(), token).router(),
+                    Admin::new(state.clone(), triggers.clone(), path.is_some(), token).router(),
                 ))
             }
             None => None,
@@ -125,7 +131,7 @@ impl App {
         self.admin.as_ref().and_then(|(l, _)| l.local_addr().ok())
     }
 
-    /// Sends reload triggers (SIGHUP in `main`); `None` without a config file.
+    /// Sends triggers to the control task (SIGHUP in `main`).
     pub fn triggers(&self) -> Option<mpsc::Sender<Trigger>> {
         self.triggers.clone()
     }

@@ -19,6 +19,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod demo;
+pub mod guard;
 pub mod logging;
 pub mod proxy;
 pub mod reload;

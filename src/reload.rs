@@ -1,8 +1,13 @@
-//! Reloads: the file changing on disk, `SIGHUP`, or `POST /api/reload` all become a
-//! [`Trigger`] for one task, the only writer of the snapshot. It reads and compiles the file off
-//! the request path, refuses changes that cannot apply (listen and admin addresses), swaps the
-//! snapshot atomically, and logs what changed and how many users move. A bad file changes
-//! nothing: the error is logged, counted and kept for `GET /api/config`.
+//! The only writer of the snapshot. Everything that changes routing becomes a [`Trigger`] for
+//! one task: the file changing on disk, `SIGHUP`, `POST /api/reload`, a guard's trip, a rollout
+//! step, and the operator's `rollback`, `reset` and `promote`. Because one task owns every write,
+//! a file reload can never silently undo a trip: trips and rollout steps live in an
+//! [`Overlay`] that is applied to every snapshot this task publishes and written to a state file.
+//!
+//! A reload reads and compiles the file off the request path, refuses changes that cannot apply
+//! (listen and admin addresses), swaps the snapshot atomically, and logs what changed and how
+//! many users move. A bad file changes nothing: the error is logged, counted and kept for
+//! `GET /api/config`.
 //!
 //! The watcher watches the file's **directory**, not the file: editors that save by writing a
 //! new file and renaming it, `cp` over the file, and Kubernetes' `..data` symlink swap all show
@@ -17,15 +22,18 @@ use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{self, LoadError};
+use crate::guard::overlay::{self, Overlay, Progress, Trip};
+use crate::guard::Figures;
 use crate::routing::{diff, Snapshot};
 use crate::state::{timestamp, ReloadReport, State};
+use crate::upstream::health::Checks;
 
 /// Quiet period after the last file event before reloading.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);
 /// Longest wait when events keep coming.
 pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 
-/// Why a reload runs.
+/// Something that changes routing.
 pub enum Trigger {
     /// The file's directory changed (reload only if the text changed).
     File,
@@ -33,25 +41,303 @@ pub enum Trigger {
     Signal,
     /// `POST /api/reload`; the report goes back on the channel.
     Api(oneshot::Sender<ReloadReport>),
+    /// The guard found `pool` of `route` failing.
+    Trip {
+        route: String,
+        pool: String,
+        reason: String,
+        figures: Figures,
+    },
+    /// The guard found `route`'s rollout due for its next step.
+    Advance { route: String, from_step: usize },
+    /// An operator's command from the admin API.
+    Command {
+        route: String,
+        action: Action,
+        reply: oneshot::Sender<Result<String, CommandError>>,
+    },
 }
 
-/// Runs reloads for the file at `path` as triggers arrive, until every sender is gone.
-pub async fn run(state: Arc<State>, path: PathBuf, mut triggers: mpsc::Receiver<Trigger>) {
+/// The operator's commands on a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Send every user of the route to its baseline.
+    Rollback,
+    /// Clear trips (and restart the rollout from its first step).
+    Reset,
+    /// Move the rollout to its next step now.
+    Promote,
+}
+
+/// Why a command was refused: `NotFound` (no such route) or `Conflict` (not possible now).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CommandError {
+    NotFound(String),
+    Conflict(String),
+}
+
+/// The control task's own state.
+pub struct Control {
+    state: Arc<State>,
+    path: Option<PathBuf>,
+    state_file: Option<PathBuf>,
+    overlay: Overlay,
+    checks: Checks,
+}
+
+/// Applies the state file beside `path` (if any) to a first snapshot, before it serves, so a
+/// restart keeps trips and rollout steps. Returns the overlay for [`run`].
+pub fn prepare(snap: &mut Snapshot, path: Option<&Path>) -> (Overlay, Option<PathBuf>) {
+    let state_file = path.map(overlay::state_path);
+    let mut ov = match state_file.as_deref().map(Overlay::load) {
+        Some(Ok(ov)) => ov,
+        Some(Err(e)) => {
+            tracing::error!("ignoring the state file: {e}");
+            Overlay::default()
+        }
+        None => Overlay::default(),
+    };
+    for line in ov.reconcile(snap, &timestamp(SystemTime::now())) {
+        tracing::info!("state file: {line}");
+    }
+    ov.apply(snap);
+    for (name, entry) in &ov.routes {
+        for t in &entry.trips {
+            tracing::warn!(route = %name, pool = %t.pool, since = %t.at, "still tripped (from the state file): {}", t.reason);
+        }
+    }
+    (ov, state_file)
+}
+
+/// Runs the control task until every trigger sender is gone.
+pub async fn run(
+    state: Arc<State>,
+    path: Option<PathBuf>,
+    overlay: Overlay,
+    state_file: Option<PathBuf>,
+    mut triggers: mpsc::Receiver<Trigger>,
+) {
+    let mut c = Control {
+        state,
+        path,
+        state_file,
+        overlay,
+        checks: Checks::default(),
+    };
+    c.state.overlay.store(Arc::new(c.overlay.clone()));
+    c.checks.reconcile(&c.state.snapshot.load());
+    c.save();
     while let Some(trigger) = triggers.recv().await {
-        let (force, reply) = match trigger {
-            Trigger::File => (false, None),
-            Trigger::Signal => (true, None),
-            Trigger::Api(tx) => (true, Some(tx)),
-        };
-        let report = reload(&state, &path, force).await;
-        if let Some(tx) = reply {
-            let _ = tx.send(report);
+        match trigger {
+            Trigger::File => {
+                c.reload(false).await;
+            }
+            Trigger::Signal => {
+                c.reload(true).await;
+            }
+            Trigger::Api(tx) => {
+                let report = c.reload(true).await;
+                let _ = tx.send(report);
+            }
+            Trigger::Trip {
+                route,
+                pool,
+                reason,
+                figures,
+            } => c.trip(&route, &pool, &reason, figures),
+            Trigger::Advance { route, from_step } => c.advance(&route, from_step),
+            Trigger::Command { route, action, reply } => {
+                let _ = reply.send(c.command(&route, action));
+            }
         }
     }
 }
 
-/// One reload of `path`. Unless `force`d, a file whose text is unchanged is left alone.
-pub async fn reload(state: &State, path: &Path, force: bool) -> ReloadReport {
+impl Control {
+    /// Publishes the current snapshot again with the overlay applied, and saves the overlay.
+    fn republish(&mut self) {
+        let mut next = (*self.state.snapshot.load_full()).clone();
+        self.overlay.apply(&mut next);
+        self.state.publish(next);
+        self.state.overlay.store(Arc::new(self.overlay.clone()));
+        self.save();
+    }
+
+    fn save(&self) {
+        if let Some(f) = &self.state_file {
+            if let Err(e) = self.overlay.save(f) {
+                tracing::error!("cannot write the state file {}: {e} — trips and rollout steps will not survive a restart", f.display());
+            }
+        }
+    }
+
+    fn trip(&mut self, route: &str, pool: &str, reason: &str, figures: Figures) {
+        let snap = self.state.snapshot.load_full();
+        let Some(r) = snap.route_by_name(route) else {
+            return;
+        };
+        let Some(g) = &r.guard else { return };
+        let Some(p) = snap.pool_index(pool) else { return };
+        if g.dry_run || p == g.baseline || r.runtime.tripped.contains(&p) {
+            return;
+        }
+        let at = timestamp(SystemTime::now());
+        let entry = self.overlay.entry(&snap, r);
+        entry.trips.push(Trip {
+            pool: pool.to_owned(),
+            reason: reason.to_owned(),
+            at: at.clone(),
+            manual: false,
+            requests: figures.requests,
+            errors: figures.errors,
+            p99_ms: figures.p99.map(|d| d.as_secs_f64() * 1000.0),
+        });
+        let baseline = &snap.pools[g.baseline].name;
+        tracing::warn!(
+            route,
+            pool,
+            baseline = %baseline,
+            requests = figures.requests,
+            errors = figures.errors,
+            error_rate = figures.error_rate(),
+            p99_ms = figures.p99.map(|d| d.as_millis() as u64),
+            "guard tripped: {pool}'s users go to {baseline}: {reason}"
+        );
+        self.state.metrics.trip(route, pool);
+        self.republish();
+    }
+
+    fn advance(&mut self, route: &str, from_step: usize) {
+        let snap = self.state.snapshot.load_full();
+        let Some(r) = snap.route_by_name(route) else {
+            return;
+        };
+        let (Some(rollout), false) = (&r.rollout, !r.runtime.tripped.is_empty()) else {
+            return;
+        };
+        let entry = self.overlay.entry(&snap, r);
+        let Some(progress) = entry.rollout.as_mut() else {
+            return;
+        };
+        if progress.step != from_step || from_step + 1 >= rollout.steps.len() {
+            return;
+        }
+        progress.step += 1;
+        progress.since = timestamp(SystemTime::now());
+        tracing::info!(route, pool = %snap.pools[rollout.pool].name, percent = rollout.steps[progress.step], "rollout: next step after the guard passed for {:?}", rollout.every);
+        self.republish();
+    }
+
+    fn command(&mut self, route: &str, action: Action) -> Result<String, CommandError> {
+        let snap = self.state.snapshot.load_full();
+        let r = snap
+            .route_by_name(route)
+            .ok_or_else(|| CommandError::NotFound(format!("there is no route named {route:?}")))?;
+        let baseline = r.baseline();
+        let at = timestamp(SystemTime::now());
+        let message = match action {
+            Action::Rollback => {
+                let pools: Vec<usize> = r
+                    .split
+                    .weights()
+                    .map(|(p, _)| p)
+                    .filter(|&p| p != baseline && !r.runtime.tripped.contains(&p))
+                    .collect();
+                if pools.is_empty() {
+                    return Err(CommandError::Conflict(format!(
+                        "every user of {route} is already on {}",
+                        snap.pools[baseline].name
+                    )));
+                }
+                let entry = self.overlay.entry(&snap, r);
+                for &p in &pools {
+                    entry.trips.push(Trip {
+                        pool: snap.pools[p].name.to_string(),
+                        reason: "rolled back by an operator".into(),
+                        at: at.clone(),
+                        manual: true,
+                        requests: 0,
+                        errors: 0,
+                        p99_ms: None,
+                    });
+                }
+                tracing::warn!(route, baseline = %snap.pools[baseline].name, "rolled back by an operator");
+                format!("{route}: every user goes to {}", snap.pools[baseline].name)
+            }
+            Action::Reset => {
+                let entry = self.overlay.entry(&snap, r);
+                let had = entry.trips.len();
+                entry.trips.clear();
+                if r.rollout.is_some() {
+                    entry.rollout = Some(Progress { step: 0, since: at });
+                }
+                tracing::info!(route, cleared = had, "reset by an operator");
+                format!(
+                    "{route}: {had} trip(s) cleared{}",
+                    if r.rollout.is_some() {
+                        "; the rollout starts again from its first step"
+                    } else {
+                        ""
+                    }
+                )
+            }
+            Action::Promote => {
+                let rollout = r.rollout.as_ref().ok_or_else(|| {
+                    CommandError::Conflict(format!("{route} has no [routes.rollout] to promote"))
+                })?;
+                if !r.runtime.tripped.is_empty() {
+                    return Err(CommandError::Conflict(format!(
+                        "{route} is tripped: reset it before promoting"
+                    )));
+                }
+                let entry = self.overlay.entry(&snap, r);
+                let progress = entry.rollout.get_or_insert(Progress {
+                    step: 0,
+                    since: at.clone(),
+                });
+                if progress.step + 1 >= rollout.steps.len() {
+                    return Err(CommandError::Conflict(format!(
+                        "{route}'s rollout is already at its last step ({}%)",
+                        rollout.steps[progress.step]
+                    )));
+                }
+                progress.step += 1;
+                progress.since = at;
+                let pct = rollout.steps[progress.step];
+                tracing::info!(route, percent = pct, "rollout promoted by an operator");
+                format!("{route}: {} now gets {pct}%", snap.pools[rollout.pool].name)
+            }
+        };
+        self.republish();
+        Ok(message)
+    }
+
+    /// One reload of the file. Unless `force`d, a file whose text is unchanged is left alone.
+    async fn reload(&mut self, force: bool) -> ReloadReport {
+        let Some(path) = self.path.clone() else {
+            return ReloadReport {
+                at: timestamp(SystemTime::now()),
+                result: "error",
+                revision: self.state.snapshot.load().revision.clone(),
+                error: Some(
+                    "this proxy was not started from a config file, so there is nothing to reload".into(),
+                ),
+                changes: Vec::new(),
+            };
+        };
+        let report = reload(&self.state, &path, force, &mut self.overlay).await;
+        if report.result == "ok" {
+            self.state.overlay.store(Arc::new(self.overlay.clone()));
+            self.checks.reconcile(&self.state.snapshot.load());
+            self.save();
+        }
+        report
+    }
+}
+
+/// One reload of `path`, applying `overlay` to the new snapshot. Unless `force`d, a file whose
+/// text is unchanged is left alone.
+async fn reload(state: &State, path: &Path, force: bool, overlay: &mut Overlay) -> ReloadReport {
     let current = state.snapshot.load_full();
     let report = |result, revision: &str, error: Option<String>, changes| ReloadReport {
         at: timestamp(SystemTime::now()),
@@ -78,7 +364,7 @@ pub async fn reload(state: &State, path: &Path, force: bool) -> ReloadReport {
     // Compiling reads certificate files and may be large: keep it off the async workers.
     let (p, old) = (path.to_owned(), current.clone());
     let compiled = tokio::task::spawn_blocking(move || config::load_str(&text, &p, Some(&old))).await;
-    let new = match compiled {
+    let mut new = match compiled {
         Ok(Ok(new)) => new,
         Ok(Err(LoadError::Invalid(d))) => {
             return failed(
@@ -110,7 +396,9 @@ pub async fn reload(state: &State, path: &Path, force: bool) -> ReloadReport {
     if new.revision == current.revision && !force {
         return report("unchanged", &current.revision, None, Vec::new());
     }
-    let changes = describe(&diff::diff(&current, &new, SystemTime::now()));
+    let mut changes = describe(&diff::diff(&current, &new, SystemTime::now()));
+    changes.extend(overlay.reconcile(&new, &timestamp(SystemTime::now())));
+    overlay.apply(&mut new);
     let revision = new.revision.clone();
     state.publish(new);
     state.metrics.reload(true);

@@ -10,14 +10,24 @@ use std::time::SystemTime;
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
+use tokio::sync::mpsc;
+
 use crate::admin::metrics::Metrics;
+use crate::guard::overlay::Overlay;
+use crate::guard::{Outcome, Report};
 use crate::routing::Snapshot;
 
-/// Shared by the server, the admin API and the reloader.
+/// Shared by the server, the admin API, the reloader and the guard.
 pub struct State {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     pub metrics: Metrics,
     pub config: ArcSwap<ConfigStatus>,
+    /// Trips and rollout steps, as the reloader last set them.
+    pub overlay: ArcSwap<Overlay>,
+    /// Windows and verdicts, as the guard last judged them.
+    pub guard: ArcSwap<Report>,
+    /// Where guarded routes' outcomes go; `None` until the guard task runs.
+    pub outcomes: Option<mpsc::Sender<Outcome>>,
     ready: AtomicBool,
 }
 
@@ -53,8 +63,13 @@ pub fn timestamp(t: SystemTime) -> String {
 }
 
 impl State {
-    /// The state for a first snapshot (its metrics are attached here).
-    pub fn new(mut snap: Snapshot, path: Option<PathBuf>) -> Arc<State> {
+    /// The state for a first snapshot (its metrics are attached here). `outcomes` feeds the
+    /// guard task.
+    pub fn new(
+        mut snap: Snapshot,
+        path: Option<PathBuf>,
+        outcomes: Option<mpsc::Sender<Outcome>>,
+    ) -> Arc<State> {
         let metrics = Metrics::new();
         metrics.attach(&mut snap);
         let config = ConfigStatus {
@@ -68,6 +83,9 @@ impl State {
             snapshot: Arc::new(ArcSwap::from_pointee(snap)),
             metrics,
             config: ArcSwap::from_pointee(config),
+            overlay: ArcSwap::from_pointee(Overlay::default()),
+            guard: ArcSwap::from_pointee(Report::default()),
+            outcomes,
             ready: AtomicBool::new(false),
         })
     }

@@ -43,6 +43,10 @@ pub struct Metrics {
     revision: IntGaugeVec,
     flag_decisions: IntCounterVec,
     overrides_ignored: IntCounterVec,
+    guard_trips: IntCounterVec,
+    route_tripped: IntGaugeVec,
+    rollout_step: IntGaugeVec,
+    endpoint_healthy: IntGaugeVec,
     pub connections: IntGauge,
 }
 
@@ -135,6 +139,32 @@ impl Metrics {
             "Override header or cookie values that named no pool of the route.",
             &["route"],
         );
+        let guard_trips = counter_vec(
+            &registry,
+            "switchyard_guard_trips_total",
+            "Pools taken out of a route by its guard (manual rollbacks not included).",
+            &["route", "pool"],
+        );
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric options are valid");
+            registry.register(Box::new(g.clone())).expect("registered once");
+            g
+        };
+        let route_tripped = gauge_vec(
+            "switchyard_route_tripped",
+            "1 while a route has a pool tripped or rolled back.",
+            &["route"],
+        );
+        let rollout_step = gauge_vec(
+            "switchyard_rollout_step",
+            "The percent of traffic at a route's current rollout step.",
+            &["route"],
+        );
+        let endpoint_healthy = gauge_vec(
+            "switchyard_endpoint_healthy",
+            "1 while an endpoint takes requests (not ejected, passing its health checks).",
+            &["pool", "endpoint"],
+        );
         let connections = IntGauge::new("switchyard_connections_active", "Client connections open.")
             .expect("metric options are valid");
         registry
@@ -153,6 +183,10 @@ impl Metrics {
             revision,
             flag_decisions,
             overrides_ignored,
+            guard_trips,
+            route_tripped,
+            rollout_step,
+            endpoint_healthy,
             connections,
         }
     }
@@ -162,9 +196,13 @@ impl Metrics {
     pub fn attach(&self, snap: &mut Snapshot) {
         let mut h = Handles::default();
         self.route_weight.reset();
+        self.route_tripped.reset();
+        self.rollout_step.reset();
+        self.endpoint_healthy.reset();
         for route in &snap.routes {
             let mut per_pool = Vec::new();
-            for (pool, share) in route.split.shares() {
+            // The weight gauge shows the effective split: what requests get now.
+            for (pool, share) in route.effective.shares() {
                 let p = &*snap.pools[pool].name;
                 let counters = CLASSES.map(|c| self.requests.with_label_values(&[&*route.name, p, c]));
                 per_pool.push((
@@ -177,6 +215,15 @@ impl Metrics {
             h.routes.push(per_pool);
             h.overrides_ignored
                 .push(self.overrides_ignored.with_label_values(&[&*route.name]));
+            if route.guard.is_some() || !route.runtime.tripped.is_empty() {
+                let tripped = i64::from(!route.runtime.tripped.is_empty());
+                self.route_tripped.with_label_values(&[&*route.name]).set(tripped);
+            }
+            if let (Some(r), Some(step)) = (&route.rollout, route.runtime.rollout_step) {
+                self.rollout_step
+                    .with_label_values(&[&*route.name])
+                    .set(i64::from(r.steps[step]));
+            }
         }
         for pool in &snap.pools {
             h.upstream_errors
@@ -195,6 +242,17 @@ impl Metrics {
         self.revision.reset();
         self.revision.with_label_values(&[&snap.revision]).set(1);
         snap.metrics = Some(Arc::new(h));
+    }
+
+    /// A guard tripped `pool` of `route`.
+    pub fn trip(&self, route: &str, pool: &str) {
+        self.guard_trips.with_label_values(&[route, pool]).inc();
+    }
+
+    pub fn endpoint_healthy(&self, pool: &str, endpoint: &str, healthy: bool) {
+        self.endpoint_healthy
+            .with_label_values(&[pool, endpoint])
+            .set(i64::from(healthy));
     }
 
     pub fn reload(&self, ok: bool) {

@@ -11,14 +11,15 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawFlag, RawListen, RawPool, RawRoute};
+use super::raw::{RawConfig, RawFlag, RawGuard, RawListen, RawPool, RawRollout, RawRoute};
 use super::{error_at, ConfigError};
+use crate::guard::{GuardConfig, RolloutConfig};
 use crate::routing::flags::{is_key, is_token};
 use crate::routing::identity::KeyFrom;
 use crate::routing::{
     AdminSettings, Flag, HeaderNames, Identity, Listen, Override, Route, RouteTable, Snapshot, Split,
 };
-use crate::upstream::{Balance, Endpoint, Pool};
+use crate::upstream::{Balance, Endpoint, HealthCheck, Pool};
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -643,7 +644,58 @@ fn compile_pool(errs: &mut Errors<'_>, path: &str, name: &str, raw: &RawPool, ol
         DEFAULT_CONNECT_TIMEOUT,
     );
     let timeout = errs.duration(raw.timeout.as_ref(), &format!("{path}.timeout"), DEFAULT_TIMEOUT);
-    Pool::new(name, endpoints, balance, connect_timeout, timeout)
+    let health = raw.health.as_ref().map(|h| {
+        let h = h.get_ref();
+        let hp = format!("{path}.health");
+        let check_path = match &h.path {
+            None => "/healthz".to_owned(),
+            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            Some(p) => {
+                errs.at(
+                    p,
+                    format!("{hp}.path"),
+                    "must start with `/`",
+                    "write a path such as \"/healthz\"",
+                );
+                "/healthz".to_owned()
+            }
+        };
+        let mut count = |v: &Option<Spanned<i64>>, field: &str, default: u32| match v {
+            None => default,
+            Some(c) => match u32::try_from(*c.get_ref()) {
+                Ok(n) if n > 0 => n,
+                _ => {
+                    errs.at(
+                        c,
+                        format!("{hp}.{field}"),
+                        "must be at least 1",
+                        "write a small count such as 3",
+                    );
+                    default
+                }
+            },
+        };
+        let fall = count(&h.fall, "fall", 3);
+        let rise = count(&h.rise, "rise", 2);
+        HealthCheck {
+            path: check_path,
+            interval: errs.duration(
+                h.interval.as_ref(),
+                &format!("{hp}.interval"),
+                Duration::from_secs(5),
+            ),
+            timeout: errs.duration(
+                h.timeout.as_ref(),
+                &format!("{hp}.timeout"),
+                Duration::from_secs(1),
+            ),
+            fall,
+            rise,
+        }
+    });
+    let mut pool = Pool::new(name, endpoints, balance, connect_timeout, timeout);
+    pool.health = health;
+    pool
 }
 
 fn compile_route(
@@ -744,17 +796,187 @@ fn compile_route(
             }
         }
     }
+    let guard = raw
+        .guard
+        .as_ref()
+        .and_then(|g| compile_guard(errs, path, g, split.as_ref(), pool_index));
+    let rollout = raw
+        .rollout
+        .as_ref()
+        .and_then(|r| compile_rollout(errs, path, r, split.as_ref(), pool_index, guard.as_ref()));
+    if let (Some(r), None) = (&raw.rollout, &raw.guard) {
+        errs.at(
+            r,
+            format!("{path}.rollout"),
+            "a rollout needs a guard to judge each step",
+            "add [routes.guard] with a baseline",
+        );
+    }
     (errs.list.len() == before).then(|| Route {
         index: 0,
         name: name.as_str().into(),
         host,
         path_prefix,
         headers,
+        effective: split.clone().expect("split compiled without errors"),
         split: split.expect("split compiled without errors"),
+        guard,
+        rollout,
+        runtime: Default::default(),
         overrides,
         flags: Box::new([]),
         uses_key: false,
     })
+}
+
+fn in_split(split: Option<&Split>, pool: usize) -> bool {
+    split.is_some_and(|s| s.weights().any(|(p, _)| p == pool))
+}
+
+fn compile_guard(
+    errs: &mut Errors<'_>,
+    path: &str,
+    raw: &Spanned<RawGuard>,
+    split: Option<&Split>,
+    pool_index: &HashMap<String, usize>,
+) -> Option<GuardConfig> {
+    let g = raw.get_ref();
+    let path = format!("{path}.guard");
+    let before = errs.list.len();
+    let baseline = match pool_index.get(g.baseline.get_ref()) {
+        Some(&b) if in_split(split, b) || split.is_none() => b,
+        Some(_) => {
+            errs.at(
+                &g.baseline,
+                format!("{path}.baseline"),
+                format!("pool `{}` is not in this route's split", g.baseline.get_ref()),
+                "name a pool of the split; give it weight 0 if it should only take tripped traffic",
+            );
+            0
+        }
+        None => {
+            errs.at(
+                &g.baseline,
+                format!("{path}.baseline"),
+                format!("there is no pool `{}`", g.baseline.get_ref()),
+                "name a pool of the split, such as the stable one",
+            );
+            0
+        }
+    };
+    let mut fraction = |v: &Option<Spanned<f64>>, field: &str, max: f64, default: Option<f64>| match v {
+        None => default,
+        Some(x) if *x.get_ref() > 0.0 && *x.get_ref() <= max => Some(*x.get_ref()),
+        Some(x) => {
+            errs.at(
+                x,
+                format!("{path}.{field}"),
+                format!("must be above 0 and at most {max}"),
+                "write a number such as 0.05",
+            );
+            default
+        }
+    };
+    let max_error_rate = fraction(&g.max_error_rate, "max_error_rate", 1.0, Some(0.05)).unwrap_or(0.05);
+    let max_error_ratio = fraction(&g.max_error_ratio, "max_error_ratio", f64::MAX, None);
+    let max_p99 = g
+        .max_p99
+        .as_ref()
+        .map(|d| errs.duration(Some(d), &format!("{path}.max_p99"), Duration::from_millis(500)));
+    let window = errs.duration(
+        g.window.as_ref(),
+        &format!("{path}.window"),
+        Duration::from_secs(30),
+    );
+    let min_requests = match &g.min_requests {
+        None => 50,
+        Some(m) => match u64::try_from(*m.get_ref()) {
+            Ok(n) if n > 0 => n,
+            _ => {
+                errs.at(
+                    m,
+                    format!("{path}.min_requests"),
+                    "must be at least 1",
+                    "write a count such as 50: fewer requests in the window give no verdict",
+                );
+                50
+            }
+        },
+    };
+    (errs.list.len() == before).then_some(GuardConfig {
+        baseline,
+        max_error_rate,
+        max_error_ratio,
+        max_p99,
+        min_requests,
+        window,
+        dry_run: g.dry_run.as_ref().is_some_and(|d| *d.get_ref()),
+    })
+}
+
+fn compile_rollout(
+    errs: &mut Errors<'_>,
+    path: &str,
+    raw: &Spanned<RawRollout>,
+    split: Option<&Split>,
+    pool_index: &HashMap<String, usize>,
+    guard: Option<&GuardConfig>,
+) -> Option<RolloutConfig> {
+    let r = raw.get_ref();
+    let path = format!("{path}.rollout");
+    let before = errs.list.len();
+    let pool = match pool_index.get(r.pool.get_ref()) {
+        Some(&p) if !in_split(split, p) && split.is_some() => {
+            errs.at(
+                &r.pool,
+                format!("{path}.pool"),
+                format!("pool `{}` is not in this route's split", r.pool.get_ref()),
+                "add it to the split (its weight is set by the rollout's steps)",
+            );
+            p
+        }
+        Some(&p) if guard.is_some_and(|g| g.baseline == p) => {
+            errs.at(
+                &r.pool,
+                format!("{path}.pool"),
+                "the rollout's pool is the guard's baseline",
+                "roll out a pool other than the baseline",
+            );
+            p
+        }
+        Some(&p) => p,
+        None => {
+            errs.at(
+                &r.pool,
+                format!("{path}.pool"),
+                format!("there is no pool `{}`", r.pool.get_ref()),
+                "name the pool being rolled out, such as canary",
+            );
+            0
+        }
+    };
+    let mut steps = Vec::new();
+    for (i, st) in r.steps.get_ref().iter().enumerate() {
+        match u32::try_from(*st.get_ref()) {
+            Ok(v) if (1..=100).contains(&v) && steps.last().is_none_or(|&l| v > l) => steps.push(v),
+            _ => errs.at(
+                st,
+                format!("{path}.steps[{i}]"),
+                "steps are percentages from 1 to 100, each above the one before",
+                "write steps such as [5, 10, 25, 50, 100]",
+            ),
+        }
+    }
+    if r.steps.get_ref().is_empty() {
+        errs.at(
+            &r.steps,
+            format!("{path}.steps"),
+            "a rollout needs at least one step",
+            "write steps such as [5, 10, 25, 50, 100]",
+        );
+    }
+    let every = errs.duration(Some(&r.every), &format!("{path}.every"), Duration::from_secs(300));
+    (errs.list.len() == before).then_some(RolloutConfig { pool, steps, every })
 }
 
 fn compile_split(

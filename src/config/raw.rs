@@ -99,6 +99,7 @@ pub struct RawPool {
     pub balance: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
     pub timeout: Option<Spanned<String>>,
+    pub health: Option<Spanned<RawHealth>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -110,4 +111,33 @@ pub struct RawRoute {
     pub split: Spanned<SpannedMap<i64>>,
     #[serde(rename = "override")]
     pub overrides: Option<Spanned<RawOverride>>,
+    pub guard: Option<Spanned<RawGuard>>,
+    pub rollout: Option<Spanned<RawRollout>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawGuard {
+    pub baseline: Spanned<String>,
+    pub max_error_rate: Option<Spanned<f64>>,
+    pub max_error_ratio: Option<Spanned<f64>>,
+    pub max_p99: Option<Spanned<String>>,
+    pub min_requests: Option<Spanned<i64>>,
+    pub window: Option<Spanned<String>>,
+    pub dry_run: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRollout {
+    pub pool: Spanned<String>,
+    pub steps: Spanned<Vec<Spanned<i64>>>,
+    pub every: Spanned<String>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawHealth {
+    pub path: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
+    pub fall: Option<Spanned<i64>>,
+    pub rise: Option<Spanned<i64>>,
 }

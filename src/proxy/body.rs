@@ -14,6 +14,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
 use crate::admin::metrics::UpstreamError;
+use crate::guard::Outcome;
 use crate::routing::Snapshot;
 use crate::upstream::InFlight;
 
@@ -44,6 +45,17 @@ pub struct Finish {
     pub in_flight: Option<InFlight>,
     /// Method and URI, kept only when access logs are on.
     pub log: Option<Box<(Method, Uri)>>,
+    /// Where a guarded route's outcome goes.
+    pub outcome: Option<OutcomeTap>,
+}
+
+/// A guarded request's outcome, sent to the guard task when the request ends.
+pub struct OutcomeTap {
+    pub tx: tokio::sync::mpsc::Sender<Outcome>,
+    pub route: Arc<str>,
+    pub pool: Arc<str>,
+    /// Time to the response headers (or to the failure).
+    pub latency: std::time::Duration,
 }
 
 impl ProxyBody {
@@ -126,6 +138,20 @@ impl Drop for ProxyBody {
 impl Finish {
     fn done(self) {
         let elapsed = self.start.elapsed();
+        if let Some(tap) = self.outcome {
+            // An error of the pool: a 5xx, an upstream that failed to answer, or a body broken
+            // off. A client that went away is not one (its body was dropped, not failed).
+            let error = self.failed || self.status.is_none_or(|s| s >= 500);
+            let o = Outcome {
+                route: tap.route,
+                pool: tap.pool,
+                error,
+                latency: tap.latency,
+                at: tokio::time::Instant::now(),
+            };
+            // A full queue drops the outcome rather than delaying the response.
+            let _ = tap.tx.try_send(o);
+        }
         if let (Some(route), Some(pool), Some(m)) = (self.route, self.pool, self.snap.metrics.as_deref()) {
             // An upstream that breaks off its body failed the request, whatever its status.
             let status = if self.failed { None } else { self.status };

@@ -65,6 +65,8 @@ pub struct Proxy {
 struct Names {
     route: Option<usize>,
     pool: Option<usize>,
+    /// The route has a guard, which wants the outcome.
+    guarded: bool,
 }
 
 impl Proxy {
@@ -120,7 +122,17 @@ impl Proxy {
                 (e.to_response(&request_id), Some(e.reason()), counted)
             }
         };
+        let outcome = match (names.guarded, names.route, names.pool, &self.state.outcomes) {
+            (true, Some(r), Some(p), Some(tx)) => Some(body::OutcomeTap {
+                tx: tx.clone(),
+                route: snap.routes[r].name.clone(),
+                pool: snap.pools[p].name.clone(),
+                latency: start.elapsed(),
+            }),
+            _ => None,
+        };
         response.body_mut().set_finish(Finish {
+            outcome,
             start,
             route: names.route,
             pool: names.pool,
@@ -164,7 +176,16 @@ impl Proxy {
                     path: req.uri().path().to_owned(),
                 })?;
             names.route = Some(d.route.index);
-            names.pool = Some(d.pool);
+            let mut pool = d.pool;
+            if let Some(g) = &d.route.guard {
+                // A guarded route sends the users of a pool that cannot serve to its baseline.
+                if pool != g.baseline && !snap.pools[pool].has_available(tokio::time::Instant::now()) {
+                    tracing::debug!(route = %d.route.name, pool = %snap.pools[pool].name, "no endpoint available: using the baseline");
+                    pool = g.baseline;
+                }
+                names.guarded = true;
+            }
+            names.pool = Some(pool);
             if let Some(m) = snap.metrics.as_deref() {
                 for &(f, value, _) in &d.flags {
                     m.flag(f, value);
@@ -174,7 +195,7 @@ impl Proxy {
                     tracing::debug!(route = %d.route.name, "override names no pool of this route; ignored");
                 }
             }
-            (snap.pool(d.pool).clone(), Decided::new(&d, snap))
+            (snap.pool(pool).clone(), Decided::new(&d, snap))
         };
 
         // Phase: upstream_request.
@@ -220,9 +241,11 @@ impl Proxy {
         body: Incoming,
         upgrade: bool,
     ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
-        let index = pool.select(None).ok_or_else(|| ProxyError::NoEndpoint {
-            pool: pool.name.to_string(),
-        })?;
+        let index = pool
+            .select(None, tokio::time::Instant::now())
+            .ok_or_else(|| ProxyError::NoEndpoint {
+                pool: pool.name.to_string(),
+            })?;
         let can_retry = pool.endpoints.len() > 1 && !upgrade;
         let empty = http_body::Body::is_end_stream(&body);
         let (body, reclaim) = if can_retry && !empty {
@@ -249,7 +272,7 @@ impl Proxy {
                 };
                 tracing::debug!(pool = %pool.name, "{e}; retrying on another endpoint");
                 let index = pool
-                    .select(Some(index))
+                    .select(Some(index), tokio::time::Instant::now())
                     .expect("a pool that can retry has endpoints");
                 self.attempt(pool, index, &path, method, head, body).await
             }
@@ -275,7 +298,11 @@ impl Proxy {
         *req.headers_mut() = headers;
         let in_flight = endpoint.begin();
         let fail = |detail| (pool.name.to_string(), endpoint.address.to_string(), detail);
-        match tokio::time::timeout(pool.timeout, self.client.request(req)).await {
+        let result = tokio::time::timeout(pool.timeout, self.client.request(req)).await;
+        // Passive health: connect errors, timeouts, resets and 5xx count against the endpoint.
+        let ok = matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
+        endpoint.record(ok, tokio::time::Instant::now());
+        match result {
             Ok(Ok(resp)) => Ok((resp, in_flight)),
             Err(_) => Err(ProxyError::Timeout {
                 pool: pool.name.to_string(),

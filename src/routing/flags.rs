@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use super::bucket;
 
 /// One compiled `[[flags]]` entry.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Flag {
     pub name: Arc<str>,
     /// Hash group (Unleash's groupId); the name unless set.

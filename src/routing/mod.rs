@@ -30,7 +30,9 @@ pub use table::RouteTable;
 use crate::upstream::Pool;
 
 /// Everything one config revision decides, compiled once so that the request path never
-/// re-validates or re-parses. Swapped whole on reload; a request keeps the one it started with.
+/// re-validates or re-parses. Swapped whole on reload (and on a trip or rollout step, which
+/// change routes' effective splits); a request keeps the one it started with.
+#[derive(Clone)]
 pub struct Snapshot {
     /// Short hash of the config text this snapshot was compiled from.
     pub revision: String,
@@ -100,8 +102,17 @@ pub struct Override {
     pub cookie: Option<String>,
 }
 
+/// A route's trips and rollout step, as the reloader's overlay last set them.
+#[derive(Debug, Clone, Default)]
+pub struct RouteRuntime {
+    /// Pools taken out by a trip or a rollback.
+    pub tripped: Vec<usize>,
+    /// The rollout's current step, if the route has a rollout.
+    pub rollout_step: Option<usize>,
+}
+
 /// One `[[routes]]` entry, compiled.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Route {
     /// Position in [`Snapshot::routes`].
     pub index: usize,
@@ -111,7 +122,14 @@ pub struct Route {
     pub path_prefix: String,
     /// Request headers that must all be present with these exact values.
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The split as configured.
     pub split: Split,
+    /// The split requests get: the configured one moved by the rollout step, with tripped
+    /// pools at weight 0. Equal to `split` until a guard, a rollout or an operator acts.
+    pub effective: Split,
+    pub guard: Option<crate::guard::GuardConfig>,
+    pub rollout: Option<crate::guard::RolloutConfig>,
+    pub runtime: RouteRuntime,
     pub overrides: Override,
     /// Indices into [`Snapshot::flags`] of the flags in scope here, in config order.
     pub flags: Box<[usize]>,
@@ -122,6 +140,14 @@ pub struct Route {
 }
 
 impl Route {
+    /// Where tripped traffic goes: the guard's baseline, else the first pool of the split.
+    pub fn baseline(&self) -> usize {
+        self.guard.as_ref().map_or_else(
+            || self.split.weights().next().map_or(0, |(p, _)| p),
+            |g| g.baseline,
+        )
+    }
+
     pub(crate) fn matches(&self, path: &str, headers: &http::HeaderMap) -> bool {
         path.starts_with(&self.path_prefix)
             && self
@@ -217,7 +243,7 @@ impl Snapshot {
         };
         let point = bucket::pool_point(&self.identity.salt, &key);
         let (found, ignored_override) = self.override_pool(route, req.headers);
-        let (pool, why) = found.unwrap_or_else(|| (route.split.pick(point), Why::Split));
+        let (pool, why) = found.unwrap_or_else(|| (route.effective.pick(point), Why::Split));
         let flags = route
             .flags
             .iter()
@@ -267,6 +293,10 @@ impl Snapshot {
 
     pub fn pool(&self, index: usize) -> &Arc<Pool> {
         &self.pools[index]
+    }
+
+    pub fn pool_index(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| &*p.name == name)
     }
 
     pub fn pool_by_name(&self, name: &str) -> Option<&Arc<Pool>> {

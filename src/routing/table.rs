@@ -10,7 +10,7 @@ use http::HeaderMap;
 
 use super::Route;
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct RouteTable {
     exact: HashMap<String, Vec<usize>>,
     /// `(".example.com", routes)`, longest suffix first.
@@ -98,6 +98,10 @@ mod tests {
                 })
                 .collect(),
             split: Split::new(&[(0, 1)]),
+            effective: Split::new(&[(0, 1)]),
+            guard: None,
+            rollout: None,
+            runtime: Default::default(),
             overrides: Default::default(),
             flags: Box::new([]),
             uses_key: false,

@@ -1,15 +1,42 @@
-//! Upstream pools: named sets of endpoints, endpoint selection, and the one shared HTTP client
-//! ([`client`]) that keeps connections to them alive. Endpoint state (requests in flight) lives
-//! in atomics on [`Endpoint`], which is shared by reference between the snapshots of successive
-//! reloads as long as the endpoint is still configured.
+//! Upstream pools: named sets of endpoints, endpoint selection, endpoint health, and the one
+//! shared HTTP client ([`client`]) that keeps connections to them alive. Endpoint state
+//! (requests in flight, passive ejection, the active check's verdict) lives in atomics on
+//! [`Endpoint`], shared by reference between the snapshots of successive reloads as long as the
+//! endpoint is still configured.
+//!
+//! Health, two ways: **passive** — [`PASSIVE_FAILURES`] consecutive failures (connect errors,
+//! timeouts, 5xx) eject an endpoint for a back-off that doubles with each ejection in a row
+//! (from [`EJECT_BASE`] up to [`EJECT_MAX`]), after which it is tried again; and **active** —
+//! with `health` on the pool, a check task per endpoint ([`health`]).
 
 pub mod client;
+pub mod health;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::Authority;
+use tokio::time::Instant;
+
+/// Consecutive failures that eject an endpoint.
+pub const PASSIVE_FAILURES: u32 = 5;
+/// The first ejection's length.
+pub const EJECT_BASE: Duration = Duration::from_secs(5);
+/// The longest ejection.
+pub const EJECT_MAX: Duration = Duration::from_secs(120);
+
+/// A pool's `health` table: active checks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failed checks that mark an endpoint down.
+    pub fall: u32,
+    /// Consecutive passed checks that bring it back.
+    pub rise: u32,
+}
 
 /// How a pool picks an endpoint for a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +57,7 @@ pub struct Pool {
     pub connect_timeout: Duration,
     /// Time allowed from sending the request until the response headers arrive.
     pub timeout: Duration,
+    pub health: Option<HealthCheck>,
     cursor: AtomicUsize,
 }
 
@@ -40,6 +68,15 @@ pub struct Endpoint {
     pub address: Arc<str>,
     pub authority: Authority,
     in_flight: AtomicUsize,
+    /// Time base of `ejected_until`.
+    born: Instant,
+    consecutive_failures: AtomicU32,
+    /// Ejections in a row, for the back-off.
+    ejections: AtomicU32,
+    /// Nanoseconds after `born` until which the endpoint is ejected.
+    ejected_until: AtomicU64,
+    /// The active check's verdict (true without checks).
+    checked_healthy: AtomicBool,
 }
 
 impl Endpoint {
@@ -48,7 +85,46 @@ impl Endpoint {
             address: address.into(),
             authority,
             in_flight: AtomicUsize::new(0),
+            born: Instant::now(),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: AtomicU64::new(0),
+            checked_healthy: AtomicBool::new(true),
         }
+    }
+
+    fn nanos(&self, now: Instant) -> u64 {
+        now.saturating_duration_since(self.born).as_nanos() as u64
+    }
+
+    /// Whether requests may go here: not ejected, and not failing its active checks.
+    pub fn is_available(&self, now: Instant) -> bool {
+        self.checked_healthy.load(Ordering::Relaxed)
+            && self.nanos(now) >= self.ejected_until.load(Ordering::Relaxed)
+    }
+
+    /// Feeds a request's result to passive health. Returns true when this failure ejected it.
+    pub fn record(&self, ok: bool, now: Instant) -> bool {
+        if ok {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+            self.ejections.store(0, Ordering::Relaxed);
+            return false;
+        }
+        if self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1 < PASSIVE_FAILURES {
+            return false;
+        }
+        self.consecutive_failures.store(0, Ordering::Relaxed);
+        let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+        let length = EJECT_BASE.saturating_mul(1 << n).min(EJECT_MAX);
+        self.ejected_until
+            .store(self.nanos(now + length), Ordering::Relaxed);
+        tracing::warn!(endpoint = %self.address, ejected_for = ?length, "endpoint ejected after {PASSIVE_FAILURES} failures in a row");
+        true
+    }
+
+    /// Sets the active check's verdict.
+    pub fn set_checked_healthy(&self, healthy: bool) {
+        self.checked_healthy.store(healthy, Ordering::Relaxed);
     }
 
     /// Requests sent to this endpoint whose responses have not finished.
@@ -82,6 +158,7 @@ impl Pool {
         timeout: Duration,
     ) -> Pool {
         Pool {
+            health: None,
             name: name.into(),
             name_header: http::HeaderValue::from_str(name)
                 .unwrap_or(http::HeaderValue::from_static("invalid")),
@@ -93,18 +170,17 @@ impl Pool {
         }
     }
 
-    /// Picks an endpoint index, avoiding `exclude` (the endpoint that just failed) when the
-    /// pool has another. `None` only for a pool without endpoints.
-    pub fn select(&self, exclude: Option<usize>) -> Option<usize> {
+    /// Picks an available endpoint, avoiding `exclude` (the endpoint that just failed).
+    /// `None` when no endpoint is available.
+    pub fn select(&self, exclude: Option<usize>, now: Instant) -> Option<usize> {
         let n = self.endpoints.len();
-        match (n, exclude) {
-            (0, _) => None,
-            (1, _) => Some(0),
-            (_, Some(x)) => {
-                // The retry: the next endpoint after the failed one, whatever the policy.
-                Some((x + 1 + self.cursor.fetch_add(1, Ordering::Relaxed) % (n - 1)) % n)
-            }
-            (_, None) => Some(match self.balance {
+        let ok = |i: usize| Some(i) != exclude && self.endpoints[i].is_available(now);
+        let first = match (n, exclude) {
+            (0, _) => return None,
+            (1, _) => 0,
+            // The retry: the next endpoint after the failed one, whatever the policy.
+            (_, Some(x)) => (x + 1 + self.cursor.fetch_add(1, Ordering::Relaxed) % (n - 1)) % n,
+            (_, None) => match self.balance {
                 Balance::RoundRobin => self.cursor.fetch_add(1, Ordering::Relaxed) % n,
                 Balance::LeastRequest => {
                     let a = fastrand::usize(..n);
@@ -112,14 +188,21 @@ impl Pool {
                     if b >= a {
                         b += 1;
                     }
-                    if self.endpoints[b].in_flight() < self.endpoints[a].in_flight() {
-                        b
-                    } else {
-                        a
+                    match (ok(a), ok(b)) {
+                        (true, true) if self.endpoints[b].in_flight() < self.endpoints[a].in_flight() => b,
+                        (false, true) => b,
+                        _ => a,
                     }
                 }
-            }),
-        }
+            },
+        };
+        // An unavailable pick: the next available one.
+        (0..n).map(|k| (first + k) % n).find(|&i| ok(i))
+    }
+
+    /// Whether any endpoint can take requests.
+    pub fn has_available(&self, now: Instant) -> bool {
+        self.endpoints.iter().any(|e| e.is_available(now))
     }
 }
 
@@ -140,7 +223,7 @@ mod tests {
     #[test]
     fn round_robin_visits_every_endpoint_in_turn() {
         let p = pool(3, Balance::RoundRobin);
-        let picks: Vec<_> = (0..6).map(|_| p.select(None).unwrap()).collect();
+        let picks: Vec<_> = (0..6).map(|_| p.select(None, Instant::now()).unwrap()).collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     }
 
@@ -149,7 +232,7 @@ mod tests {
         let p = pool(2, Balance::LeastRequest);
         let _busy: Vec<_> = (0..5).map(|_| p.endpoints[0].begin()).collect();
         for _ in 0..100 {
-            assert_eq!(p.select(None), Some(1));
+            assert_eq!(p.select(None, Instant::now()), Some(1));
         }
     }
 
@@ -157,9 +240,71 @@ mod tests {
     fn a_retry_never_picks_the_failed_endpoint() {
         let p = pool(3, Balance::LeastRequest);
         for _ in 0..100 {
-            assert_ne!(p.select(Some(1)), Some(1));
+            assert_ne!(p.select(Some(1), Instant::now()), Some(1));
         }
-        assert_eq!(pool(1, Balance::RoundRobin).select(Some(0)), Some(0));
+        assert_eq!(
+            pool(1, Balance::RoundRobin).select(Some(0), Instant::now()),
+            None,
+            "no other endpoint"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn consecutive_failures_eject_with_a_doubling_back_off() {
+        let p = pool(2, Balance::RoundRobin);
+        let ep = &p.endpoints[0];
+        for _ in 0..PASSIVE_FAILURES - 1 {
+            assert!(!ep.record(false, Instant::now()));
+        }
+        ep.record(true, Instant::now());
+        for _ in 0..PASSIVE_FAILURES - 1 {
+            ep.record(false, Instant::now());
+        }
+        assert!(
+            ep.is_available(Instant::now()),
+            "a success in between resets the count"
+        );
+        assert!(
+            ep.record(false, Instant::now()),
+            "the fifth failure in a row ejects"
+        );
+        assert!(!ep.is_available(Instant::now()));
+        for _ in 0..20 {
+            assert_eq!(
+                p.select(None, Instant::now()),
+                Some(1),
+                "traffic avoids the ejected endpoint"
+            );
+        }
+        tokio::time::advance(EJECT_BASE).await;
+        assert!(ep.is_available(Instant::now()), "re-admitted after the back-off");
+        for _ in 0..PASSIVE_FAILURES {
+            ep.record(false, Instant::now());
+        }
+        tokio::time::advance(EJECT_BASE).await;
+        assert!(
+            !ep.is_available(Instant::now()),
+            "the second ejection in a row lasts twice as long"
+        );
+        tokio::time::advance(EJECT_BASE).await;
+        assert!(ep.is_available(Instant::now()));
+        ep.record(true, Instant::now());
+        for _ in 0..PASSIVE_FAILURES {
+            ep.record(false, Instant::now());
+        }
+        tokio::time::advance(EJECT_BASE).await;
+        assert!(ep.is_available(Instant::now()), "a success resets the back-off");
+    }
+
+    #[test]
+    fn no_available_endpoint_selects_none() {
+        let p = pool(2, Balance::LeastRequest);
+        p.endpoints[0].set_checked_healthy(false);
+        p.endpoints[1].set_checked_healthy(false);
+        assert_eq!(p.select(None, Instant::now()), None);
+        assert!(!p.has_available(Instant::now()));
+        p.endpoints[1].set_checked_healthy(true);
+        assert_eq!(p.select(None, Instant::now()), Some(1));
     }
 
     #[test]

@@ -1,0 +1,266 @@
+//! Guards: automatic rollback on a pool's error rate and latency, and progressive rollouts.
+//!
+//! The request path only sends an [`Outcome`] down a channel (when the route has a guard). The
+//! guard task owns every window ([`window`]), judges each guarded route's non-baseline pools
+//! every 250 ms ([`verdict`]), and asks the reloader — the only writer of the snapshot — to trip
+//! a failing pool or to advance a rollout. The reloader keeps trips and rollout steps in an
+//! [`overlay::Overlay`] that it applies to every config it compiles (so a reload cannot undo a
+//! trip) and writes to a state file (so a restart cannot either).
+
+pub mod overlay;
+pub mod verdict;
+pub mod window;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::reload::Trigger;
+use crate::routing::Snapshot;
+use crate::state::State;
+pub use verdict::Verdict;
+pub use window::{Figures, Window};
+
+/// How often verdicts are made: a fail trips well within a second of its evidence.
+pub const TICK: Duration = Duration::from_millis(250);
+
+/// A route's `[routes.guard]`, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GuardConfig {
+    /// Index of the baseline pool in [`Snapshot::pools`].
+    pub baseline: usize,
+    pub max_error_rate: f64,
+    pub max_error_ratio: Option<f64>,
+    pub max_p99: Option<Duration>,
+    pub min_requests: u64,
+    pub window: Duration,
+    pub dry_run: bool,
+}
+
+/// A route's `[routes.rollout]`, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RolloutConfig {
+    /// Index of the pool being rolled out in [`Snapshot::pools`].
+    pub pool: usize,
+    /// Percent of the route's traffic at each step.
+    pub steps: Vec<u32>,
+    pub every: Duration,
+}
+
+/// One finished request of a guarded route.
+#[derive(Debug)]
+pub struct Outcome {
+    pub route: Arc<str>,
+    pub pool: Arc<str>,
+    pub error: bool,
+    /// Time to the response headers (or to the failure).
+    pub latency: Duration,
+    pub at: Instant,
+}
+
+/// What the guard sees now, for the admin API.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Report {
+    pub routes: HashMap<String, RouteReport>,
+}
+
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RouteReport {
+    pub pools: Vec<PoolReport>,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct PoolReport {
+    pub pool: String,
+    pub baseline: bool,
+    pub figures: Figures,
+    /// `None` for the baseline, which is not judged.
+    pub verdict: Option<Verdict>,
+}
+
+/// True when a rollout step that started at `started` should advance now.
+pub fn rollout_due(started: Instant, now: Instant, every: Duration, verdict: &Verdict) -> bool {
+    now.saturating_duration_since(started) >= every && *verdict == Verdict::Pass
+}
+
+/// The guard task: records outcomes, judges every [`TICK`], and sends trips and rollout
+/// advances to the reloader. Ends when the outcome channel closes.
+pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, triggers: mpsc::Sender<Trigger>) {
+    let mut windows: HashMap<(Arc<str>, Arc<str>), Window> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut batch = Vec::with_capacity(1024);
+    let mut guard = Guard::default();
+    loop {
+        tokio::select! {
+            n = outcomes.recv_many(&mut batch, 1024) => {
+                if n == 0 {
+                    return;
+                }
+                let snap = state.snapshot.load();
+                for o in batch.drain(..) {
+                    let length = snap
+                        .route_by_name(&o.route)
+                        .and_then(|r| r.guard.as_ref())
+                        .map_or(Duration::from_secs(30), |g| g.window);
+                    let w = windows.entry((o.route, o.pool)).or_insert_with(|| Window::new(length, o.at));
+                    if w.length() != length {
+                        *w = Window::new(length, o.at);
+                    }
+                    w.record(o.at, o.error, o.latency);
+                }
+            }
+            _ = tick.tick() => {
+                let snap = state.snapshot.load_full();
+                let report = guard.judge(&snap, &mut windows, Instant::now(), &triggers).await;
+                state.guard.store(Arc::new(report));
+                for pool in snap.pools.iter() {
+                    for ep in pool.endpoints.iter() {
+                        state.metrics.endpoint_healthy(&pool.name, &ep.address, ep.is_available(Instant::now()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The guard task's memory between ticks.
+#[derive(Default)]
+struct Guard {
+    /// Trips asked for and not yet seen in a snapshot, with when they were asked.
+    asked: HashMap<(String, String), Instant>,
+    /// Dry-run "would trip" already logged, so it is said once per episode.
+    would_trip: HashSet<(String, String)>,
+    /// Rollout step each route is on and when the guard first saw it.
+    steps: HashMap<String, (usize, Instant)>,
+    /// Routes tripped at the last tick: when one is reset, its windows start afresh.
+    tripped: HashSet<String>,
+}
+
+impl Guard {
+    async fn judge(
+        &mut self,
+        snap: &Snapshot,
+        windows: &mut HashMap<(Arc<str>, Arc<str>), Window>,
+        now: Instant,
+        triggers: &mpsc::Sender<Trigger>,
+    ) -> Report {
+        let mut report = Report::default();
+        let mut tripped_now = HashSet::new();
+        for route in &snap.routes {
+            let Some(g) = &route.guard else { continue };
+            if !route.runtime.tripped.is_empty() {
+                tripped_now.insert(route.name.to_string());
+            } else if self.tripped.contains(&*route.name) {
+                // Reset: old failures must not trip it again.
+                windows.retain(|(r, _), _| **r != *route.name);
+            }
+            let figures = |pool: usize| {
+                windows
+                    .get(&(route.name.clone(), snap.pools[pool].name.clone()))
+                    .map(|w| w.figures(now))
+                    .unwrap_or_default()
+            };
+            let base = figures(g.baseline);
+            let mut rr = RouteReport::default();
+            rr.pools.push(PoolReport {
+                pool: snap.pools[g.baseline].name.to_string(),
+                baseline: true,
+                figures: base,
+                verdict: None,
+            });
+            for (pool, _) in route.split.weights() {
+                if pool == g.baseline || route.runtime.tripped.contains(&pool) {
+                    continue;
+                }
+                let f = figures(pool);
+                let v = verdict::judge(g, &base, &f);
+                let key = (route.name.to_string(), snap.pools[pool].name.to_string());
+                if let Verdict::Fail(reason) = &v {
+                    if g.dry_run {
+                        if self.would_trip.insert(key.clone()) {
+                            tracing::warn!(route = %route.name, pool = %key.1, requests = f.requests, errors = f.errors, dry_run = true, "guard would trip: {reason}");
+                        }
+                    } else if self
+                        .asked
+                        .get(&key)
+                        .is_none_or(|t| now.saturating_duration_since(*t) > Duration::from_secs(2))
+                    {
+                        self.asked.insert(key.clone(), now);
+                        let _ = triggers
+                            .send(Trigger::Trip {
+                                route: key.0.clone(),
+                                pool: key.1.clone(),
+                                reason: reason.clone(),
+                                figures: f,
+                            })
+                            .await;
+                    }
+                } else {
+                    self.would_trip.remove(&key);
+                }
+                if let (Some(r), Some(step)) = (&route.rollout, route.runtime.rollout_step) {
+                    if r.pool == pool {
+                        let started = match self.steps.get(&*route.name) {
+                            Some(&(s, t)) if s == step => t,
+                            _ => {
+                                self.steps.insert(route.name.to_string(), (step, now));
+                                now
+                            }
+                        };
+                        if step + 1 < r.steps.len() && rollout_due(started, now, r.every, &v) {
+                            self.steps.insert(route.name.to_string(), (step, now));
+                            let _ = triggers
+                                .send(Trigger::Advance {
+                                    route: route.name.to_string(),
+                                    from_step: step,
+                                })
+                                .await;
+                        }
+                    }
+                }
+                rr.pools.push(PoolReport {
+                    pool: key.1,
+                    baseline: false,
+                    figures: f,
+                    verdict: Some(v),
+                });
+            }
+            report.routes.insert(route.name.to_string(), rr);
+        }
+        self.asked.retain(|(r, p), _| {
+            snap.route_by_name(r)
+                .is_some_and(|route| !route.runtime.tripped.iter().any(|&t| *snap.pools[t].name == **p))
+        });
+        self.tripped = tripped_now;
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn rollouts_advance_after_every_only_while_passing() {
+        let every = Duration::from_secs(60);
+        let started = Instant::now();
+        tokio::time::advance(Duration::from_secs(59)).await;
+        assert!(!rollout_due(started, Instant::now(), every, &Verdict::Pass));
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(rollout_due(started, Instant::now(), every, &Verdict::Pass));
+        assert!(
+            !rollout_due(started, Instant::now(), every, &Verdict::Hold),
+            "hold does not advance"
+        );
+        assert!(!rollout_due(
+            started,
+            Instant::now(),
+            every,
+            &Verdict::Fail("x".into())
+        ));
+    }
+}
