@@ -78,6 +78,24 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Send every user of a route to its baseline pool (POST /api/routes/ROUTE/rollback).
+    Rollback {
+        route: String,
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+    },
+    /// Clear a route's trips; a rollout starts again from its first step.
+    Reset {
+        route: String,
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+    },
+    /// Move a route's rollout to its next step now.
+    Promote {
+        route: String,
+        #[arg(long, default_value = "http://127.0.0.1:9901")]
+        admin: String,
+    },
     /// Start built-in blue, green and canary upstreams and the proxy in front of them.
     Demo {
         /// Where the demo proxy listens.
@@ -101,6 +119,9 @@ fn main() -> ExitCode {
             request,
         } => report(explain(&config, user, &headers, &cookies, json, &request)),
         Command::Diff { old, new, json } => report(diff(&old, &new, json)),
+        Command::Rollback { route, admin } => report(admin_command(&admin, &route, "rollback")),
+        Command::Reset { route, admin } => report(admin_command(&admin, &route, "reset")),
+        Command::Promote { route, admin } => report(admin_command(&admin, &route, "promote")),
         Command::Status { admin, json } => {
             report(runtime(Some(1)).and_then(|rt| rt.block_on(status(&admin, json))))
         }
@@ -351,6 +372,14 @@ async fn admin_call(method: http::Method, url: &str) -> anyhow::Result<serde_jso
         anyhow::bail!("{url}: {status}: {msg}");
     }
     Ok(value)
+}
+
+/// `rollback`, `reset` and `promote`: one POST to the admin API.
+fn admin_command(admin: &str, route: &str, action: &str) -> anyhow::Result<()> {
+    let url = format!("{}/api/routes/{route}/{action}", admin.trim_end_matches('/'));
+    let answer = runtime(Some(1))?.block_on(admin_call(http::Method::POST, &url))?;
+    println!("{}", answer["result"].as_str().unwrap_or("done"));
+    Ok(())
 }
 
 async fn status(admin: &str, json: bool) -> anyhow::Result<()> {

@@ -16,9 +16,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::routing::{Route, Snapshot, Split};
 
-/// Integer scale for rollout weights (percent × 10,000 keeps the other pools' proportions).
-const SCALE: u64 = 10_000;
-
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Overlay {
     pub routes: BTreeMap<String, RouteOverlay>,
@@ -180,22 +177,22 @@ pub fn state_path(config: &Path) -> PathBuf {
 /// A route's split as requests get it: the rollout pool at its step's share (the other pools
 /// share the rest by their weights), tripped pools at 0, and if nothing is left, the baseline.
 pub fn effective_split(route: &Route, step: Option<usize>, tripped: &[usize]) -> Split {
-    let mut weights: Vec<(usize, u64)> = route.split.weights().map(|(p, w)| (p, w * SCALE * 100)).collect();
+    let configured: Vec<(usize, u64)> = route.split.weights().collect();
+    let mut weights = configured.clone();
     if let (Some(r), Some(step)) = (&route.rollout, step) {
         let pct = u64::from(r.steps[step.min(r.steps.len() - 1)]);
-        let others: u64 = route
-            .split
-            .weights()
+        let others: u64 = configured
+            .iter()
             .filter(|(p, _)| *p != r.pool)
             .map(|(_, w)| w)
             .sum();
+        // The rollout pool gets pct·others and each other pool (100 − pct)·w: out of a total of
+        // 100·others, that is pct% for the rollout and the rest in the configured proportions.
         for (p, w) in weights.iter_mut() {
-            *w = if *p == r.pool {
-                pct * SCALE
-            } else if others > 0 {
-                (100 - pct) * SCALE * (*w / (SCALE * 100)) / others
-            } else {
-                0
+            *w = match (*p == r.pool, others) {
+                (true, 0) => 1,
+                (true, _) => pct * others,
+                (false, _) => (100 - pct) * *w,
             };
         }
     }
@@ -213,4 +210,108 @@ pub fn effective_split(route: &Route, step: Option<usize>, tripped: &[usize]) ->
         }
     }
     Split::new(&weights)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snap(rollout: bool) -> Snapshot {
+        let r = if rollout {
+            "[routes.rollout]\npool = \"canary\"\nsteps = [10, 50, 100]\nevery = \"1m\"\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.green]\nendpoints = [\"127.0.0.1:2\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:3\"]\n[[routes]]\nname = \"web\"\nsplit = {{ blue = 3, green = 1, canary = 5 }}\n[routes.guard]\nbaseline = \"blue\"\n{r}"
+        );
+        crate::config::load_str(&text, Path::new("t.toml"), None).unwrap()
+    }
+
+    fn shares(s: &Split, snap: &Snapshot) -> Vec<(String, f64)> {
+        s.shares()
+            .map(|(p, x)| (snap.pools[p].name.to_string(), (x * 1000.0).round() / 1000.0))
+            .collect()
+    }
+
+    #[test]
+    fn rollout_steps_give_the_pool_its_percent_and_keep_the_others_proportions() {
+        let s = snap(true);
+        let route = &s.routes[0];
+        let canary = s.pool_index("canary").unwrap();
+        assert_eq!(
+            shares(&effective_split(route, Some(0), &[]), &s),
+            [
+                ("blue".into(), 0.675),
+                ("green".into(), 0.225),
+                ("canary".into(), 0.1)
+            ]
+        );
+        assert_eq!(
+            shares(&effective_split(route, Some(2), &[]), &s),
+            [
+                ("blue".into(), 0.0),
+                ("green".into(), 0.0),
+                ("canary".into(), 1.0)
+            ]
+        );
+        assert_eq!(
+            shares(&effective_split(route, Some(1), &[canary]), &s),
+            [
+                ("blue".into(), 0.75),
+                ("green".into(), 0.25),
+                ("canary".into(), 0.0)
+            ],
+            "an aborted rollout"
+        );
+        assert_eq!(
+            shares(&effective_split(route, Some(2), &[canary]), &s)[0],
+            ("blue".into(), 1.0),
+            "nothing left: the baseline"
+        );
+    }
+
+    #[test]
+    fn trips_survive_reloads_until_the_route_changes() {
+        let s = snap(false);
+        let mut ov = Overlay::default();
+        ov.entry(&s, &s.routes[0]).trips.push(Trip {
+            pool: "canary".into(),
+            reason: "r".into(),
+            at: "t".into(),
+            manual: false,
+            requests: 1,
+            errors: 1,
+            p99_ms: None,
+        });
+        assert!(
+            ov.reconcile(&snap(false), "t").is_empty(),
+            "the same config keeps the trip"
+        );
+        let mut applied = snap(false);
+        ov.apply(&mut applied);
+        assert_eq!(
+            applied.routes[0].runtime.tripped,
+            vec![applied.pool_index("canary").unwrap()]
+        );
+        let dropped = ov.clone().reconcile(&snap(true), "t");
+        assert_eq!(dropped.len(), 1, "a changed route clears its trip: {dropped:?}");
+    }
+
+    #[test]
+    fn the_state_file_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = state_path(&dir.path().join("switchyard.toml"));
+        assert!(path.ends_with("switchyard.toml.state.json"));
+        assert_eq!(
+            Overlay::load(&path).unwrap(),
+            Overlay::default(),
+            "a missing file is empty"
+        );
+        let s = snap(true);
+        let mut ov = Overlay::default();
+        ov.reconcile(&s, "2026-01-01T00:00:00Z");
+        ov.save(&path).unwrap();
+        assert_eq!(Overlay::load(&path).unwrap(), ov);
+    }
 }

@@ -35,6 +35,7 @@ use hyper_util::rt::TokioIo;
 
 use std::time::SystemTime;
 
+use crate::guard::Outcome;
 use crate::routing::{bucket, normalize_host, Decision, RequestView, Snapshot};
 use crate::state::State;
 use crate::upstream::client::{self, UpstreamBody, UpstreamClient};
@@ -181,6 +182,17 @@ impl Proxy {
                 // A guarded route sends the users of a pool that cannot serve to its baseline.
                 if pool != g.baseline && !snap.pools[pool].has_available(tokio::time::Instant::now()) {
                     tracing::debug!(route = %d.route.name, pool = %snap.pools[pool].name, "no endpoint available: using the baseline");
+                    // A pool that cannot serve at all is failing: the guard hears of it, so it
+                    // trips (and says why) instead of the pool's users quietly moving.
+                    if let Some(tx) = &self.state.outcomes {
+                        let _ = tx.try_send(Outcome {
+                            route: d.route.name.clone(),
+                            pool: snap.pools[pool].name.clone(),
+                            error: true,
+                            latency: std::time::Duration::ZERO,
+                            at: tokio::time::Instant::now(),
+                        });
+                    }
                     pool = g.baseline;
                 }
                 names.guarded = true;

@@ -59,6 +59,12 @@ pub struct Seen {
     pub connections: AtomicUsize,
     pub paths: Mutex<Vec<String>>,
     pub last_headers: Mutex<Option<HeaderMap>>,
+    /// Answer 500 to every Nth request of the default path (0: never).
+    pub fail_every: AtomicUsize,
+    /// Delay every answer of the default path by this many milliseconds.
+    pub delay_ms: AtomicUsize,
+    /// `/healthz` answers 503 while set.
+    pub unhealthy: std::sync::atomic::AtomicBool,
 }
 
 /// A loopback upstream. Paths:
@@ -75,6 +81,7 @@ pub struct Upstream {
     pub name: &'static str,
     pub seen: Arc<Seen>,
     stop: Option<oneshot::Sender<()>>,
+    killed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Upstream {
@@ -86,6 +93,7 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let seen = Arc::new(Seen::default());
         let (stop, mut stopped) = oneshot::channel();
+        let (killed, kill_rx) = tokio::sync::watch::channel(false);
         let s = seen.clone();
         tokio::spawn(async move {
             loop {
@@ -95,14 +103,18 @@ impl Upstream {
                 };
                 s.connections.fetch_add(1, Ordering::SeqCst);
                 let s = s.clone();
+                let mut kill_rx = kill_rx.clone();
                 tokio::spawn(async move {
                     let svc = service_fn(move |req| {
                         let s = s.clone();
                         async move { Ok::<_, Infallible>(answer(name, &s, req).await) }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let builder = auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = kill_rx.wait_for(|k| *k) => {}
+                    }
                 });
             }
         });
@@ -111,6 +123,7 @@ impl Upstream {
             name,
             seen,
             stop: Some(stop),
+            killed,
         }
     }
 
@@ -122,6 +135,12 @@ impl Upstream {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
+    }
+
+    /// Stops listening and drops every open connection, as a crashed server would.
+    pub fn kill(&mut self) {
+        self.stop();
+        let _ = self.killed.send(true);
     }
 }
 
@@ -187,8 +206,23 @@ async fn answer(name: &'static str, seen: &Seen, req: Request<Incoming>) -> Resp
         h.insert("upgrade", "h2c".parse().unwrap());
         h.insert("x-end-to-end", "kept".parse().unwrap());
         r
+    } else if path == "/healthz" {
+        let mut r = Response::new(full(name));
+        if seen.unhealthy.load(Ordering::SeqCst) {
+            *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        }
+        r
     } else {
-        Response::new(full(name))
+        let delay = seen.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+        }
+        let every = seen.fail_every.load(Ordering::SeqCst);
+        let mut r = Response::new(full(name));
+        if every > 0 && seen.hits.load(Ordering::SeqCst) % every == 0 {
+            *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+        }
+        r
     };
     resp.headers_mut().insert("x-upstream", name.parse().unwrap());
     resp

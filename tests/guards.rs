@@ -1,0 +1,514 @@
+//! Guards end to end, through the real proxy with real loopback upstreams under a steady,
+//! bounded load: trips on errors and on latency, holds on silence, trips that survive a
+//! restart, rollouts, and endpoints that die or fail their health checks.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use http_body_util::BodyExt;
+use support::*;
+
+/// Clients sending requests with fresh user ids until stopped (or 60 s, or 200,000 requests).
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicUsize>,
+    failed: Arc<AtomicUsize>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, workers: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let tasks = (0..workers)
+            .map(|w| {
+                let (stop, ok, failed, url) = (stop.clone(), ok.clone(), failed.clone(), url.clone());
+                tokio::spawn(async move {
+                    let client = h1_client();
+                    let started = Instant::now();
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed)
+                        && started.elapsed() < Duration::from_secs(60)
+                        && n < 200_000
+                    {
+                        let req = Request::get(&url)
+                            .header("x-user-id", format!("w{w}-{n}"))
+                            .body(empty())
+                            .unwrap();
+                        match client.request(req).await {
+                            Ok(r) => {
+                                let good = r.status() == 200;
+                                let _ = r.into_body().collect().await;
+                                if good { &ok } else { &failed }.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Err(_) => {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        Load {
+            stop,
+            ok,
+            failed,
+            tasks,
+        }
+    }
+
+    fn failed(&self) -> usize {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    async fn stop(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+        (
+            self.ok.load(Ordering::Relaxed),
+            self.failed.load(Ordering::Relaxed),
+        )
+    }
+}
+
+fn guarded(blue: SocketAddr, canary: SocketAddr, split: &str, guard: &str, extra: &str) -> String {
+    format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = false\n\
+         [pools.blue]\nendpoints = [\"{blue}\"]\n[pools.canary]\nendpoints = [\"{canary}\"]\n{extra}\n\
+         [[routes]]\nname = \"web\"\nsplit = {split}\noverride = {{ header = \"x-switchyard-pool\" }}\n\
+         [routes.guard]\nbaseline = \"blue\"\n{guard}\n"
+    )
+}
+
+async fn route(proxy: &Proxy) -> serde_json::Value {
+    let (_, body) = get(&h1_client(), &proxy.admin_url("/api/routes/web")).await;
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Waits until `check` holds for the route's status; returns how long it took.
+async fn wait_for(
+    proxy: &Proxy,
+    limit: Duration,
+    what: &str,
+    check: impl Fn(&serde_json::Value) -> bool,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let r = route(proxy).await;
+        if check(&r) {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what} did not happen within {limit:?}: {r:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_failing_half_its_requests_trips_within_two_seconds() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let cfg = guarded(
+        blue.addr,
+        canary.addr,
+        "{ blue = 90, canary = 10 }",
+        "max_error_rate = 0.05\nmin_requests = 20\nwindow = \"10s\"",
+        "",
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let load = Load::start(proxy.url("/"), 4);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        route(&proxy).await["tripped"],
+        false,
+        "a healthy canary does not trip"
+    );
+    assert!(canary.hits() > 20, "the canary took traffic");
+
+    let before = load.failed();
+    canary.seen.fail_every.store(2, Ordering::SeqCst);
+    let took = wait_for(&proxy, Duration::from_secs(2), "the trip", |r| {
+        r["tripped"] == true
+    })
+    .await;
+    let failed_during = load.failed() - before;
+    let r = route(&proxy).await;
+    let trip = &r["trips"][0];
+    assert_eq!(trip["pool"], "canary");
+    assert!(
+        trip["reason"].as_str().unwrap().contains("max_error_rate"),
+        "{trip}"
+    );
+    assert!(
+        trip["errors"].as_u64().unwrap() > 0 && trip["requests"].as_u64().unwrap() >= 20,
+        "the numbers are kept: {trip}"
+    );
+    let canary_share = r["effective"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pool"] == "canary")
+        .unwrap()["share"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(canary_share, 0.0);
+
+    // After the trip, nothing reaches the canary and nothing fails.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (hits, failed) = (canary.hits(), load.failed());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        canary.hits(),
+        hits,
+        "no request reached the canary after the trip"
+    );
+    assert_eq!(load.failed(), failed, "no request failed after the trip");
+    let (ok, failed) = load.stop().await;
+    eprintln!("error trip: tripped {took:?} after the canary began failing; {failed_during} user requests failed meanwhile ({failed} of {} in all)", ok + failed);
+    let (_, metrics) = get(&h1_client(), &proxy.admin_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains(r#"switchyard_guard_trips_total{pool="canary",route="web"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"switchyard_route_tripped{route="web"} 1"#));
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_canary_trips_on_p99() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    canary.seen.delay_ms.store(2000, Ordering::SeqCst);
+    let cfg = guarded(
+        blue.addr,
+        canary.addr,
+        "{ blue = 50, canary = 50 }",
+        "max_p99 = \"500ms\"\nmin_requests = 5\nwindow = \"20s\"",
+        "",
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let load = Load::start(proxy.url("/"), 12);
+    let took = wait_for(&proxy, Duration::from_secs(10), "the p99 trip", |r| {
+        r["tripped"] == true
+    })
+    .await;
+    let r = route(&proxy).await;
+    let reason = r["trips"][0]["reason"].as_str().unwrap();
+    // 2 s of delay plus the proxy's own time falls in the histogram bucket that ends at 3 s.
+    assert!(
+        reason.contains("p99 latency") && reason.contains("over max_p99 500ms"),
+        "{r}"
+    );
+    assert!(r["trips"][0]["p99_ms"].as_f64().unwrap() >= 2000.0, "{r}");
+    let (ok, failed) = load.stop().await;
+    eprintln!("latency trip: tripped {took:?} after start ({ok} ok, {failed} failed)");
+    assert_eq!(failed, 0, "slow is not failed");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn three_failures_are_not_enough_evidence() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    canary.seen.fail_every.store(1, Ordering::SeqCst);
+    let cfg = guarded(
+        blue.addr,
+        canary.addr,
+        "{ blue = 100, canary = 0 }",
+        "min_requests = 50",
+        "",
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let client = h1_client();
+    for _ in 0..3 {
+        let req = Request::get(proxy.url("/"))
+            .header("x-switchyard-pool", "canary")
+            .body(empty())
+            .unwrap();
+        assert_eq!(send(&client, req).await.0.status, 500);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let r = route(&proxy).await;
+    assert_eq!(r["tripped"], false);
+    let canary_report = r["guard"]["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pool"] == "canary")
+        .unwrap()
+        .clone();
+    assert_eq!(canary_report["verdict"]["verdict"], "hold", "{canary_report}");
+    assert_eq!(
+        (
+            canary_report["figures"]["requests"].as_u64(),
+            canary_report["figures"]["errors"].as_u64()
+        ),
+        (Some(3), Some(3))
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_trip_survives_a_restart() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    canary.seen.fail_every.store(1, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &path,
+        guarded(
+            blue.addr,
+            canary.addr,
+            "{ blue = 50, canary = 50 }",
+            "min_requests = 10\nwindow = \"10s\"",
+            "",
+        ),
+    )
+    .unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let client = h1_client();
+    let mut canary_users = Vec::new();
+    for i in 0..60 {
+        let user = format!("u{i}");
+        let req = Request::get(proxy.url("/"))
+            .header("x-user-id", &user)
+            .body(empty())
+            .unwrap();
+        if send(&client, req).await.0.headers["x-upstream"] == "canary" {
+            canary_users.push(user);
+        }
+    }
+    // The guard trips after its 10th failed request, so only the first few users see the canary.
+    assert!(canary_users.len() >= 5, "{canary_users:?}");
+    wait_for(&proxy, Duration::from_secs(3), "the trip", |r| {
+        r["tripped"] == true
+    })
+    .await;
+    proxy.shutdown().await;
+    let state = std::fs::read_to_string(dir.path().join("switchyard.toml.state.json")).unwrap();
+    assert!(state.contains("\"pool\": \"canary\""), "{state}");
+
+    let proxy = Proxy::start_file(&path).await;
+    assert_eq!(
+        route(&proxy).await["tripped"],
+        true,
+        "still tripped after the restart"
+    );
+    let hits = canary.hits();
+    for user in &canary_users {
+        let req = Request::get(proxy.url("/"))
+            .header("x-user-id", user)
+            .body(empty())
+            .unwrap();
+        let (parts, _) = send(&client, req).await;
+        assert_eq!(
+            (
+                parts.status.as_u16(),
+                parts.headers["x-upstream"].to_str().unwrap()
+            ),
+            (200, "blue"),
+            "{user}"
+        );
+    }
+    assert_eq!(canary.hits(), hits);
+
+    // A reset by the operator brings the canary back; the state file follows.
+    let token_less = Request::post(proxy.admin_url("/api/routes/web/reset"))
+        .body(empty())
+        .unwrap();
+    let (parts, body) = send(&client, token_less).await;
+    assert_eq!(parts.status, 200, "{body:?}");
+    assert_eq!(route(&proxy).await["tripped"], false);
+    let state = std::fs::read_to_string(dir.path().join("switchyard.toml.state.json")).unwrap();
+    assert!(!state.contains("\"pool\": \"canary\""), "{state}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_walks_its_steps_and_aborts_on_failure() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let guard = "min_requests = 5\nwindow = \"3s\"\n[routes.rollout]\npool = \"canary\"\nsteps = [20, 60, 100]\nevery = \"1s\"";
+    let cfg = guarded(blue.addr, canary.addr, "{ blue = 1, canary = 1 }", guard, "");
+    let proxy = Proxy::start(&cfg).await;
+    let r = route(&proxy).await;
+    assert_eq!(r["rollout"]["percent"], 20);
+    let share = |r: &serde_json::Value| {
+        r["effective"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pool"] == "canary")
+            .unwrap()["share"]
+            .as_f64()
+            .unwrap()
+    };
+    assert!((share(&r) - 0.2).abs() < 1e-6, "{r}");
+    let load = Load::start(proxy.url("/"), 4);
+    let to_60 = wait_for(&proxy, Duration::from_secs(5), "step 2", |r| {
+        r["rollout"]["percent"] == 60
+    })
+    .await;
+    assert!((share(&route(&proxy).await) - 0.6).abs() < 1e-6);
+    let to_100 = wait_for(&proxy, Duration::from_secs(5), "step 3", |r| {
+        r["rollout"]["percent"] == 100
+    })
+    .await;
+    eprintln!("rollout: 20% → 60% after {to_60:?}, → 100% after {to_100:?} more");
+
+    canary.seen.fail_every.store(2, Ordering::SeqCst);
+    wait_for(&proxy, Duration::from_secs(3), "the abort", |r| {
+        r["tripped"] == true
+    })
+    .await;
+    let r = route(&proxy).await;
+    assert_eq!(share(&r), 0.0, "an aborted rollout sends the canary nothing");
+    let (_, failed) = load.stop().await;
+    eprintln!("rollout abort: {failed} user requests failed");
+    // Promote is refused while tripped.
+    let (parts, _) = send(
+        &h1_client(),
+        Request::post(proxy.admin_url("/api/routes/web/promote"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 409);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn promote_and_rollback_by_hand() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let guard = "min_requests = 50\n[routes.rollout]\npool = \"canary\"\nsteps = [10, 100]\nevery = \"1h\"";
+    let proxy = Proxy::start(&guarded(
+        blue.addr,
+        canary.addr,
+        "{ blue = 1, canary = 1 }",
+        guard,
+        "",
+    ))
+    .await;
+    let client = h1_client();
+    let post = |path: &str| Request::post(proxy.admin_url(path)).body(empty()).unwrap();
+    let (parts, body) = send(&client, post("/api/routes/web/promote")).await;
+    assert_eq!(parts.status, 200, "{body:?}");
+    assert_eq!(route(&proxy).await["rollout"]["percent"], 100);
+    assert_eq!(
+        send(&client, post("/api/routes/web/promote")).await.0.status,
+        409,
+        "no step after the last"
+    );
+    let (parts, _) = send(&client, post("/api/routes/web/rollback")).await;
+    assert_eq!(parts.status, 200);
+    let r = route(&proxy).await;
+    assert_eq!(r["tripped"], true);
+    assert_eq!(r["trips"][0]["manual"], true);
+    for i in 0..20 {
+        let req = Request::get(proxy.url("/"))
+            .header("x-user-id", format!("p{i}"))
+            .body(empty())
+            .unwrap();
+        assert_eq!(send(&client, req).await.0.headers["x-upstream"], "blue");
+    }
+    assert_eq!(
+        send(&client, post("/api/routes/nope/rollback")).await.0.status,
+        404
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_endpoint_is_ejected_with_at_most_a_handful_of_errors() {
+    let (a, mut b) = (Upstream::start("a").await, Upstream::start("b").await);
+    let cfg = config(
+        &[("blue", &[a.addr, b.addr])],
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let load = Load::start(proxy.url("/"), 4);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(b.hits() > 10);
+    b.kill();
+    let before = load.failed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let a_hits = a.hits();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(a.hits() > a_hits, "traffic continues on the live endpoint");
+    let (ok, failed) = load.stop().await;
+    let errors = failed - before;
+    eprintln!("killed endpoint: {errors} user requests failed ({ok} succeeded)");
+    assert!(errors <= 5, "{errors} requests failed");
+    let (_, metrics) = get(&h1_client(), &proxy.admin_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let line = format!(
+        "switchyard_endpoint_healthy{{endpoint=\"{}\",pool=\"blue\"}} 0",
+        b.addr
+    );
+    assert!(metrics.contains(&line), "{line} in {metrics}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn failing_health_checks_send_users_to_the_baseline_or_503() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let health = "[pools.canary.health]\npath = \"/healthz\"\ninterval = \"100ms\"\ntimeout = \"1s\"\nfall = 2\nrise = 2\n";
+    let plain = "[[routes]]\nname = \"plain\"\npath_prefix = \"/plain\"\nsplit = { canary = 1 }\n";
+    let cfg = guarded(
+        blue.addr,
+        canary.addr,
+        "{ blue = 50, canary = 50 }",
+        "min_requests = 1000",
+        "",
+    )
+    .replace("[[routes]]", &format!("{health}\n[[routes]]"));
+    let proxy = Proxy::start(&format!("{cfg}\n{plain}")).await;
+    let client = h1_client();
+    assert_eq!(get(&client, &proxy.url("/plain")).await.0.status, 200);
+    canary.seen.unhealthy.store(true, Ordering::SeqCst);
+    let started = Instant::now();
+    loop {
+        let (parts, _) = get(&client, &proxy.url("/plain")).await;
+        if parts.status == 503 {
+            assert_eq!(parts.headers["x-switchyard-error"], "no_healthy_endpoint");
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the canary was never marked down"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The guarded route sends the canary's users to the baseline instead.
+    for i in 0..40 {
+        let req = Request::get(proxy.url("/"))
+            .header("x-user-id", format!("h{i}"))
+            .body(empty())
+            .unwrap();
+        let (parts, _) = send(&client, req).await;
+        assert_eq!(
+            (
+                parts.status.as_u16(),
+                parts.headers["x-upstream"].to_str().unwrap()
+            ),
+            (200, "blue")
+        );
+    }
+    canary.seen.unhealthy.store(false, Ordering::SeqCst);
+    let started = Instant::now();
+    while get(&client, &proxy.url("/plain")).await.0.status != 200 {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the canary never came back"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    proxy.shutdown().await;
+}
