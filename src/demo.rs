@@ -87,6 +87,14 @@ name = "web"
 split = {{ blue = 90, canary = 10 }}
 override = {{ header = "x-switchyard-pool", cookie = "sy_pool" }}
 
+# If the canary fails more than 5% of its requests (over at least 20 in 30s), its users go
+# back to blue by themselves: see `switchyard status`.
+[routes.guard]
+baseline = "blue"
+max_error_rate = 0.05
+min_requests = 20
+window = "30s"
+
 # /beta is a blue/green switch: all of it on green.
 [[routes]]
 name = "beta"

@@ -269,7 +269,8 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
     let _ = writeln!(s, "pools ({}):", snap.pools.len());
     for p in &snap.pools {
         let eps: Vec<&str> = p.endpoints.iter().map(|e| &*e.address).collect();
-        let _ = writeln!(s, "  {:<12} {:?}, {}", p.name, p.balance, eps.join(", "));
+        let health = p.health.as_ref().map_or(String::new(), |h| format!(", health {} every {:?}", h.path, h.interval));
+        let _ = writeln!(s, "  {:<12} {:?}, {}{health}", p.name, p.balance, eps.join(", "));
     }
     let _ = writeln!(s, "routes ({}):", snap.routes.len());
     for r in &snap.routes {
@@ -292,6 +293,22 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
             headers.concat(),
             split.join(" ")
         );
+        if let Some(g) = &r.guard {
+            let p99 = g.max_p99.map_or(String::new(), |d| format!(", p99 <= {d:?}"));
+            let _ = writeln!(
+                s,
+                "  {:<12} guard: baseline {}, errors <= {}%{p99}, >= {} requests in {:?}{}",
+                "",
+                snap.pools[g.baseline].name,
+                g.max_error_rate * 100.0,
+                g.min_requests,
+                g.window,
+                if g.dry_run { " (dry run)" } else { "" }
+            );
+        }
+        if let Some(ro) = &r.rollout {
+            let _ = writeln!(s, "  {:<12} rollout: {} through {:?}% every {:?}", "", snap.pools[ro.pool].name, ro.steps, ro.every);
+        }
     }
     if !snap.flags.is_empty() {
         let _ = writeln!(s, "flags ({}):", snap.flags.len());

@@ -543,8 +543,19 @@ pub fn watch(path: &Path, triggers: mpsc::Sender<Trigger>) -> notify::Result<not
         _ => PathBuf::from("."),
     };
     let (tx, mut rx) = mpsc::channel::<()>(64);
+    // Our own state file lives in the same directory; its writes are not config changes.
+    let state_file = overlay::state_path(path);
+    let state_name = state_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        let Ok(event) = event else { return };
+        let ours = !event.paths.is_empty()
+            && event.paths.iter().all(|p| {
+                p.file_name().is_some_and(|n| {
+                    let n = n.to_string_lossy();
+                    n == state_name || n == format!(".{state_name}.tmp")
+                })
+            });
+        if !ours {
             // A full channel already holds a wake-up: dropping this one loses nothing.
             let _ = tx.try_send(());
         }
