@@ -269,7 +269,9 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
     let _ = writeln!(s, "pools ({}):", snap.pools.len());
     for p in &snap.pools {
         let eps: Vec<&str> = p.endpoints.iter().map(|e| &*e.address).collect();
-        let health = p.health.as_ref().map_or(String::new(), |h| format!(", health {} every {:?}", h.path, h.interval));
+        let health = p.health.as_ref().map_or(String::new(), |h| {
+            format!(", health {} every {:?}", h.path, h.interval)
+        });
         let _ = writeln!(s, "  {:<12} {:?}, {}{health}", p.name, p.balance, eps.join(", "));
     }
     let _ = writeln!(s, "routes ({}):", snap.routes.len());
@@ -307,7 +309,11 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
             );
         }
         if let Some(ro) = &r.rollout {
-            let _ = writeln!(s, "  {:<12} rollout: {} through {:?}% every {:?}", "", snap.pools[ro.pool].name, ro.steps, ro.every);
+            let _ = writeln!(
+                s,
+                "  {:<12} rollout: {} through {:?}% every {:?}",
+                "", snap.pools[ro.pool].name, ro.steps, ro.every
+            );
         }
     }
     if !snap.flags.is_empty() {

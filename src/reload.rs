@@ -436,53 +436,48 @@ fn failed(state: &State, r: ReloadReport) -> ReloadReport {
 /// Settings bound at start (sockets) cannot change by reload; each change is named.
 fn fixed_settings(old: &Snapshot, new: &Snapshot, path: &Path) -> Result<(), String> {
     let (o, n) = (&old.listen, &new.listen);
-    let mut errors = Vec::new();
-    let mut check = |key: &str, same: bool, was: String, now: String| {
-        if !same {
-            errors.push(format!(
-                "{}: {key} cannot change by reload (was {was}, now {now}) — restart switchyard to apply it, or put the old value back",
-                path.display()
-            ));
-        }
-    };
-    let show = |a: Option<std::net::SocketAddr>| a.map_or("unset".to_owned(), |a| a.to_string());
-    check("listen.http", o.http == n.http, show(o.http), show(n.http));
-    check("listen.https", o.https == n.https, show(o.https), show(n.https));
-    check(
-        "listen.max_connections",
-        o.max_connections == n.max_connections,
-        o.max_connections.to_string(),
-        n.max_connections.to_string(),
-    );
-    check(
-        "listen.header_read_timeout",
-        o.header_read_timeout == n.header_read_timeout,
-        format!("{:?}", o.header_read_timeout),
-        format!("{:?}", n.header_read_timeout),
-    );
-    check(
-        "listen.max_header_bytes",
-        o.max_header_bytes == n.max_header_bytes,
-        o.max_header_bytes.to_string(),
-        n.max_header_bytes.to_string(),
-    );
-    check(
-        "listen.drain_timeout",
-        o.drain_timeout == n.drain_timeout,
-        format!("{:?}", o.drain_timeout),
-        format!("{:?}", n.drain_timeout),
-    );
+    let addr = |a: Option<std::net::SocketAddr>| a.map_or("unset".to_owned(), |a| a.to_string());
     let admin = |a: &Option<crate::routing::AdminSettings>| {
         a.as_ref().map_or("unset".to_owned(), |a| {
             format!("{} (token_env {:?})", a.listen, a.token_env)
         })
     };
-    check(
-        "admin",
-        old.admin == new.admin,
-        admin(&old.admin),
-        admin(&new.admin),
-    );
+    // Each setting as it reads, before and after.
+    let settings = [
+        ("listen.http", addr(o.http), addr(n.http)),
+        ("listen.https", addr(o.https), addr(n.https)),
+        (
+            "listen.max_connections",
+            o.max_connections.to_string(),
+            n.max_connections.to_string(),
+        ),
+        (
+            "listen.header_read_timeout",
+            format!("{:?}", o.header_read_timeout),
+            format!("{:?}", n.header_read_timeout),
+        ),
+        (
+            "listen.max_header_bytes",
+            o.max_header_bytes.to_string(),
+            n.max_header_bytes.to_string(),
+        ),
+        (
+            "listen.drain_timeout",
+            format!("{:?}", o.drain_timeout),
+            format!("{:?}", n.drain_timeout),
+        ),
+        ("admin", admin(&old.admin), admin(&new.admin)),
+    ];
+    let errors: Vec<String> = settings
+        .iter()
+        .filter(|(_, was, now)| was != now)
+        .map(|(key, was, now)| {
+            format!(
+                "{}: {key} cannot change by reload (was {was}, now {now}) — restart switchyard to apply it, or put the old value back",
+                path.display()
+            )
+        })
+        .collect();
     if errors.is_empty() {
         Ok(())
     } else {
@@ -545,7 +540,10 @@ pub fn watch(path: &Path, triggers: mpsc::Sender<Trigger>) -> notify::Result<not
     let (tx, mut rx) = mpsc::channel::<()>(64);
     // Our own state file lives in the same directory; its writes are not config changes.
     let state_file = overlay::state_path(path);
-    let state_name = state_file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let state_name = state_file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
         let ours = !event.paths.is_empty()

@@ -64,11 +64,29 @@ fn replace(dir: &Path, path: &Path, text: &str, i: usize) {
     }
 }
 
+/// Sends `text` on a WebSocket and returns the echo.
+async fn echo<S>(socket: &mut tokio_tungstenite::WebSocketStream<S>, text: &str) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use futures_util::{SinkExt, StreamExt};
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text(text))
+        .await
+        .unwrap();
+    socket
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .into_text()
+        .unwrap()
+        .as_str()
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_reloads_under_load_drop_nothing() {
-    use futures_util::{SinkExt, StreamExt};
-    use tokio_tungstenite::tungstenite::Message;
-
     let (blue, green, ws) = (
         Upstream::start("blue").await,
         Upstream::start("green").await,
@@ -84,18 +102,7 @@ async fn fifty_reloads_under_load_drop_nothing() {
     let (mut socket, _) = tokio_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
         .await
         .unwrap();
-    socket.send(Message::text("before")).await.unwrap();
-    assert_eq!(
-        socket
-            .next()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_text()
-            .unwrap()
-            .as_str(),
-        "before"
-    );
+    assert_eq!(echo(&mut socket, "before").await, "before");
 
     // Steady load: 4 clients, bounded by a stop flag, a 60 s limit and a request cap.
     let stop = Arc::new(AtomicBool::new(false));
@@ -160,17 +167,10 @@ async fn fifty_reloads_under_load_drop_nothing() {
     for l in load {
         l.await.unwrap();
     }
-    socket.send(Message::text("after")).await.unwrap();
     assert_eq!(
-        socket
-            .next()
-            .await
-            .unwrap()
-            .unwrap()
-            .into_text()
-            .unwrap()
-            .as_str(),
-        "after"
+        echo(&mut socket, "after").await,
+        "after",
+        "the WebSocket outlived 50 reloads"
     );
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     eprintln!(
