@@ -126,7 +126,11 @@ pub async fn run(
     };
     c.state.overlay.store(Arc::new(c.overlay.clone()));
     c.checks.reconcile(&c.state.snapshot.load());
-    c.save();
+    // Rewrite the file only if it holds something (entries the config dropped, say): a proxy
+    // without trips does not need to write beside its config (which may be read-only).
+    if !c.overlay.routes.is_empty() || c.state_file.as_ref().is_some_and(|f| f.exists()) {
+        c.save();
+    }
     while let Some(trigger) = triggers.recv().await {
         match trigger {
             Trigger::File => {

@@ -46,6 +46,35 @@ async fn connect_failure_everywhere_is_502() {
 }
 
 #[tokio::test]
+async fn dead_endpoints_are_ejected_and_the_pool_answers_503_not_a_crash() {
+    let (a, b) = (dead_port().await, dead_port().await);
+    let proxy = Proxy::start(&config(&[("blue", &[a, b])], "")).await;
+    let client = h1_client();
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..30 {
+        let (parts, _) = get(&client, &proxy.url("/")).await;
+        *seen
+            .entry((
+                parts.status.as_u16(),
+                parts.headers["x-switchyard-error"].to_str().unwrap().to_owned(),
+            ))
+            .or_insert(0) += 1;
+    }
+    // Connect failures until both endpoints are ejected, then 503: never a dropped connection.
+    assert!(
+        seen.keys()
+            .all(|(s, r)| (*s, r.as_str()) == (502, "upstream_connect")
+                || (*s, r.as_str()) == (503, "no_healthy_endpoint")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.contains_key(&(503, "no_healthy_endpoint".to_owned())),
+        "{seen:?}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn slow_upstream_is_504() {
     let blue = Upstream::start("blue").await;
     let cfg =

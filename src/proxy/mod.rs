@@ -282,10 +282,11 @@ impl Proxy {
                         None => return Err(e),
                     }
                 };
+                // The other endpoints may all be ejected: then the connect error stands.
+                let Some(index) = pool.select(Some(index), tokio::time::Instant::now()) else {
+                    return Err(e);
+                };
                 tracing::debug!(pool = %pool.name, "{e}; retrying on another endpoint");
-                let index = pool
-                    .select(Some(index), tokio::time::Instant::now())
-                    .expect("a pool that can retry has endpoints");
                 self.attempt(pool, index, &path, method, head, body).await
             }
             other => other,
