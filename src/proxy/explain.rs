@@ -131,7 +131,7 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime) -> Explanation {
                 }
             })
             .collect();
-        let decided = Decided::new(&d, snap);
+        let mut decided = Decided::new(&d, snap);
         let mut upstream = q.headers.clone();
         let peer = Peer {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),

@@ -169,7 +169,7 @@ impl Proxy {
             headers: req.headers(),
         };
         // Phase: decide. Only owned values leave this block, so the request is free to change.
-        let (pool, decided) = {
+        let (pool, mut decided) = {
             let d = snap
                 .decide(&view, None, SystemTime::now())
                 .ok_or_else(|| ProxyError::NoRoute {
@@ -369,14 +369,14 @@ impl Decided {
 
     /// Adds the decision headers; clients' own copies of them (under configured names that
     /// lack the `x-switchyard-` prefix) are dropped first.
-    fn add_to(&self, h: &mut HeaderMap, snap: &Snapshot, pool: &Pool) {
+    fn add_to(&mut self, h: &mut HeaderMap, snap: &Snapshot, pool: &Pool) {
         let names = &snap.headers;
         h.remove(&names.flags);
         h.insert(names.pool.clone(), pool.name_header.clone());
         if let Ok(v) = HeaderValue::from_bytes(&self.bucket) {
             h.insert(names.bucket.clone(), v);
         }
-        if let Some(v) = self.flags.clone().and_then(|f| HeaderValue::try_from(f).ok()) {
+        if let Some(v) = self.flags.take().and_then(|f| HeaderValue::try_from(f).ok()) {
             h.insert(names.flags.clone(), v);
         }
     }
