@@ -62,133 +62,73 @@ pub struct Handles {
     overrides_ignored: Vec<IntCounter>,
 }
 
-fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let v = IntCounterVec::new(Opts::new(name, help), labels).expect("metric options are valid");
+/// Registers a new metric in `registry` and returns it.
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: prometheus::Result<C>,
+) -> C {
+    let metric = metric.expect("metric names and labels are valid");
     registry
-        .register(Box::new(v.clone()))
+        .register(Box::new(metric.clone()))
         .expect("each metric is registered once");
-    v
+    metric
 }
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let registry = Registry::new();
-        let requests = counter_vec(
-            &registry,
-            "switchyard_requests_total",
-            "Requests answered, by route, pool and response class (error: the upstream failed to answer).",
-            &["route", "pool", "class"],
-        );
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "switchyard_request_duration_seconds",
-                "Time from receiving a request until its response body is done.",
-            )
-            .buckets(vec![
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-            ]),
-            &["route", "pool"],
-        )
-        .expect("metric options are valid");
-        registry
-            .register(Box::new(duration.clone()))
-            .expect("registered once");
-        let upstream_errors = counter_vec(
-            &registry,
-            "switchyard_upstream_errors_total",
-            "Upstream failures by pool and kind (connect, timeout, reset, status).",
-            &["pool", "kind"],
-        );
-        let route_weight = GaugeVec::new(
-            Opts::new(
-                "switchyard_route_weight",
-                "Effective share of a route's users sent to a pool, 0..1.",
-            ),
-            &["route", "pool"],
-        )
-        .expect("metric options are valid");
-        registry
-            .register(Box::new(route_weight.clone()))
-            .expect("registered once");
-        let reloads = counter_vec(
-            &registry,
-            "switchyard_config_reloads_total",
-            "Config reloads by result (ok, error).",
-            &["result"],
-        );
-        let revision = IntGaugeVec::new(
-            Opts::new(
-                "switchyard_config_revision_info",
-                "The revision of the config being served (value 1).",
-            ),
-            &["revision"],
-        )
-        .expect("metric options are valid");
-        registry
-            .register(Box::new(revision.clone()))
-            .expect("registered once");
-        let flag_decisions = counter_vec(
-            &registry,
-            "switchyard_flag_decisions_total",
-            "Flag evaluations by flag and value (on, off or a variant).",
-            &["flag", "value"],
-        );
-        let overrides_ignored = counter_vec(
-            &registry,
-            "switchyard_overrides_ignored_total",
-            "Override header or cookie values that named no pool of the route.",
-            &["route"],
-        );
-        let guard_trips = counter_vec(
-            &registry,
-            "switchyard_guard_trips_total",
-            "Pools taken out of a route by its guard (manual rollbacks not included).",
-            &["route", "pool"],
-        );
-        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
-            let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("metric options are valid");
-            registry.register(Box::new(g.clone())).expect("registered once");
-            g
+        let r = Registry::new();
+        let opts = Opts::new;
+        let m = Metrics {
+            requests: register(&r, IntCounterVec::new(
+                opts("switchyard_requests_total", "Requests answered, by route, pool and response class (error: the upstream failed to answer)."),
+                &["route", "pool", "class"],
+            )),
+            duration: register(&r, HistogramVec::new(
+                HistogramOpts::new("switchyard_request_duration_seconds", "Time from receiving a request until its response body is done.")
+                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                &["route", "pool"],
+            )),
+            upstream_errors: register(&r, IntCounterVec::new(
+                opts("switchyard_upstream_errors_total", "Upstream failures by pool and kind (connect, timeout, reset, status)."),
+                &["pool", "kind"],
+            )),
+            route_weight: register(&r, GaugeVec::new(
+                opts("switchyard_route_weight", "Effective share of a route's users sent to a pool, 0..1."),
+                &["route", "pool"],
+            )),
+            reloads: register(&r, IntCounterVec::new(opts("switchyard_config_reloads_total", "Config reloads by result (ok, error)."), &["result"])),
+            revision: register(&r, IntGaugeVec::new(
+                opts("switchyard_config_revision_info", "The revision of the config being served (value 1)."),
+                &["revision"],
+            )),
+            flag_decisions: register(&r, IntCounterVec::new(
+                opts("switchyard_flag_decisions_total", "Flag evaluations by flag and value (on, off or a variant)."),
+                &["flag", "value"],
+            )),
+            overrides_ignored: register(&r, IntCounterVec::new(
+                opts("switchyard_overrides_ignored_total", "Override header or cookie values that named no pool of the route."),
+                &["route"],
+            )),
+            guard_trips: register(&r, IntCounterVec::new(
+                opts("switchyard_guard_trips_total", "Pools taken out of a route by its guard (manual rollbacks not included)."),
+                &["route", "pool"],
+            )),
+            route_tripped: register(&r, IntGaugeVec::new(opts("switchyard_route_tripped", "1 while a route has a pool tripped or rolled back."), &["route"])),
+            rollout_step: register(&r, IntGaugeVec::new(
+                opts("switchyard_rollout_step", "The percent of traffic at a route's current rollout step."),
+                &["route"],
+            )),
+            endpoint_healthy: register(&r, IntGaugeVec::new(
+                opts("switchyard_endpoint_healthy", "1 while an endpoint takes requests (not ejected, passing its health checks)."),
+                &["pool", "endpoint"],
+            )),
+            connections: register(&r, IntGauge::new("switchyard_connections_active", "Client connections open.")),
+            registry: r,
         };
-        let route_tripped = gauge_vec(
-            "switchyard_route_tripped",
-            "1 while a route has a pool tripped or rolled back.",
-            &["route"],
-        );
-        let rollout_step = gauge_vec(
-            "switchyard_rollout_step",
-            "The percent of traffic at a route's current rollout step.",
-            &["route"],
-        );
-        let endpoint_healthy = gauge_vec(
-            "switchyard_endpoint_healthy",
-            "1 while an endpoint takes requests (not ejected, passing its health checks).",
-            &["pool", "endpoint"],
-        );
-        let connections = IntGauge::new("switchyard_connections_active", "Client connections open.")
-            .expect("metric options are valid");
-        registry
-            .register(Box::new(connections.clone()))
-            .expect("registered once");
         for result in ["ok", "error"] {
-            reloads.with_label_values(&[result]);
+            m.reloads.with_label_values(&[result]);
         }
-        Metrics {
-            registry,
-            requests,
-            duration,
-            upstream_errors,
-            route_weight,
-            reloads,
-            revision,
-            flag_decisions,
-            overrides_ignored,
-            guard_trips,
-            route_tripped,
-            rollout_step,
-            endpoint_healthy,
-            connections,
-        }
+        m
     }
 
     /// Resolves the series of `snap` into its handles and publishes its weights and revision.
