@@ -27,9 +27,9 @@ pub enum Source {
 /// Why switchyard could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
-    #[error("{0}")]
+    #[error(transparent)]
     Config(#[from] LoadError),
-    #[error("{0}")]
+    #[error(transparent)]
     Bind(#[from] io::Error),
     #[error("{0}")]
     Admin(String),

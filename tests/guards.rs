@@ -332,6 +332,65 @@ async fn a_trip_survives_a_restart() {
     proxy.shutdown().await;
 }
 
+#[tokio::test]
+async fn pointing_a_pool_at_new_endpoints_starts_its_window_afresh() {
+    let (blue, bad, good) = (
+        Upstream::start("blue").await,
+        Upstream::start("bad").await,
+        Upstream::start("good").await,
+    );
+    bad.seen.fail_every.store(1, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let guard = "min_requests = 10\nwindow = \"30s\"";
+    std::fs::write(
+        &path,
+        guarded(blue.addr, bad.addr, "{ blue = 100, canary = 0 }", guard, ""),
+    )
+    .unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let client = h1_client();
+    let to_canary = || {
+        Request::get(proxy.url("/"))
+            .header("x-switchyard-pool", "canary")
+            .body(empty())
+            .unwrap()
+    };
+    // 8 failures (5 answered 500, then the endpoint is ejected and 3 fail over to the baseline,
+    // which also counts against the canary): not yet enough evidence, so the guard holds.
+    for _ in 0..8 {
+        send(&client, to_canary()).await;
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(route(&proxy).await["tripped"], false);
+    // The canary is pointed at a new, healthy endpoint. The old endpoint's failures are no
+    // evidence against it: with them, 5 good answers would make 13 requests at 61% errors.
+    std::fs::write(
+        &path,
+        guarded(blue.addr, good.addr, "{ blue = 100, canary = 0 }", guard, ""),
+    )
+    .unwrap();
+    let started = Instant::now();
+    while route(&proxy).await["configured"][1]["endpoints"][0] != good.addr.to_string() {
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the reload did not happen"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..5 {
+        assert_eq!(send(&client, to_canary()).await.0.status, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = route(&proxy).await;
+    assert_eq!(
+        r["tripped"], false,
+        "tripped on the old endpoint's failures: {r:#}"
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rollout_walks_its_steps_and_aborts_on_failure() {
     let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);

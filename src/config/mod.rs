@@ -69,8 +69,12 @@ impl std::error::Error for Diagnostics {}
 /// Why a config could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("cannot read {}: {source} — check the path given with --config", path.display())]
-    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {}: {error} — check the path given with --config", path.display())]
+    Read {
+        path: PathBuf,
+        // Not a `source`: the message already says it, and error chains would repeat it.
+        error: std::io::Error,
+    },
     #[error("{0}")]
     Invalid(Diagnostics),
 }
@@ -78,9 +82,9 @@ pub enum LoadError {
 /// Reads, validates and compiles a config file. `previous` is the snapshot being replaced, if
 /// any: pools whose endpoints did not change keep their runtime state.
 pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
-    let src = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+    let src = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
         path: path.to_owned(),
-        source,
+        error,
     })?;
     load_str(&src, path, previous)
 }

@@ -138,6 +138,9 @@ struct Guard {
     steps: HashMap<String, (usize, Instant)>,
     /// Routes tripped at the last tick: when one is reset, its windows start afresh.
     tripped: HashSet<String>,
+    /// Each guarded route's split and pools, as last seen: when a reload changes them, the
+    /// windows start afresh (old endpoints' failures are no evidence against new ones).
+    fingerprints: HashMap<String, String>,
 }
 
 impl Guard {
@@ -152,6 +155,15 @@ impl Guard {
         let mut tripped_now = HashSet::new();
         for route in &snap.routes {
             let Some(g) = &route.guard else { continue };
+            let fingerprint = overlay::fingerprint(snap, route);
+            if self
+                .fingerprints
+                .get(&*route.name)
+                .is_some_and(|f| *f != fingerprint)
+            {
+                windows.retain(|(r, _), _| **r != *route.name);
+            }
+            self.fingerprints.insert(route.name.to_string(), fingerprint);
             if !route.runtime.tripped.is_empty() {
                 tripped_now.insert(route.name.to_string());
             } else if self.tripped.contains(&*route.name) {
