@@ -26,6 +26,29 @@ struct Cli {
     command: Command,
 }
 
+/// Where the admin API is: `--admin URL`, else `[admin] listen` of the config, else the default.
+#[derive(clap::Args)]
+struct AdminArgs {
+    /// The admin API's base URL.
+    #[arg(long)]
+    admin: Option<String>,
+    /// The config whose `[admin] listen` to use when --admin is not given.
+    #[arg(short, long, default_value = "config/switchyard.toml")]
+    config: PathBuf,
+}
+
+impl AdminArgs {
+    fn url(&self) -> String {
+        if let Some(a) = &self.admin {
+            return a.trim_end_matches('/').to_owned();
+        }
+        match config::load(&self.config, None).ok().and_then(|s| s.admin) {
+            Some(a) => format!("http://{}", a.listen),
+            None => "http://127.0.0.1:9901".to_owned(),
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve with a config file.
@@ -73,28 +96,28 @@ enum Command {
     /// Live view of routes, weights and the config revision, from the admin API.
     Status {
         /// The admin API's base URL.
-        #[arg(long, default_value = "http://127.0.0.1:9901")]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
         #[arg(long)]
         json: bool,
     },
     /// Send every user of a route to its baseline pool (POST /api/routes/ROUTE/rollback).
     Rollback {
         route: String,
-        #[arg(long, default_value = "http://127.0.0.1:9901")]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Clear a route's trips; a rollout starts again from its first step.
     Reset {
         route: String,
-        #[arg(long, default_value = "http://127.0.0.1:9901")]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Move a route's rollout to its next step now.
     Promote {
         route: String,
-        #[arg(long, default_value = "http://127.0.0.1:9901")]
-        admin: String,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Start built-in blue, green and canary upstreams and the proxy in front of them.
     Demo {
@@ -119,11 +142,11 @@ fn main() -> ExitCode {
             request,
         } => report(explain(&config, user, &headers, &cookies, json, &request)),
         Command::Diff { old, new, json } => report(diff(&old, &new, json)),
-        Command::Rollback { route, admin } => report(admin_command(&admin, &route, "rollback")),
-        Command::Reset { route, admin } => report(admin_command(&admin, &route, "reset")),
-        Command::Promote { route, admin } => report(admin_command(&admin, &route, "promote")),
+        Command::Rollback { route, admin } => report(admin_command(&admin.url(), &route, "rollback")),
+        Command::Reset { route, admin } => report(admin_command(&admin.url(), &route, "reset")),
+        Command::Promote { route, admin } => report(admin_command(&admin.url(), &route, "promote")),
         Command::Status { admin, json } => {
-            report(runtime(Some(1)).and_then(|rt| rt.block_on(status(&admin, json))))
+            report(runtime(Some(1)).and_then(|rt| rt.block_on(status(&admin.url(), json))))
         }
         Command::Run { config, workers } => {
             let _guard = logging::init(cli.log_format);
