@@ -57,10 +57,6 @@ impl Server {
         self.https.as_ref().and_then(|l| l.local_addr().ok())
     }
 
-    pub fn proxy(&self) -> &Arc<Proxy> {
-        &self.proxy
-    }
-
     /// Serves until `shutdown` resolves, then drains.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
         let snapshot = self.proxy.state().snapshot.load_full();
