@@ -356,8 +356,7 @@ async fn pointing_a_pool_at_new_endpoints_starts_its_window_afresh() {
             .body(empty())
             .unwrap()
     };
-    // 8 failures (5 answered 500, then the endpoint is ejected and 3 fail over to the baseline,
-    // which also counts against the canary): not yet enough evidence, so the guard holds.
+    // 8 failures: not yet enough evidence, so the guard holds.
     for _ in 0..8 {
         send(&client, to_canary()).await;
     }

@@ -314,7 +314,7 @@ impl Proxy {
         let result = tokio::time::timeout(pool.timeout, self.client.request(req)).await;
         // Passive health: connect errors, timeouts, resets and 5xx count against the endpoint.
         let ok = matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
-        endpoint.record(ok, tokio::time::Instant::now());
+        pool.record(index, ok, tokio::time::Instant::now());
         match result {
             Ok(Ok(resp)) => Ok((resp, in_flight)),
             Err(_) => Err(ProxyError::Timeout {

@@ -103,8 +103,9 @@ impl Endpoint {
             && self.nanos(now) >= self.ejected_until.load(Ordering::Relaxed)
     }
 
-    /// Feeds a request's result to passive health. Returns true when this failure ejected it.
-    pub fn record(&self, ok: bool, now: Instant) -> bool {
+    /// Feeds a request's result to passive health; `may_eject` says whether the pool can spare
+    /// this endpoint. Returns true when this failure ejected it.
+    fn record(&self, ok: bool, now: Instant, may_eject: bool) -> bool {
         if ok {
             self.consecutive_failures.store(0, Ordering::Relaxed);
             self.ejections.store(0, Ordering::Relaxed);
@@ -114,6 +115,9 @@ impl Endpoint {
             return false;
         }
         self.consecutive_failures.store(0, Ordering::Relaxed);
+        if !may_eject {
+            return false;
+        }
         let n = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
         let length = EJECT_BASE.saturating_mul(1 << n).min(EJECT_MAX);
         self.ejected_until
@@ -200,6 +204,22 @@ impl Pool {
         (0..n).map(|k| (first + k) % n).find(|&i| ok(i))
     }
 
+    /// Feeds the result of a request to endpoint `index` to passive health. Returns true when
+    /// this failure ejected it.
+    ///
+    /// Passive ejection never takes out more than half of the pool (so never a pool's only
+    /// endpoint): when every endpoint fails alike, the fault is the application's, not one
+    /// host's, and ejecting them all would turn its errors into an outage (nginx never marks a
+    /// lone server down; Envoy caps ejections for the same reason). Active health checks may
+    /// still take every endpoint out.
+    pub fn record(&self, index: usize, ok: bool, now: Instant) -> bool {
+        let may_eject = !ok && {
+            let out = self.endpoints.iter().filter(|e| !e.is_available(now)).count();
+            out < self.endpoints.len() / 2
+        };
+        self.endpoints[index].record(ok, now, may_eject)
+    }
+
     /// Whether any endpoint can take requests.
     pub fn has_available(&self, now: Instant) -> bool {
         self.endpoints.iter().any(|e| e.is_available(now))
@@ -254,18 +274,18 @@ mod tests {
         let p = pool(2, Balance::RoundRobin);
         let ep = &p.endpoints[0];
         for _ in 0..PASSIVE_FAILURES - 1 {
-            assert!(!ep.record(false, Instant::now()));
+            assert!(!p.record(0, false, Instant::now()));
         }
-        ep.record(true, Instant::now());
+        p.record(0, true, Instant::now());
         for _ in 0..PASSIVE_FAILURES - 1 {
-            ep.record(false, Instant::now());
+            p.record(0, false, Instant::now());
         }
         assert!(
             ep.is_available(Instant::now()),
             "a success in between resets the count"
         );
         assert!(
-            ep.record(false, Instant::now()),
+            p.record(0, false, Instant::now()),
             "the fifth failure in a row ejects"
         );
         assert!(!ep.is_available(Instant::now()));
@@ -279,7 +299,7 @@ mod tests {
         tokio::time::advance(EJECT_BASE).await;
         assert!(ep.is_available(Instant::now()), "re-admitted after the back-off");
         for _ in 0..PASSIVE_FAILURES {
-            ep.record(false, Instant::now());
+            p.record(0, false, Instant::now());
         }
         tokio::time::advance(EJECT_BASE).await;
         assert!(
@@ -288,12 +308,28 @@ mod tests {
         );
         tokio::time::advance(EJECT_BASE).await;
         assert!(ep.is_available(Instant::now()));
-        ep.record(true, Instant::now());
+        p.record(0, true, Instant::now());
         for _ in 0..PASSIVE_FAILURES {
-            ep.record(false, Instant::now());
+            p.record(0, false, Instant::now());
         }
         tokio::time::advance(EJECT_BASE).await;
         assert!(ep.is_available(Instant::now()), "a success resets the back-off");
+    }
+
+    #[test]
+    fn passive_ejection_never_takes_out_more_than_half_the_pool() {
+        let now = Instant::now();
+        let fail = |p: &Pool, i: usize| (0..PASSIVE_FAILURES).any(|_| p.record(i, false, now));
+        let lone = pool(1, Balance::RoundRobin);
+        assert!(!fail(&lone, 0), "a pool's only endpoint is never ejected");
+        assert!(lone.has_available(now));
+        let four = pool(4, Balance::RoundRobin);
+        assert!(fail(&four, 0) && fail(&four, 1));
+        assert!(
+            !fail(&four, 2) && !fail(&four, 3),
+            "two of four ejected is the limit"
+        );
+        assert_eq!(four.endpoints.iter().filter(|e| e.is_available(now)).count(), 2);
     }
 
     #[test]
