@@ -397,9 +397,6 @@ async fn reload(state: &State, path: &Path, force: bool, overlay: &mut Overlay) 
     if let Err(e) = fixed_settings(&current, &new, path) {
         return failed(state, report("error", &current.revision, Some(e), Vec::new()));
     }
-    if new.revision == current.revision && !force {
-        return report("unchanged", &current.revision, None, Vec::new());
-    }
     let mut changes = describe(&diff::diff(&current, &new, SystemTime::now()));
     changes.extend(overlay.reconcile(&new, &timestamp(SystemTime::now())));
     overlay.apply(&mut new);

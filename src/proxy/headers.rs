@@ -82,21 +82,19 @@ pub fn strip_internal(headers: &mut HeaderMap) {
 }
 
 /// Appends `value` to a list header (`x-forwarded-for`, `via`), folding earlier lines into one.
-pub fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: &str) {
-    let mut joined = String::new();
-    for v in headers.get_all(name) {
-        if let Ok(s) = v.to_str() {
-            joined.push_str(s);
-            joined.push_str(", ");
-        }
+/// With nothing to append to, `value` goes in as it is: no string is built.
+pub fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
+    if !headers.contains_key(name) {
+        headers.insert(name.clone(), value);
+        return;
     }
-    let out = if joined.is_empty() {
-        HeaderValue::from_str(value)
-    } else {
-        joined.push_str(value);
-        HeaderValue::from_str(&joined)
-    };
-    if let Ok(v) = out {
+    let mut joined = Vec::new();
+    for v in headers.get_all(name) {
+        joined.extend_from_slice(v.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(value.as_bytes());
+    if let Ok(v) = HeaderValue::from_bytes(&joined) {
         headers.insert(name.clone(), v);
     }
 }
@@ -174,10 +172,10 @@ mod tests {
     #[test]
     fn lists_are_appended() {
         let mut h = map(&[("x-forwarded-for", "10.0.0.1"), ("x-forwarded-for", "10.0.0.2")]);
-        append_list(&mut h, &X_FORWARDED_FOR, "127.0.0.1");
+        append_list(&mut h, &X_FORWARDED_FOR, HeaderValue::from_static("127.0.0.1"));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
         let mut h = HeaderMap::new();
-        append_list(&mut h, &X_FORWARDED_FOR, "::1");
+        append_list(&mut h, &X_FORWARDED_FOR, HeaderValue::from_static("::1"));
         assert_eq!(h["x-forwarded-for"], "::1");
     }
 

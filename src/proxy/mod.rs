@@ -404,24 +404,15 @@ fn prepare_request_headers(
         }
         h.insert(X_FORWARDED_HOST.clone(), host.clone());
     }
-    let mut ip = [0u8; 64];
-    let ip = format_ip(peer.addr.ip(), &mut ip);
-    headers::append_list(h, &X_FORWARDED_FOR, ip);
+    if let Ok(ip) = HeaderValue::try_from(peer.addr.ip().to_string()) {
+        headers::append_list(h, &X_FORWARDED_FOR, ip);
+    }
     h.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if peer.tls { "https" } else { "http" }),
     );
-    headers::append_list(h, &header::VIA, via.to_str().unwrap_or_default());
+    headers::append_list(h, &header::VIA, via.clone());
     h.insert(X_REQUEST_ID.clone(), request_id.clone());
-}
-
-/// Formats an IP address into a stack buffer.
-fn format_ip(ip: std::net::IpAddr, buf: &mut [u8; 64]) -> &str {
-    use std::io::Write;
-    let mut cursor = std::io::Cursor::new(&mut buf[..]);
-    let _ = write!(cursor, "{ip}");
-    let len = cursor.position() as usize;
-    std::str::from_utf8(&buf[..len]).unwrap_or_default()
 }
 
 /// The response phase.
@@ -440,7 +431,7 @@ fn finish_response(
     };
     let (mut parts, body) = resp.into_parts();
     headers::strip_hop_by_hop(&mut parts.headers, tunnel.is_some());
-    headers::append_list(&mut parts.headers, &header::VIA, via.to_str().unwrap_or_default());
+    headers::append_list(&mut parts.headers, &header::VIA, via.clone());
     if !parts.headers.contains_key(&X_REQUEST_ID) {
         parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     }
