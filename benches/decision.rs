@@ -1,5 +1,6 @@
-//! The whole per-request decision — route match, user key, bucket, split, 10 flags and the
-//! decision header values — on configs of 10 and 1,000 routes. Inputs are built outside the
+//! The whole per-request decision — route match, user key, bucket, split, flags and the
+//! decision header values — on the peer job's shape (1 route, 1 flag) and on configs of 10 and
+//! 1,000 routes with 10 flags. Inputs are built outside the
 //! timed loop.
 
 use std::hint::black_box;
@@ -10,7 +11,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
 use switchyard::routing::{bucket, RequestView, Snapshot};
 
-fn config(routes: usize) -> Snapshot {
+fn config(routes: usize, flags: usize) -> Snapshot {
     let mut t = String::from(
         "[listen]\nhttp = \"127.0.0.1:0\"\n[identity]\nfrom = [\"header:x-user-id\", \"cookie:session_user\"]\n\
          [pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n",
@@ -27,7 +28,7 @@ fn config(routes: usize) -> Snapshot {
             "[[routes]]\nname = \"r{i}\"\nhost = \"{host}\"\npath_prefix = \"{prefix}\"\nsplit = {{ blue = 90, canary = 10 }}\n"
         ));
     }
-    for f in 0..10 {
+    for f in 0..flags {
         match f % 3 {
             0 => t.push_str(&format!("[[flags]]\nname = \"flag{f}\"\npercent = {}\n", 10 * f)),
             1 => t.push_str(&format!(
@@ -55,13 +56,14 @@ fn decide_all(
 
 fn bench(c: &mut Criterion) {
     let now = SystemTime::now();
-    for routes in [10usize, 1000] {
-        let snap = config(routes);
+    // (routes, flags): the peer job's shape (1, 1), then 10 and 1,000 routes with 10 flags.
+    for (routes, flags) in [(1usize, 1usize), (10, 10), (1000, 10)] {
+        let snap = config(routes, flags);
         let mut headers = HeaderMap::new();
         headers.insert("x-user-id", HeaderValue::from_static("user-123456"));
         headers.insert("accept", HeaderValue::from_static("*/*"));
         headers.insert("user-agent", HeaderValue::from_static("bench/1.0"));
-        let host = format!("svc{}.example.com", routes / 2 + 1);
+        let host = format!("svc{}.example.com", routes / 2 + usize::from(routes > 1));
         let view = RequestView {
             host: &host,
             path: "/api/v2/cart",
@@ -69,7 +71,7 @@ fn bench(c: &mut Criterion) {
             headers: &headers,
         };
         assert!(snap.decide(&view, None, now).is_some());
-        c.bench_function(&format!("decision/{routes}_routes_10_flags"), |b| {
+        c.bench_function(&format!("decision/{routes}_routes_{flags}_flags"), |b| {
             b.iter(|| decide_all(black_box(&snap), black_box(&view), now))
         });
     }
