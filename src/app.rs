@@ -89,6 +89,7 @@ impl App {
         };
         tokio::spawn(reload::run(state.clone(), path.clone(), overlay, state_file, rx));
         tokio::spawn(crate::guard::run(state.clone(), outcomes_rx, tx.clone()));
+        tokio::spawn(crate::upstream::sweep_idle(Arc::downgrade(&state.snapshot)));
         let triggers = Some(tx);
         let admin = match admin_settings {
             Some(a) => {

@@ -8,10 +8,10 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::upstream::client::ResponseBody;
 use bytes::Bytes;
 use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
-use hyper::body::Incoming;
 
 use crate::admin::metrics::UpstreamError;
 use crate::guard::Outcome;
@@ -25,7 +25,7 @@ pub struct ProxyBody {
 }
 
 enum Kind {
-    Upstream(Incoming),
+    Upstream(ResponseBody),
     Full(Option<Bytes>),
 }
 
@@ -73,7 +73,7 @@ impl ProxyBody {
         }
     }
 
-    pub fn upstream(body: Incoming) -> ProxyBody {
+    pub fn upstream(body: ResponseBody) -> ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(body),
             finish: None,
@@ -93,12 +93,12 @@ impl ProxyBody {
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = std::io::Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
         let this = &mut *self;
         match &mut this.kind {
             Kind::Upstream(b) => {

@@ -27,8 +27,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use http::header::{self, HeaderValue};
-use http::uri::{PathAndQuery, Scheme};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -38,7 +38,7 @@ use std::time::SystemTime;
 use crate::guard::Outcome;
 use crate::routing::{bucket, normalize_host, Decision, RequestView, Snapshot};
 use crate::state::State;
-use crate::upstream::client::{self, UpstreamBody, UpstreamClient};
+use crate::upstream::client::{self, Outgoing, ResponseBody};
 use crate::upstream::{InFlight, Pool};
 use body::{Finish, ProxyBody};
 use error::ProxyError;
@@ -55,10 +55,10 @@ pub struct Peer {
     pub tls: bool,
 }
 
-/// The request handler: the live state and the shared upstream client.
+/// The request handler, around the live state. Upstream connections are kept on the
+/// endpoints ([`crate::upstream::Endpoint::idle`]).
 pub struct Proxy {
     state: Arc<State>,
-    client: UpstreamClient,
 }
 
 /// Route and pool of a request, filled in as the phases decide them.
@@ -72,8 +72,7 @@ struct Names {
 
 impl Proxy {
     pub fn new(state: Arc<State>) -> Proxy {
-        let client = client::build(state.snapshot.clone());
-        Proxy { state, client }
+        Proxy { state }
     }
 
     pub fn state(&self) -> &Arc<State> {
@@ -252,103 +251,83 @@ impl Proxy {
         head: HeaderMap,
         body: Incoming,
         upgrade: bool,
-    ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+    ) -> Result<(Response<ResponseBody>, InFlight), ProxyError> {
         let index = pool
             .select(None, tokio::time::Instant::now())
             .ok_or_else(|| ProxyError::NoEndpoint {
                 pool: pool.name.to_string(),
             })?;
-        let can_retry = pool.endpoints.len() > 1 && !upgrade;
-        let empty = http_body::Body::is_end_stream(&body);
-        let (body, reclaim) = if can_retry && !empty {
-            let (b, rx) = UpstreamBody::reclaimable(body);
-            (b, Some(rx))
-        } else {
-            (UpstreamBody::new(body), None)
+        let req = Outgoing {
+            method: &method,
+            path: &path,
+            headers: &head,
+            upgrade,
         };
-        // The retry needs the head again; only pools that can retry pay for the copy.
-        let spare = can_retry.then(|| (method.clone(), head.clone()));
-        match self.attempt(pool, index, &path, method, head, body).await {
-            Err(e @ ProxyError::Connect { .. }) => {
-                let Some((method, head)) = spare else {
-                    return Err(e);
-                };
-                let body = if empty {
-                    UpstreamBody::empty()
-                } else {
-                    // The client drops an unsent request's body, which hands it back here.
-                    match reclaim.and_then(|mut rx| rx.try_recv().ok()) {
-                        Some(b) => UpstreamBody::new(b),
-                        None => return Err(e),
-                    }
-                };
-                // The other endpoints may all be ejected: then the connect error stands.
+        match self.attempt(pool, index, &req, Some(body)).await {
+            Err((e @ ProxyError::Connect { .. }, body)) if pool.endpoints.len() > 1 && !upgrade => {
+                // A failed connect hands the body back unread. The other endpoints may all be
+                // ejected: then the connect error stands.
                 let Some(index) = pool.select(Some(index), tokio::time::Instant::now()) else {
                     return Err(e);
                 };
                 tracing::debug!(pool = %pool.name, "{e}; retrying on another endpoint");
-                self.attempt(pool, index, &path, method, head, body).await
+                self.attempt(pool, index, &req, body).await.map_err(|(e, _)| e)
             }
-            other => other,
+            other => other.map_err(|(e, _)| e),
         }
     }
 
-    /// One try at one endpoint.
+    /// One try at one endpoint. A failure hands back the body if none of it was read.
     async fn attempt(
         &self,
         pool: &Pool,
         index: usize,
-        path: &PathAndQuery,
-        method: Method,
-        headers: HeaderMap,
-        body: UpstreamBody,
-    ) -> Result<(Response<Incoming>, InFlight), ProxyError> {
+        req: &Outgoing<'_>,
+        body: Option<Incoming>,
+    ) -> Result<(Response<ResponseBody>, InFlight), (ProxyError, Option<Incoming>)> {
         let endpoint = &pool.endpoints[index];
-        let mut req = Request::new(body);
-        *req.method_mut() = method;
-        *req.uri_mut() = upstream_uri(&endpoint.authority, path)?;
-        *req.version_mut() = Version::HTTP_11;
-        *req.headers_mut() = headers;
         let in_flight = endpoint.begin();
-        let fail = |detail| (pool.name.to_string(), endpoint.address.to_string(), detail);
-        let result = tokio::time::timeout(pool.timeout, self.client.request(req)).await;
+        let result = tokio::time::timeout(
+            pool.timeout,
+            client::send(endpoint, pool.connect_timeout, req, body),
+        )
+        .await;
         // Passive health: connect errors, timeouts, resets and 5xx count against the endpoint.
         let ok = matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
         pool.record(index, ok, tokio::time::Instant::now());
+        let names = || (pool.name.to_string(), endpoint.address.to_string());
         match result {
             Ok(Ok(resp)) => Ok((resp, in_flight)),
-            Err(_) => Err(ProxyError::Timeout {
-                pool: pool.name.to_string(),
-                endpoint: endpoint.address.to_string(),
-                timeout: pool.timeout,
-            }),
-            Ok(Err(e)) => {
-                let (pool, endpoint, detail) = fail(error_chain(&e));
-                Err(if e.is_connect() {
+            Err(_) => {
+                let (pool_name, endpoint) = names();
+                Err((
+                    ProxyError::Timeout {
+                        pool: pool_name,
+                        endpoint,
+                        timeout: pool.timeout,
+                    },
+                    None,
+                ))
+            }
+            Ok(Err(failure)) => {
+                let (pool, endpoint) = names();
+                let error = if let client::Error::Connect(e) = &failure.error {
                     ProxyError::Connect {
                         pool,
                         endpoint,
-                        detail,
+                        detail: error_chain(e),
                     }
                 } else {
                     ProxyError::Reset {
                         pool,
                         endpoint,
-                        detail,
+                        detail: error_chain(&failure.error),
                     }
-                })
+                };
+                Err((error, failure.body))
             }
         }
     }
-}
-
-fn upstream_uri(authority: &http::uri::Authority, path: &PathAndQuery) -> Result<Uri, ProxyError> {
-    Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority.clone())
-        .path_and_query(path.clone())
-        .build()
-        .map_err(|_| ProxyError::BadRequest("the request target cannot be forwarded"))
 }
 
 /// The decision, as header values for the upstream request and the response.
@@ -417,7 +396,7 @@ fn prepare_request_headers(
 
 /// The response phase.
 fn finish_response(
-    mut resp: Response<Incoming>,
+    resp: Response<ResponseBody>,
     via: &HeaderValue,
     request_id: &HeaderValue,
     client_upgrade: Option<OnUpgrade>,
@@ -425,43 +404,52 @@ fn finish_response(
     in_flight: &mut Option<InFlight>,
 ) -> Response<ProxyBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
-    let tunnel = match client_upgrade {
-        Some(client) if switching => Some((client, hyper::upgrade::on(&mut resp))),
-        _ => None,
-    };
     let (mut parts, body) = resp.into_parts();
+    let (tunnel, body) = match client_upgrade {
+        Some(client) if switching => (body.into_upgraded().map(|up| (client, up)), None),
+        _ => (None, Some(body)),
+    };
     headers::strip_hop_by_hop(&mut parts.headers, tunnel.is_some());
     headers::append_list(&mut parts.headers, &header::VIA, via.clone());
     if !parts.headers.contains_key(&X_REQUEST_ID) {
         parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     }
-    let body = match tunnel {
-        Some((client, upstream)) => {
+    let body = match (tunnel, body) {
+        (Some((client, upstream)), _) => {
             tokio::spawn(run_tunnel(client, upstream, guard));
             ProxyBody::empty()
         }
-        None => {
+        (None, Some(body)) => {
             // The request stays in flight until its response body is done.
             *in_flight = Some(guard);
             ProxyBody::upstream(body)
         }
+        (None, None) => ProxyBody::empty(),
     };
     Response::from_parts(parts, body)
 }
 
-/// Copies bytes both ways between an upgraded client connection and an upgraded upstream one
-/// (a WebSocket, say) until either side closes.
-async fn run_tunnel(client: OnUpgrade, upstream: OnUpgrade, in_flight: InFlight) {
-    let (client, upstream) = match tokio::try_join!(client, upstream) {
-        Ok(pair) => pair,
+/// Copies bytes both ways between an upgraded client connection and the upstream connection
+/// that answered `101` (a WebSocket, say) until either side closes. Bytes the upstream sent
+/// right behind its `101` go to the client first.
+async fn run_tunnel(client: OnUpgrade, upstream: (tokio::net::TcpStream, bytes::Bytes), in_flight: InFlight) {
+    use tokio::io::AsyncWriteExt;
+    let client = match client.await {
+        Ok(c) => c,
         Err(e) => {
             tracing::debug!("upgrade failed: {e}");
             return;
         }
     };
     let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+    let (mut upstream, early) = upstream;
+    let copied = async {
+        if !early.is_empty() {
+            client.write_all(&early).await?;
+        }
+        tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+    };
+    if let Err(e) = copied.await {
         tracing::debug!("tunnel closed: {e}");
     }
     drop(in_flight);

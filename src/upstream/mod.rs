@@ -1,8 +1,8 @@
-//! Upstream pools: named sets of endpoints, endpoint selection, endpoint health, and the one
-//! shared HTTP client ([`client`]) that keeps connections to them alive. Endpoint state
-//! (requests in flight, passive ejection, the active check's verdict) lives in atomics on
-//! [`Endpoint`], shared by reference between the snapshots of successive reloads as long as the
-//! endpoint is still configured.
+//! Upstream pools: named sets of endpoints, endpoint selection, endpoint health, and the
+//! HTTP/1.1 client ([`client`]) that keeps connections to them alive. Endpoint state
+//! (requests in flight, passive ejection, the active check's verdict, idle connections) lives
+//! on [`Endpoint`], shared by reference between the snapshots of successive reloads as long as
+//! the endpoint is still configured.
 //!
 //! Health, two ways: **passive** — [`PASSIVE_FAILURES`] consecutive failures (connect errors,
 //! timeouts, 5xx) eject an endpoint for a back-off that doubles with each ejection in a row
@@ -77,6 +77,8 @@ pub struct Endpoint {
     ejected_until: AtomicU64,
     /// The active check's verdict (true without checks).
     checked_healthy: AtomicBool,
+    /// Kept-alive connections waiting for a request.
+    pub idle: client::IdleConns,
 }
 
 impl Endpoint {
@@ -90,6 +92,7 @@ impl Endpoint {
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             checked_healthy: AtomicBool::new(true),
+            idle: client::IdleConns::default(),
         }
     }
 
@@ -140,6 +143,29 @@ impl Endpoint {
     pub fn begin(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.clone())
+    }
+}
+
+/// How often idle upstream connections are checked for closes and expiry.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
+
+/// Closes the idle connections that went stale, every [`SWEEP_EVERY`], for the endpoints of
+/// the live snapshot, until the snapshot is gone. (Endpoints a reload removed close theirs
+/// when the last snapshot holding them is dropped.)
+pub async fn sweep_idle(snapshot: std::sync::Weak<arc_swap::ArcSwap<crate::routing::Snapshot>>) {
+    let mut tick = tokio::time::interval(SWEEP_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(live) = snapshot.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        for pool in &live.load().pools {
+            for ep in pool.endpoints.iter() {
+                ep.idle.sweep(now);
+            }
+        }
     }
 }
 

@@ -73,6 +73,7 @@ pub struct Seen {
 /// - `/status/CODE` (after any prefix): answers with that status
 /// - `/download/N`: N bytes, streamed
 /// - `/upload`: reads the body, answers with its length (and trailers it got, as JSON)
+/// - `/stream-echo`: answers at once, streaming the request body back as it arrives
 /// - `/trailers`: a chunked body followed by the trailer `x-checksum: abc123`
 /// - `/hop`: answers with hop-by-hop headers that must not reach the client
 /// - anything else: the upstream's name
@@ -183,6 +184,12 @@ async fn answer(name: &'static str, seen: &Seen, req: Request<Incoming>) -> Resp
         Response::new(full(
             serde_json::to_vec(&serde_json::json!({"len": len, "trailers": trailers})).unwrap(),
         ))
+    } else if path == "/stream-echo" {
+        // Answers at once and streams the request body back as it arrives.
+        let body = req.into_body().map_err(|e| e.into()).boxed();
+        let mut r = Response::new(body);
+        r.headers_mut().insert("x-streamed", "1".parse().unwrap());
+        r
     } else if path == "/trailers" {
         let frames = vec![
             Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from_static(b"part one;"))),

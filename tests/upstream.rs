@@ -1,0 +1,256 @@
+//! The upstream HTTP/1.1 client against upstreams that misbehave on purpose: raw TCP servers
+//! that write exactly the bytes each case needs, plus the streaming echo of the test upstream.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A raw upstream: `serve` runs on every accepted connection. Returns the address and a count
+/// of connections accepted.
+async fn scripted<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let serve = Arc::new(serve);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(s));
+        }
+    });
+    (addr, count)
+}
+
+/// Reads one request head (up to the blank line); false at the end of the connection.
+async fn read_head(s: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match s.read(&mut b).await {
+            Ok(1) => head.push(b[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
+#[tokio::test]
+async fn a_kept_alive_connection_the_upstream_closed_while_idle_is_not_reused() {
+    // Answers one request per connection, as if keep-alive, then closes it soon after.
+    let (addr, conns) = scripted(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&config(&[("blue", &[addr])], "")).await;
+    let client = h1_client();
+    for _ in 0..3 {
+        let (parts, body) = get(&client, &proxy.url("/")).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(body, "ok");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(conns.load(Ordering::SeqCst), 3, "a new connection each time");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reused_connection_closed_under_a_request_is_retried_only_when_safe() {
+    // The first request on a connection is answered; the second is read, then the connection
+    // is closed without an answer: the race of an upstream's keep-alive timeout.
+    let (addr, conns) = scripted(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                .await;
+            read_head(&mut s).await;
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&config(&[("blue", &[addr])], "")).await;
+    let client = h1_client();
+    assert_eq!(get(&client, &proxy.url("/")).await.0.status, 200);
+    let (parts, body) = get(&client, &proxy.url("/")).await;
+    assert_eq!(parts.status, 200, "a GET goes again on a new connection");
+    assert_eq!(body, "ok");
+    assert_eq!(conns.load(Ordering::SeqCst), 2);
+    // A POST may have been acted on: it is not sent twice.
+    let post = Request::post(proxy.url("/")).body(empty()).unwrap();
+    let (parts, _) = send(&client, post).await;
+    assert_eq!(parts.status, 502);
+    assert_eq!(parts.headers["x-switchyard-error"], "upstream_reset");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn bodies_framed_by_close_or_by_chunks_with_extensions_arrive_whole() {
+    let (close_addr, _) = scripted(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\n\r\n")
+                .await;
+            for _ in 0..100 {
+                let _ = s.write_all(&[b'x'; 1000]).await;
+            }
+        }
+    })
+    .await;
+    let (chunk_addr, _) = scripted(|mut s| async move {
+        while read_head(&mut s).await {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n")
+                .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let _ = s.write_all(b"6\r\n world\r\n0\r\n\r\n").await;
+        }
+    })
+    .await;
+    // The second pool serves /chunks.
+    let proxy = Proxy::start(&config(
+        &[("close", &[close_addr]), ("chunks", &[chunk_addr])],
+        "",
+    ))
+    .await;
+    let client = h1_client();
+    let (parts, body) = get(&client, &proxy.url("/")).await;
+    assert_eq!(parts.status, 200);
+    assert_eq!(body.len(), 100_000, "read until the upstream closed");
+    for _ in 0..3 {
+        let (parts, body) = get(&client, &proxy.url("/chunks")).await;
+        assert_eq!(parts.status, 200);
+        assert_eq!(body, "hello world");
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_malformed_or_truncated_answer_is_502() {
+    let (garbage, _) = scripted(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s.write_all(b"HTTP/1.1 two hundred\r\n\r\n").await;
+        }
+    })
+    .await;
+    let (truncated, _) = scripted(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-le").await;
+        }
+    })
+    .await;
+    for addr in [garbage, truncated] {
+        let proxy = Proxy::start(&config(&[("blue", &[addr])], "")).await;
+        let (parts, _) = get(&h1_client(), &proxy.url("/")).await;
+        assert_eq!(parts.status, 502);
+        assert_eq!(parts.headers["x-switchyard-error"], "upstream_reset");
+        proxy.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn an_answer_before_the_request_body_is_read_is_passed_on() {
+    // Refuses a large upload after its head, without reading the body.
+    let (addr, _) = scripted(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s
+                .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo big\n")
+                .await;
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&config(&[("blue", &[addr])], "")).await;
+    let mut c = TcpStream::connect(proxy.http.unwrap()).await.unwrap();
+    let total = 64 << 20;
+    c.write_all(format!("POST /up HTTP/1.1\r\nhost: a\r\ncontent-length: {total}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (mut rd, mut wr) = c.into_split();
+    tokio::spawn(async move {
+        let chunk = vec![b'a'; 1 << 16];
+        for _ in 0..total / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let answered = tokio::time::timeout(Duration::from_secs(10), async {
+        while !got.ends_with(b"too big\n") {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(answered.is_ok(), "no answer while the body was still coming");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_body_streams_back_while_it_is_still_being_sent() {
+    // The upstream answers at once and echoes the body as it arrives: the request body must
+    // keep flowing after the response head, or both sides wait for ever.
+    let blue = Upstream::start("blue").await;
+    let proxy = Proxy::start(&config(&[("blue", &[blue.addr])], "")).await;
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>>(1);
+    let body = StreamBody::new(tokio_stream(rx)).boxed();
+    let req = Request::post(proxy.url("/stream-echo")).body(body).unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(5), h1_client().request(req))
+        .await
+        .expect("the head comes before the body ends")
+        .unwrap();
+    assert_eq!(resp.headers()["x-streamed"], "1");
+    let mut body = resp.into_body();
+    // Each piece goes up and comes back before the next is sent.
+    for i in 0..50u32 {
+        let piece = Bytes::from(format!("piece {i};").repeat(200));
+        tx.send(Ok(Frame::data(piece.clone()))).await.unwrap();
+        let mut back = Vec::new();
+        while back.len() < piece.len() {
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("the echo comes back while the upload goes on")
+                .unwrap()
+                .unwrap();
+            back.extend_from_slice(frame.data_ref().unwrap());
+        }
+        assert_eq!(back, piece);
+    }
+    drop(tx);
+    while let Some(f) = body.frame().await {
+        assert!(f.unwrap().data_ref().is_none_or(|d| d.is_empty()));
+    }
+    proxy.shutdown().await;
+}
+
+/// A stream over an mpsc receiver.
+fn tokio_stream<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
