@@ -10,7 +10,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Uri};
 use serde::Serialize;
 
-use super::{prepare_request_headers, Decided, Peer, VIA_11};
+use super::{Decided, Peer, VIA_11};
 use crate::routing::flags::{Reason, Value};
 use crate::routing::{bucket, normalize_host, RequestView, Snapshot, Why};
 
@@ -131,19 +131,28 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime) -> Explanation {
                 }
             })
             .collect();
-        let mut decided = Decided::new(&d, snap);
-        let mut upstream = q.headers.clone();
-        let peer = Peer {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            tls: q.uri.scheme_str() == Some("https"),
-        };
+        let decided = Decided::new(&d, snap);
+        let peer = Peer::new(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            q.uri.scheme_str() == Some("https"),
+        );
         let request_id = q
             .headers
             .get("x-request-id")
             .cloned()
             .unwrap_or(HeaderValue::from_static("(generated per request)"));
-        prepare_request_headers(&mut upstream, host.as_ref(), peer, &request_id, &VIA_11, false);
-        decided.add_to(&mut upstream, snap, pool);
+        let upstream = decided
+            .fields(
+                &q.headers,
+                host.as_ref(),
+                &peer,
+                &request_id,
+                &VIA_11,
+                false,
+                snap,
+                pool,
+            )
+            .to_map();
         let upstream_headers = upstream
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("<binary>").to_owned()))

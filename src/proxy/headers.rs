@@ -2,11 +2,18 @@
 //! `x-forwarded-*`, `via` and `x-request-id` headers added, and inbound `x-switchyard-*`
 //! headers dropped so a client cannot pose as the proxy.
 //!
+//! Upstream, the client's header map is never changed: [`UpstreamFields`] walks it once,
+//! leaving out what must not pass and adding the proxy's own fields, and the upstream client
+//! writes what it yields straight into the request head (`explain` shows the same fields).
+//! Downstream, the response's map is edited in place ([`strip_hop_by_hop`], [`append_list`]).
+//!
 //! One deliberate difference from a literal reading of the hop-by-hop list: `Trailer` is kept.
 //! RFC 9110 §6.6.2 makes it end-to-end, and HTTP/1.1 encoders (hyper's among them) send only
 //! the trailer fields it announces, so removing it would silently drop trailers.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+
+use crate::routing::HeaderNames;
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -32,9 +39,23 @@ pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
     })
 }
 
+/// Whether a header is hop-by-hop by its name alone (Connection may name more).
+fn hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::TE
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == KEEP_ALIVE
+        || name == PROXY_CONNECTION
+}
+
 /// Removes hop-by-hop headers. With `upgrade`, `Upgrade` and `Connection: upgrade` stay, so
 /// the upgrade passes end to end.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    // Most messages have none: one look at each name is cheaper than six removals.
+    if !upgrade && !headers.keys().any(hop_by_hop) {
+        return;
+    }
     // Headers named by Connection are hop-by-hop too. Collecting names allocates, but only
     // when a Connection header names something other than the usual keep-alive/close.
     let named: Vec<HeaderName> = headers
@@ -65,19 +86,177 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
     }
 }
 
-/// Removes every inbound `x-switchyard-*` header.
-pub fn strip_internal(headers: &mut HeaderMap) {
-    // Almost always there are none: check before collecting anything.
-    if !headers.keys().any(|k| k.as_str().starts_with(INTERNAL_PREFIX)) {
-        return;
+/// The client's address as header text, formatted once per connection.
+#[derive(Clone, Copy)]
+pub struct PeerIp {
+    buf: [u8; 48],
+    len: u8,
+}
+
+impl PeerIp {
+    pub fn new(ip: std::net::IpAddr) -> PeerIp {
+        use std::io::Write;
+        let mut buf = [0u8; 48];
+        let mut rest = &mut buf[..];
+        // An IPv6 address is at most 45 characters: this cannot run out of room.
+        let _ = write!(rest, "{ip}");
+        let len = (48 - rest.len()) as u8;
+        PeerIp { buf, len }
     }
-    let names: Vec<HeaderName> = headers
-        .keys()
-        .filter(|k| k.as_str().starts_with(INTERNAL_PREFIX))
-        .cloned()
-        .collect();
-    for name in names {
-        headers.remove(name);
+
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len as usize]
+    }
+}
+
+impl std::fmt::Debug for PeerIp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(self.as_bytes()))
+    }
+}
+
+/// The decision as header fields: the pool, the bucket and the flags (DESIGN §3).
+pub struct DecisionFields<'a> {
+    pub names: &'a HeaderNames,
+    pub pool: &'a HeaderValue,
+    pub bucket: &'a [u8],
+    pub flags: Option<&'a str>,
+}
+
+/// A request's header fields as they go upstream (DESIGN §3 "Headers sent upstream"), read
+/// from the client's map without changing it: hop-by-hop fields (and those `Connection`
+/// names) and inbound `x-switchyard-*` fields are left out; `Host` is kept (or added);
+/// `x-forwarded-host`, `x-forwarded-proto` and `x-request-id` are replaced;
+/// `x-forwarded-for` and `via` get this hop appended; `TE: trailers` passes; then the
+/// decision fields.
+pub struct UpstreamFields<'a> {
+    pub client: &'a HeaderMap,
+    /// The request's host (`Host`, or the HTTP/2 authority).
+    pub host: Option<&'a HeaderValue>,
+    pub peer_ip: &'a [u8],
+    pub tls: bool,
+    pub via: &'a HeaderValue,
+    pub request_id: &'a HeaderValue,
+    /// An HTTP/1.1 upgrade: `Upgrade` and `Connection: upgrade` pass.
+    pub upgrade: bool,
+    pub decision: Option<DecisionFields<'a>>,
+}
+
+impl UpstreamFields<'_> {
+    /// Calls `f` with each field to send, in order: the client's that pass, then the proxy's.
+    pub fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        // Names listed in Connection (other than its own tokens) are hop-by-hop too.
+        let connection = self.client.get_all(header::CONNECTION);
+        let named = |name: &HeaderName| {
+            connection.iter().any(|v| {
+                v.as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_str().as_bytes()))
+            })
+        };
+        let has_connection = self.client.contains_key(header::CONNECTION);
+        let mut te_trailers = false;
+        let mut host_seen = false;
+        let (mut forwarded_for, mut via) = (0usize, 0usize);
+        for (name, value) in self.client {
+            if hop_by_hop(name) {
+                if name == header::TE {
+                    te_trailers |= value
+                        .as_bytes()
+                        .split(|&b| b == b',')
+                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+                } else if name == header::UPGRADE && self.upgrade {
+                    f(name.as_str().as_bytes(), value.as_bytes());
+                }
+                continue;
+            }
+            if has_connection && named(name) {
+                continue;
+            }
+            if name == header::HOST {
+                host_seen = true;
+            } else if name == X_FORWARDED_FOR {
+                forwarded_for += 1;
+                continue;
+            } else if name == header::VIA {
+                via += 1;
+                continue;
+            } else if name == X_REQUEST_ID
+                || name == X_FORWARDED_PROTO
+                || (name == X_FORWARDED_HOST && self.host.is_some())
+                || name.as_str().starts_with(INTERNAL_PREFIX)
+                || self
+                    .decision
+                    .as_ref()
+                    .is_some_and(|d| name == d.names.flags || name == d.names.pool || name == d.names.bucket)
+            {
+                continue;
+            }
+            f(name.as_str().as_bytes(), value.as_bytes());
+        }
+        if self.upgrade {
+            f(b"connection", b"upgrade");
+        }
+        if te_trailers {
+            f(b"te", b"trailers");
+        }
+        if let Some(host) = self.host {
+            if !host_seen {
+                f(b"host", host.as_bytes());
+            }
+            f(X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
+        }
+        self.list(f, &X_FORWARDED_FOR, forwarded_for, self.peer_ip);
+        f(
+            X_FORWARDED_PROTO.as_str().as_bytes(),
+            if self.tls { b"https" } else { b"http" },
+        );
+        self.list(f, &header::VIA, via, self.via.as_bytes());
+        f(X_REQUEST_ID.as_str().as_bytes(), self.request_id.as_bytes());
+        if let Some(d) = &self.decision {
+            f(d.names.pool.as_str().as_bytes(), d.pool.as_bytes());
+            f(d.names.bucket.as_str().as_bytes(), d.bucket);
+            if let Some(flags) = d.flags {
+                f(d.names.flags.as_str().as_bytes(), flags.as_bytes());
+            }
+        }
+    }
+
+    /// A list field with this hop appended to the client's `count` lines of it, folded into
+    /// one. With none to append to, no string is built.
+    fn list(&self, f: &mut dyn FnMut(&[u8], &[u8]), name: &HeaderName, count: usize, this_hop: &[u8]) {
+        if count == 0 {
+            f(name.as_str().as_bytes(), this_hop);
+            return;
+        }
+        let mut joined = Vec::with_capacity(64);
+        for v in self.client.get_all(name) {
+            joined.extend_from_slice(v.as_bytes());
+            joined.extend_from_slice(b", ");
+        }
+        joined.extend_from_slice(this_hop);
+        f(name.as_str().as_bytes(), &joined);
+    }
+
+    /// The fields as a header map (for `explain`).
+    pub fn to_map(&self) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        self.for_each(&mut |name, value| {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                map.append(n, v);
+            }
+        });
+        map
+    }
+}
+
+impl crate::upstream::client::Fields for UpstreamFields<'_> {
+    fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        UpstreamFields::for_each(self, f)
+    }
+
+    fn has_content_length(&self) -> bool {
+        self.client.contains_key(header::CONTENT_LENGTH)
     }
 }
 
@@ -158,15 +337,91 @@ mod tests {
         assert!(!h.contains_key("keep-alive"));
     }
 
+    fn upstream(client: &HeaderMap, upgrade: bool) -> HeaderMap {
+        let names = HeaderNames::default();
+        let pool = HeaderValue::from_static("canary");
+        let host = client.get("host").cloned();
+        UpstreamFields {
+            client,
+            host: host.as_ref(),
+            peer_ip: PeerIp::new("10.1.2.3".parse().unwrap()).as_bytes(),
+            tls: true,
+            via: &HeaderValue::from_static("1.1 switchyard"),
+            request_id: &HeaderValue::from_static("rid"),
+            upgrade,
+            decision: Some(DecisionFields {
+                names: &names,
+                pool: &pool,
+                bucket: b"0.1234",
+                flags: Some("a=on"),
+            }),
+        }
+        .to_map()
+    }
+
     #[test]
-    fn internal_headers_are_stripped_case_insensitively() {
-        let mut h = map(&[
-            ("X-Switchyard-Pool", "canary"),
-            ("x-switchyard-flags", "a=on"),
-            ("x-other", "1"),
+    fn upstream_fields_drop_hop_by_hop_and_internal_and_add_the_proxys() {
+        let client = map(&[
+            ("host", "shop.example"),
+            ("connection", "keep-alive, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers, deflate"),
+            ("upgrade", "h2c"),
+            ("X-Switchyard-Pool", "blue"),
+            ("x-switchyard-flags", "a=off"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-for", "192.0.2.2"),
+            ("x-forwarded-host", "spoofed"),
+            ("x-forwarded-proto", "gopher"),
+            ("via", "1.0 edge"),
+            ("x-request-id", "client-said"),
+            ("content-length", "3"),
+            ("x-end-to-end", "kept"),
         ]);
-        strip_internal(&mut h);
-        assert_eq!(h.len(), 1);
+        let up = upstream(&client, false);
+        let got: Vec<(String, String)> = up
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        let want = [
+            ("host", "shop.example"),
+            ("content-length", "3"),
+            ("x-end-to-end", "kept"),
+            ("te", "trailers"),
+            ("x-forwarded-host", "shop.example"),
+            ("x-forwarded-for", "192.0.2.1, 192.0.2.2, 10.1.2.3"),
+            ("x-forwarded-proto", "https"),
+            ("via", "1.0 edge, 1.1 switchyard"),
+            ("x-request-id", "rid"),
+            ("x-switchyard-pool", "canary"),
+            ("x-switchyard-bucket", "0.1234"),
+            ("x-switchyard-flags", "a=on"),
+        ];
+        let want: Vec<(String, String)> = want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn upstream_fields_of_an_upgrade_keep_upgrade() {
+        let client = map(&[("host", "h"), ("connection", "Upgrade"), ("upgrade", "websocket")]);
+        let up = upstream(&client, true);
+        assert_eq!(up["connection"], "upgrade");
+        assert_eq!(up["upgrade"], "websocket");
+        let up = upstream(&map(&[("host", "h"), ("x-forwarded-for", "1.1.1.1")]), false);
+        assert_eq!(up["x-forwarded-for"], "1.1.1.1, 10.1.2.3");
+        assert!(!up.contains_key("upgrade") && !up.contains_key("connection"));
+    }
+
+    #[test]
+    fn peer_addresses_format_once_both_families() {
+        assert_eq!(PeerIp::new("127.0.0.1".parse().unwrap()).as_bytes(), b"127.0.0.1");
+        let long = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255";
+        assert_eq!(
+            PeerIp::new(long.parse().unwrap()).as_bytes(),
+            b"ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"
+        );
+        assert_eq!(PeerIp::new("::1".parse().unwrap()).as_bytes(), b"::1");
     }
 
     #[test]

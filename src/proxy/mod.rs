@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Method, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -42,7 +42,7 @@ use crate::upstream::client::{self, Outgoing, ResponseBody};
 use crate::upstream::{InFlight, Pool};
 use body::{Finish, ProxyBody};
 use error::ProxyError;
-use headers::{X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID};
+use headers::X_REQUEST_ID;
 
 static VIA_11: HeaderValue = HeaderValue::from_static("1.1 switchyard");
 static VIA_2: HeaderValue = HeaderValue::from_static("2.0 switchyard");
@@ -53,6 +53,18 @@ pub struct Peer {
     pub addr: SocketAddr,
     /// Arrived on the https listener.
     pub tls: bool,
+    /// The address as `x-forwarded-for` text, formatted once per connection.
+    pub ip: headers::PeerIp,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr, tls: bool) -> Peer {
+        Peer {
+            addr,
+            tls,
+            ip: headers::PeerIp::new(addr.ip()),
+        }
+    }
 }
 
 /// The request handler, around the live state. Upstream connections are kept on the
@@ -168,7 +180,7 @@ impl Proxy {
             headers: req.headers(),
         };
         // Phase: decide. Only owned values leave this block, so the request is free to change.
-        let (pool, mut decided) = {
+        let (pool, decided) = {
             let d = snap
                 .decide(&view, None, SystemTime::now())
                 .ok_or_else(|| ProxyError::NoRoute {
@@ -218,17 +230,26 @@ impl Proxy {
         } else {
             &VIA_11
         };
-        let mut head = parts.headers;
-        prepare_request_headers(&mut head, host.as_ref(), peer, request_id, via, upgrade);
-        decided.add_to(&mut head, snap, &pool);
-        let path = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let fields = decided.fields(
+            &parts.headers,
+            host.as_ref(),
+            &peer,
+            request_id,
+            via,
+            upgrade,
+            snap,
+            &pool,
+        );
+        let root = PathAndQuery::from_static("/");
+        let req = Outgoing {
+            method: &parts.method,
+            path: parts.uri.path_and_query().unwrap_or(&root),
+            fields: &fields,
+            upgrade,
+        };
 
         // Phases: upstream_peer and forward.
-        let (response, guard) = self.send(&pool, parts.method, path, head, body, upgrade).await?;
+        let (response, guard) = self.send(&pool, &req, body).await?;
         if response.status().is_server_error() {
             if let (Some(m), Some(p)) = (snap.metrics.as_deref(), names.pool) {
                 m.upstream_error(p, crate::admin::metrics::UpstreamError::Status);
@@ -246,32 +267,23 @@ impl Proxy {
     async fn send(
         &self,
         pool: &Pool,
-        method: Method,
-        path: PathAndQuery,
-        head: HeaderMap,
+        req: &Outgoing<'_>,
         body: Incoming,
-        upgrade: bool,
     ) -> Result<(Response<ResponseBody>, InFlight), ProxyError> {
         let index = pool
             .select(None, tokio::time::Instant::now())
             .ok_or_else(|| ProxyError::NoEndpoint {
                 pool: pool.name.to_string(),
             })?;
-        let req = Outgoing {
-            method: &method,
-            path: &path,
-            headers: &head,
-            upgrade,
-        };
-        match self.attempt(pool, index, &req, Some(body)).await {
-            Err((e @ ProxyError::Connect { .. }, body)) if pool.endpoints.len() > 1 && !upgrade => {
+        match self.attempt(pool, index, req, Some(body)).await {
+            Err((e @ ProxyError::Connect { .. }, body)) if pool.endpoints.len() > 1 && !req.upgrade => {
                 // A failed connect hands the body back unread. The other endpoints may all be
                 // ejected: then the connect error stands.
                 let Some(index) = pool.select(Some(index), tokio::time::Instant::now()) else {
                     return Err(e);
                 };
                 tracing::debug!(pool = %pool.name, "{e}; retrying on another endpoint");
-                self.attempt(pool, index, &req, body).await.map_err(|(e, _)| e)
+                self.attempt(pool, index, req, body).await.map_err(|(e, _)| e)
             }
             other => other.map_err(|(e, _)| e),
         }
@@ -346,52 +358,36 @@ impl Decided {
         }
     }
 
-    /// Adds the decision headers; clients' own copies of them (under configured names that
-    /// lack the `x-switchyard-` prefix) are dropped first.
-    fn add_to(&mut self, h: &mut HeaderMap, snap: &Snapshot, pool: &Pool) {
-        let names = &snap.headers;
-        h.remove(&names.flags);
-        h.insert(names.pool.clone(), pool.name_header.clone());
-        if let Ok(v) = HeaderValue::from_bytes(&self.bucket) {
-            h.insert(names.bucket.clone(), v);
+    /// The header fields of the request as it goes upstream: the client's, cleaned, and the
+    /// proxy's, with the decision's.
+    #[allow(clippy::too_many_arguments)]
+    fn fields<'a>(
+        &'a self,
+        client: &'a HeaderMap,
+        host: Option<&'a HeaderValue>,
+        peer: &'a Peer,
+        request_id: &'a HeaderValue,
+        via: &'a HeaderValue,
+        upgrade: bool,
+        snap: &'a Snapshot,
+        pool: &'a Pool,
+    ) -> headers::UpstreamFields<'a> {
+        headers::UpstreamFields {
+            client,
+            host,
+            peer_ip: peer.ip.as_bytes(),
+            tls: peer.tls,
+            via,
+            request_id,
+            upgrade,
+            decision: Some(headers::DecisionFields {
+                names: &snap.headers,
+                pool: &pool.name_header,
+                bucket: &self.bucket,
+                flags: self.flags.as_deref(),
+            }),
         }
-        if let Some(v) = self.flags.take().and_then(|f| HeaderValue::try_from(f).ok()) {
-            h.insert(names.flags.clone(), v);
-        }
     }
-}
-
-/// The header changes of the upstream_request phase.
-fn prepare_request_headers(
-    h: &mut HeaderMap,
-    host: Option<&HeaderValue>,
-    peer: Peer,
-    request_id: &HeaderValue,
-    via: &HeaderValue,
-    upgrade: bool,
-) {
-    // `TE: trailers` says the client takes trailers; pass that on, drop any other TE.
-    let te_trailers = headers::has_token(h, &header::TE, "trailers");
-    headers::strip_hop_by_hop(h, upgrade);
-    headers::strip_internal(h);
-    if te_trailers {
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    if let Some(host) = host {
-        if !h.contains_key(header::HOST) {
-            h.insert(header::HOST, host.clone());
-        }
-        h.insert(X_FORWARDED_HOST.clone(), host.clone());
-    }
-    if let Ok(ip) = HeaderValue::try_from(peer.addr.ip().to_string()) {
-        headers::append_list(h, &X_FORWARDED_FOR, ip);
-    }
-    h.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if peer.tls { "https" } else { "http" }),
-    );
-    headers::append_list(h, &header::VIA, via.clone());
-    h.insert(X_REQUEST_ID.clone(), request_id.clone());
 }
 
 /// The response phase.

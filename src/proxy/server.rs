@@ -169,7 +169,7 @@ async fn accept_loop(
         let ctx = ctx.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let peer = Peer { addr, tls };
+            let peer = Peer::new(addr, tls);
             let open = &ctx.proxy.state().metrics.connections;
             open.inc();
             if tls {

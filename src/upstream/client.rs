@@ -76,11 +76,19 @@ pub struct Failure {
     pub body: Option<Incoming>,
 }
 
-/// What goes upstream: the request line and the headers as prepared by the proxy.
+/// The header fields of a request, as the proxy wants them sent.
+pub trait Fields {
+    /// Calls `f` with each field's name and value, in order.
+    fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8]));
+    /// Whether the fields include `Content-Length` (else a body goes chunked).
+    fn has_content_length(&self) -> bool;
+}
+
+/// What goes upstream: the request line and the header fields.
 pub struct Outgoing<'a> {
     pub method: &'a Method,
     pub path: &'a PathAndQuery,
-    pub headers: &'a HeaderMap,
+    pub fields: &'a (dyn Fields + Sync),
     /// An HTTP/1.1 upgrade (WebSocket): a `101` answer hands the connection over.
     pub upgrade: bool,
 }
@@ -266,7 +274,7 @@ async fn exchange(
     req: &Outgoing<'_>,
     body: Option<Incoming>,
 ) -> Result<Response<ResponseBody>, (Failure, bool)> {
-    let chunked = body.is_some() && !req.headers.contains_key(header::CONTENT_LENGTH);
+    let chunked = body.is_some() && !req.fields.has_content_length();
     encode_head(&mut conn.wbuf, req, endpoint, body.is_none(), chunked);
     let mut writer = body.map(|b| BodyWriter::new(b, chunked));
     let mut written = 0;
@@ -347,27 +355,29 @@ async fn exchange(
     Ok(Response::from_parts(parts, body))
 }
 
-/// Writes the request line and headers into `out`.
+/// Writes the request line and header fields into `out`.
 fn encode_head(out: &mut Vec<u8>, req: &Outgoing<'_>, endpoint: &Endpoint, empty: bool, chunked: bool) {
     out.clear();
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(req.path.as_str().as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut has_length = false;
-    for (name, value) in req.headers {
-        if name == header::CONTENT_LENGTH {
+    let (mut has_length, mut has_host) = (false, false);
+    req.fields.for_each(&mut |name, value| {
+        if name == b"content-length" {
             if chunked {
-                continue;
+                return;
             }
             has_length = true;
+        } else if name == b"host" {
+            has_host = true;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(name);
         out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
-    }
-    if !req.headers.contains_key(header::HOST) {
+    });
+    if !has_host {
         out.extend_from_slice(b"host: ");
         out.extend_from_slice(endpoint.authority.as_str().as_bytes());
         out.extend_from_slice(b"\r\n");
