@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll, Waker};
@@ -42,8 +43,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 pub const IDLE_PER_ENDPOINT: usize = 256;
 /// The largest response head accepted.
 const MAX_HEAD: usize = 64 * 1024;
-/// Most headers in a response head.
-const MAX_HEADERS: usize = 128;
+/// Most headers in a response head (hyper's limit too).
+const MAX_HEADERS: usize = 100;
 /// Reads into at least this much free buffer; bodies known to be large read more at once.
 const READ_SIZE: usize = 16 * 1024;
 const READ_SIZE_LARGE: usize = 64 * 1024;
@@ -193,9 +194,11 @@ impl Conn {
         }
     }
 
-    /// Reads more bytes into `rbuf`, at least `want` bytes of room. `Ok(0)` is the end.
+    /// Reads more bytes into `rbuf`, growing it by `want` when less than a quarter of that is
+    /// free. (Responses are split off the front of the buffer, so a buffer is used for many
+    /// small responses before a new one is needed.) `Ok(0)` is the end.
     fn poll_fill(&mut self, cx: &mut Context<'_>, want: usize) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < want {
+        if self.rbuf.capacity() - self.rbuf.len() < want / 4 {
             self.rbuf.reserve(want);
         }
         tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.rbuf)
@@ -421,9 +424,10 @@ fn poll_head(cx: &mut Context<'_>, conn: &mut Conn, method: &Method) -> Poll<Res
 /// informational answer was skipped and the rest is incomplete).
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
     loop {
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        let len = match resp.parse(buf) {
+        // Neither array is zeroed first: parsing fills what it uses.
+        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut resp, buf, &mut headers) {
             Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(httparse::Error::TooManyHeaders) => return Err(Error::Protocol("too many headers")),
@@ -442,19 +446,21 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
         };
         // Header positions, so the values can share the head's bytes.
         let base = buf.as_ptr() as usize;
-        let mut spans = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+        let mut spans = [[0u32; 4]; MAX_HEADERS];
         let count = resp.headers.len();
         for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            *span = (n, n + h.name.len(), v, v + h.value.len());
+            // Within a head of at most MAX_HEAD bytes: u32 holds every offset.
+            let n = (h.name.as_ptr() as usize - base) as u32;
+            let v = (h.value.as_ptr() as usize - base) as u32;
+            *span = [n, n + h.name.len() as u32, v, v + h.value.len() as u32];
         }
         let head = buf.split_to(len).freeze();
         let mut map = HeaderMap::with_capacity(count + 2);
         let mut length: Option<u64> = None;
         let mut te_chunked = None;
         let mut close = version == Version::HTTP_10;
-        for &(n0, n1, v0, v1) in &spans[..count] {
+        for &[n0, n1, v0, v1] in &spans[..count] {
+            let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
             let name =
                 HeaderName::from_bytes(&head[n0..n1]).map_err(|_| Error::Protocol("invalid header name"))?;
             let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
