@@ -123,7 +123,8 @@ fn connection_builder(
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout)
-        .max_buf_size(max_header_bytes);
+        .max_buf_size(max_header_bytes)
+        .writev(false);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
