@@ -169,6 +169,9 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     }
 }
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = match workers {
         Some(0) => anyhow::bail!("--workers must be at least 1"),
