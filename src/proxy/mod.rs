@@ -7,8 +7,9 @@
 //! 4. **upstream_request** — header hygiene ([`headers`]): hop-by-hop headers and inbound
 //!    `x-switchyard-*` removed, `x-forwarded-*`, `via` and `x-request-id` added, then the
 //!    decision headers (pool, bucket, flags).
-//! 5. **forward** — the shared client sends it, body streamed; a failed connect is retried once
-//!    on another endpoint; no response headers within the pool's `timeout`: 504.
+//! 5. **forward** — the upstream client ([`crate::upstream::client`]) sends it on a kept-alive
+//!    connection of the endpoint, body streamed; a failed connect is retried once on another
+//!    endpoint; no response headers within the pool's `timeout`: 504.
 //! 6. **response** — hop-by-hop headers removed from the answer, `via` added, body streamed
 //!    back; a `101 Switching Protocols` becomes a tunnel between the two upgraded connections.
 //! 7. **logging** — when the response body is done ([`body::ProxyBody`] is dropped).
@@ -105,9 +106,42 @@ impl Proxy {
             .then(|| Box::new((req.method().clone(), req.uri().clone())));
         let mut names = Names::default();
         let mut in_flight = None;
-        let result = self
-            .forward(&snap, req, peer, &request_id, &mut names, &mut in_flight)
-            .await;
+        // The phases, with one await: the future of a request nests as few others as possible,
+        // since each nesting level is copied when it starts.
+        let result = match self.route(&snap, req, &mut names) {
+            Err(e) => Err(e),
+            Ok(mut routed) => {
+                let fields = routed.decided.fields(
+                    &routed.parts.headers,
+                    routed.host.as_ref(),
+                    &peer,
+                    &request_id,
+                    routed.via,
+                    routed.upgrade,
+                    &snap,
+                    &routed.pool,
+                );
+                let root = PathAndQuery::from_static("/");
+                let out = Outgoing {
+                    method: &routed.parts.method,
+                    path: routed.parts.uri.path_and_query().unwrap_or(&root),
+                    fields: &fields,
+                    upgrade: routed.upgrade,
+                };
+                match self.send(&routed.pool, &out, routed.body.take()).await {
+                    Ok((response, guard)) => Ok(respond(
+                        &snap,
+                        &names,
+                        routed,
+                        response,
+                        guard,
+                        &request_id,
+                        &mut in_flight,
+                    )),
+                    Err(e) => Err(e),
+                }
+            }
+        };
         let (mut response, error, status) = match result {
             Ok(r) => {
                 let status = r.status().as_u16();
@@ -158,15 +192,13 @@ impl Proxy {
         response
     }
 
-    async fn forward(
+    /// Phases route and decide, and the request's parts for upstream_request.
+    fn route(
         &self,
         snap: &Snapshot,
         mut req: Request<Incoming>,
-        peer: Peer,
-        request_id: &HeaderValue,
         names: &mut Names,
-        in_flight: &mut Option<InFlight>,
-    ) -> Result<Response<ProxyBody>, ProxyError> {
+    ) -> Result<Routed, ProxyError> {
         // Phase: route. HTTP/2 carries the host in the URI, HTTP/1.1 in the Host header.
         let host: Option<HeaderValue> = match req.uri().authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
@@ -221,7 +253,7 @@ impl Proxy {
             (snap.pool(pool).clone(), Decided::new(&d, snap))
         };
 
-        // Phase: upstream_request.
+        // Phase: upstream_request (the header fields are made by `Decided::fields`).
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
         let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
@@ -230,116 +262,126 @@ impl Proxy {
         } else {
             &VIA_11
         };
-        let fields = decided.fields(
-            &parts.headers,
-            host.as_ref(),
-            &peer,
-            request_id,
+        Ok(Routed {
+            pool,
+            decided,
+            host,
             via,
             upgrade,
-            snap,
-            &pool,
-        );
-        let root = PathAndQuery::from_static("/");
-        let req = Outgoing {
-            method: &parts.method,
-            path: parts.uri.path_and_query().unwrap_or(&root),
-            fields: &fields,
-            upgrade,
-        };
-
-        // Phases: upstream_peer and forward.
-        let (response, guard) = self.send(&pool, &req, body).await?;
-        if response.status().is_server_error() {
-            if let (Some(m), Some(p)) = (snap.metrics.as_deref(), names.pool) {
-                m.upstream_error(p, crate::admin::metrics::UpstreamError::Status);
-            }
-        }
-        let mut response = finish_response(response, via, request_id, client_upgrade, guard, in_flight);
-        if let Some(c) = decided.set_cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
-            response.headers_mut().append(header::SET_COOKIE, c);
-        }
-        Ok(response)
+            client_upgrade,
+            parts,
+            body: Some(body),
+        })
     }
 
     /// Sends the request to an endpoint of `pool`, retrying once on another endpoint when the
-    /// connect fails (the request never left, so sending it again is safe).
+    /// connect fails (the request never left, so sending it again is safe). One loop rather
+    /// than an async function per try: each would be one more future to copy.
     async fn send(
         &self,
         pool: &Pool,
         req: &Outgoing<'_>,
-        body: Incoming,
+        mut body: Option<Incoming>,
     ) -> Result<(Response<ResponseBody>, InFlight), ProxyError> {
-        let index = pool
-            .select(None, tokio::time::Instant::now())
-            .ok_or_else(|| ProxyError::NoEndpoint {
-                pool: pool.name.to_string(),
-            })?;
-        match self.attempt(pool, index, req, Some(body)).await {
-            Err((e @ ProxyError::Connect { .. }, body)) if pool.endpoints.len() > 1 && !req.upgrade => {
-                // A failed connect hands the body back unread. The other endpoints may all be
-                // ejected: then the connect error stands.
-                let Some(index) = pool.select(Some(index), tokio::time::Instant::now()) else {
-                    return Err(e);
-                };
-                tracing::debug!(pool = %pool.name, "{e}; retrying on another endpoint");
-                self.attempt(pool, index, req, body).await.map_err(|(e, _)| e)
-            }
-            other => other.map_err(|(e, _)| e),
-        }
-    }
-
-    /// One try at one endpoint. A failure hands back the body if none of it was read.
-    async fn attempt(
-        &self,
-        pool: &Pool,
-        index: usize,
-        req: &Outgoing<'_>,
-        body: Option<Incoming>,
-    ) -> Result<(Response<ResponseBody>, InFlight), (ProxyError, Option<Incoming>)> {
-        let endpoint = &pool.endpoints[index];
-        let in_flight = endpoint.begin();
-        let result = tokio::time::timeout(
-            pool.timeout,
-            client::send(endpoint, pool.connect_timeout, req, body),
-        )
-        .await;
-        // Passive health: connect errors, timeouts, resets and 5xx count against the endpoint.
-        let ok = matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
-        pool.record(index, ok, tokio::time::Instant::now());
-        let names = || (pool.name.to_string(), endpoint.address.to_string());
-        match result {
-            Ok(Ok(resp)) => Ok((resp, in_flight)),
-            Err(_) => {
-                let (pool_name, endpoint) = names();
-                Err((
-                    ProxyError::Timeout {
-                        pool: pool_name,
-                        endpoint,
+        let mut index =
+            pool.select(None, tokio::time::Instant::now())
+                .ok_or_else(|| ProxyError::NoEndpoint {
+                    pool: pool.name.to_string(),
+                })?;
+        let mut retried = false;
+        loop {
+            let endpoint = &pool.endpoints[index];
+            let in_flight = endpoint.begin();
+            let result = tokio::time::timeout(
+                pool.timeout,
+                client::send(endpoint, pool.connect_timeout, req, body),
+            )
+            .await;
+            // Passive health: connect errors, timeouts, resets and 5xx count against the endpoint.
+            let ok = matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
+            pool.record(index, ok, tokio::time::Instant::now());
+            let failure = match result {
+                Ok(Ok(resp)) => return Ok((resp, in_flight)),
+                Err(_) => {
+                    return Err(ProxyError::Timeout {
+                        pool: pool.name.to_string(),
+                        endpoint: endpoint.address.to_string(),
                         timeout: pool.timeout,
-                    },
-                    None,
-                ))
+                    })
+                }
+                Ok(Err(failure)) => failure,
+            };
+            let (pool_name, address) = (pool.name.to_string(), endpoint.address.to_string());
+            let error = if let client::Error::Connect(e) = &failure.error {
+                ProxyError::Connect {
+                    pool: pool_name,
+                    endpoint: address,
+                    detail: error_chain(e),
+                }
+            } else {
+                ProxyError::Reset {
+                    pool: pool_name,
+                    endpoint: address,
+                    detail: error_chain(&failure.error),
+                }
+            };
+            // A failed connect hands the body back unread. The other endpoints may all be
+            // ejected: then the connect error stands.
+            if !retried && failure.error.is_connect() && pool.endpoints.len() > 1 && !req.upgrade {
+                if let Some(next) = pool.select(Some(index), tokio::time::Instant::now()) {
+                    tracing::debug!(pool = %pool.name, "{error}; retrying on another endpoint");
+                    (index, body, retried) = (next, failure.body, true);
+                    continue;
+                }
             }
-            Ok(Err(failure)) => {
-                let (pool, endpoint) = names();
-                let error = if let client::Error::Connect(e) = &failure.error {
-                    ProxyError::Connect {
-                        pool,
-                        endpoint,
-                        detail: error_chain(e),
-                    }
-                } else {
-                    ProxyError::Reset {
-                        pool,
-                        endpoint,
-                        detail: error_chain(&failure.error),
-                    }
-                };
-                Err((error, failure.body))
-            }
+            return Err(error);
         }
     }
+}
+
+/// A routed request: everything the phases after the route need.
+struct Routed {
+    pool: Arc<Pool>,
+    decided: Decided,
+    host: Option<HeaderValue>,
+    via: &'static HeaderValue,
+    upgrade: bool,
+    client_upgrade: Option<OnUpgrade>,
+    parts: http::request::Parts,
+    body: Option<Incoming>,
+}
+
+/// The response phase for an upstream's answer.
+fn respond(
+    snap: &Snapshot,
+    names: &Names,
+    routed: Routed,
+    response: Response<ResponseBody>,
+    guard: InFlight,
+    request_id: &HeaderValue,
+    in_flight: &mut Option<InFlight>,
+) -> Response<ProxyBody> {
+    if response.status().is_server_error() {
+        if let (Some(m), Some(p)) = (snap.metrics.as_deref(), names.pool) {
+            m.upstream_error(p, crate::admin::metrics::UpstreamError::Status);
+        }
+    }
+    let mut response = finish_response(
+        response,
+        routed.via,
+        request_id,
+        routed.client_upgrade,
+        guard,
+        in_flight,
+    );
+    if let Some(c) = routed
+        .decided
+        .set_cookie
+        .and_then(|c| HeaderValue::try_from(c).ok())
+    {
+        response.headers_mut().append(header::SET_COOKIE, c);
+    }
+    response
 }
 
 /// The decision, as header values for the upstream request and the response.

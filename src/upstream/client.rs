@@ -226,38 +226,32 @@ pub async fn send(
     req: &Outgoing<'_>,
     body: Option<Incoming>,
 ) -> Result<Response<ResponseBody>, Failure> {
-    let body = body.filter(|b| !b.is_end_stream());
-    if let Some(conn) = endpoint.idle.checkout(Instant::now()) {
-        match exchange(conn, endpoint, req, body).await {
-            Err((failure, true)) => {
-                // The upstream closed a kept-alive connection as it was reused: a new one.
-                tracing::debug!(endpoint = %endpoint.address, "kept-alive connection was closed ({}); sending again on a new one", failure.error);
-                let conn = match Conn::open(&endpoint.address, connect_timeout).await {
-                    Ok(c) => c,
-                    Err(e) => {
-                        return Err(Failure {
-                            error: Error::Connect(e),
-                            body: failure.body,
-                        })
-                    }
-                };
-                exchange(conn, endpoint, req, failure.body)
-                    .await
-                    .map_err(|(f, _)| f)
-            }
-            other => other.map_err(|(f, _)| f),
-        }
-    } else {
-        let conn = match Conn::open(&endpoint.address, connect_timeout).await {
-            Ok(c) => c,
-            Err(e) => {
-                return Err(Failure {
-                    error: Error::Connect(e),
-                    body,
-                })
-            }
+    let mut body = body.filter(|b| !b.is_end_stream());
+    let mut idle = endpoint.idle.checkout(Instant::now());
+    // At most twice: a kept-alive connection the upstream closed as it was reused is
+    // replaced by a new one.
+    loop {
+        let reused = idle.is_some();
+        let conn = match idle.take() {
+            Some(c) => c,
+            None => match Conn::open(&endpoint.address, connect_timeout).await {
+                Ok(c) => c,
+                Err(e) => {
+                    return Err(Failure {
+                        error: Error::Connect(e),
+                        body,
+                    })
+                }
+            },
         };
-        exchange(conn, endpoint, req, body).await.map_err(|(f, _)| f)
+        match exchange(conn, endpoint, req, body).await {
+            Ok(r) => return Ok(r),
+            Err((failure, true)) if reused => {
+                tracing::debug!(endpoint = %endpoint.address, "kept-alive connection was closed ({}); sending again on a new one", failure.error);
+                body = failure.body;
+            }
+            Err((failure, _)) => return Err(failure),
+        }
     }
 }
 
