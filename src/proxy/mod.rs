@@ -283,23 +283,24 @@ impl Proxy {
         req: &Outgoing<'_>,
         mut body: Option<Incoming>,
     ) -> Result<(Response<ResponseBody>, InFlight), ProxyError> {
-        let mut index =
-            pool.select(None, tokio::time::Instant::now())
-                .ok_or_else(|| ProxyError::NoEndpoint {
-                    pool: pool.name.to_string(),
-                })?;
+        // One clock reading serves the pick, the idle-connection check and the deadline.
+        let mut now = tokio::time::Instant::now();
+        let mut index = pool.select(None, now).ok_or_else(|| ProxyError::NoEndpoint {
+            pool: pool.name.to_string(),
+        })?;
         let mut retried = false;
         loop {
             let endpoint = &pool.endpoints[index];
             let in_flight = endpoint.begin();
-            let result = tokio::time::timeout(
-                pool.timeout,
-                client::send(endpoint, pool.connect_timeout, req, body),
+            let result = tokio::time::timeout_at(
+                now + pool.timeout,
+                client::send(endpoint, pool.connect_timeout, req, body, now),
             )
             .await;
             // Passive health: connect errors, timeouts, resets and 5xx count against the endpoint.
             let ok = matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
-            pool.record(index, ok, tokio::time::Instant::now());
+            // A success is recorded whenever; a failure's ejection starts now.
+            pool.record(index, ok, if ok { now } else { tokio::time::Instant::now() });
             let failure = match result {
                 Ok(Ok(resp)) => return Ok((resp, in_flight)),
                 Err(_) => {
@@ -328,7 +329,8 @@ impl Proxy {
             // A failed connect hands the body back unread. The other endpoints may all be
             // ejected: then the connect error stands.
             if !retried && failure.error.is_connect() && pool.endpoints.len() > 1 && !req.upgrade {
-                if let Some(next) = pool.select(Some(index), tokio::time::Instant::now()) {
+                now = tokio::time::Instant::now();
+                if let Some(next) = pool.select(Some(index), now) {
                     tracing::debug!(pool = %pool.name, "{error}; retrying on another endpoint");
                     (index, body, retried) = (next, failure.body, true);
                     continue;

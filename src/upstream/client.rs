@@ -217,7 +217,8 @@ impl Conn {
     }
 }
 
-/// Sends a request to `endpoint` and waits for the response head. The response body streams
+/// Sends a request to `endpoint` and waits for the response head (`now` is the time it
+/// starts, for the idle-connection check). The response body streams
 /// from the connection; the connection goes back to the endpoint's idle queue when the
 /// exchange ends cleanly.
 pub async fn send(
@@ -225,9 +226,10 @@ pub async fn send(
     connect_timeout: Duration,
     req: &Outgoing<'_>,
     body: Option<Incoming>,
+    now: Instant,
 ) -> Result<Response<ResponseBody>, Failure> {
     let mut body = body.filter(|b| !b.is_end_stream());
-    let mut idle = endpoint.idle.checkout(Instant::now());
+    let mut idle = endpoint.idle.checkout(now);
     // At most twice: a kept-alive connection the upstream closed as it was reused is
     // replaced by a new one.
     loop {
@@ -479,14 +481,26 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
                         .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked")),
                 );
             } else if name == header::CONNECTION {
+                let mut only_ours = true;
                 for t in value.to_str().unwrap_or("").split(',') {
                     let t = t.trim();
                     if t.eq_ignore_ascii_case("close") {
                         close = true;
-                    } else if t.eq_ignore_ascii_case("keep-alive") && version == Version::HTTP_10 {
-                        close = false;
+                    } else if t.eq_ignore_ascii_case("keep-alive") {
+                        if version == Version::HTTP_10 {
+                            close = false;
+                        }
+                    } else {
+                        only_ours = false;
                     }
                 }
+                // Connection management is this hop's business and is done here; a Connection
+                // that names other fields stays, so the response phase removes those too.
+                if only_ours {
+                    continue;
+                }
+            } else if name.as_str() == "keep-alive" {
+                continue;
             }
             map.append(name, value);
         }
@@ -957,6 +971,19 @@ mod tests {
             Read::Length(0)
         ));
         assert!(!r("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n").2);
+        let (parts, _, keep) = r(
+            "HTTP/1.1 200 OK\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\ncontent-length: 0\r\n\r\n",
+        );
+        assert!(
+            keep && parts.headers.len() == 1,
+            "connection management is consumed here"
+        );
+        let (parts, _, _) =
+            r("HTTP/1.1 200 OK\r\nconnection: keep-alive, x-hop\r\nx-hop: 1\r\ncontent-length: 0\r\n\r\n");
+        assert!(
+            parts.headers.contains_key("connection"),
+            "one naming other fields stays for the response phase"
+        );
         assert!(!r("HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n").2);
         assert!(r("HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n").2);
         assert!(parse(
