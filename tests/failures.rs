@@ -106,21 +106,31 @@ async fn slow_upstream_is_504() {
 }
 
 #[tokio::test]
-async fn upstream_that_hangs_up_is_502() {
+async fn upstream_that_hangs_up_or_answers_garbage_is_502() {
     // Reads the request, then closes without answering.
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let mut buf = [0u8; 1024];
-            let _ = s.read(&mut buf).await;
+    let (hangs_up, _) = scripted(|mut s| async move {
+        read_head(&mut s).await;
+    })
+    .await;
+    let (garbage, _) = scripted(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s.write_all(b"HTTP/1.1 two hundred\r\n\r\n").await;
         }
-    });
-    let proxy = Proxy::start(&config(&[("blue", &[addr])], "")).await;
-    let (parts, _) = get(&h1_client(), &proxy.url("/")).await;
-    assert_eq!(parts.status, 502);
-    assert_eq!(parts.headers["x-switchyard-error"], "upstream_reset");
-    proxy.shutdown().await;
+    })
+    .await;
+    let (truncated, _) = scripted(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-le").await;
+        }
+    })
+    .await;
+    for addr in [hangs_up, garbage, truncated] {
+        let proxy = Proxy::start(&config(&[("blue", &[addr])], "")).await;
+        let (parts, _) = get(&h1_client(), &proxy.url("/")).await;
+        assert_eq!(parts.status, 502);
+        assert_eq!(parts.headers["x-switchyard-error"], "upstream_reset");
+        proxy.shutdown().await;
+    }
 }
 
 #[tokio::test]

@@ -390,6 +390,40 @@ pub async fn raw(addr: SocketAddr, bytes: &[u8], wait: Duration) -> (String, boo
     (String::from_utf8_lossy(&out).into_owned(), closed)
 }
 
+/// A raw upstream: `serve` runs on every accepted connection. Returns the address and a count
+/// of connections accepted.
+pub async fn scripted<F, Fut>(serve: F) -> (SocketAddr, Arc<AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let count = Arc::new(AtomicUsize::new(0));
+    let c = count.clone();
+    let serve = Arc::new(serve);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(serve(s));
+        }
+    });
+    (addr, count)
+}
+
+/// Reads one request head (up to the blank line); false at the end of the connection.
+pub async fn read_head(s: &mut tokio::net::TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match tokio::io::AsyncReadExt::read(s, &mut b).await {
+            Ok(1) => head.push(b[0]),
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// A port nothing listens on.
 pub async fn dead_port() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
