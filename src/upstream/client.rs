@@ -20,7 +20,7 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll, Waker};
 use std::time::Duration;
 
@@ -94,29 +94,24 @@ pub struct Outgoing<'a> {
     pub upgrade: bool,
 }
 
-/// The idle connections of one endpoint.
+/// The idle connections of one endpoint. The queue is allocated when the first connection
+/// comes back, so endpoints that never take traffic cost nothing.
+#[derive(Default)]
 pub struct IdleConns {
-    queue: ArrayQueue<(Conn, Instant)>,
+    queue: OnceLock<ArrayQueue<(Conn, Instant)>>,
 }
 
 impl std::fmt::Debug for IdleConns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IdleConns({})", self.queue.len())
-    }
-}
-
-impl Default for IdleConns {
-    fn default() -> IdleConns {
-        IdleConns {
-            queue: ArrayQueue::new(IDLE_PER_ENDPOINT),
-        }
+        write!(f, "IdleConns({})", self.len())
     }
 }
 
 impl IdleConns {
     /// A live idle connection, if there is one.
     fn checkout(&self, now: Instant) -> Option<Conn> {
-        while let Some((conn, since)) = self.queue.pop() {
+        let queue = self.queue.get()?;
+        while let Some((conn, since)) = queue.pop() {
             if now.saturating_duration_since(since) < IDLE_TIMEOUT && conn.is_open() {
                 return Some(conn);
             }
@@ -126,17 +121,21 @@ impl IdleConns {
 
     fn put(&self, conn: Conn) {
         // A full queue closes the connection.
-        let _ = self.queue.push((conn, Instant::now()));
+        let queue = self.queue.get_or_init(|| ArrayQueue::new(IDLE_PER_ENDPOINT));
+        let _ = queue.push((conn, Instant::now()));
     }
 
     /// Closes idle connections the upstream has closed or that were idle too long, so they do
     /// not linger half-closed between bursts of traffic.
     pub fn sweep(&self, now: Instant) {
-        for _ in 0..self.queue.len() {
-            match self.queue.pop() {
+        let Some(queue) = self.queue.get() else {
+            return;
+        };
+        for _ in 0..queue.len() {
+            match queue.pop() {
                 Some((conn, since)) => {
                     if now.saturating_duration_since(since) < IDLE_TIMEOUT && conn.is_open() {
-                        let _ = self.queue.push((conn, since));
+                        let _ = queue.push((conn, since));
                     }
                 }
                 None => break,
@@ -146,11 +145,11 @@ impl IdleConns {
 
     /// Idle connections held.
     pub fn len(&self) -> usize {
-        self.queue.len()
+        self.queue.get().map_or(0, ArrayQueue::len)
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.len() == 0
     }
 }
 
