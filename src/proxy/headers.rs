@@ -160,7 +160,7 @@ impl UpstreamFields<'_> {
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_str().as_bytes()))
             })
         };
-        let has_connection = self.client.contains_key(header::CONNECTION);
+        let has_connection = connection.iter().next().is_some();
         let mut te_trailers = false;
         let mut host_seen = false;
         let (mut forwarded_for, mut via) = (0usize, 0usize);
