@@ -6,6 +6,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use http::Request;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -205,11 +207,131 @@ async fn oversized_head_is_431() {
     proxy.shutdown().await;
 }
 
+/// `cfg` with the listen section's header read (and idle) timeout set to `t`.
+fn with_header_read_timeout(cfg: String, t: &str) -> String {
+    cfg.replace(
+        "[listen]\n",
+        &format!("[listen]\nheader_read_timeout = \"{t}\"\n"),
+    )
+}
+
+/// Asserts that `closed` (a connection ending) resolves between 400 ms and 4 s from now, as it
+/// should for a 500 ms idle timeout.
+async fn closes_in_bounds<T>(what: &str, closed: impl std::future::Future<Output = T>) -> T {
+    let started = Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(5), closed)
+        .await
+        .unwrap_or_else(|_| panic!("the proxy never closed the idle {what} connection"));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(4),
+        "{what}: closed after {took:?}"
+    );
+    out
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_after_the_header_read_timeout() {
+    let blue = Upstream::start("blue").await;
+    let proxy = Proxy::start(&with_header_read_timeout(
+        config(&[("blue", &[blue.addr])], ""),
+        "500ms",
+    ))
+    .await;
+    let addr = proxy.http.unwrap();
+
+    // HTTP/1.1: one request, then nothing.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"blue") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(
+            n > 0,
+            "closed before the answer: {:?}",
+            String::from_utf8_lossy(&got)
+        );
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+    let n = closes_in_bounds("HTTP/1.1", s.read(&mut buf)).await;
+    assert_eq!(n.unwrap_or(0), 0, "nothing more is sent before the close");
+
+    // HTTP/2: one stream, then nothing; the proxy says GOAWAY and the connection ends.
+    let io = TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+        .await
+        .unwrap();
+    let driver = tokio::spawn(conn);
+    let resp = sender
+        .send_request(Request::get(proxy.url("/")).body(empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    resp.into_body().collect().await.unwrap();
+    let ended = closes_in_bounds("HTTP/2", driver).await;
+    assert!(ended.unwrap().is_ok(), "a clean close");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn requests_and_slow_readers_outlast_the_header_read_timeout() {
+    let blue = Upstream::start("blue").await;
+    let proxy = Proxy::start(&with_header_read_timeout(
+        config(&[("blue", &[blue.addr])], ""),
+        "300ms",
+    ))
+    .await;
+
+    // An upstream slower than the idle timeout, over HTTP/1.1 and HTTP/2.
+    for client in [h1_client(), h2c_client()] {
+        let (parts, body) = get(&client, &proxy.url("/sleep/1200")).await;
+        assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"blue"[..]));
+    }
+
+    // A client with a small receive buffer that stops reading three times, each time for
+    // three idle timeouts, and still gets every byte.
+    const TOTAL: u64 = 16 << 20;
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 << 10).unwrap();
+    let io = TokioIo::new(sock.connect(proxy.http.unwrap()).await.unwrap());
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    let resp = sender
+        .send_request(
+            Request::get(format!("/download/{TOTAL}"))
+                .header("host", "h")
+                .body(empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let mut got = 0u64;
+    let mut pauses = [TOTAL / 2, TOTAL * 3 / 4, TOTAL - (64 << 10)]
+        .into_iter()
+        .peekable();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.unwrap_or_else(|e| panic!("cut off after {got} bytes: {e}"));
+        got += frame.data_ref().map_or(0, |d| d.len() as u64);
+        if pauses.next_if(|&at| got >= at).is_some() {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+        }
+    }
+    assert_eq!(got, TOTAL);
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn slow_client_is_cut_off_after_the_header_read_timeout() {
     let blue = Upstream::start("blue").await;
-    let cfg = config(&[("blue", &[blue.addr])], "")
-        .replace("[listen]\n", "[listen]\nheader_read_timeout = \"500ms\"\n");
+    let cfg = with_header_read_timeout(config(&[("blue", &[blue.addr])], ""), "500ms");
     let proxy = Proxy::start(&cfg).await;
     let mut s = tokio::net::TcpStream::connect(proxy.http.unwrap()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n").await.unwrap();

@@ -18,10 +18,14 @@ use crate::guard::Outcome;
 use crate::routing::Snapshot;
 use crate::upstream::InFlight;
 
+use super::watchdog::Busy;
+
 /// Response body: streamed from upstream or generated here.
 pub struct ProxyBody {
     kind: Kind,
     finish: Option<Finish>,
+    /// Keeps the client connection busy for its idle watchdog until the body is done.
+    busy: Option<Busy>,
 }
 
 enum Kind {
@@ -63,6 +67,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full(Some(bytes)),
             finish: None,
+            busy: None,
         }
     }
 
@@ -70,6 +75,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full(None),
             finish: None,
+            busy: None,
         }
     }
 
@@ -77,12 +83,18 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(body),
             finish: None,
+            busy: None,
         }
     }
 
     /// Runs the logging phase for `finish` when this body is done.
     pub fn set_finish(&mut self, finish: Finish) {
         self.finish = Some(finish);
+    }
+
+    /// Keeps the client connection from being closed as idle while this body lives.
+    pub fn hold(&mut self, busy: Busy) {
+        self.busy = Some(busy);
     }
 
     /// Attaches the endpoint's in-flight guard, if a finish record is set.

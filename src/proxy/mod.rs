@@ -22,6 +22,7 @@ pub mod explain;
 pub mod headers;
 pub mod server;
 pub mod tls;
+pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,8 +1,8 @@
 //! Listeners and connections: HTTP/1.1 and prior-knowledge HTTP/2 (h2c) on the plain listener,
 //! both by ALPN on the TLS one. Connections are capped by a semaphore (past the cap, accepting
-//! pauses and the kernel's backlog holds new clients), slow clients are cut off by the header
-//! read timeout, and shutdown drains: stop accepting, let in-flight requests finish up to the
-//! drain deadline, then return.
+//! pauses and the kernel's backlog holds new clients), slow clients and idle connections are
+//! cut off by the [`watchdog`] after the header read timeout, and shutdown drains: stop
+//! accepting, let in-flight requests finish up to the drain deadline, then return.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,11 +14,11 @@ use std::time::Duration;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use super::watchdog::{self, Busy, Connections, Counted};
 use super::{Peer, Proxy};
 use crate::state::State;
 
@@ -61,17 +61,16 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
         let snapshot = self.proxy.state().snapshot.load_full();
         let listen = &snapshot.listen;
-        let builder = Arc::new(connection_builder(
-            listen.header_read_timeout,
-            listen.max_header_bytes,
-        ));
+        let builder = Arc::new(connection_builder(listen.max_header_bytes));
         let limit = Arc::new(Semaphore::new(listen.max_connections));
-        let graceful = Arc::new(GracefulShutdown::new());
+        let connections = Arc::new(Connections::new(listen.header_read_timeout));
+        let watchdog = AbortOnDrop(tokio::spawn(connections.clone().watch()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let ctx = Arc::new(Accepting {
             proxy: self.proxy.clone(),
             builder,
-            limit,
+            limit: limit.clone(),
+            connections,
             handshake_timeout: listen.header_read_timeout,
         });
 
@@ -84,7 +83,6 @@ impl Server {
                     listener,
                     tls,
                     ctx.clone(),
-                    graceful.clone(),
                     stop_rx.clone(),
                 )));
             }
@@ -95,17 +93,27 @@ impl Server {
         for l in loops {
             let _ = l.await;
         }
-        // The accept loops are done, so this is the last reference.
-        let graceful = Arc::into_inner(graceful).expect("accept loops have ended");
-        let open = graceful.count();
-        match tokio::time::timeout(listen.drain_timeout, graceful.shutdown()).await {
-            Ok(()) => tracing::info!(connections = open, "drained"),
+        let open = ctx.connections.drain();
+        // Every connection holds a permit until it is closed.
+        let all = u32::try_from(listen.max_connections).unwrap_or(u32::MAX);
+        match tokio::time::timeout(listen.drain_timeout, limit.acquire_many(all)).await {
+            Ok(_) => tracing::info!(connections = open, "drained"),
             Err(_) => tracing::warn!(
                 "drain deadline ({:?}) passed with requests still in flight; closing them",
                 listen.drain_timeout
             ),
         }
+        drop(watchdog);
         Ok(())
+    }
+}
+
+/// Aborts a spawned task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -115,16 +123,11 @@ async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
-fn connection_builder(
-    header_read_timeout: Duration,
-    max_header_bytes: usize,
-) -> auto::Builder<TokioExecutor> {
+fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
     let mut b = auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout)
-        .max_buf_size(max_header_bytes)
-        .writev(false);
+    // No timer for HTTP/1: the watchdog's scans stand in for hyper's header-read timer, which
+    // would be re-armed on every request.
+    b.http1().max_buf_size(max_header_bytes).writev(false);
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
@@ -136,16 +139,11 @@ struct Accepting {
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     limit: Arc<Semaphore>,
+    connections: Arc<Connections>,
     handshake_timeout: Duration,
 }
 
-async fn accept_loop(
-    listener: TcpListener,
-    tls: bool,
-    ctx: Arc<Accepting>,
-    graceful: Arc<GracefulShutdown>,
-    mut stop: watch::Receiver<bool>,
-) {
+async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Accepting>, mut stop: watch::Receiver<bool>) {
     loop {
         let permit = tokio::select! {
             p = ctx.limit.clone().acquire_owned() => match p {
@@ -168,15 +166,14 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let ctx = ctx.clone();
-        let watcher = graceful.watcher();
         tokio::spawn(async move {
             let peer = Peer::new(addr, tls);
             let open = &ctx.proxy.state().metrics.connections;
             open.inc();
             if tls {
-                serve_tls(stream, peer, &ctx, watcher).await;
+                serve_tls(stream, peer, &ctx).await;
             } else {
-                serve(TokioIo::new(stream), peer, &ctx, watcher).await;
+                serve(stream, peer, &ctx).await;
             }
             open.dec();
             drop(permit);
@@ -184,7 +181,7 @@ async fn accept_loop(
     }
 }
 
-async fn serve_tls(stream: TcpStream, peer: Peer, ctx: &Accepting, watcher: Watcher) {
+async fn serve_tls(stream: TcpStream, peer: Peer, ctx: &Accepting) {
     // The live snapshot's certificate: a reload with a new certificate applies to new
     // connections.
     let Some(config) = ctx.proxy.state().snapshot.load().tls.clone() else {
@@ -192,23 +189,33 @@ async fn serve_tls(stream: TcpStream, peer: Peer, ctx: &Accepting, watcher: Watc
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve(TokioIo::new(tls), peer, ctx, watcher).await,
+        Ok(Ok(tls)) => serve(tls, peer, ctx).await,
         Ok(Err(e)) => tracing::debug!(peer = %peer.addr, "TLS handshake failed: {e}"),
         Err(_) => tracing::debug!(peer = %peer.addr, "TLS handshake timed out"),
     }
 }
 
-async fn serve<I>(io: TokioIo<I>, peer: Peer, ctx: &Accepting, watcher: Watcher)
+async fn serve<I>(io: I, peer: Peer, ctx: &Accepting)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let watched = ctx.connections.register();
     let proxy = ctx.proxy.clone();
+    let busy_conn = watched.clone();
     let service = service_fn(move |req| {
         let proxy = proxy.clone();
-        async move { Ok::<_, Infallible>(proxy.handle(req, peer).await) }
+        // Taken before the request's future runs, so a request dropped early still ends.
+        let busy = Busy::start(&busy_conn);
+        async move {
+            let mut resp = proxy.handle(req, peer).await;
+            resp.body_mut().hold(busy);
+            Ok::<_, Infallible>(resp)
+        }
     });
+    let io = TokioIo::new(Counted::new(io, watched.clone()));
     let conn = ctx.builder.serve_connection_with_upgrades(io, service);
-    if let Err(e) = watcher.watch(conn).await {
+    let conn = std::pin::pin!(conn);
+    if let Err(e) = watchdog::serve(conn, &watched, |c| c.graceful_shutdown()).await {
         tracing::debug!(peer = %peer.addr, "connection ended with an error: {e}");
     }
 }
