@@ -19,6 +19,19 @@ async fn connect_failure_is_retried_on_another_endpoint() {
     let cfg = config(&[("blue", &[dead, blue.addr])], extra)
         .replace("endpoints = [", "balance = \"round_robin\"\nendpoints = [");
     let proxy = Proxy::start(&cfg).await;
+    // A client that sends no Host: the endpoint's address stands in. One of these two starts
+    // on the dead endpoint (before it is ejected); its retry names the endpoint it goes to.
+    for _ in 0..2 {
+        let (answer, _) = raw(
+            proxy.http.unwrap(),
+            b"GET / HTTP/1.0\r\n\r\n",
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+        let host = blue.seen.last_headers.lock().unwrap().as_ref().unwrap()["host"].clone();
+        assert_eq!(host, blue.addr.to_string().as_str());
+    }
     let client = h1_client();
     for i in 0..10 {
         // Half of these start on the dead endpoint; all succeed, bodies included.
@@ -32,7 +45,7 @@ async fn connect_failure_is_retried_on_another_endpoint() {
         let (parts, _) = get(&client, &proxy.url("/")).await;
         assert_eq!(parts.status, 200);
     }
-    assert_eq!(blue.hits(), 20);
+    assert_eq!(blue.hits(), 22);
     proxy.shutdown().await;
 }
 

@@ -24,6 +24,7 @@ pub mod server;
 pub mod tls;
 pub mod watchdog;
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -94,7 +95,16 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: local errors become responses here.
-    pub async fn handle(&self, req: Request<Incoming>, peer: Peer) -> Response<ProxyBody> {
+    ///
+    /// The phases up to an encoded upstream request run at once, when this is called; the
+    /// future then holds only what the rest needs. So the client's request head (whose fields
+    /// share the server's read buffer) is gone before the request first waits, and the future
+    /// hyper stores and moves is small.
+    pub fn handle(
+        self: &Arc<Self>,
+        req: Request<Incoming>,
+        peer: Peer,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
         let start = Instant::now();
         // One snapshot for the whole request, even if a reload swaps it meanwhile.
         let snap = self.state.snapshot.load_full();
@@ -106,43 +116,52 @@ impl Proxy {
             .access_log
             .then(|| Box::new((req.method().clone(), req.uri().clone())));
         let mut names = Names::default();
-        let mut in_flight = None;
-        // The phases, with one await: the future of a request nests as few others as possible,
-        // since each nesting level is copied when it starts.
-        let result = match self.route(&snap, req, &mut names) {
-            Err(e) => Err(e),
-            Ok(mut routed) => {
-                let fields = routed.decided.fields(
-                    &routed.parts.headers,
-                    routed.host.as_ref(),
-                    &peer,
-                    &request_id,
-                    routed.via,
-                    routed.upgrade,
-                    &snap,
-                    &routed.pool,
-                );
-                let root = PathAndQuery::from_static("/");
-                let out = Outgoing {
-                    method: &routed.parts.method,
-                    path: routed.parts.uri.path_and_query().unwrap_or(&root),
-                    fields: &fields,
-                    upgrade: routed.upgrade,
+        let ready = self
+            .route(&snap, req, &mut names)
+            .and_then(|routed| prepare(&snap, routed, &peer, &request_id));
+        // Used in place by the future below (not moved into its locals), so it is held once.
+        let mut ready = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                let response = self.finish(Err(e), snap, &names, start, &request_id, log, None);
+                return Handling::Done {
+                    response: Some(response),
                 };
-                match self.send(&routed.pool, &out, routed.body.take()).await {
+            }
+        };
+        let this = self.clone();
+        Handling::Upstream {
+            future: async move {
+                let mut in_flight = None;
+                let result = match this.send(&mut ready.request, ready.body.take()).await {
                     Ok((response, guard)) => Ok(respond(
                         &snap,
                         &names,
-                        routed,
+                        ready.reply,
                         response,
                         guard,
                         &request_id,
                         &mut in_flight,
                     )),
                     Err(e) => Err(e),
-                }
-            }
-        };
+                };
+                this.finish(result, snap, &names, start, &request_id, log, in_flight)
+            },
+        }
+    }
+
+    /// The logging phase's record, and the response for a local error.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        result: Result<Response<ProxyBody>, ProxyError>,
+        snap: Arc<Snapshot>,
+        names: &Names,
+        start: Instant,
+        request_id: &HeaderValue,
+        log: Option<Box<(http::Method, http::Uri)>>,
+        in_flight: Option<InFlight>,
+    ) -> Response<ProxyBody> {
         let (mut response, error, status) = match result {
             Ok(r) => {
                 let status = r.status().as_u16();
@@ -166,7 +185,7 @@ impl Proxy {
                 }
                 // Upstream failures are counted as class "error", not by the status sent.
                 let counted = (e.cause() != error::Cause::Upstream).then_some(status.as_u16());
-                (e.to_response(&request_id), Some(e.reason()), counted)
+                (e.to_response(request_id), Some(e.reason()), counted)
             }
         };
         let outcome = match (names.guarded, names.route, names.pool, &self.state.outcomes) {
@@ -275,33 +294,34 @@ impl Proxy {
         })
     }
 
-    /// Sends the request to an endpoint of `pool`, retrying once on another endpoint when the
-    /// connect fails (the request never left, so sending it again is safe). One loop rather
-    /// than an async function per try: each would be one more future to copy.
+    /// Sends the request to its endpoint, retrying once on another endpoint of the pool when
+    /// the connect fails (the request never left, so sending it again is safe). One loop
+    /// rather than an async function per try: each would be one more future to copy.
     async fn send(
         &self,
-        pool: &Pool,
-        req: &Outgoing<'_>,
+        to: &mut Upstream,
         mut body: Option<Incoming>,
     ) -> Result<(Response<ResponseBody>, InFlight), ProxyError> {
-        // One clock reading serves the pick, the idle-connection check and the deadline.
-        let mut now = tokio::time::Instant::now();
-        let mut index = pool.select(None, now).ok_or_else(|| ProxyError::NoEndpoint {
-            pool: pool.name.to_string(),
-        })?;
+        let Upstream {
+            pool,
+            index,
+            request,
+            now,
+        } = to;
+        let upgrade = request.is_upgrade();
         let mut retried = false;
         loop {
-            let endpoint = &pool.endpoints[index];
+            let endpoint = &pool.endpoints[*index];
             let in_flight = endpoint.begin();
             let result = tokio::time::timeout_at(
-                now + pool.timeout,
-                client::send(endpoint, pool.connect_timeout, req, body, now),
+                *now + pool.timeout,
+                client::send(endpoint, pool.connect_timeout, request, body),
             )
             .await;
             // Passive health: connect errors, timeouts, resets and 5xx count against the endpoint.
             let ok = matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
             // A success is recorded whenever; a failure's ejection starts now.
-            pool.record(index, ok, if ok { now } else { tokio::time::Instant::now() });
+            pool.record(*index, ok, if ok { *now } else { tokio::time::Instant::now() });
             let failure = match result {
                 Ok(Ok(resp)) => return Ok((resp, in_flight)),
                 Err(_) => {
@@ -329,11 +349,12 @@ impl Proxy {
             };
             // A failed connect hands the body back unread. The other endpoints may all be
             // ejected: then the connect error stands.
-            if !retried && failure.error.is_connect() && pool.endpoints.len() > 1 && !req.upgrade {
-                now = tokio::time::Instant::now();
-                if let Some(next) = pool.select(Some(index), now) {
+            if !retried && failure.error.is_connect() && pool.endpoints.len() > 1 && !upgrade {
+                *now = tokio::time::Instant::now();
+                if let Some(next) = pool.select(Some(*index), *now) {
                     tracing::debug!(pool = %pool.name, "{error}; retrying on another endpoint");
-                    (index, body, retried) = (next, failure.body, true);
+                    request.retarget(&pool.endpoints[next], *now);
+                    (*index, body, retried) = (next, failure.body, true);
                     continue;
                 }
             }
@@ -354,11 +375,83 @@ struct Routed {
     body: Option<Incoming>,
 }
 
+/// A request ready to go upstream: the phases up to upstream_request done.
+struct Ready {
+    request: Upstream,
+    body: Option<Incoming>,
+    reply: Reply,
+}
+
+/// Where a request goes and what it is: the pool, the endpoint picked and the encoded head.
+struct Upstream {
+    pool: Arc<Pool>,
+    index: usize,
+    request: client::Prepared,
+    /// When the endpoint was picked.
+    now: tokio::time::Instant,
+}
+
+/// What the response phase needs of the request.
+struct Reply {
+    via: &'static HeaderValue,
+    client_upgrade: Option<OnUpgrade>,
+    set_cookie: Option<String>,
+}
+
+/// Phase upstream_peer and the encoding of upstream_request: picks the endpoint and writes the
+/// request head for it, consuming the client's head.
+fn prepare(
+    snap: &Snapshot,
+    mut routed: Routed,
+    peer: &Peer,
+    request_id: &HeaderValue,
+) -> Result<Ready, ProxyError> {
+    // One clock reading serves the pick, the idle-connection check and the deadline.
+    let now = tokio::time::Instant::now();
+    let pool = routed.pool;
+    let index = pool.select(None, now).ok_or_else(|| ProxyError::NoEndpoint {
+        pool: pool.name.to_string(),
+    })?;
+    let fields = routed.decided.fields(
+        &routed.parts.headers,
+        routed.host.as_ref(),
+        peer,
+        request_id,
+        routed.via,
+        routed.upgrade,
+        snap,
+        &pool,
+    );
+    let root = PathAndQuery::from_static("/");
+    let out = Outgoing {
+        method: &routed.parts.method,
+        path: routed.parts.uri.path_and_query().unwrap_or(&root),
+        fields: &fields,
+        upgrade: routed.upgrade,
+    };
+    let body = routed.body.take();
+    let request = client::Prepared::new(&pool.endpoints[index], &out, body.as_ref(), now);
+    Ok(Ready {
+        request: Upstream {
+            pool,
+            index,
+            request,
+            now,
+        },
+        body,
+        reply: Reply {
+            via: routed.via,
+            client_upgrade: routed.client_upgrade,
+            set_cookie: routed.decided.set_cookie,
+        },
+    })
+}
+
 /// The response phase for an upstream's answer.
 fn respond(
     snap: &Snapshot,
     names: &Names,
-    routed: Routed,
+    reply: Reply,
     response: Response<ResponseBody>,
     guard: InFlight,
     request_id: &HeaderValue,
@@ -371,17 +464,13 @@ fn respond(
     }
     let mut response = finish_response(
         response,
-        routed.via,
+        reply.via,
         request_id,
-        routed.client_upgrade,
+        reply.client_upgrade,
         guard,
         in_flight,
     );
-    if let Some(c) = routed
-        .decided
-        .set_cookie
-        .and_then(|c| HeaderValue::try_from(c).ok())
-    {
+    if let Some(c) = reply.set_cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
         response.headers_mut().append(header::SET_COOKIE, c);
     }
     response
@@ -506,4 +595,32 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     out
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Proxy::handle`]: a response made at once (a local error), or the rest
+    /// of the phases around the upstream exchange.
+    #[project = HandlingProj]
+    enum Handling<F> {
+        Done { response: Option<Response<ProxyBody>> },
+        Upstream { #[pin] future: F },
+    }
+}
+
+impl<F: Future<Output = Response<ProxyBody>>> Future for Handling<F> {
+    type Output = Response<ProxyBody>;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.project() {
+            HandlingProj::Done { response } => std::task::Poll::Ready(
+                response
+                    .take()
+                    .expect("a request's future polled after it finished"),
+            ),
+            HandlingProj::Upstream { future } => future.poll(cx),
+        }
+    }
 }

@@ -8,9 +8,12 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
+use http::Response;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
+use super::body::ProxyBody;
 use super::watchdog::{self, Busy, Connections, Counted};
 use super::{Peer, Proxy};
 use crate::state::State;
@@ -202,20 +206,40 @@ where
     let watched = ctx.connections.register();
     let proxy = ctx.proxy.clone();
     let busy_conn = watched.clone();
-    let service = service_fn(move |req| {
-        let proxy = proxy.clone();
+    let service = service_fn(move |req| Handled {
         // Taken before the request's future runs, so a request dropped early still ends.
-        let busy = Busy::start(&busy_conn);
-        async move {
-            let mut resp = proxy.handle(req, peer).await;
-            resp.body_mut().hold(busy);
-            Ok::<_, Infallible>(resp)
-        }
+        busy: Some(Busy::start(&busy_conn)),
+        // Runs the phases up to the upstream request now, before hyper reads on.
+        handled: proxy.handle(req, peer),
     });
     let io = TokioIo::new(Counted::new(io, watched.clone()));
     let conn = ctx.builder.serve_connection_with_upgrades(io, service);
     let conn = std::pin::pin!(conn);
     if let Err(e) = watchdog::serve(conn, &watched, |c| c.graceful_shutdown()).await {
         tracing::debug!(peer = %peer.addr, "connection ended with an error: {e}");
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's future as hyper wants it, with the connection kept busy until its response
+    /// body is done. (A plain struct: an `async` block around the request's future would
+    /// copy that future once more when it starts.)
+    struct Handled<F> {
+        busy: Option<Busy>,
+        #[pin]
+        handled: F,
+    }
+}
+
+impl<F: Future<Output = Response<ProxyBody>>> Future for Handled<F> {
+    type Output = Result<Response<ProxyBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut resp = ready!(this.handled.poll(cx));
+        if let Some(busy) = this.busy.take() {
+            resp.body_mut().hold(busy);
+        }
+        Poll::Ready(Ok(resp))
     }
 }

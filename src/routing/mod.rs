@@ -316,17 +316,19 @@ impl Snapshot {
 
 /// The host a request is for, lower-cased and without port; borrowed when already clean.
 pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
+    let bytes = raw.as_bytes();
     let host = if let Some(rest) = raw.strip_prefix('[') {
         // IPv6 literal: keep the brackets' content.
         rest.split(']').next().unwrap_or(rest)
     } else {
-        raw.rsplit_once(':').map_or(raw, |(h, port)| {
-            if port.bytes().all(|b| b.is_ascii_digit()) {
-                h
-            } else {
-                raw
-            }
-        })
+        // A port is the digits after the last colon.
+        let digits = bytes.iter().rev().take_while(|b| b.is_ascii_digit()).count();
+        let colon = bytes.len() - digits;
+        if colon > 0 && bytes[colon - 1] == b':' {
+            &raw[..colon - 1]
+        } else {
+            raw
+        }
     };
     let host = host.strip_suffix('.').unwrap_or(host);
     if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -346,5 +348,9 @@ mod tests {
         assert_eq!(normalize_host("shop.example.com."), "shop.example.com");
         assert_eq!(normalize_host("[::1]:8080"), "::1");
         assert_eq!(normalize_host("127.0.0.1"), "127.0.0.1");
+        assert_eq!(normalize_host("127.0.0.1:18080"), "127.0.0.1");
+        assert_eq!(normalize_host("shop:"), "shop", "an empty port goes too");
+        assert_eq!(normalize_host("a:b"), "a:b", "not a port");
+        assert_eq!(normalize_host("8080"), "8080", "digits alone are the host");
     }
 }

@@ -71,7 +71,7 @@ impl Error {
 }
 
 /// A failed request, with its body handed back when none of it was read (so it can be sent
-/// elsewhere).
+/// elsewhere, with [`Prepared::retarget`]).
 pub struct Failure {
     pub error: Error,
     pub body: Option<Incoming>,
@@ -162,17 +162,23 @@ struct Conn {
     wbuf: Vec<u8>,
 }
 
+/// Connects to an upstream.
+async fn connect(address: &str, timeout: Duration) -> io::Result<TcpStream> {
+    let io = tokio::time::timeout(timeout, TcpStream::connect(address))
+        .await
+        .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+    io.set_nodelay(true)?;
+    Ok(io)
+}
+
 impl Conn {
-    async fn open(address: &str, timeout: Duration) -> io::Result<Conn> {
-        let io = tokio::time::timeout(timeout, TcpStream::connect(address))
-            .await
-            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
-        io.set_nodelay(true)?;
-        Ok(Conn {
+    /// A new connection, with a request head in `wbuf`.
+    fn new(io: TcpStream, wbuf: Vec<u8>) -> Conn {
+        Conn {
             io,
             rbuf: BytesMut::with_capacity(READ_SIZE),
-            wbuf: Vec::with_capacity(1024),
-        })
+            wbuf,
+        }
     }
 
     /// Whether an idle connection can take a request: the upstream has not closed it, and
@@ -216,27 +222,96 @@ impl Conn {
     }
 }
 
-/// Sends a request to `endpoint` and waits for the response head (`now` is the time it
-/// starts, for the idle-connection check). The response body streams
-/// from the connection; the connection goes back to the endpoint's idle queue when the
-/// exchange ends cleanly.
+/// A request ready for one endpoint: its head encoded, on the idle connection it goes out on
+/// when the endpoint had one. It is made before the request's first await, so the client's
+/// request head (whose fields share the server's read buffer) can be dropped before the
+/// request waits for anything, and the server reads the next request into the same buffer.
+pub struct Prepared {
+    /// An idle connection of the endpoint, with the head in its write buffer.
+    conn: Option<Conn>,
+    /// The head, when no connection was idle.
+    head: Vec<u8>,
+    /// Where the endpoint's authority went into the head as `host` (the client sent none).
+    host_at: Option<std::ops::Range<usize>>,
+    method: Method,
+    /// A body follows, chunked.
+    chunked: bool,
+    upgrade: bool,
+}
+
+/// Whether a request body has anything to send.
+fn has_body(body: Option<&Incoming>) -> bool {
+    body.is_some_and(|b| !b.is_end_stream())
+}
+
+impl Prepared {
+    /// Encodes `req` for `endpoint`, on an idle connection of it if one is open (`now` is the
+    /// time for the idle check).
+    pub fn new(endpoint: &Endpoint, req: &Outgoing<'_>, body: Option<&Incoming>, now: Instant) -> Prepared {
+        let body = has_body(body);
+        let chunked = body && !req.fields.has_content_length();
+        let mut conn = endpoint.idle.checkout(now);
+        let mut head = Vec::new();
+        let out = match &mut conn {
+            Some(c) => &mut c.wbuf,
+            None => {
+                head.reserve(1024);
+                &mut head
+            }
+        };
+        let host_at = encode_head(out, req, endpoint, !body, chunked);
+        Prepared {
+            conn,
+            head,
+            host_at,
+            method: req.method.clone(),
+            chunked,
+            upgrade: req.upgrade,
+        }
+    }
+
+    /// Makes this the same request for another endpoint (after a failed connect).
+    pub fn retarget(&mut self, endpoint: &Endpoint, now: Instant) {
+        let mut head = match self.conn.take() {
+            Some(mut c) => std::mem::take(&mut c.wbuf),
+            None => std::mem::take(&mut self.head),
+        };
+        if let Some(at) = self.host_at.take() {
+            let authority = endpoint.authority.as_str().as_bytes();
+            head.splice(at.clone(), authority.iter().copied());
+            self.host_at = Some(at.start..at.start + authority.len());
+        }
+        self.conn = endpoint.idle.checkout(now);
+        match &mut self.conn {
+            Some(c) => c.wbuf = head,
+            None => self.head = head,
+        }
+    }
+
+    /// An HTTP/1.1 upgrade request.
+    pub fn is_upgrade(&self) -> bool {
+        self.upgrade
+    }
+}
+
+/// Sends a prepared request to its endpoint and waits for the response head. The response
+/// body streams from the connection; the connection goes back to the endpoint's idle queue
+/// when the exchange ends cleanly. After a failure, `req` can be sent again.
 pub async fn send(
     endpoint: &Arc<Endpoint>,
     connect_timeout: Duration,
-    req: &Outgoing<'_>,
+    req: &mut Prepared,
     body: Option<Incoming>,
-    now: Instant,
 ) -> Result<Response<ResponseBody>, Failure> {
-    let mut body = body.filter(|b| !b.is_end_stream());
-    let mut idle = endpoint.idle.checkout(now);
+    let mut body = body.filter(|b| has_body(Some(b)));
     // At most twice: a kept-alive connection the upstream closed as it was reused is
     // replaced by a new one.
     loop {
-        let reused = idle.is_some();
-        let conn = match idle.take() {
+        let reused = req.conn.is_some();
+        let conn = match req.conn.take() {
             Some(c) => c,
-            None => match Conn::open(&endpoint.address, connect_timeout).await {
-                Ok(c) => c,
+            None => match connect(&endpoint.address, connect_timeout).await {
+                Ok(io) => Conn::new(io, std::mem::take(&mut req.head)),
                 Err(e) => {
                     return Err(Failure {
                         error: Error::Connect(e),
@@ -247,13 +322,29 @@ pub async fn send(
         };
         match exchange(conn, endpoint, req, body).await {
             Ok(r) => return Ok(r),
-            Err((failure, true)) if reused => {
-                tracing::debug!(endpoint = %endpoint.address, "kept-alive connection was closed ({}); sending again on a new one", failure.error);
-                body = failure.body;
+            Err(broken) => {
+                req.head = broken.head;
+                if broken.retry && reused {
+                    tracing::debug!(endpoint = %endpoint.address, "kept-alive connection was closed ({}); sending again on a new one", broken.error);
+                    body = broken.body;
+                    continue;
+                }
+                return Err(Failure {
+                    error: broken.error,
+                    body: broken.body,
+                });
             }
-            Err((failure, _)) => return Err(failure),
         }
     }
+}
+
+/// An exchange that failed before a response head: the error, the body if none of it was
+/// read, the head (to send again), and whether sending again on a new connection is safe.
+struct Broken {
+    error: Error,
+    body: Option<Incoming>,
+    head: Vec<u8>,
+    retry: bool,
 }
 
 /// Methods a client may repeat without meaning to do something twice (RFC 9110 §9.2.2).
@@ -264,17 +355,15 @@ fn idempotent(m: &Method) -> bool {
     )
 }
 
-/// One request on one connection, up to the response head. The flag on a failure says the
-/// request may be sent again on a new connection.
+/// One request on one connection (its head already in the connection's write buffer), up to
+/// the response head.
 async fn exchange(
     mut conn: Conn,
     endpoint: &Arc<Endpoint>,
-    req: &Outgoing<'_>,
+    req: &Prepared,
     body: Option<Incoming>,
-) -> Result<Response<ResponseBody>, (Failure, bool)> {
-    let chunked = body.is_some() && !req.fields.has_content_length();
-    encode_head(&mut conn.wbuf, req, endpoint, body.is_none(), chunked);
-    let mut writer = body.map(|b| BodyWriter::new(b, chunked));
+) -> Result<Response<ResponseBody>, Broken> {
+    let mut writer = body.map(|b| BodyWriter::new(b, req.chunked));
     let mut written = 0;
     let mut head_sent = false;
     let mut write_error: Option<Error> = None;
@@ -293,7 +382,7 @@ async fn exchange(
                 write_error = Some(e);
             }
         }
-        poll_head(cx, &mut conn, req.method)
+        poll_head(cx, &mut conn, &req.method)
     })
     .await;
     let head = match head {
@@ -303,14 +392,19 @@ async fn exchange(
             let retry = matches!(e, Error::Closed | Error::Io(_))
                 && conn.rbuf.is_empty()
                 && untouched
-                && (idempotent(req.method) || !head_sent);
+                && (idempotent(&req.method) || !head_sent);
             let body = writer.filter(|w| !w.touched).map(|w| w.body);
             // A failed request body explains a broken exchange better than its symptom.
             let error = match write_error {
                 Some(w @ Error::RequestBody(_)) => w,
                 _ => e,
             };
-            return Err((Failure { error, body }, retry));
+            return Err(Broken {
+                error,
+                body,
+                head: std::mem::take(&mut conn.wbuf),
+                retry,
+            });
         }
     };
     let (parts, framing, keep_alive) = head;
@@ -320,13 +414,12 @@ async fn exchange(
     };
     let body = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
         if !req.upgrade {
-            return Err((
-                Failure {
-                    error: Error::Protocol("101 Switching Protocols to a request without Upgrade"),
-                    body: None,
-                },
-                false,
-            ));
+            return Err(Broken {
+                error: Error::Protocol("101 Switching Protocols to a request without Upgrade"),
+                body: None,
+                head: std::mem::take(&mut conn.wbuf),
+                retry: false,
+            });
         }
         ResponseBody {
             state: Read::Upgraded,
@@ -353,8 +446,15 @@ async fn exchange(
     Ok(Response::from_parts(parts, body))
 }
 
-/// Writes the request line and header fields into `out`.
-fn encode_head(out: &mut Vec<u8>, req: &Outgoing<'_>, endpoint: &Endpoint, empty: bool, chunked: bool) {
+/// Writes the request line and header fields into `out`. Returns where the endpoint's
+/// authority went, when it stands in for a `host` the client did not send.
+fn encode_head(
+    out: &mut Vec<u8>,
+    req: &Outgoing<'_>,
+    endpoint: &Endpoint,
+    empty: bool,
+    chunked: bool,
+) -> Option<std::ops::Range<usize>> {
     out.clear();
     out.extend_from_slice(req.method.as_str().as_bytes());
     out.push(b' ');
@@ -375,9 +475,12 @@ fn encode_head(out: &mut Vec<u8>, req: &Outgoing<'_>, endpoint: &Endpoint, empty
         out.extend_from_slice(value);
         out.extend_from_slice(b"\r\n");
     });
+    let mut host_at = None;
     if !has_host {
         out.extend_from_slice(b"host: ");
+        let start = out.len();
         out.extend_from_slice(endpoint.authority.as_str().as_bytes());
+        host_at = Some(start..out.len());
         out.extend_from_slice(b"\r\n");
     }
     if chunked {
@@ -387,6 +490,7 @@ fn encode_head(out: &mut Vec<u8>, req: &Outgoing<'_>, endpoint: &Endpoint, empty
         out.extend_from_slice(b"content-length: 0\r\n");
     }
     out.extend_from_slice(b"\r\n");
+    host_at
 }
 
 type Head = (http::response::Parts, Read, bool);
@@ -413,6 +517,40 @@ fn poll_head(cx: &mut Context<'_>, conn: &mut Conn, method: &Method) -> Poll<Res
             }));
         }
     }
+}
+
+/// Response header names common enough to be looked up without [`HeaderName::from_bytes`]
+/// (which lowercases into a buffer and then matches every standard name).
+static KNOWN_NAMES: [(&[u8], HeaderName); 16] = [
+    (b"date", header::DATE),
+    (b"etag", header::ETAG),
+    (b"vary", header::VARY),
+    (b"server", header::SERVER),
+    (b"expires", header::EXPIRES),
+    (b"location", header::LOCATION),
+    (b"set-cookie", header::SET_COOKIE),
+    (b"connection", header::CONNECTION),
+    (b"content-type", header::CONTENT_TYPE),
+    (b"accept-ranges", header::ACCEPT_RANGES),
+    (b"cache-control", header::CACHE_CONTROL),
+    (b"last-modified", header::LAST_MODIFIED),
+    (b"content-length", header::CONTENT_LENGTH),
+    (b"content-encoding", header::CONTENT_ENCODING),
+    (b"transfer-encoding", header::TRANSFER_ENCODING),
+    (
+        b"access-control-allow-origin",
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+    ),
+];
+
+/// The header name of `raw` (any case).
+fn header_name(raw: &[u8]) -> Result<HeaderName, Error> {
+    for (known, name) in &KNOWN_NAMES {
+        if known.len() == raw.len() && raw.iter().zip(*known).all(|(r, k)| r.to_ascii_lowercase() == *k) {
+            return Ok(name.clone());
+        }
+    }
+    HeaderName::from_bytes(raw).map_err(|_| Error::Protocol("invalid header name"))
 }
 
 /// Parses a response head at the start of `buf` and takes it off. `None`: incomplete (or an
@@ -460,10 +598,10 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
         let mut close = version == Version::HTTP_10;
         for &[n0, n1, v0, v1] in &spans[..count] {
             let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
-            let name =
-                HeaderName::from_bytes(&head[n0..n1]).map_err(|_| Error::Protocol("invalid header name"))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(v0..v1))
-                .map_err(|_| Error::Protocol("invalid header value"))?;
+            let name = header_name(&head[n0..n1])?;
+            // SAFETY: httparse accepted the value, and what it accepts in a value (HTAB, SP,
+            // visible ASCII, obs-text) is what `HeaderValue` allows; hyper relies on the same.
+            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(v0..v1)) };
             if name == header::CONTENT_LENGTH {
                 let n = parse_length(value.as_bytes()).ok_or(Error::Protocol("invalid content-length"))?;
                 if length.is_some_and(|l| l != n) {
@@ -898,7 +1036,7 @@ mod tests {
 
     async fn pair(listener: &TcpListener) -> (Conn, TcpStream) {
         let addr = listener.local_addr().unwrap().to_string();
-        let conn = Conn::open(&addr, Duration::from_secs(1)).await.unwrap();
+        let conn = Conn::new(connect(&addr, Duration::from_secs(1)).await.unwrap(), Vec::new());
         (conn, listener.accept().await.unwrap().0)
     }
 
@@ -992,6 +1130,25 @@ mod tests {
         .is_err());
         assert!(parse("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", &get).is_err());
         assert!(parse("HTTP/1.1 200 OK\r\ncontent-le", &get).unwrap().is_none());
+    }
+
+    #[test]
+    fn header_names_are_found_in_any_case() {
+        for (raw, want) in [
+            ("Content-Length", "content-length"),
+            ("SERVER", "server"),
+            ("date", "date"),
+            ("X-Custom", "x-custom"),
+            ("Transfer-Encoding", "transfer-encoding"),
+        ] {
+            assert_eq!(header_name(raw.as_bytes()).unwrap().as_str(), want);
+        }
+        assert!(header_name(b"bad name").is_err());
+        for (raw, known) in &KNOWN_NAMES {
+            assert_eq!(*raw, known.as_str().as_bytes());
+            let upper = raw.to_ascii_uppercase();
+            assert_eq!(&header_name(&upper).unwrap(), known);
+        }
     }
 
     #[test]
