@@ -13,7 +13,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::routing::HeaderNames;
+use crate::routing::{header as find, HeaderNames};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -26,7 +26,7 @@ pub const INTERNAL_PREFIX: &str = "x-switchyard-";
 
 /// True for an HTTP/1.1 upgrade request (`Connection: upgrade` with an `Upgrade` header).
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    headers.contains_key(header::UPGRADE) && has_token(headers, &header::CONNECTION, "upgrade")
+    find(headers, &header::UPGRADE).is_some() && has_token(headers, &header::CONNECTION, "upgrade")
 }
 
 /// True when a comma-separated header has `token` (case-insensitive) in any of its values.
@@ -152,15 +152,14 @@ impl UpstreamFields<'_> {
     /// Calls `f` with each field to send, in order: the client's that pass, then the proxy's.
     pub fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
         // Names listed in Connection (other than its own tokens) are hop-by-hop too.
-        let connection = self.client.get_all(header::CONNECTION);
+        let has_connection = find(self.client, &header::CONNECTION).is_some();
         let named = |name: &HeaderName| {
-            connection.iter().any(|v| {
+            self.client.get_all(header::CONNECTION).iter().any(|v| {
                 v.as_bytes()
                     .split(|&b| b == b',')
                     .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_str().as_bytes()))
             })
         };
-        let has_connection = connection.iter().next().is_some();
         let mut te_trailers = false;
         let mut host_seen = false;
         let (mut forwarded_for, mut via) = (0usize, 0usize);
@@ -262,14 +261,14 @@ impl crate::upstream::client::Fields for UpstreamFields<'_> {
     }
 
     fn has_content_length(&self) -> bool {
-        self.client.contains_key(header::CONTENT_LENGTH)
+        find(self.client, &header::CONTENT_LENGTH).is_some()
     }
 }
 
 /// Appends `value` to a list header (`x-forwarded-for`, `via`), folding earlier lines into one.
 /// With nothing to append to, `value` goes in as it is: no string is built.
 pub fn append_list(headers: &mut HeaderMap, name: &HeaderName, value: HeaderValue) {
-    if !headers.contains_key(name) {
+    if find(headers, name).is_none() {
         headers.insert(name.clone(), value);
         return;
     }

@@ -65,7 +65,9 @@ impl Identity {
     pub fn key<'r>(&self, headers: &'r HeaderMap, query: Option<&'r str>) -> (Cow<'r, str>, KeySource) {
         for from in &self.from {
             let found = match from {
-                KeyFrom::Header(h) => headers.get(h).and_then(|v| v.to_str().ok()).map(Cow::Borrowed),
+                KeyFrom::Header(h) => super::header(headers, h)
+                    .and_then(|v| v.to_str().ok())
+                    .map(Cow::Borrowed),
                 KeyFrom::Cookie(name) => cookie(headers, name).map(Cow::Borrowed),
                 KeyFrom::Query(name) => query.and_then(|q| query_param(q, name)),
             };

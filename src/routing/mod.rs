@@ -271,7 +271,7 @@ impl Snapshot {
         let from_header = o
             .header
             .as_ref()
-            .and_then(|h| headers.get(h))
+            .and_then(|h| header(headers, h))
             .and_then(|v| v.to_str().ok())
             .map(|v| (v, Why::OverrideHeader));
         let from_cookie = || {
@@ -315,6 +315,19 @@ impl Snapshot {
 }
 
 /// The host a request is for, lower-cased and without port; borrowed when already clean.
+/// The first value of a header. A request or response usually has a handful of headers, and
+/// comparing names one by one then costs less than hashing the name for the map's lookup.
+pub fn header<'a>(
+    headers: &'a http::HeaderMap,
+    name: &http::header::HeaderName,
+) -> Option<&'a http::HeaderValue> {
+    if headers.len() <= 12 {
+        headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    } else {
+        headers.get(name)
+    }
+}
+
 pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
     let bytes = raw.as_bytes();
     let host = if let Some(rest) = raw.strip_prefix('[') {
@@ -340,7 +353,27 @@ pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
 
 #[cfg(test)]
 mod tests {
-    use super::normalize_host;
+    use super::{header, normalize_host};
+
+    #[test]
+    fn header_lookup_agrees_with_the_map_for_small_and_large_maps() {
+        for extra in [0, 30] {
+            let mut map = http::HeaderMap::new();
+            for i in 0..extra {
+                map.insert(
+                    http::header::HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap(),
+                    "v".parse().unwrap(),
+                );
+            }
+            map.append("x-user-id", "first".parse().unwrap());
+            map.append("x-user-id", "second".parse().unwrap());
+            map.insert(http::header::HOST, "h".parse().unwrap());
+            for name in ["x-user-id", "host", "x-missing", "x-1"] {
+                let name = http::header::HeaderName::from_static(name);
+                assert_eq!(header(&map, &name), map.get(&name), "{name} with {extra} more");
+            }
+        }
+    }
 
     #[test]
     fn hosts_lose_port_case_and_trailing_dot() {
