@@ -3,7 +3,7 @@
 //! The request flow, and the module that owns each step:
 //!
 //! ```text
-//! request ─▶ proxy::server      accept, TLS, HTTP/1.1 + HTTP/2, connection limit, drain
+//! request ─▶ proxy::server      accept, TLS, HTTP/1.1 + HTTP/2, connection limit, idle watchdog, drain
 //!         ─▶ proxy              the request phases (see its docs), header hygiene, errors
 //!         ─▶ routing            route match → pool (pure, compiled from config)
 //!         ─▶ upstream           endpoint selection, the shared pooled client
