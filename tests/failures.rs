@@ -220,12 +220,14 @@ async fn oversized_head_is_431() {
     proxy.shutdown().await;
 }
 
-/// `cfg` with the listen section's header read (and idle) timeout set to `t`.
-fn with_header_read_timeout(cfg: String, t: &str) -> String {
-    cfg.replace(
+/// An upstream, and a proxy in front of it whose header read (and idle) timeout is `t`.
+async fn proxy_with_header_read_timeout(t: &str) -> (Upstream, Proxy) {
+    let blue = Upstream::start("blue").await;
+    let cfg = config(&[("blue", &[blue.addr])], "").replace(
         "[listen]\n",
         &format!("[listen]\nheader_read_timeout = \"{t}\"\n"),
-    )
+    );
+    (blue, Proxy::start(&cfg).await)
 }
 
 /// Asserts that `closed` (a connection ending) resolves between 400 ms and 4 s from now, as it
@@ -245,12 +247,7 @@ async fn closes_in_bounds<T>(what: &str, closed: impl std::future::Future<Output
 
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed_after_the_header_read_timeout() {
-    let blue = Upstream::start("blue").await;
-    let proxy = Proxy::start(&with_header_read_timeout(
-        config(&[("blue", &[blue.addr])], ""),
-        "500ms",
-    ))
-    .await;
+    let (_blue, proxy) = proxy_with_header_read_timeout("500ms").await;
     let addr = proxy.http.unwrap();
 
     // HTTP/1.1: one request, then nothing.
@@ -294,12 +291,7 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_read_timeout() 
 
 #[tokio::test]
 async fn requests_and_slow_readers_outlast_the_header_read_timeout() {
-    let blue = Upstream::start("blue").await;
-    let proxy = Proxy::start(&with_header_read_timeout(
-        config(&[("blue", &[blue.addr])], ""),
-        "300ms",
-    ))
-    .await;
+    let (_blue, proxy) = proxy_with_header_read_timeout("300ms").await;
 
     // An upstream slower than the idle timeout, over HTTP/1.1 and HTTP/2.
     for client in [h1_client(), h2c_client()] {
@@ -343,9 +335,7 @@ async fn requests_and_slow_readers_outlast_the_header_read_timeout() {
 
 #[tokio::test]
 async fn slow_client_is_cut_off_after_the_header_read_timeout() {
-    let blue = Upstream::start("blue").await;
-    let cfg = with_header_read_timeout(config(&[("blue", &[blue.addr])], ""), "500ms");
-    let proxy = Proxy::start(&cfg).await;
+    let (blue, proxy) = proxy_with_header_read_timeout("500ms").await;
     let mut s = tokio::net::TcpStream::connect(proxy.http.unwrap()).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: h\r\n").await.unwrap();
     let started = Instant::now();
