@@ -39,7 +39,7 @@ use hyper_util::rt::TokioIo;
 use std::time::SystemTime;
 
 use crate::guard::Outcome;
-use crate::routing::{bucket, normalize_host, Decision, RequestView, Snapshot};
+use crate::routing::{bucket, header as find, normalize_host, Decision, RequestView, Snapshot};
 use crate::state::State;
 use crate::upstream::client::{self, Outgoing, ResponseBody};
 use crate::upstream::{InFlight, Pool};
@@ -108,7 +108,7 @@ impl Proxy {
         let start = Instant::now();
         // One snapshot for the whole request, even if a reload swaps it meanwhile.
         let snap = self.state.snapshot.load_full();
-        let request_id = match crate::routing::header(req.headers(), &X_REQUEST_ID) {
+        let request_id = match find(req.headers(), &X_REQUEST_ID) {
             Some(v) => v.clone(),
             None => headers::new_request_id(),
         };
@@ -222,7 +222,7 @@ impl Proxy {
         // Phase: route. HTTP/2 carries the host in the URI, HTTP/1.1 in the Host header.
         let host: Option<HeaderValue> = match req.uri().authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => crate::routing::header(req.headers(), &header::HOST).cloned(),
+            None => find(req.headers(), &header::HOST).cloned(),
         };
         let host_name = normalize_host(host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""));
         let view = RequestView {
@@ -541,7 +541,7 @@ fn finish_response(
     };
     headers::strip_hop_by_hop(&mut parts.headers, tunnel.is_some());
     headers::append_list(&mut parts.headers, &header::VIA, via.clone());
-    if crate::routing::header(&parts.headers, &X_REQUEST_ID).is_none() {
+    if find(&parts.headers, &X_REQUEST_ID).is_none() {
         parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
     }
     let body = match (tunnel, body) {

@@ -20,6 +20,7 @@ use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
+use tokio_util::task::AbortOnDropHandle;
 
 use super::body::ProxyBody;
 use super::watchdog::{self, Busy, Connections, Counted};
@@ -68,7 +69,7 @@ impl Server {
         let builder = Arc::new(connection_builder(listen.max_header_bytes));
         let limit = Arc::new(Semaphore::new(listen.max_connections));
         let connections = Arc::new(Connections::new(listen.header_read_timeout));
-        let watchdog = AbortOnDrop(tokio::spawn(connections.clone().watch()));
+        let watchdog = AbortOnDropHandle::new(tokio::spawn(connections.clone().watch()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let ctx = Arc::new(Accepting {
             proxy: self.proxy.clone(),
@@ -109,15 +110,6 @@ impl Server {
         }
         drop(watchdog);
         Ok(())
-    }
-}
-
-/// Aborts a spawned task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
 
