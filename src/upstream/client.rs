@@ -18,7 +18,6 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll, Waker};
@@ -26,7 +25,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -36,6 +35,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::Endpoint;
+
+pub mod head;
 
 /// An idle connection unused for this long is closed rather than reused.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
@@ -519,89 +520,41 @@ fn poll_head(cx: &mut Context<'_>, conn: &mut Conn, method: &Method) -> Poll<Res
     }
 }
 
-/// Response header names common enough to be looked up without [`HeaderName::from_bytes`]
-/// (which lowercases into a buffer and then matches every standard name).
-static KNOWN_NAMES: [(&[u8], HeaderName); 16] = [
-    (b"date", header::DATE),
-    (b"etag", header::ETAG),
-    (b"vary", header::VARY),
-    (b"server", header::SERVER),
-    (b"expires", header::EXPIRES),
-    (b"location", header::LOCATION),
-    (b"set-cookie", header::SET_COOKIE),
-    (b"connection", header::CONNECTION),
-    (b"content-type", header::CONTENT_TYPE),
-    (b"accept-ranges", header::ACCEPT_RANGES),
-    (b"cache-control", header::CACHE_CONTROL),
-    (b"last-modified", header::LAST_MODIFIED),
-    (b"content-length", header::CONTENT_LENGTH),
-    (b"content-encoding", header::CONTENT_ENCODING),
-    (b"transfer-encoding", header::TRANSFER_ENCODING),
-    (
-        b"access-control-allow-origin",
-        header::ACCESS_CONTROL_ALLOW_ORIGIN,
-    ),
-];
-
-/// The header name of `raw` (any case).
-fn header_name(raw: &[u8]) -> Result<HeaderName, Error> {
-    for (known, name) in &KNOWN_NAMES {
-        if known.len() == raw.len() && raw.iter().zip(*known).all(|(r, k)| r.to_ascii_lowercase() == *k) {
-            return Ok(name.clone());
-        }
-    }
-    HeaderName::from_bytes(raw).map_err(|_| Error::Protocol("invalid header name"))
-}
-
 /// Parses a response head at the start of `buf` and takes it off. `None`: incomplete (or an
 /// informational answer was skipped and the rest is incomplete).
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
     loop {
-        // Neither array is zeroed first: parsing fills what it uses.
-        let mut headers = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
-            &mut resp,
-            buf,
-            &mut headers,
-        ) {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err(Error::Protocol("too many headers")),
-            Err(_) => return Err(Error::Protocol("malformed response head")),
+        let mut spans = [head::Field::default(); MAX_HEADERS];
+        let parsed = match head::response(buf, &mut spans) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => return Ok(None),
+            Err(head::Invalid::TooManyFields) => return Err(Error::Protocol("too many headers")),
+            Err(head::Invalid::Malformed) => return Err(Error::Protocol("malformed response head")),
         };
-        let code = resp.code.unwrap_or(0);
-        let status = StatusCode::from_u16(code).map_err(|_| Error::Protocol("invalid status code"))?;
+        let len = parsed.len;
+        let status = StatusCode::from_u16(parsed.code).map_err(|_| Error::Protocol("invalid status code"))?;
         if status.is_informational() && status != StatusCode::SWITCHING_PROTOCOLS {
             buf.advance(len);
             continue;
         }
-        let version = if resp.version == Some(0) {
+        let version = if parsed.minor == 0 {
             Version::HTTP_10
         } else {
             Version::HTTP_11
         };
-        // Header positions, so the values can share the head's bytes.
-        let base = buf.as_ptr() as usize;
-        let mut spans = [[0u32; 4]; MAX_HEADERS];
-        let count = resp.headers.len();
-        for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-            // Within a head of at most MAX_HEAD bytes: u32 holds every offset.
-            let n = (h.name.as_ptr() as usize - base) as u32;
-            let v = (h.value.as_ptr() as usize - base) as u32;
-            *span = [n, n + h.name.len() as u32, v, v + h.value.len() as u32];
-        }
+        let count = parsed.fields;
         let head = buf.split_to(len).freeze();
         let mut map = HeaderMap::with_capacity(count + 2);
         let mut length: Option<u64> = None;
         let mut te_chunked = None;
         let mut close = version == Version::HTTP_10;
-        for &[n0, n1, v0, v1] in &spans[..count] {
-            let (n0, n1, v0, v1) = (n0 as usize, n1 as usize, v0 as usize, v1 as usize);
-            let name = header_name(&head[n0..n1])?;
-            // SAFETY: httparse accepted the value, and what it accepts in a value (HTAB, SP,
-            // visible ASCII, obs-text) is what `HeaderValue` allows; hyper relies on the same.
-            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(v0..v1)) };
+        for field in &spans[..count] {
+            let name = field
+                .header_name(&head)
+                .ok_or(Error::Protocol("invalid header name"))?;
+            // SAFETY: the parser accepted the value, and what it accepts in a value (HTAB, SP,
+            // visible ASCII, obs-text) is what `HeaderValue` allows.
+            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(field.value_range())) };
             if name == header::CONTENT_LENGTH {
                 let n = parse_length(value.as_bytes()).ok_or(Error::Protocol("invalid content-length"))?;
                 if length.is_some_and(|l| l != n) {
@@ -956,22 +909,22 @@ fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Decoded>
                 *state = Chunk::Size;
             }
             Chunk::Trailers => {
-                let mut headers = [httparse::EMPTY_HEADER; 64];
-                return match httparse::parse_headers(buf, &mut headers) {
-                    Ok(httparse::Status::Partial) => {
+                let mut spans = [head::Field::default(); MAX_HEADERS];
+                return match head::fields(buf, 0, &mut spans) {
+                    Ok(None) => {
                         if buf.len() > MAX_HEAD {
                             return Err("trailers too large");
                         }
                         Ok(None)
                     }
                     Err(_) => Err("malformed trailers"),
-                    Ok(httparse::Status::Complete((len, fields))) => {
-                        let trailers = (!fields.is_empty()).then(|| {
-                            let mut map = HeaderMap::with_capacity(fields.len());
-                            for f in fields {
-                                if let (Ok(n), Ok(v)) = (
-                                    HeaderName::from_bytes(f.name.as_bytes()),
-                                    HeaderValue::from_bytes(f.value),
+                    Ok(Some((len, count))) => {
+                        let trailers = (count > 0).then(|| {
+                            let mut map = HeaderMap::with_capacity(count);
+                            for field in &spans[..count] {
+                                if let (Some(n), Ok(v)) = (
+                                    field.header_name(buf),
+                                    HeaderValue::from_bytes(&buf[field.value_range()]),
                                 ) {
                                     map.append(n, v);
                                 }
@@ -1130,25 +1083,6 @@ mod tests {
         .is_err());
         assert!(parse("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", &get).is_err());
         assert!(parse("HTTP/1.1 200 OK\r\ncontent-le", &get).unwrap().is_none());
-    }
-
-    #[test]
-    fn header_names_are_found_in_any_case() {
-        for (raw, want) in [
-            ("Content-Length", "content-length"),
-            ("SERVER", "server"),
-            ("date", "date"),
-            ("X-Custom", "x-custom"),
-            ("Transfer-Encoding", "transfer-encoding"),
-        ] {
-            assert_eq!(header_name(raw.as_bytes()).unwrap().as_str(), want);
-        }
-        assert!(header_name(b"bad name").is_err());
-        for (raw, known) in &KNOWN_NAMES {
-            assert_eq!(*raw, known.as_str().as_bytes());
-            let upper = raw.to_ascii_uppercase();
-            assert_eq!(&header_name(&upper).unwrap(), known);
-        }
     }
 
     #[test]

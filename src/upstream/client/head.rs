@@ -1,0 +1,674 @@
+//! The response head parser: the status line and header fields of an upstream's answer, and
+//! the trailer fields after a chunked body (RFC 9112 §2–§5, §7.1.2).
+//!
+//! It accepts and rejects exactly what `httparse` does with its default configuration (the
+//! parser hyper uses), and says "incomplete" at the same points: a property test holds the two
+//! to that on random and mutated heads. It is its own code because it does less: one pass that
+//! records where each name and value lie, with no per-field structs to fill and no runtime
+//! dispatch between SIMD variants, which for an answer of a handful of fields cost more than
+//! the scanning itself.
+//!
+//! What is accepted: empty lines before the status line; `HTTP/1.0` or `HTTP/1.1`, one space,
+//! three digits, then a space and a reason phrase (tab, space, visible ASCII, obs-text), or the
+//! end of the line at once; field names of token characters followed at once by `:`; optional
+//! whitespace around a value of tab, space, visible ASCII and obs-text; lines ending in CRLF
+//! or a bare LF. Anything else is malformed, including obsolete line folding.
+
+use std::ops::Range;
+
+use http::header::{self, HeaderName};
+
+/// Where one field lies in the parsed bytes, and which common name it has if any. A value has
+/// no whitespace around it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Field {
+    name: [u32; 2],
+    value: [u32; 2],
+    /// An index into [`NAMES`], or [`UNKNOWN`].
+    known: u8,
+}
+
+const UNKNOWN: u8 = u8::MAX;
+
+impl Field {
+    pub fn name_range(&self) -> Range<usize> {
+        self.name[0] as usize..self.name[1] as usize
+    }
+
+    pub fn value_range(&self) -> Range<usize> {
+        self.value[0] as usize..self.value[1] as usize
+    }
+
+    /// The field's name, taken from the table of common ones when it is there.
+    pub fn header_name(&self, buf: &[u8]) -> Option<HeaderName> {
+        match KNOWN.get(self.known as usize) {
+            Some(name) => Some(name.clone()),
+            None => HeaderName::from_bytes(&buf[self.name_range()]).ok(),
+        }
+    }
+}
+
+/// What a complete response head is made of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Status {
+    /// Bytes up to and including the empty line that ends the head.
+    pub len: usize,
+    /// `0` for HTTP/1.0, `1` for HTTP/1.1.
+    pub minor: u8,
+    /// The status code as written: any three digits.
+    pub code: u16,
+    /// How many fields were recorded in the spans.
+    pub fields: usize,
+}
+
+/// Why a head cannot be parsed, however much more of it arrives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Invalid {
+    /// A byte where the grammar does not allow it.
+    Malformed,
+    /// More complete fields than there are spans for.
+    TooManyFields,
+}
+
+/// `Ok(None)`: the bytes so far are a valid beginning; more are needed.
+pub type Parsed<T> = Result<Option<T>, Invalid>;
+
+/// Bytes allowed in a field name (RFC 9110 §5.6.2 `tchar`).
+static TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = matches!(b as u8,
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9'
+            | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+'
+            | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~');
+        b += 1;
+    }
+    t
+};
+
+/// Bytes allowed in a field value or a reason phrase: tab, space, visible ASCII, obs-text.
+static TEXT: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        t[b] = matches!(b as u8, b'\t' | b' '..=0x7e | 0x80..=0xff);
+        b += 1;
+    }
+    t
+};
+
+/// The next byte, or "incomplete" from the enclosing function.
+macro_rules! next {
+    ($buf:ident, $i:ident) => {
+        match $buf.get($i) {
+            Some(&b) => {
+                $i += 1;
+                b
+            }
+            None => return Ok(None),
+        }
+    };
+}
+
+/// Ends a line whose `\r` or `\n` was just read as `$b`.
+macro_rules! line_end {
+    ($buf:ident, $i:ident, $b:ident) => {
+        match $b {
+            b'\n' => {}
+            b'\r' => {
+                if next!($buf, $i) != b'\n' {
+                    return Err(Invalid::Malformed);
+                }
+            }
+            _ => return Err(Invalid::Malformed),
+        }
+    };
+}
+
+/// Parses the response head at the start of `buf`, recording its fields in `spans`.
+pub fn response(buf: &[u8], spans: &mut [Field]) -> Parsed<Status> {
+    // Offsets fit in a span's u32s; a head is never near that long.
+    let buf = &buf[..buf.len().min(u32::MAX as usize)];
+    let mut i = 0;
+    loop {
+        match next!(buf, i) {
+            b'\n' => {}
+            b'\r' => {
+                if next!(buf, i) != b'\n' {
+                    return Err(Invalid::Malformed);
+                }
+            }
+            _ => {
+                i -= 1;
+                break;
+            }
+        }
+    }
+    let minor = match buf.get(i..i + 8) {
+        Some(b"HTTP/1.1") => 1,
+        Some(b"HTTP/1.0") => 0,
+        Some(_) => return Err(Invalid::Malformed),
+        None if b"HTTP/1.".starts_with(&buf[i..]) => return Ok(None),
+        None => return Err(Invalid::Malformed),
+    };
+    i += 8;
+    if next!(buf, i) != b' ' {
+        return Err(Invalid::Malformed);
+    }
+    let mut code = 0u16;
+    for _ in 0..3 {
+        let d = next!(buf, i);
+        if !d.is_ascii_digit() {
+            return Err(Invalid::Malformed);
+        }
+        code = code * 10 + u16::from(d - b'0');
+    }
+    if buf.get(i) == Some(&b' ') {
+        // The reason phrase is not kept.
+        i = text_end(buf, i + 1);
+    }
+    let b = next!(buf, i);
+    line_end!(buf, i, b);
+    let Some((len, fields)) = fields(buf, i, spans)? else {
+        return Ok(None);
+    };
+    Ok(Some(Status {
+        len,
+        minor,
+        code,
+        fields,
+    }))
+}
+
+/// Parses header fields from `buf[i..]` up to and including the empty line after them,
+/// recording them in `spans`. `Some((end, count))`: the fields end at `buf[end]`.
+pub fn fields(buf: &[u8], mut i: usize, spans: &mut [Field]) -> Parsed<(usize, usize)> {
+    let buf = &buf[..buf.len().min(u32::MAX as usize)];
+    let mut count = 0;
+    loop {
+        let b = next!(buf, i);
+        if b == b'\r' || b == b'\n' {
+            line_end!(buf, i, b);
+            return Ok(Some((i, count)));
+        }
+        let name = i - 1;
+        let (known, name_end) = match known_name(buf, name) {
+            Some(found) => found,
+            None => {
+                let Some(n) = buf[name..].iter().position(|&b| !TOKEN[b as usize]) else {
+                    return Ok(None);
+                };
+                // At least one token byte, then the colon at once.
+                if n == 0 || buf[name + n] != b':' {
+                    return Err(Invalid::Malformed);
+                }
+                (UNKNOWN, name + n)
+            }
+        };
+        i = name_end + 1;
+        let Some(n) = buf[i..].iter().position(|&b| b != b' ' && b != b'\t') else {
+            return Ok(None);
+        };
+        let value = i + n;
+        i = text_end(buf, value);
+        let mut value_end = i;
+        while value_end > value && matches!(buf[value_end - 1], b' ' | b'\t') {
+            value_end -= 1;
+        }
+        let b = next!(buf, i);
+        line_end!(buf, i, b);
+        let Some(span) = spans.get_mut(count) else {
+            return Err(Invalid::TooManyFields);
+        };
+        *span = Field {
+            name: [name as u32, name_end as u32],
+            value: [value as u32, value_end as u32],
+            known,
+        };
+        count += 1;
+    }
+}
+
+/// Field names common in responses, lowercase, grouped by first letter: what [`known_name`]
+/// matches without looking at one byte at a time. Letters and '-' only.
+const NAMES: [&[u8]; 24] = [
+    b"accept-ranges",
+    b"access-control-allow-origin",
+    b"age",
+    b"cache-control",
+    b"connection",
+    b"content-encoding",
+    b"content-length",
+    b"content-type",
+    b"content-security-policy",
+    b"date",
+    b"etag",
+    b"expires",
+    b"keep-alive",
+    b"last-modified",
+    b"location",
+    b"referrer-policy",
+    b"server",
+    b"set-cookie",
+    b"strict-transport-security",
+    b"transfer-encoding",
+    b"vary",
+    b"via",
+    b"x-content-type-options",
+    b"x-frame-options",
+];
+
+/// The header name of each of [`NAMES`].
+static KNOWN: [HeaderName; NAMES.len()] = [
+    header::ACCEPT_RANGES,
+    header::ACCESS_CONTROL_ALLOW_ORIGIN,
+    header::AGE,
+    header::CACHE_CONTROL,
+    header::CONNECTION,
+    header::CONTENT_ENCODING,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::CONTENT_SECURITY_POLICY,
+    header::DATE,
+    header::ETAG,
+    header::EXPIRES,
+    HeaderName::from_static("keep-alive"),
+    header::LAST_MODIFIED,
+    header::LOCATION,
+    header::REFERRER_POLICY,
+    header::SERVER,
+    header::SET_COOKIE,
+    header::STRICT_TRANSPORT_SECURITY,
+    header::TRANSFER_ENCODING,
+    header::VARY,
+    header::VIA,
+    header::X_CONTENT_TYPE_OPTIONS,
+    header::X_FRAME_OPTIONS,
+];
+
+/// `BY_FIRST[c - b'a']`: the range of [`NAMES`] that start with the letter `c`.
+static BY_FIRST: [(u8, u8); 26] = {
+    let mut by = [(0u8, 0u8); 26];
+    let mut i = 0;
+    while i < NAMES.len() {
+        let c = (NAMES[i][0] - b'a') as usize;
+        if by[c].1 == 0 {
+            by[c] = (i as u8, i as u8);
+        }
+        // Grouped: a letter's names follow one another.
+        assert!(by[c].1 as usize == i, "NAMES must be grouped by first letter");
+        by[c].1 += 1;
+        let mut k = 0;
+        while k < NAMES[i].len() {
+            assert!(
+                matches!(NAMES[i][k], b'a'..=b'z' | b'-'),
+                "NAMES are lowercase letters and '-'"
+            );
+            k += 1;
+        }
+        i += 1;
+    }
+    by
+};
+
+/// Which of [`NAMES`] `buf[at..]` starts with, in any case, followed by the colon: its index
+/// and where the colon is.
+#[inline]
+fn known_name(buf: &[u8], at: usize) -> Option<(u8, usize)> {
+    let first = buf[at] | 0x20;
+    let (from, to) = *BY_FIRST.get(first.wrapping_sub(b'a') as usize)?;
+    for k in from..to {
+        let name = NAMES[k as usize];
+        let end = at + name.len();
+        if buf.get(end) == Some(&b':') && same_name(&buf[at..end], name) {
+            return Some((k, end));
+        }
+    }
+    None
+}
+
+/// Whether `raw` is `name` (lowercase letters and '-') in any case. A letter of `name` matches
+/// `raw`'s byte with the case bit (0x20) set, which only the same letter in either case does;
+/// a '-' (no 0x40 bit) must match exactly. Eight or four bytes at a time, the last load
+/// overlapping the one before.
+fn same_name(raw: &[u8], name: &[u8]) -> bool {
+    debug_assert_eq!(raw.len(), name.len());
+    let len = name.len();
+    if len >= 8 {
+        let word = |s: &[u8], at: usize| u64::from_le_bytes(s[at..at + 8].try_into().expect("eight bytes"));
+        let eq = |at: usize| {
+            let n = word(name, at);
+            word(raw, at) | ((n & u64::from_ne_bytes([0x40; 8])) >> 1) == n
+        };
+        let mut at = 0;
+        while at + 8 < len {
+            if !eq(at) {
+                return false;
+            }
+            at += 8;
+        }
+        eq(len - 8)
+    } else if len >= 4 {
+        let word = |s: &[u8], at: usize| u32::from_le_bytes(s[at..at + 4].try_into().expect("four bytes"));
+        let eq = |at: usize| {
+            let n = word(name, at);
+            word(raw, at) | ((n & u32::from_ne_bytes([0x40; 4])) >> 1) == n
+        };
+        eq(0) && eq(len - 4)
+    } else {
+        raw.iter().zip(name).all(|(&r, &n)| r | ((n & 0x40) >> 1) == n)
+    }
+}
+
+/// Where the run of [`TEXT`] bytes from `buf[i]` ends: the index of the first other byte, or
+/// `buf.len()`. Eight bytes at a time, as the bytes to stop at are all below 0x20 or 0x7f.
+fn text_end(buf: &[u8], mut i: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    loop {
+        while let Some(chunk) = buf.get(i..i + 8) {
+            let x = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+            // The high bit of each byte below 0x20, and of each 0x7f; borrows only carry into
+            // bytes above one already marked, so the lowest mark is exact.
+            let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH;
+            let del = x ^ (ONES * 0x7f);
+            let del = del.wrapping_sub(ONES) & !del & HIGH;
+            let stop = control | del;
+            if stop != 0 {
+                i += (stop.trailing_zeros() / 8) as usize;
+                break;
+            }
+            i += 8;
+        }
+        // A tab (the one control byte allowed), or the last few bytes one by one.
+        match buf.get(i) {
+            Some(&b) if TEXT[b as usize] => i += 1,
+            _ => return i,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use proptest::prelude::*;
+
+    /// The outcome of a parse, in terms both parsers can be put in.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Outcome {
+        Complete {
+            len: usize,
+            minor: u8,
+            code: u16,
+            fields: Vec<(Vec<u8>, Vec<u8>)>,
+        },
+        Partial,
+        TooMany,
+        Malformed,
+    }
+
+    fn ours(buf: &[u8], room: usize) -> Outcome {
+        let mut spans = vec![Field::default(); room];
+        match response(buf, &mut spans) {
+            Ok(Some(s)) => Outcome::Complete {
+                len: s.len,
+                minor: s.minor,
+                code: s.code,
+                fields: spans[..s.fields]
+                    .iter()
+                    .map(|f| {
+                        let name = &buf[f.name_range()];
+                        // A name from the table is the name as written.
+                        if let Some(k) = KNOWN.get(f.known as usize) {
+                            assert!(
+                                k.as_str().as_bytes().eq_ignore_ascii_case(name),
+                                "{k} for {name:?}"
+                            );
+                        }
+                        (name.to_vec(), buf[f.value_range()].to_vec())
+                    })
+                    .collect(),
+            },
+            Ok(None) => Outcome::Partial,
+            Err(Invalid::TooManyFields) => Outcome::TooMany,
+            Err(Invalid::Malformed) => Outcome::Malformed,
+        }
+    }
+
+    fn httparse(buf: &[u8], room: usize) -> Outcome {
+        let mut headers = vec![httparse::EMPTY_HEADER; room];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(buf) {
+            Ok(httparse::Status::Complete(len)) => Outcome::Complete {
+                len,
+                minor: resp.version.unwrap(),
+                code: resp.code.unwrap(),
+                fields: resp
+                    .headers
+                    .iter()
+                    .map(|h| (h.name.as_bytes().to_vec(), h.value.to_vec()))
+                    .collect(),
+            },
+            Ok(httparse::Status::Partial) => Outcome::Partial,
+            Err(httparse::Error::TooManyHeaders) => Outcome::TooMany,
+            Err(_) => Outcome::Malformed,
+        }
+    }
+
+    /// Both parsers agree on `buf` and on every beginning of it.
+    fn agree(buf: &[u8], room: usize) -> Result<(), TestCaseError> {
+        for end in 0..=buf.len() {
+            let cut = &buf[..end];
+            prop_assert_eq!(
+                ours(cut, room),
+                httparse(cut, room),
+                "on {:?}",
+                String::from_utf8_lossy(cut)
+            );
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn a_typical_answer() {
+        let head = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length:  2 \r\nX-Empty:\r\n\r\nok";
+        let mut spans = [Field::default(); 8];
+        let s = response(head, &mut spans).unwrap().unwrap();
+        assert_eq!((s.len, s.minor, s.code, s.fields), (head.len() - 2, 1, 200, 3));
+        let field = |k: usize| (&head[spans[k].name_range()], &head[spans[k].value_range()]);
+        assert_eq!(field(0), (&b"Server"[..], &b"nginx"[..]));
+        assert_eq!(field(1), (&b"Content-Length"[..], &b"2"[..]));
+        assert_eq!(field(2), (&b"X-Empty"[..], &b""[..]));
+        agree(head, 8).unwrap();
+    }
+
+    #[test]
+    fn common_names_are_found_in_any_case_and_only_themselves() {
+        for (k, (raw, known)) in NAMES.iter().zip(&KNOWN).enumerate() {
+            assert_eq!(*raw, known.as_str().as_bytes());
+            for name in [raw.to_vec(), raw.to_ascii_uppercase()] {
+                let mut buf = name.clone();
+                buf.extend_from_slice(b": x\r\n\r\n");
+                assert_eq!(known_name(&buf, 0), Some((k as u8, raw.len())), "{known}");
+                let mut spans = [Field::default(); 1];
+                fields(&buf, 0, &mut spans).unwrap().unwrap();
+                assert_eq!(spans[0].header_name(&buf).as_ref(), Some(known));
+            }
+        }
+        // One byte from a common name: '-' as CR ('-' with the case bit off), '^' for '~'
+        // (one case bit apart), a longer name, or no colon right after it.
+        for near in [
+            &b"content\rlength: 1\r\n"[..],
+            b"Content-Lengt: 1\r\n",
+            b"content-lengths: 1\r\n",
+            b"content-length : 1\r\n",
+            b"dat^: 1\r\n",
+        ] {
+            assert_eq!(known_name(near, 0), None, "{near:?}");
+        }
+        let mut spans = [Field::default(); 1];
+        let buf = b"DAT~: x\r\n\r\n";
+        fields(buf, 0, &mut spans).unwrap().unwrap();
+        assert_eq!(spans[0].header_name(buf).unwrap().as_str(), "dat~");
+    }
+
+    #[test]
+    fn edge_cases_match_httparse() {
+        let cases: &[&[u8]] = &[
+            b"\r\n\nHTTP/1.0 404\nA: b\n\n",
+            b"HTTP/1.1 204 \r\n\r\n",
+            b"HTTP/1.1 200 r\x80\xffe\tason\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: b\r\n c\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA : b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n: b\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA:\t b \t\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: b\x7f\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: b\rc\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: \x80\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: b\r\n\r\r\n",
+            b"HTTP/1.1 2000 OK\r\n\r\n",
+            b"HTTP/1.1  200 OK\r\n\r\n",
+            b"HTTP/1.2 200 OK\r\n\r\n",
+            b"HTTP/2 200\r\n\r\n",
+            b"HTTP/1.1 200\rX\r\n\r\n",
+            b"\rHTTP/1.1 200 OK\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\n\r\n",
+        ];
+        for case in cases {
+            for room in [0, 1, 2, 8] {
+                agree(case, room).unwrap();
+            }
+        }
+    }
+
+    const VERSIONS: &[&[u8]] = &[b"HTTP/1.2", b"HTTP/2", b"HTTP/1.", b"http/1.1", b"HTTP/1.1  "];
+
+    /// Pieces a head is made of, well-formed or nearly so.
+    fn piece() -> impl Strategy<Value = Vec<u8>> {
+        let bytes = |alphabet: &'static [u8], max| {
+            proptest::collection::vec(proptest::sample::select(alphabet), 0..max)
+        };
+        prop_oneof![
+            4 => Just(b"\r\n".to_vec()),
+            2 => Just(b"\n".to_vec()),
+            1 => Just(b"\r".to_vec()),
+            2 => Just(b"HTTP/1.1 ".to_vec()),
+            1 => Just(b"HTTP/1.0 ".to_vec()),
+            1 => proptest::sample::select(VERSIONS)
+                .prop_map(<[u8]>::to_vec),
+            3 => bytes(b"0123456789 x", 5),
+            6 => bytes(b"Content-Length:abcXYZ-_!~ \t:", 12),
+            6 => bytes(b"value 0123:;,\"=/\t ", 12),
+            2 => bytes(b"\x00\x01\x7f\x80\xff\t \r\n:()", 3),
+        ]
+    }
+
+    /// A field name: one of the common ones in any case, or any token.
+    fn name() -> impl Strategy<Value = String> {
+        prop_oneof![
+            (proptest::sample::select(&NAMES[..]), any::<u32>()).prop_map(|(name, case)| {
+                let mut name = String::from_utf8(name.to_vec()).unwrap();
+                // Upper-case the letters whose bit is set in `case`.
+                name = name
+                    .chars()
+                    .enumerate()
+                    .map(|(k, c)| {
+                        if case >> (k % 32) & 1 == 1 {
+                            c.to_ascii_uppercase()
+                        } else {
+                            c
+                        }
+                    })
+                    .collect();
+                name
+            }),
+            "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,12}",
+        ]
+    }
+
+    /// Heads that are well-formed, with a few fields.
+    fn well_formed() -> impl Strategy<Value = Vec<u8>> {
+        let field = (name(), "[ \t]{0,2}", "[ -~\t\u{80}-\u{ff}]{0,16}", "[ \t]{0,2}");
+        (
+            "(\r?\n){0,2}",
+            prop_oneof![Just("HTTP/1.1"), Just("HTTP/1.0")],
+            100u16..1000,
+            "( [ -~\t]{0,12})?",
+            proptest::collection::vec((field, prop_oneof![Just("\r\n"), Just("\n")]), 0..6),
+            prop_oneof![Just("\r\n"), Just("\n")],
+            "[a-z]{0,4}",
+        )
+            .prop_map(|(lead, version, code, reason, fields, end, body)| {
+                let mut out = format!("{lead}{version} {code}{reason}\r\n").into_bytes();
+                for ((name, ows, value, trail), eol) in fields {
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b':');
+                    out.extend_from_slice(ows.as_bytes());
+                    // Characters U+0080..U+00FF stand for the bytes 0x80..0xFF: obs-text.
+                    out.extend(value.chars().map(|c| c as u32 as u8));
+                    out.extend_from_slice(trail.as_bytes());
+                    out.extend_from_slice(eol.as_bytes());
+                }
+                out.extend_from_slice(end.as_bytes());
+                out.extend_from_slice(body.as_bytes());
+                out
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn agrees_with_httparse_on_well_formed_heads(head in well_formed(), room in 0usize..8) {
+            prop_assert!(!matches!(httparse(&head, 8), Outcome::Malformed | Outcome::Partial));
+            agree(&head, room)?;
+        }
+
+        #[test]
+        fn agrees_with_httparse_on_mutated_heads(
+            head in well_formed(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            room in 0usize..8,
+        ) {
+            let mut head = head;
+            let at = at.index(head.len());
+            head[at] = byte;
+            agree(&head, room)?;
+        }
+
+        #[test]
+        fn agrees_with_httparse_on_pieced_heads(
+            pieces in proptest::collection::vec(piece(), 0..16),
+            room in 0usize..4,
+        ) {
+            let mut head = b"HTTP/1.1 200 OK\r\n".to_vec();
+            for p in &pieces {
+                head.extend_from_slice(p);
+            }
+            agree(&head, room)?;
+            agree(&pieces.concat(), room)?;
+        }
+
+        #[test]
+        fn trailer_fields_agree_with_httparse(pieces in proptest::collection::vec(piece(), 0..12)) {
+            let buf = pieces.concat();
+            let mut spans = [Field::default(); 4];
+            let mut headers = [httparse::EMPTY_HEADER; 4];
+            let ours = match fields(&buf, 0, &mut spans) {
+                Ok(Some((len, n))) => Ok(Some((len, n))),
+                Ok(None) => Ok(None),
+                Err(e) => Err(e == Invalid::TooManyFields),
+            };
+            let theirs = match httparse::parse_headers(&buf, &mut headers) {
+                Ok(httparse::Status::Complete((len, h))) => Ok(Some((len, h.len()))),
+                Ok(httparse::Status::Partial) => Ok(None),
+                Err(e) => Err(e == httparse::Error::TooManyHeaders),
+            };
+            prop_assert_eq!(ours, theirs);
+        }
+    }
+}
