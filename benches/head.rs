@@ -1,10 +1,12 @@
 //! The upstream response head parser against httparse (the parser hyper uses), on the answer
-//! the peer job's upstream (nginx) gives and on a longer one with a dozen fields. Both record
-//! where the fields lie; ours also says which common name each has.
+//! the peer job's upstream (nginx) gives and on a longer one with a dozen fields: the parse
+//! alone (both record where the fields lie; ours also says which common name each has), and
+//! with each field's `HeaderName` made, as the proxy needs them.
 
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion};
+use http::HeaderName;
 use switchyard::upstream::client::head::{self, Field};
 
 const NGINX: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 21 Nov 2026 10:00:00 GMT\r\n\
@@ -22,6 +24,32 @@ fn bench(c: &mut Criterion) {
         c.bench_function(&format!("head/switchyard/{shape}"), |b| {
             let mut spans = [Field::default(); 100];
             b.iter(|| head::response(black_box(input), &mut spans).unwrap().unwrap().len)
+        });
+        c.bench_function(&format!("head/httparse+names/{shape}"), |b| {
+            let mut headers = [httparse::EMPTY_HEADER; 100];
+            b.iter(|| {
+                let mut resp = httparse::Response::new(&mut headers);
+                match resp.parse(black_box(input)) {
+                    Ok(httparse::Status::Complete(len)) => {
+                        for h in resp.headers.iter() {
+                            black_box(HeaderName::from_bytes(h.name.as_bytes()).unwrap());
+                        }
+                        len
+                    }
+                    _ => unreachable!("both heads are complete"),
+                }
+            })
+        });
+        c.bench_function(&format!("head/switchyard+names/{shape}"), |b| {
+            let mut spans = [Field::default(); 100];
+            b.iter(|| {
+                let input = black_box(input);
+                let status = head::response(input, &mut spans).unwrap().unwrap();
+                for f in &spans[..status.fields] {
+                    black_box(f.header_name(input).unwrap());
+                }
+                status.len
+            })
         });
         c.bench_function(&format!("head/httparse/{shape}"), |b| {
             let mut headers = [httparse::EMPTY_HEADER; 100];
