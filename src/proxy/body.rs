@@ -6,12 +6,12 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use crate::upstream::client::ResponseBody;
 use bytes::Bytes;
 use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
+use tokio::time::Instant;
 
 use crate::admin::metrics::UpstreamError;
 use crate::guard::Outcome;
@@ -49,8 +49,9 @@ pub struct Finish {
     pub in_flight: Option<InFlight>,
     /// Method and URI, kept only when access logs are on.
     pub log: Option<Box<(Method, Uri)>>,
-    /// Where a guarded route's outcome goes.
-    pub outcome: Option<OutcomeTap>,
+    /// Where a guarded route's outcome goes. Boxed: most routes have no guard, and the body
+    /// carrying this is moved several times on its way out.
+    pub outcome: Option<Box<OutcomeTap>>,
 }
 
 /// A guarded request's outcome, sent to the guard task when the request ends.

@@ -24,10 +24,12 @@ pub mod server;
 pub mod tls;
 pub mod watchdog;
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Instant;
+use std::task::{ready, Context, Poll};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
@@ -35,6 +37,7 @@ use http::{HeaderMap, Request, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use tokio::time::Instant;
 
 use std::time::SystemTime;
 
@@ -46,6 +49,7 @@ use crate::upstream::{InFlight, Pool};
 use body::{Finish, ProxyBody};
 use error::ProxyError;
 use headers::X_REQUEST_ID;
+use watchdog::Busy;
 
 static VIA_11: HeaderValue = HeaderValue::from_static("1.1 switchyard");
 static VIA_2: HeaderValue = HeaderValue::from_static("2.0 switchyard");
@@ -104,7 +108,8 @@ impl Proxy {
         self: &Arc<Self>,
         req: Request<Incoming>,
         peer: Peer,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send + 'static {
+        busy: Busy,
+    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
         let start = Instant::now();
         // One snapshot for the whole request, even if a reload swaps it meanwhile.
         let snap = self.state.snapshot.load_full();
@@ -118,34 +123,40 @@ impl Proxy {
         let mut names = Names::default();
         let ready = self
             .route(&snap, req, &mut names)
-            .and_then(|routed| prepare(&snap, routed, &peer, &request_id));
+            .and_then(|routed| prepare(&snap, routed, &peer, &request_id, start));
         // Used in place by the future below (not moved into its locals), so it is held once.
         let mut ready = match ready {
             Ok(r) => r,
             Err(e) => {
                 let response = self.finish(Err(e), snap, &names, start, &request_id, log, None);
-                return Handling::Done {
-                    response: Some(response),
+                return Handling {
+                    busy: Some(busy),
+                    phase: Phase::Done {
+                        response: Some(response),
+                    },
                 };
             }
         };
         let this = self.clone();
-        Handling::Upstream {
-            future: async move {
-                let mut in_flight = None;
-                let result = match this.send(&mut ready.request, ready.body.take()).await {
-                    Ok((response, guard)) => Ok(respond(
-                        &snap,
-                        &names,
-                        ready.reply,
-                        response,
-                        guard,
-                        &request_id,
-                        &mut in_flight,
-                    )),
-                    Err(e) => Err(e),
-                };
-                this.finish(result, snap, &names, start, &request_id, log, in_flight)
+        Handling {
+            busy: Some(busy),
+            phase: Phase::Upstream {
+                future: async move {
+                    let mut in_flight = None;
+                    let result = match this.send(&mut ready.request, ready.body.take()).await {
+                        Ok((response, guard)) => Ok(respond(
+                            &snap,
+                            &names,
+                            ready.reply,
+                            response,
+                            guard,
+                            &request_id,
+                            &mut in_flight,
+                        )),
+                        Err(e) => Err(e),
+                    };
+                    this.finish(result, snap, &names, start, &request_id, log, in_flight)
+                },
             },
         }
     }
@@ -189,12 +200,12 @@ impl Proxy {
             }
         };
         let outcome = match (names.guarded, names.route, names.pool, &self.state.outcomes) {
-            (true, Some(r), Some(p), Some(tx)) => Some(body::OutcomeTap {
+            (true, Some(r), Some(p), Some(tx)) => Some(Box::new(body::OutcomeTap {
                 tx: tx.clone(),
                 route: snap.routes[r].name.clone(),
                 pool: snap.pools[p].name.clone(),
                 latency: start.elapsed(),
-            }),
+            })),
             _ => None,
         };
         response.body_mut().set_finish(Finish {
@@ -243,7 +254,7 @@ impl Proxy {
             let mut pool = d.pool;
             if let Some(g) = &d.route.guard {
                 // A guarded route sends the users of a pool that cannot serve to its baseline.
-                if pool != g.baseline && !snap.pools[pool].has_available(tokio::time::Instant::now()) {
+                if pool != g.baseline && !snap.pools[pool].has_available(Instant::now()) {
                     tracing::debug!(route = %d.route.name, pool = %snap.pools[pool].name, "no endpoint available: using the baseline");
                     // A pool that cannot serve at all is failing: the guard hears of it, so it
                     // trips (and says why) instead of the pool's users quietly moving.
@@ -253,7 +264,7 @@ impl Proxy {
                             pool: snap.pools[pool].name.clone(),
                             error: true,
                             latency: std::time::Duration::ZERO,
-                            at: tokio::time::Instant::now(),
+                            at: Instant::now(),
                         });
                     }
                     pool = g.baseline;
@@ -321,7 +332,7 @@ impl Proxy {
             // Passive health: connect errors, timeouts, resets and 5xx count against the endpoint.
             let ok = matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
             // A success is recorded whenever; a failure's ejection starts now.
-            pool.record(*index, ok, if ok { *now } else { tokio::time::Instant::now() });
+            pool.record(*index, ok, if ok { *now } else { Instant::now() });
             let failure = match result {
                 Ok(Ok(resp)) => return Ok((resp, in_flight)),
                 Err(_) => {
@@ -350,7 +361,7 @@ impl Proxy {
             // A failed connect hands the body back unread. The other endpoints may all be
             // ejected: then the connect error stands.
             if !retried && failure.error.is_connect() && pool.endpoints.len() > 1 && !upgrade {
-                *now = tokio::time::Instant::now();
+                *now = Instant::now();
                 if let Some(next) = pool.select(Some(*index), *now) {
                     tracing::debug!(pool = %pool.name, "{error}; retrying on another endpoint");
                     request.retarget(&pool.endpoints[next], *now);
@@ -388,7 +399,7 @@ struct Upstream {
     index: usize,
     request: client::Prepared,
     /// When the endpoint was picked.
-    now: tokio::time::Instant,
+    now: Instant,
 }
 
 /// What the response phase needs of the request.
@@ -405,9 +416,10 @@ fn prepare(
     mut routed: Routed,
     peer: &Peer,
     request_id: &HeaderValue,
+    now: Instant,
 ) -> Result<Ready, ProxyError> {
-    // One clock reading serves the pick, the idle-connection check and the deadline.
-    let now = tokio::time::Instant::now();
+    // One clock reading (the request's start) serves the pick, the idle-connection check and
+    // the deadline.
     let pool = routed.pool;
     let index = pool.select(None, now).ok_or_else(|| ProxyError::NoEndpoint {
         pool: pool.name.to_string(),
@@ -598,29 +610,40 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 pin_project_lite::pin_project! {
-    /// The future of [`Proxy::handle`]: a response made at once (a local error), or the rest
-    /// of the phases around the upstream exchange.
-    #[project = HandlingProj]
-    enum Handling<F> {
+    /// The future of [`Proxy::handle`], as hyper wants it: keeps the client connection busy
+    /// for its idle watchdog until the response body is done. (One plain struct around the
+    /// phases: each layer of futures would move the response once more on its way out.)
+    struct Handling<F> {
+        busy: Option<Busy>,
+        #[pin]
+        phase: Phase<F>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response made at once (a local error), or the rest of the phases around the upstream
+    /// exchange.
+    #[project = PhaseProj]
+    enum Phase<F> {
         Done { response: Option<Response<ProxyBody>> },
         Upstream { #[pin] future: F },
     }
 }
 
 impl<F: Future<Output = Response<ProxyBody>>> Future for Handling<F> {
-    type Output = Response<ProxyBody>;
+    type Output = Result<Response<ProxyBody>, Infallible>;
 
-    fn poll(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Self::Output> {
-        match self.project() {
-            HandlingProj::Done { response } => std::task::Poll::Ready(
-                response
-                    .take()
-                    .expect("a request's future polled after it finished"),
-            ),
-            HandlingProj::Upstream { future } => future.poll(cx),
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = match this.phase.project() {
+            PhaseProj::Done { response } => response
+                .take()
+                .expect("a request's future polled after it finished"),
+            PhaseProj::Upstream { future } => ready!(future.poll(cx)),
+        };
+        if let Some(busy) = this.busy.take() {
+            response.body_mut().hold(busy);
         }
+        Poll::Ready(Ok(response))
     }
 }

@@ -4,16 +4,12 @@
 //! cut off by the [`watchdog`] after the header read timeout, and shutdown drains: stop
 //! accepting, let in-flight requests finish up to the drain deadline, then return.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use http::Response;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -22,7 +18,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
 
-use super::body::ProxyBody;
 use super::watchdog::{self, Busy, Connections, Counted};
 use super::{Peer, Proxy};
 use crate::state::State;
@@ -198,40 +193,14 @@ where
     let watched = ctx.connections.register();
     let proxy = ctx.proxy.clone();
     let busy_conn = watched.clone();
-    let service = service_fn(move |req| Handled {
-        // Taken before the request's future runs, so a request dropped early still ends.
-        busy: Some(Busy::start(&busy_conn)),
-        // Runs the phases up to the upstream request now, before hyper reads on.
-        handled: proxy.handle(req, peer),
-    });
+    // The connection counts as busy from the moment hyper hands over a request, so a request
+    // dropped early still ends; the phases up to the upstream request run now, before hyper
+    // reads on.
+    let service = service_fn(move |req| proxy.handle(req, peer, Busy::start(&busy_conn)));
     let io = TokioIo::new(Counted::new(io, watched.clone()));
     let conn = ctx.builder.serve_connection_with_upgrades(io, service);
     let conn = std::pin::pin!(conn);
     if let Err(e) = watchdog::serve(conn, &watched, |c| c.graceful_shutdown()).await {
         tracing::debug!(peer = %peer.addr, "connection ended with an error: {e}");
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A request's future as hyper wants it, with the connection kept busy until its response
-    /// body is done. (A plain struct: an `async` block around the request's future would
-    /// copy that future once more when it starts.)
-    struct Handled<F> {
-        busy: Option<Busy>,
-        #[pin]
-        handled: F,
-    }
-}
-
-impl<F: Future<Output = Response<ProxyBody>>> Future for Handled<F> {
-    type Output = Result<Response<ProxyBody>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let mut resp = ready!(this.handled.poll(cx));
-        if let Some(busy) = this.busy.take() {
-            resp.body_mut().hold(busy);
-        }
-        Poll::Ready(Ok(resp))
     }
 }

@@ -409,8 +409,10 @@ async fn exchange(
         }
     };
     let (parts, framing, keep_alive) = head;
+    // Boxed: the response body is moved several times on its way out, and a body still going
+    // up is rare.
     let writer = match (writer, write_error) {
-        (Some(w), None) if !w.done => Some(w),
+        (Some(w), None) if !w.done => Some(Box::new(w)),
         _ => None,
     };
     let body = if parts.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -752,7 +754,7 @@ pub struct ResponseBody {
     /// `None` once the connection was released (back to the idle queue, or closed).
     conn: Option<Conn>,
     /// The rest of the request body, when the upstream answered before it was all sent.
-    writer: Option<BodyWriter>,
+    writer: Option<Box<BodyWriter>>,
     /// The connection may serve another request once this body ends.
     reusable: bool,
     endpoint: Arc<Endpoint>,
