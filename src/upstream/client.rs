@@ -545,25 +545,26 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
             Version::HTTP_11
         };
         let count = parsed.fields;
-        let head = buf.split_to(len).freeze();
+        let raw = buf.split_to(len).freeze();
         let mut map = HeaderMap::with_capacity(count + 2);
         let mut length: Option<u64> = None;
         let mut te_chunked = None;
         let mut close = version == Version::HTTP_10;
         for field in &spans[..count] {
             let name = field
-                .header_name(&head)
+                .header_name(&raw)
                 .ok_or(Error::Protocol("invalid header name"))?;
             // SAFETY: the parser accepted the value, and what it accepts in a value (HTAB, SP,
             // visible ASCII, obs-text) is what `HeaderValue` allows.
-            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(head.slice(field.value_range())) };
-            if name == header::CONTENT_LENGTH {
+            let value = unsafe { HeaderValue::from_maybe_shared_unchecked(raw.slice(field.value_range())) };
+            // These names are in the parser's table, so they are found in any case.
+            if field.is(head::CONTENT_LENGTH) {
                 let n = parse_length(value.as_bytes()).ok_or(Error::Protocol("invalid content-length"))?;
                 if length.is_some_and(|l| l != n) {
                     return Err(Error::Protocol("conflicting content-length values"));
                 }
                 length = Some(n);
-            } else if name == header::TRANSFER_ENCODING {
+            } else if field.is(head::TRANSFER_ENCODING) {
                 // Chunked must be the last coding; anything else is read to close.
                 te_chunked = Some(
                     value
@@ -572,7 +573,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
                         .and_then(|s| s.rsplit(',').next())
                         .is_some_and(|t| t.trim().eq_ignore_ascii_case("chunked")),
                 );
-            } else if name == header::CONNECTION {
+            } else if field.is(head::CONNECTION) {
                 let mut only_ours = true;
                 for t in value.to_str().unwrap_or("").split(',') {
                     let t = t.trim();
@@ -591,7 +592,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
                 if only_ours {
                     continue;
                 }
-            } else if name.as_str() == "keep-alive" {
+            } else if field.is(head::KEEP_ALIVE) {
                 continue;
             }
             map.append(name, value);
@@ -1084,6 +1085,15 @@ mod tests {
         )
         .is_err());
         assert!(parse("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", &get).is_err());
+        // The fields the client reads itself are found in any case.
+        assert!(parse("HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 5\r\ncontent-length: 6\r\n\r\n", &get).is_err());
+        assert!(!r("HTTP/1.1 200 OK\r\nConnection: CLOSE\r\nContent-Length: 0\r\n\r\n").2);
+        let (parts, framing, _) =
+            r("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nContent-Length: 5\r\nKEEP-ALIVE: 5\r\n\r\n");
+        assert!(matches!(framing, Read::Chunked(_)));
+        // Content-Length beside chunked and Keep-Alive are gone; the rest is for the response phase.
+        assert_eq!(parts.headers.len(), 1, "{:?}", parts.headers);
+        assert!(parts.headers.contains_key(header::TRANSFER_ENCODING));
         assert!(parse("HTTP/1.1 200 OK\r\ncontent-le", &get).unwrap().is_none());
     }
 

@@ -39,6 +39,12 @@ impl Field {
         self.value[0] as usize..self.value[1] as usize
     }
 
+    /// Whether the field's name is the common name `known` (one of [`CONTENT_LENGTH`] and
+    /// the like), in any case.
+    pub fn is(&self, known: Known) -> bool {
+        self.known == known.0
+    }
+
     /// The field's name, taken from the table of common ones when it is there.
     pub fn header_name(&self, buf: &[u8]) -> Option<HeaderName> {
         match KNOWN.get(self.known as usize) {
@@ -292,6 +298,35 @@ static KNOWN: [HeaderName; NAMES.len()] = [
     header::ACCESS_CONTROL_ALLOW_ORIGIN,
 ];
 
+/// One of the common names, for [`Field::is`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Known(u8);
+
+pub const CONNECTION: Known = Known(index_of(b"connection"));
+pub const CONTENT_LENGTH: Known = Known(index_of(b"content-length"));
+pub const KEEP_ALIVE: Known = Known(index_of(b"keep-alive"));
+pub const TRANSFER_ENCODING: Known = Known(index_of(b"transfer-encoding"));
+
+/// Where `name` is in [`NAMES`]; not building if it is not there.
+const fn index_of(name: &[u8]) -> u8 {
+    let mut i = 0;
+    'names: while i < NAMES.len() {
+        if NAMES[i].len() == name.len() {
+            let mut k = 0;
+            while k < name.len() {
+                if NAMES[i][k] != name[k] {
+                    i += 1;
+                    continue 'names;
+                }
+                k += 1;
+            }
+            return i as u8;
+        }
+        i += 1;
+    }
+    panic!("not one of NAMES")
+}
+
 /// The longest of [`NAMES`].
 const LONGEST: usize = 27;
 
@@ -520,6 +555,14 @@ mod tests {
                 fields(&buf, 0, &mut spans).unwrap().unwrap();
                 assert_eq!(spans[0].header_name(&buf).as_ref(), Some(known));
             }
+        }
+        for (k, name) in [
+            (CONNECTION, header::CONNECTION),
+            (CONTENT_LENGTH, header::CONTENT_LENGTH),
+            (KEEP_ALIVE, HeaderName::from_static("keep-alive")),
+            (TRANSFER_ENCODING, header::TRANSFER_ENCODING),
+        ] {
+            assert_eq!(KNOWN[k.0 as usize], name);
         }
         // One byte from a common name: '-' as CR ('-' with the case bit off), '^' for '~'
         // (one case bit apart), a longer name, or no colon right after it.
