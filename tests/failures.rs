@@ -106,17 +106,39 @@ async fn slow_upstream_is_504() {
         config(&[("blue", &[blue.addr])], "").replace("endpoints = [", "timeout = \"300ms\"\nendpoints = [");
     let proxy = Proxy::start(&cfg).await;
     let client = h1_client();
+    let timed_out = |parts: &http::response::Parts, started: Instant| {
+        assert_eq!(parts.status, 504);
+        assert_eq!(parts.headers["x-switchyard-error"], "upstream_timeout");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+    };
+    // On a new upstream connection.
     let started = Instant::now();
     let (parts, _) = get(&client, &proxy.url("/sleep/3000")).await;
-    assert_eq!(parts.status, 504);
-    assert_eq!(parts.headers["x-switchyard-error"], "upstream_timeout");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    timed_out(&parts, started);
     let (parts, _) = get(&client, &proxy.url("/sleep/10")).await;
     assert_eq!(parts.status, 200, "a fast request still passes");
+    // The connection's timer came due while it sat idle; its next requests get their own
+    // deadlines, and the reused connection still times out a slow answer.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (parts, _) = get(&client, &proxy.url("/sleep/10")).await;
+    assert_eq!(
+        parts.status, 200,
+        "a deadline that passed while idle is not the next one"
+    );
+    let started = Instant::now();
+    let (parts, _) = get(&client, &proxy.url("/sleep/3000")).await;
+    timed_out(&parts, started);
+    for _ in 0..3 {
+        let (parts, _) = get(&client, &proxy.url("/sleep/200")).await;
+        assert_eq!(
+            parts.status, 200,
+            "requests within the timeout, one after another"
+        );
+    }
     proxy.shutdown().await;
 }
 

@@ -324,25 +324,22 @@ impl Proxy {
         loop {
             let endpoint = &pool.endpoints[*index];
             let in_flight = endpoint.begin();
-            let result = tokio::time::timeout_at(
-                *now + pool.timeout,
-                client::send(endpoint, pool.connect_timeout, request, body),
-            )
-            .await;
+            let deadline = *now + pool.timeout;
+            let result = client::send(endpoint, pool.connect_timeout, deadline, request, body).await;
             // Passive health: connect errors, timeouts, resets and 5xx count against the endpoint.
-            let ok = matches!(&result, Ok(Ok(r)) if !r.status().is_server_error());
+            let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
             // A success is recorded whenever; a failure's ejection starts now.
             pool.record(*index, ok, if ok { *now } else { Instant::now() });
             let failure = match result {
-                Ok(Ok(resp)) => return Ok((resp, in_flight)),
-                Err(_) => {
+                Ok(resp) => return Ok((resp, in_flight)),
+                Err(failure) if matches!(failure.error, client::Error::Timeout) => {
                     return Err(ProxyError::Timeout {
                         pool: pool.name.to_string(),
                         endpoint: endpoint.address.to_string(),
                         timeout: pool.timeout,
                     })
                 }
-                Ok(Err(failure)) => failure,
+                Err(failure) => failure,
             };
             let (pool_name, address) = (pool.name.to_string(), endpoint.address.to_string());
             let error = if let client::Error::Connect(e) = &failure.error {

@@ -17,6 +17,7 @@
 //! idempotent or nothing could have reached the upstream).
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -63,6 +64,9 @@ pub enum Error {
     Protocol(&'static str),
     #[error("reading the request body failed: {0}")]
     RequestBody(hyper::Error),
+    /// The deadline for the response head passed.
+    #[error("no response head before the deadline")]
+    Timeout,
 }
 
 impl Error {
@@ -161,6 +165,11 @@ struct Conn {
     rbuf: BytesMut,
     /// The request head being written.
     wbuf: Vec<u8>,
+    /// The deadline of the current request's response head. One timer per connection, moved
+    /// to each request's deadline: a later deadline only updates the timer's entry (tokio
+    /// re-files it when the old one comes due), where a timer per request would be added to
+    /// and taken off the timer wheel each time.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// Connects to an upstream.
@@ -179,6 +188,27 @@ impl Conn {
             io,
             rbuf: BytesMut::with_capacity(READ_SIZE),
             wbuf,
+            timer: None,
+        }
+    }
+
+    /// Sets the deadline of the request about to be sent.
+    fn arm(&mut self, deadline: Instant) {
+        match &mut self.timer {
+            Some(timer) => {
+                if timer.deadline() != deadline {
+                    timer.as_mut().reset(deadline);
+                }
+            }
+            None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        }
+    }
+
+    /// Whether the deadline set by [`Conn::arm`] has passed; wakes the task when it does.
+    fn poll_deadline(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        match &mut self.timer {
+            Some(timer) => timer.as_mut().poll(cx),
+            None => Poll::Pending,
         }
     }
 
@@ -301,6 +331,7 @@ impl Prepared {
 pub async fn send(
     endpoint: &Arc<Endpoint>,
     connect_timeout: Duration,
+    deadline: Instant,
     req: &mut Prepared,
     body: Option<Incoming>,
 ) -> Result<Response<ResponseBody>, Failure> {
@@ -311,17 +342,25 @@ pub async fn send(
         let reused = req.conn.is_some();
         let conn = match req.conn.take() {
             Some(c) => c,
-            None => match connect(&endpoint.address, connect_timeout).await {
-                Ok(io) => Conn::new(io, std::mem::take(&mut req.head)),
-                Err(e) => {
-                    return Err(Failure {
-                        error: Error::Connect(e),
-                        body,
-                    })
+            None => {
+                match tokio::time::timeout_at(deadline, connect(&endpoint.address, connect_timeout)).await {
+                    Ok(Ok(io)) => Conn::new(io, std::mem::take(&mut req.head)),
+                    Ok(Err(e)) => {
+                        return Err(Failure {
+                            error: Error::Connect(e),
+                            body,
+                        })
+                    }
+                    Err(_) => {
+                        return Err(Failure {
+                            error: Error::Timeout,
+                            body,
+                        })
+                    }
                 }
-            },
+            }
         };
-        match exchange(conn, endpoint, req, body).await {
+        match exchange(conn, endpoint, req, body, deadline).await {
             Ok(r) => return Ok(r),
             Err(broken) => {
                 req.head = broken.head;
@@ -363,27 +402,35 @@ async fn exchange(
     endpoint: &Arc<Endpoint>,
     req: &Prepared,
     body: Option<Incoming>,
+    deadline: Instant,
 ) -> Result<Response<ResponseBody>, Broken> {
     let mut writer = body.map(|b| BodyWriter::new(b, req.chunked));
     let mut written = 0;
     let mut head_sent = false;
     let mut write_error: Option<Error> = None;
+    conn.arm(deadline);
     let head = std::future::poll_fn(|cx| {
-        if !head_sent {
-            match conn.poll_write_head(cx, &mut written) {
-                Poll::Ready(Ok(())) => head_sent = true,
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(Error::Io(e))),
-                Poll::Pending => return Poll::Pending,
+        let polled = 'step: {
+            if !head_sent {
+                match conn.poll_write_head(cx, &mut written) {
+                    Poll::Ready(Ok(())) => head_sent = true,
+                    Poll::Ready(Err(e)) => break 'step Poll::Ready(Err(Error::Io(e))),
+                    Poll::Pending => break 'step Poll::Pending,
+                }
             }
-        }
-        if let Some(w) = writer.as_mut().filter(|w| !w.done && write_error.is_none()) {
-            // A failed write still reads on: the upstream may have answered, then stopped
-            // reading.
-            if let Poll::Ready(Err(e)) = w.poll_write(cx, &mut conn.io) {
-                write_error = Some(e);
+            if let Some(w) = writer.as_mut().filter(|w| !w.done && write_error.is_none()) {
+                // A failed write still reads on: the upstream may have answered, then stopped
+                // reading.
+                if let Poll::Ready(Err(e)) = w.poll_write(cx, &mut conn.io) {
+                    write_error = Some(e);
+                }
             }
+            poll_head(cx, &mut conn, &req.method)
+        };
+        if polled.is_pending() && conn.poll_deadline(cx).is_ready() {
+            return Poll::Ready(Err(Error::Timeout));
         }
-        poll_head(cx, &mut conn, &req.method)
+        polled
     })
     .await;
     let head = match head {
@@ -1086,7 +1133,11 @@ mod tests {
         .is_err());
         assert!(parse("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n", &get).is_err());
         // The fields the client reads itself are found in any case.
-        assert!(parse("HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 5\r\ncontent-length: 6\r\n\r\n", &get).is_err());
+        assert!(parse(
+            "HTTP/1.1 200 OK\r\nCONTENT-LENGTH: 5\r\ncontent-length: 6\r\n\r\n",
+            &get
+        )
+        .is_err());
         assert!(!r("HTTP/1.1 200 OK\r\nConnection: CLOSE\r\nContent-Length: 0\r\n\r\n").2);
         let (parts, framing, _) =
             r("HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\nContent-Length: 5\r\nKEEP-ALIVE: 5\r\n\r\n");
