@@ -520,10 +520,7 @@ fn encode_head(
         } else if name == b"host" {
             has_host = true;
         }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name, value);
     });
     let mut host_at = None;
     if !has_host {
@@ -541,6 +538,24 @@ fn encode_head(
     }
     out.extend_from_slice(b"\r\n");
     host_at
+}
+
+/// Appends `name: value\r\n`, with one capacity check for the line.
+#[inline]
+fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    let len = name.len() + value.len() + 4;
+    out.reserve(len);
+    let at = out.len();
+    // SAFETY: `reserve` made room for `len` more bytes after `at`; the four copies below
+    // write exactly those bytes, from slices that cannot overlap the vector's spare room.
+    unsafe {
+        let dst = out.as_mut_ptr().add(at);
+        std::ptr::copy_nonoverlapping(name.as_ptr(), dst, name.len());
+        std::ptr::copy_nonoverlapping(b": ".as_ptr(), dst.add(name.len()), 2);
+        std::ptr::copy_nonoverlapping(value.as_ptr(), dst.add(name.len() + 2), value.len());
+        std::ptr::copy_nonoverlapping(b"\r\n".as_ptr(), dst.add(len - 2), 2);
+        out.set_len(at + len);
+    }
 }
 
 type Head = (http::response::Parts, Read, bool);
@@ -1146,6 +1161,20 @@ mod tests {
         assert_eq!(parts.headers.len(), 1, "{:?}", parts.headers);
         assert!(parts.headers.contains_key(header::TRANSFER_ENCODING));
         assert!(parse("HTTP/1.1 200 OK\r\ncontent-le", &get).unwrap().is_none());
+    }
+
+    #[test]
+    fn fields_are_written_as_lines() {
+        let mut out = Vec::with_capacity(4);
+        out.extend_from_slice(b"GET");
+        put_field(&mut out, b"x-a", b"1");
+        put_field(&mut out, b"x-empty", b"");
+        let long = vec![b'v'; 5000];
+        put_field(&mut out, b"x-long", &long);
+        let mut want = b"GETx-a: 1\r\nx-empty: \r\nx-long: ".to_vec();
+        want.extend_from_slice(&long);
+        want.extend_from_slice(b"\r\n");
+        assert_eq!(out, want);
     }
 
     #[test]
