@@ -564,8 +564,8 @@ mod tests {
         ] {
             assert_eq!(KNOWN[k.0 as usize], name);
         }
-        // One byte from a common name: '-' as CR ('-' with the case bit off), '^' for '~'
-        // (one case bit apart), a longer name, or no colon right after it.
+        // One byte from a common name: CR for '-' (the same byte with the case bit off), a
+        // letter replaced, a name one byte short or one byte long.
         for near in [
             &b"content\rlength"[..],
             b"Content-Lengt",
