@@ -325,9 +325,10 @@ impl Prepared {
     }
 }
 
-/// Sends a prepared request to its endpoint and waits for the response head. The response
-/// body streams from the connection; the connection goes back to the endpoint's idle queue
-/// when the exchange ends cleanly. After a failure, `req` can be sent again.
+/// Sends a prepared request to its endpoint and waits for the response head, until
+/// `deadline` (then [`Error::Timeout`]; connecting is bounded by `connect_timeout` as well).
+/// The response body streams from the connection; the connection goes back to the endpoint's
+/// idle queue when the exchange ends cleanly. After a failure, `req` can be sent again.
 pub async fn send(
     endpoint: &Arc<Endpoint>,
     connect_timeout: Duration,
