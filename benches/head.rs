@@ -4,6 +4,7 @@
 //! with each field's `HeaderName` made, as the proxy needs them.
 
 use std::hint::black_box;
+use std::mem::MaybeUninit;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderName;
@@ -22,8 +23,14 @@ X-Content-Type-Options: nosniff\r\nServer: api/2.3.1\r\n\r\n";
 fn bench(c: &mut Criterion) {
     for (shape, input) in [("nginx, 5 fields", NGINX), ("api, 12 fields", LONG)] {
         c.bench_function(&format!("head/switchyard/{shape}"), |b| {
-            let mut spans = [Field::default(); 100];
-            b.iter(|| head::response(black_box(input), &mut spans).unwrap().unwrap().len)
+            let mut spans = [MaybeUninit::<Field>::uninit(); 100];
+            b.iter(|| {
+                head::response(black_box(input), &mut spans)
+                    .unwrap()
+                    .unwrap()
+                    .0
+                    .len
+            })
         });
         c.bench_function(&format!("head/httparse+names/{shape}"), |b| {
             let mut headers = [httparse::EMPTY_HEADER; 100];
@@ -41,11 +48,11 @@ fn bench(c: &mut Criterion) {
             })
         });
         c.bench_function(&format!("head/switchyard+names/{shape}"), |b| {
-            let mut spans = [Field::default(); 100];
+            let mut spans = [MaybeUninit::<Field>::uninit(); 100];
             b.iter(|| {
                 let input = black_box(input);
-                let status = head::response(input, &mut spans).unwrap().unwrap();
-                for f in &spans[..status.fields] {
+                let (status, fields) = head::response(input, &mut spans).unwrap().unwrap();
+                for f in fields {
                     black_box(f.header_name(input).unwrap());
                 }
                 status.len

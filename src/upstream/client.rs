@@ -19,6 +19,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll, Waker};
@@ -589,8 +590,8 @@ fn poll_head(cx: &mut Context<'_>, conn: &mut Conn, method: &Method) -> Poll<Res
 /// informational answer was skipped and the rest is incomplete).
 fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error> {
     loop {
-        let mut spans = [head::Field::default(); MAX_HEADERS];
-        let parsed = match head::response(buf, &mut spans) {
+        let mut spans = [const { MaybeUninit::uninit() }; MAX_HEADERS];
+        let (parsed, fields) = match head::response(buf, &mut spans) {
             Ok(Some(parsed)) => parsed,
             Ok(None) => return Ok(None),
             Err(head::Invalid::TooManyFields) => return Err(Error::Protocol("too many headers")),
@@ -607,13 +608,12 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
         } else {
             Version::HTTP_11
         };
-        let count = parsed.fields;
         let raw = buf.split_to(len).freeze();
-        let mut map = HeaderMap::with_capacity(count + 2);
+        let mut map = HeaderMap::with_capacity(fields.len() + 2);
         let mut length: Option<u64> = None;
         let mut te_chunked = None;
         let mut close = version == Version::HTTP_10;
-        for field in &spans[..count] {
+        for field in fields {
             let name = field
                 .header_name(&raw)
                 .ok_or(Error::Protocol("invalid header name"))?;
@@ -975,7 +975,7 @@ fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Decoded>
                 *state = Chunk::Size;
             }
             Chunk::Trailers => {
-                let mut spans = [head::Field::default(); MAX_HEADERS];
+                let mut spans = [const { MaybeUninit::uninit() }; MAX_HEADERS];
                 return match head::fields(buf, 0, &mut spans) {
                     Ok(None) => {
                         if buf.len() > MAX_HEAD {
@@ -984,10 +984,10 @@ fn decode_chunk(state: &mut Chunk, buf: &mut BytesMut) -> Result<Option<Decoded>
                         Ok(None)
                     }
                     Err(_) => Err("malformed trailers"),
-                    Ok(Some((len, count))) => {
-                        let trailers = (count > 0).then(|| {
-                            let mut map = HeaderMap::with_capacity(count);
-                            for field in &spans[..count] {
+                    Ok(Some((len, fields))) => {
+                        let trailers = (!fields.is_empty()).then(|| {
+                            let mut map = HeaderMap::with_capacity(fields.len());
+                            for field in fields {
                                 if let (Some(n), Ok(v)) = (
                                     field.header_name(buf),
                                     HeaderValue::from_bytes(&buf[field.value_range()]),

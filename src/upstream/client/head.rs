@@ -14,6 +14,7 @@
 //! whitespace around a value of tab, space, visible ASCII and obs-text; lines ending in CRLF
 //! or a bare LF. Anything else is malformed, including obsolete line folding.
 
+use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use http::header::{self, HeaderName};
@@ -63,8 +64,6 @@ pub struct Status {
     pub minor: u8,
     /// The status code as written: any three digits.
     pub code: u16,
-    /// How many fields were recorded in the spans.
-    pub fields: usize,
 }
 
 /// Why a head cannot be parsed, however much more of it arrives.
@@ -132,8 +131,10 @@ macro_rules! line_end {
     };
 }
 
-/// Parses the response head at the start of `buf`, recording its fields in `spans`.
-pub fn response(buf: &[u8], spans: &mut [Field]) -> Parsed<Status> {
+/// Parses the response head at the start of `buf`, recording its fields in `spans` (left
+/// uninitialised by the caller: nothing is zeroed that the parse does not write) and returning
+/// those it wrote.
+pub fn response<'f>(buf: &[u8], spans: &'f mut [MaybeUninit<Field>]) -> Parsed<(Status, &'f [Field])> {
     // Offsets fit in a span's u32s; a head is never near that long.
     let buf = &buf[..buf.len().min(u32::MAX as usize)];
     let mut i = 0;
@@ -179,24 +180,27 @@ pub fn response(buf: &[u8], spans: &mut [Field]) -> Parsed<Status> {
     let Some((len, fields)) = fields(buf, i, spans)? else {
         return Ok(None);
     };
-    Ok(Some(Status {
-        len,
-        minor,
-        code,
-        fields,
-    }))
+    Ok(Some((Status { len, minor, code }, fields)))
 }
 
 /// Parses header fields from `buf[i..]` up to and including the empty line after them,
-/// recording them in `spans`. `Some((end, count))`: the fields end at `buf[end]`.
-pub fn fields(buf: &[u8], mut i: usize, spans: &mut [Field]) -> Parsed<(usize, usize)> {
+/// recording them in `spans`. `Some((end, fields))`: the fields, which end at `buf[end]`.
+pub fn fields<'f>(
+    buf: &[u8],
+    mut i: usize,
+    spans: &'f mut [MaybeUninit<Field>],
+) -> Parsed<(usize, &'f [Field])> {
     let buf = &buf[..buf.len().min(u32::MAX as usize)];
     let mut count = 0;
     loop {
         let b = next!(buf, i);
         if b == b'\r' || b == b'\n' {
             line_end!(buf, i, b);
-            return Ok(Some((i, count)));
+            let written = &spans[..count];
+            // SAFETY: the first `count` spans were written below, one by one, and
+            // `MaybeUninit<Field>` has the layout of `Field`.
+            let written = unsafe { &*(written as *const [MaybeUninit<Field>] as *const [Field]) };
+            return Ok(Some((i, written)));
         }
         let name = i - 1;
         let Some(name_end) = name_end(buf, name) else {
@@ -232,11 +236,11 @@ pub fn fields(buf: &[u8], mut i: usize, spans: &mut [Field]) -> Parsed<(usize, u
         let Some(span) = spans.get_mut(count) else {
             return Err(Invalid::TooManyFields);
         };
-        *span = Field {
+        span.write(Field {
             name: [name as u32, name_end as u32],
             value: [value as u32, value_end as u32],
             known,
-        };
+        });
         count += 1;
     }
 }
@@ -469,13 +473,13 @@ mod tests {
     }
 
     fn ours(buf: &[u8], room: usize) -> Outcome {
-        let mut spans = vec![Field::default(); room];
+        let mut spans = vec![MaybeUninit::uninit(); room];
         match response(buf, &mut spans) {
-            Ok(Some(s)) => Outcome::Complete {
+            Ok(Some((s, fields))) => Outcome::Complete {
                 len: s.len,
                 minor: s.minor,
                 code: s.code,
-                fields: spans[..s.fields]
+                fields: fields
                     .iter()
                     .map(|f| {
                         let name = &buf[f.name_range()];
@@ -533,9 +537,9 @@ mod tests {
     #[test]
     fn a_typical_answer() {
         let head = b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Length:  2 \r\nX-Empty:\r\n\r\nok";
-        let mut spans = [Field::default(); 8];
-        let s = response(head, &mut spans).unwrap().unwrap();
-        assert_eq!((s.len, s.minor, s.code, s.fields), (head.len() - 2, 1, 200, 3));
+        let mut spans = [MaybeUninit::uninit(); 8];
+        let (s, spans) = response(head, &mut spans).unwrap().unwrap();
+        assert_eq!((s.len, s.minor, s.code, spans.len()), (head.len() - 2, 1, 200, 3));
         let field = |k: usize| (&head[spans[k].name_range()], &head[spans[k].value_range()]);
         assert_eq!(field(0), (&b"Server"[..], &b"nginx"[..]));
         assert_eq!(field(1), (&b"Content-Length"[..], &b"2"[..]));
@@ -551,8 +555,8 @@ mod tests {
                 let mut buf = name.clone();
                 buf.extend_from_slice(b": x\r\n\r\n");
                 assert_eq!(known_name(&name), Some(k as u8), "{known}");
-                let mut spans = [Field::default(); 1];
-                fields(&buf, 0, &mut spans).unwrap().unwrap();
+                let mut spans = [MaybeUninit::uninit(); 1];
+                let (_, spans) = fields(&buf, 0, &mut spans).unwrap().unwrap();
                 assert_eq!(spans[0].header_name(&buf).as_ref(), Some(known));
             }
         }
@@ -575,9 +579,9 @@ mod tests {
         ] {
             assert_eq!(known_name(near), None, "{near:?}");
         }
-        let mut spans = [Field::default(); 1];
+        let mut spans = [MaybeUninit::uninit(); 1];
         let buf = b"DAT~: x\r\n\r\n";
-        fields(buf, 0, &mut spans).unwrap().unwrap();
+        let (_, spans) = fields(buf, 0, &mut spans).unwrap().unwrap();
         assert_eq!(spans[0].header_name(buf).unwrap().as_str(), "dat~");
     }
 
@@ -723,10 +727,10 @@ mod tests {
         #[test]
         fn trailer_fields_agree_with_httparse(pieces in proptest::collection::vec(piece(), 0..12)) {
             let buf = pieces.concat();
-            let mut spans = [Field::default(); 4];
+            let mut spans = [MaybeUninit::uninit(); 4];
             let mut headers = [httparse::EMPTY_HEADER; 4];
             let ours = match fields(&buf, 0, &mut spans) {
-                Ok(Some((len, n))) => Ok(Some((len, n))),
+                Ok(Some((len, f))) => Ok(Some((len, f.len()))),
                 Ok(None) => Ok(None),
                 Err(e) => Err(e == Invalid::TooManyFields),
             };
