@@ -15,8 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn connect_failure_is_retried_on_another_endpoint() {
     let blue = Upstream::start("blue").await;
     let dead = dead_port().await;
-    let extra = "";
-    let cfg = config(&[("blue", &[dead, blue.addr])], extra)
+    let cfg = config(&[("blue", &[dead, blue.addr])], "")
         .replace("endpoints = [", "balance = \"round_robin\"\nendpoints = [");
     let proxy = Proxy::start(&cfg).await;
     // A client that sends no Host: the endpoint's address stands in. One of these two starts

@@ -298,7 +298,6 @@ impl Proxy {
             decided,
             host,
             via,
-            upgrade,
             client_upgrade,
             parts,
             body: Some(body),
@@ -377,7 +376,7 @@ struct Routed {
     decided: Decided,
     host: Option<HeaderValue>,
     via: &'static HeaderValue,
-    upgrade: bool,
+    /// The client's side of an HTTP/1.1 upgrade, when it asked for one.
     client_upgrade: Option<OnUpgrade>,
     parts: http::request::Parts,
     body: Option<Incoming>,
@@ -395,7 +394,8 @@ struct Upstream {
     pool: Arc<Pool>,
     index: usize,
     request: client::Prepared,
-    /// When the endpoint was picked.
+    /// When the request started (and its endpoint was picked); its deadline counts from here,
+    /// or from the retry on another endpoint.
     now: Instant,
 }
 
@@ -417,6 +417,7 @@ fn prepare(
 ) -> Result<Ready, ProxyError> {
     // One clock reading (the request's start) serves the pick, the idle-connection check and
     // the deadline.
+    let upgrade = routed.client_upgrade.is_some();
     let pool = routed.pool;
     let index = pool.select(None, now).ok_or_else(|| ProxyError::NoEndpoint {
         pool: pool.name.to_string(),
@@ -427,7 +428,7 @@ fn prepare(
         peer,
         request_id,
         routed.via,
-        routed.upgrade,
+        upgrade,
         snap,
         &pool,
     );
@@ -436,7 +437,7 @@ fn prepare(
         method: &routed.parts.method,
         path: routed.parts.uri.path_and_query().unwrap_or(&root),
         fields: &fields,
-        upgrade: routed.upgrade,
+        upgrade,
     };
     let body = routed.body.take();
     let request = client::Prepared::new(&pool.endpoints[index], &out, body.as_ref(), now);

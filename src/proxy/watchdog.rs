@@ -18,7 +18,8 @@
 //! shutdown asks every connection for the graceful close.
 //!
 //! This replaces hyper's HTTP/1 header-read timer, which is re-armed on every request; here a
-//! request costs two counter updates and the timer is the scanning task's alone.
+//! request costs a counter update and a reference count at each end, and the timer is the
+//! scanning task's alone.
 
 use std::future::Future;
 use std::io;

@@ -314,7 +314,6 @@ impl Snapshot {
     }
 }
 
-/// The host a request is for, lower-cased and without port; borrowed when already clean.
 /// The first value of a header. A request or response usually has a handful of headers, and
 /// comparing names one by one then costs less than hashing the name for the map's lookup.
 pub fn header<'a>(
@@ -328,6 +327,7 @@ pub fn header<'a>(
     }
 }
 
+/// The host a request is for, lower-cased and without port; borrowed when already clean.
 pub fn normalize_host(raw: &str) -> std::borrow::Cow<'_, str> {
     let bytes = raw.as_bytes();
     let host = if let Some(rest) = raw.strip_prefix('[') {
