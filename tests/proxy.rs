@@ -230,6 +230,110 @@ async fn chunked_bodies_and_trailers_pass_through_both_ways() {
     proxy.shutdown().await;
 }
 
+/// One response per request, in order, from a raw HTTP/1.1 conversation: status and head
+/// (lowercased) of each, and the bodies run together.
+fn responses(text: &str) -> Vec<(u16, String)> {
+    text.split("HTTP/1.1 ")
+        .skip(1)
+        .map(|r| (r[..3].parse().unwrap(), r.to_ascii_lowercase()))
+        .collect()
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order_across_the_handoff() {
+    let blue = Upstream::start("blue").await;
+    let proxy = Proxy::start(&config(&[("blue", &[blue.addr])], "")).await;
+    // In one write: the first request waits upstream while the others arrive behind it; the
+    // POST (a body) is handed to hyper with the bytes after it.
+    let conversation = b"GET /sleep/100 HTTP/1.1\r\nHost: h\r\n\r\n\
+        GET /status/204 HTTP/1.1\r\nHost: h\r\n\r\n\
+        GET /first HTTP/1.1\r\nHost: h\r\n\r\n\
+        POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello\
+        GET /after HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n";
+    let (answer, closed) = raw(
+        proxy.http.unwrap(),
+        conversation,
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    let got = responses(&answer);
+    let statuses: Vec<u16> = got.iter().map(|(s, _)| *s).collect();
+    assert_eq!(statuses, [200, 204, 200, 200, 200], "{answer}");
+    for (_, r) in &got {
+        assert!(r.contains("\r\ndate: "), "{r:?}");
+        assert!(r.contains("\r\nx-request-id: "), "{r:?}");
+    }
+    assert!(
+        got[0].1.contains("content-length: ") && got[0].1.ends_with("\r\n\r\nblue"),
+        "{:?}",
+        got[0]
+    );
+    assert!(
+        !got[1].1.contains("content-length") && got[1].1.ends_with("\r\n\r\n"),
+        "{:?}",
+        got[1]
+    );
+    assert!(got[2].1.ends_with("\r\n\r\nblue"), "{:?}", got[2]);
+    assert!(got[3].1.contains("\"len\":5"), "{:?}", got[3]);
+    assert!(got[4].1.contains("\r\nconnection: close\r\n"), "{:?}", got[4]);
+    assert!(closed, "the connection closes after the request that asked");
+    assert_eq!(
+        *blue.seen.paths.lock().unwrap(),
+        ["/sleep/100", "/status/204", "/first", "/upload", "/after"]
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plain_request_asking_to_close_is_answered_then_closed() {
+    let blue = Upstream::start("blue").await;
+    let proxy = Proxy::start(&config(&[("blue", &[blue.addr])], "")).await;
+    let (answer, closed) = raw(
+        proxy.http.unwrap(),
+        b"GET / HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\nGET /never HTTP/1.1\r\nHost: h\r\n\r\n",
+        std::time::Duration::from_secs(5),
+    )
+    .await;
+    let got = responses(&answer);
+    assert_eq!(got.len(), 1, "{answer}");
+    assert!(got[0].1.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert!(got[0].1.ends_with("\r\n\r\nblue"), "{answer}");
+    assert!(closed);
+    assert_eq!(blue.hits(), 1);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_cancels_its_request_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An upstream that never answers, and reports when the proxy hangs up on it.
+    let (hung_up_tx, mut hung_up) = tokio::sync::mpsc::unbounded_channel();
+    let (upstream, _) = scripted(move |mut s| {
+        let tx = hung_up_tx.clone();
+        async move {
+            read_head(&mut s).await;
+            let mut b = [0u8; 1];
+            let _ = tx.send(matches!(s.read(&mut b).await, Ok(0) | Err(_)));
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&config(&[("blue", &[upstream])], "")).await;
+    let mut client = tokio::net::TcpStream::connect(proxy.http.unwrap()).await.unwrap();
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    drop(client);
+    let hung = tokio::time::timeout(std::time::Duration::from_secs(3), hung_up.recv()).await;
+    assert_eq!(
+        hung,
+        Ok(Some(true)),
+        "the upstream request ends when its client leaves"
+    );
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn websocket_upgrade_passes_through() {
     use futures_util::{SinkExt, StreamExt};

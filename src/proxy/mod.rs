@@ -19,6 +19,7 @@
 pub mod body;
 pub mod error;
 pub mod explain;
+pub mod h1;
 pub mod headers;
 pub mod server;
 pub mod tls;
@@ -106,23 +107,39 @@ impl Proxy {
     /// hyper stores and moves is small.
     pub fn handle(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         peer: Peer,
         busy: Busy,
-    ) -> impl Future<Output = Result<Response<ProxyBody>, Infallible>> + Send + 'static {
+    ) -> Handling<impl Future<Output = Response<ProxyBody>> + Send + 'static> {
+        let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
+        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let (parts, body) = req.into_parts();
+        self.handle_parts(parts, Some(body), client_upgrade, peer, busy)
+    }
+
+    /// [`Proxy::handle`] for a request already taken apart: its head, its body (`None`: it
+    /// has none) and, for an HTTP/1.1 upgrade, where the client's upgraded connection comes.
+    pub fn handle_parts(
+        self: &Arc<Self>,
+        parts: http::request::Parts,
+        body: Option<Incoming>,
+        client_upgrade: Option<OnUpgrade>,
+        peer: Peer,
+        busy: Busy,
+    ) -> Handling<impl Future<Output = Response<ProxyBody>> + Send + 'static> {
         let start = Instant::now();
         // One snapshot for the whole request, even if a reload swaps it meanwhile.
         let snap = self.state.snapshot.load_full();
-        let request_id = match find(req.headers(), &X_REQUEST_ID) {
+        let request_id = match find(&parts.headers, &X_REQUEST_ID) {
             Some(v) => v.clone(),
             None => headers::new_request_id(),
         };
         let log = snap
             .access_log
-            .then(|| Box::new((req.method().clone(), req.uri().clone())));
+            .then(|| Box::new((parts.method.clone(), parts.uri.clone())));
         let mut names = Names::default();
         let ready = self
-            .route(&snap, req, &mut names)
+            .route(&snap, parts, body, client_upgrade, &mut names)
             .and_then(|routed| prepare(&snap, routed, &peer, &request_id, start));
         // Used in place by the future below (not moved into its locals), so it is held once.
         let mut ready = match ready {
@@ -227,20 +244,22 @@ impl Proxy {
     fn route(
         &self,
         snap: &Snapshot,
-        mut req: Request<Incoming>,
+        parts: http::request::Parts,
+        body: Option<Incoming>,
+        client_upgrade: Option<OnUpgrade>,
         names: &mut Names,
     ) -> Result<Routed, ProxyError> {
         // Phase: route. HTTP/2 carries the host in the URI, HTTP/1.1 in the Host header.
-        let host: Option<HeaderValue> = match req.uri().authority() {
+        let host: Option<HeaderValue> = match parts.uri.authority() {
             Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => find(req.headers(), &header::HOST).cloned(),
+            None => find(&parts.headers, &header::HOST).cloned(),
         };
         let host_name = normalize_host(host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""));
         let view = RequestView {
             host: &host_name,
-            path: req.uri().path(),
-            query: req.uri().query(),
-            headers: req.headers(),
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
         };
         // Phase: decide. Only owned values leave this block, so the request is free to change.
         let (pool, decided) = {
@@ -248,7 +267,7 @@ impl Proxy {
                 .decide(&view, None, SystemTime::now())
                 .ok_or_else(|| ProxyError::NoRoute {
                     host: host_name.to_string(),
-                    path: req.uri().path().to_owned(),
+                    path: parts.uri.path().to_owned(),
                 })?;
             names.route = Some(d.route.index);
             let mut pool = d.pool;
@@ -285,9 +304,6 @@ impl Proxy {
         };
 
         // Phase: upstream_request (the header fields are made by `Decided::fields`).
-        let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
-        let (parts, body) = req.into_parts();
         let via = if parts.version == Version::HTTP_2 {
             &VIA_2
         } else {
@@ -300,7 +316,7 @@ impl Proxy {
             via,
             client_upgrade,
             parts,
-            body: Some(body),
+            body,
         })
     }
 
@@ -611,7 +627,7 @@ pin_project_lite::pin_project! {
     /// The future of [`Proxy::handle`], as hyper wants it: keeps the client connection busy
     /// for its idle watchdog until the response body is done. (One plain struct around the
     /// phases: each layer of futures would move the response once more on its way out.)
-    struct Handling<F> {
+    pub struct Handling<F> {
         busy: Option<Busy>,
         #[pin]
         phase: Phase<F>,

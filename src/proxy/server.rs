@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 use tokio_util::task::AbortOnDropHandle;
 
+use super::h1;
 use super::watchdog::{self, Busy, Connections, Counted};
 use super::{Peer, Proxy};
 use crate::state::State;
@@ -72,6 +73,7 @@ impl Server {
             limit: limit.clone(),
             connections,
             handshake_timeout: listen.header_read_timeout,
+            max_head: listen.max_header_bytes,
         });
 
         let mut loops = Vec::new();
@@ -132,6 +134,8 @@ struct Accepting {
     limit: Arc<Semaphore>,
     connections: Arc<Connections>,
     handshake_timeout: Duration,
+    /// `listen.max_header_bytes`: past this, a head is not complete, hyper answers 431.
+    max_head: usize,
 }
 
 async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Accepting>, mut stop: watch::Receiver<bool>) {
@@ -164,7 +168,7 @@ async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Accepting>, mut 
             if tls {
                 serve_tls(stream, peer, &ctx).await;
             } else {
-                serve(stream, peer, &ctx).await;
+                serve(stream, peer, &ctx, true).await;
             }
             open.dec();
             drop(permit);
@@ -180,13 +184,17 @@ async fn serve_tls(stream: TcpStream, peer: Peer, ctx: &Accepting) {
     };
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(stream)).await {
-        Ok(Ok(tls)) => serve(tls, peer, ctx).await,
+        Ok(Ok(tls)) => {
+            let h1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
+            serve(tls, peer, ctx, h1).await
+        }
         Ok(Err(e)) => tracing::debug!(peer = %peer.addr, "TLS handshake failed: {e}"),
         Err(_) => tracing::debug!(peer = %peer.addr, "TLS handshake timed out"),
     }
 }
 
-async fn serve<I>(io: I, peer: Peer, ctx: &Accepting)
+/// Serves one connection; `h1`: it may be HTTP/1 (not HTTP/2 by ALPN).
+async fn serve<I>(io: I, peer: Peer, ctx: &Accepting, h1: bool)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -197,7 +205,17 @@ where
     // dropped early still ends; the phases up to the upstream request run now, before hyper
     // reads on.
     let service = service_fn(move |req| proxy.handle(req, peer, Busy::start(&busy_conn)));
-    let io = TokioIo::new(Counted::new(io, watched.clone()));
+    let mut io = Counted::new(io, watched.clone());
+    // Plain HTTP/1.1 requests are served here; hyper takes the connection from the first
+    // request that is not (or from the start, for HTTP/2).
+    let read = match h1 {
+        true => match h1::serve(&mut io, peer, &ctx.proxy, &watched, ctx.max_head).await {
+            h1::Served::Closed => return,
+            h1::Served::Handoff(read) => read,
+        },
+        false => bytes::BytesMut::new(),
+    };
+    let io = TokioIo::new(h1::Rewind::new(io, read));
     let conn = ctx.builder.serve_connection_with_upgrades(io, service);
     let conn = std::pin::pin!(conn);
     if let Err(e) = watchdog::serve(conn, &watched, |c| c.graceful_shutdown()).await {

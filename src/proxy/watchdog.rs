@@ -54,6 +54,18 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// Whether the connection is asked to close (after its request, or at once).
+    pub fn closing(&self) -> bool {
+        self.close.load(Relaxed) != OPEN
+    }
+
+    /// [`Conn::closing`], and if not, wakes the task of `cx` when it is asked.
+    pub fn close_asked(&self, cx: &Context<'_>) -> bool {
+        // Registered before the flag is read, so a close asked in between still wakes it.
+        self.waker.register(cx.waker());
+        self.closing()
+    }
+
     fn ask_close(&self, how: u8) {
         if self.close.fetch_max(how, Relaxed) < how {
             self.waker.wake();

@@ -544,7 +544,7 @@ fn encode_head(
 
 /// Appends `name: value\r\n`, with one capacity check for the line.
 #[inline]
-fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+pub(crate) fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     let len = name.len() + value.len() + 4;
     out.reserve(len);
     let at = out.len();
@@ -690,7 +690,7 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
     }
 }
 
-fn parse_length(v: &[u8]) -> Option<u64> {
+pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
     }
