@@ -140,6 +140,18 @@ impl Body for ProxyBody {
     }
 }
 
+impl ProxyBody {
+    /// Ends the body in place, as dropping it would: the logging phase runs, the upstream
+    /// connection and the client connection's busy mark go.
+    pub fn end(&mut self) {
+        if let Some(f) = self.finish.take() {
+            f.done();
+        }
+        self.kind = Kind::Full(None);
+        self.busy = None;
+    }
+}
+
 impl Drop for ProxyBody {
     fn drop(&mut self) {
         if let Some(f) = self.finish.take() {

@@ -80,13 +80,15 @@ where
                 _ => return Served::Closed,
             }
         };
-        let handling = proxy.handle_parts(parts, None, None, peer, Busy::start(watched));
-        let Some(response) = while_open(io, &mut buf, max_head, handling).await else {
+        // Pinned where it is made, and the response written where it lands: each is a few
+        // hundred bytes, and every move of them is a copy.
+        let handling = std::pin::pin!(proxy.handle_parts(parts, None, None, peer, Busy::start(watched)));
+        let Some(mut response) = while_open(io, &mut buf, max_head, handling).await else {
             // The client left: the request is dropped, as hyper drops it.
             return Served::Closed;
         };
         let close = close || watched.closing();
-        if write_response(io, &mut out, response, close).await.is_err() || close {
+        if write_response(io, &mut out, &mut response, close).await.is_err() || close {
             let _ = io.shutdown().await;
             return Served::Closed;
         }
@@ -100,13 +102,12 @@ async fn while_open<I, F>(
     io: &mut I,
     buf: &mut BytesMut,
     max_head: usize,
-    handling: F,
+    mut handling: Pin<&mut F>,
 ) -> Option<Response<ProxyBody>>
 where
     I: AsyncRead + Unpin,
     F: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>,
 {
-    let mut handling = std::pin::pin!(handling);
     poll_fn(|cx| {
         if let Poll::Ready(Ok(response)) = handling.as_mut().poll(cx) {
             return Poll::Ready(Some(response));
@@ -310,16 +311,21 @@ enum Framing {
 async fn write_response<I>(
     io: &mut I,
     out: &mut Vec<u8>,
-    response: Response<ProxyBody>,
+    response: &mut Response<ProxyBody>,
     close: bool,
 ) -> io::Result<()>
 where
     I: AsyncWrite + Unpin,
 {
-    let (parts, mut body) = response.into_parts();
     out.clear();
-    let framing = encode_head(out, &parts.status, &parts.headers, &body, close);
-    drop(parts);
+    let framing = encode_head(
+        out,
+        &response.status(),
+        response.headers(),
+        response.body(),
+        close,
+    );
+    let body = response.body_mut();
     let mut sent = 0u64;
     let mut trailed = false;
     let result: io::Result<()> = async {
@@ -329,7 +335,7 @@ where
         loop {
             // Every frame ready now goes behind what is waiting, so a small response is one
             // write.
-            let step = poll_fn(|cx| match Pin::new(&mut body).poll_frame(cx) {
+            let step = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
                 Poll::Pending if !out.is_empty() => Poll::Ready(None),
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(frame) => Poll::Ready(Some(frame)),
@@ -364,8 +370,8 @@ where
         }
     }
     .await;
-    // The logging phase runs when the body goes, before the bytes are out: as with hyper.
-    drop(body);
+    // The logging phase runs when the body is done, before the bytes are out: as with hyper.
+    body.end();
     result?;
     flush(io, out).await
 }
