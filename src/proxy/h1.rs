@@ -201,7 +201,7 @@ fn parse(buf: &mut BytesMut) -> Head {
                     return Head::Handoff;
                 }
             }
-        } else if name.eq_ignore_ascii_case(b"upgrade") || name.eq_ignore_ascii_case(b"expect") {
+        } else if f.is(head::UPGRADE) || f.is(head::EXPECT) {
             return Head::Handoff;
         }
     }

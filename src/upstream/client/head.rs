@@ -245,29 +245,45 @@ pub fn fields<'f>(
     }
 }
 
-/// Field names common in responses, lowercase, grouped by length: what [`known_name`] finds
-/// without looking at one byte at a time. Letters and '-' only.
-const NAMES: [&[u8]; 24] = [
+/// Field names common in requests and responses, lowercase, grouped by length: what
+/// [`known_name`] finds without looking at one byte at a time. Letters and '-' only.
+const NAMES: [&[u8]; 40] = [
+    b"te",
     b"age",
     b"via",
     b"date",
     b"etag",
     b"vary",
+    b"host",
     b"server",
+    b"accept",
+    b"cookie",
+    b"origin",
+    b"expect",
     b"expires",
+    b"referer",
+    b"upgrade",
     b"location",
     b"connection",
     b"keep-alive",
     b"set-cookie",
+    b"user-agent",
     b"content-type",
+    b"x-request-id",
     b"accept-ranges",
     b"cache-control",
     b"last-modified",
+    b"authorization",
+    b"if-none-match",
     b"content-length",
     b"x-frame-options",
     b"referrer-policy",
+    b"accept-encoding",
+    b"accept-language",
+    b"x-forwarded-for",
     b"content-encoding",
     b"transfer-encoding",
+    b"if-modified-since",
     b"x-content-type-options",
     b"content-security-policy",
     b"strict-transport-security",
@@ -276,26 +292,42 @@ const NAMES: [&[u8]; 24] = [
 
 /// The header name of each of [`NAMES`].
 static KNOWN: [HeaderName; NAMES.len()] = [
+    header::TE,
     header::AGE,
     header::VIA,
     header::DATE,
     header::ETAG,
     header::VARY,
+    header::HOST,
     header::SERVER,
+    header::ACCEPT,
+    header::COOKIE,
+    header::ORIGIN,
+    header::EXPECT,
     header::EXPIRES,
+    header::REFERER,
+    header::UPGRADE,
     header::LOCATION,
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     header::SET_COOKIE,
+    header::USER_AGENT,
     header::CONTENT_TYPE,
+    HeaderName::from_static("x-request-id"),
     header::ACCEPT_RANGES,
     header::CACHE_CONTROL,
     header::LAST_MODIFIED,
+    header::AUTHORIZATION,
+    header::IF_NONE_MATCH,
     header::CONTENT_LENGTH,
     header::X_FRAME_OPTIONS,
     header::REFERRER_POLICY,
+    header::ACCEPT_ENCODING,
+    header::ACCEPT_LANGUAGE,
+    HeaderName::from_static("x-forwarded-for"),
     header::CONTENT_ENCODING,
     header::TRANSFER_ENCODING,
+    header::IF_MODIFIED_SINCE,
     header::X_CONTENT_TYPE_OPTIONS,
     header::CONTENT_SECURITY_POLICY,
     header::STRICT_TRANSPORT_SECURITY,
@@ -307,9 +339,11 @@ static KNOWN: [HeaderName; NAMES.len()] = [
 pub struct Known(u8);
 
 pub const CONNECTION: Known = Known(index_of(b"connection"));
+pub const EXPECT: Known = Known(index_of(b"expect"));
 pub const CONTENT_LENGTH: Known = Known(index_of(b"content-length"));
 pub const KEEP_ALIVE: Known = Known(index_of(b"keep-alive"));
 pub const TRANSFER_ENCODING: Known = Known(index_of(b"transfer-encoding"));
+pub const UPGRADE: Known = Known(index_of(b"upgrade"));
 
 /// Where `name` is in [`NAMES`]; not building if it is not there.
 const fn index_of(name: &[u8]) -> u8 {
