@@ -87,7 +87,9 @@ where
             // The client left: the request is dropped, as hyper drops it.
             return Served::Closed;
         };
-        let close = close || watched.closing();
+        // A final 1xx (a 101 to a request that asked for no upgrade) leaves the connection in
+        // a state no client can go on from.
+        let close = close || watched.closing() || response.status().is_informational();
         if write_response(io, &mut out, &mut response, close).await.is_err() || close {
             let _ = io.shutdown().await;
             return Served::Closed;

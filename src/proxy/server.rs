@@ -1,5 +1,7 @@
 //! Listeners and connections: HTTP/1.1 and prior-knowledge HTTP/2 (h2c) on the plain listener,
-//! both by ALPN on the TLS one. Connections are capped by a semaphore (past the cap, accepting
+//! both by ALPN on the TLS one. An HTTP/1 connection starts on switchyard's own loop for plain
+//! requests ([`super::h1`]); hyper takes it over from the first request that is not plain, and
+//! serves HTTP/2. Connections are capped by a semaphore (past the cap, accepting
 //! pauses and the kernel's backlog holds new clients), slow clients and idle connections are
 //! cut off by the [`watchdog`] after the header read timeout, and shutdown drains: stop
 //! accepting, let in-flight requests finish up to the drain deadline, then return.
