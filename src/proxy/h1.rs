@@ -38,6 +38,9 @@ use crate::upstream::client::{self, head};
 const MAX_FIELDS: usize = 100;
 /// A body frame at least this large is written as it is, not copied behind the head.
 const DIRECT: usize = 16 * 1024;
+/// Bytes waiting to be written past which they are written before more frames are taken, so
+/// a fast upstream's small frames do not pile up for a slow client.
+const FLUSH_AT: usize = 64 * 1024;
 
 /// How the loop ended.
 pub enum Served {
@@ -90,7 +93,8 @@ where
         // A final 1xx (a 101 to a request that asked for no upgrade) leaves the connection in
         // a state no client can go on from.
         let close = close || watched.closing() || response.status().is_informational();
-        if write_response(io, &mut out, &mut response, close).await.is_err() || close {
+        let written = write_response(io, &mut out, &mut response, close, ProxyBody::end).await;
+        if written.is_err() || close {
             let _ = io.shutdown().await;
             return Served::Closed;
         }
@@ -309,24 +313,22 @@ enum Framing {
     Chunked(Vec<HeaderName>),
 }
 
-/// Writes the response, its head and body; `Err` when the connection cannot go on.
-async fn write_response<I>(
+/// Writes the response, its head and body, calling `end` on the body when it is done (before
+/// the last bytes are out); `Err` when the connection cannot go on.
+async fn write_response<I, B>(
     io: &mut I,
     out: &mut Vec<u8>,
-    response: &mut Response<ProxyBody>,
+    response: &mut Response<B>,
     close: bool,
+    end: impl FnOnce(&mut B),
 ) -> io::Result<()>
 where
     I: AsyncWrite + Unpin,
+    B: Body<Data = Bytes, Error = io::Error> + Unpin,
 {
     out.clear();
-    let framing = encode_head(
-        out,
-        &response.status(),
-        response.headers(),
-        response.body(),
-        close,
-    );
+    let length = response.body().size_hint().exact();
+    let framing = encode_head(out, &response.status(), response.headers(), length, close);
     let body = response.body_mut();
     let mut sent = 0u64;
     let mut trailed = false;
@@ -335,6 +337,9 @@ where
             return Ok(());
         }
         loop {
+            if out.len() >= FLUSH_AT {
+                flush(io, out).await?;
+            }
             // Every frame ready now goes behind what is waiting, so a small response is one
             // write.
             let step = poll_fn(|cx| match Pin::new(&mut *body).poll_frame(cx) {
@@ -373,7 +378,7 @@ where
     }
     .await;
     // The logging phase runs when the body is done, before the bytes are out: as with hyper.
-    body.end();
+    end(body);
     result?;
     flush(io, out).await
 }
@@ -449,12 +454,13 @@ fn put_trailers(out: &mut Vec<u8>, allowed: &[HeaderName], trailers: &HeaderMap)
     out.extend_from_slice(b"\r\n");
 }
 
-/// Encodes the status line and fields into `out`, and says how the body is framed.
+/// Encodes the status line and fields into `out`, and says how the body is framed;
+/// `body_length`: the body's, when known.
 fn encode_head(
     out: &mut Vec<u8>,
     status: &StatusCode,
     headers: &HeaderMap,
-    body: &ProxyBody,
+    body_length: Option<u64>,
     close: bool,
 ) -> Framing {
     if *status == StatusCode::OK {
@@ -493,7 +499,7 @@ fn encode_head(
         Framing::None
     } else if let Some(n) = length {
         Framing::Length(n)
-    } else if let Some(n) = body.size_hint().exact() {
+    } else if let Some(n) = body_length {
         let mut digits = itoa::Buffer::new();
         client::put_field(out, b"content-length", digits.format(n).as_bytes());
         Framing::Length(n)
@@ -729,13 +735,12 @@ mod tests {
             for (n, v) in headers {
                 map.append(HeaderName::from_bytes(n.as_bytes()).unwrap(), v.parse().unwrap());
             }
-            let body = ProxyBody::full(Bytes::from(body.to_owned()));
             let mut out = Vec::new();
             let framing = encode_head(
                 &mut out,
                 &StatusCode::from_u16(status).unwrap(),
                 &map,
-                &body,
+                Some(body.len() as u64),
                 close,
             );
             let len = match framing {
@@ -782,6 +787,110 @@ mod tests {
             text.starts_with("HTTP/1.1 599 <none>\r\ncontent-length: 0\r\n"),
             "{text:?}"
         );
+    }
+
+    /// A client socket that takes every write whole, keeping the bytes and each write's size.
+    #[derive(Default)]
+    struct Recorder {
+        bytes: Vec<u8>,
+        writes: Vec<usize>,
+    }
+
+    impl AsyncWrite for Recorder {
+        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+            self.bytes.extend_from_slice(buf);
+            self.writes.push(buf.len());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Writes `response` as the plain path does; the bytes, each write's size, how often the
+    /// body was ended and the result.
+    async fn written<B>(mut response: Response<B>) -> (Vec<u8>, Vec<usize>, usize, io::Result<()>)
+    where
+        B: Body<Data = Bytes, Error = io::Error> + Unpin,
+    {
+        let (mut io, mut out, mut ended) = (Recorder::default(), Vec::new(), 0);
+        let result = write_response(&mut io, &mut out, &mut response, false, |_| ended += 1).await;
+        (io.bytes, io.writes, ended, result)
+    }
+
+    #[tokio::test]
+    async fn small_frames_of_a_fast_body_go_out_in_bounded_writes_then_the_announced_trailers() {
+        use http_body_util::StreamBody;
+        let frames = (0..2000u32)
+            .map(|i| {
+                Ok(http_body::Frame::data(Bytes::from(vec![
+                    b'a' + (i % 26) as u8;
+                    100
+                ])))
+            })
+            .chain(std::iter::once(Ok(http_body::Frame::trailers({
+                let mut t = HeaderMap::new();
+                t.insert("x-sum", HeaderValue::from_static("1"));
+                t.insert("x-secret", HeaderValue::from_static("2"));
+                t
+            }))));
+        let body = StreamBody::new(futures_util::stream::iter(frames.collect::<Vec<io::Result<_>>>()));
+        let mut response = Response::new(body);
+        response
+            .headers_mut()
+            .insert(header::TRAILER, HeaderValue::from_static("x-sum"));
+        let (bytes, writes, ended, result) = written(response).await;
+        result.unwrap();
+        assert_eq!(ended, 1);
+        assert!(writes.len() > 1, "{writes:?}");
+        assert!(writes.iter().all(|&w| w <= FLUSH_AT + 200), "{writes:?}");
+        let text = String::from_utf8(bytes).unwrap();
+        let (head, mut rest) = text.split_once("\r\n\r\n").unwrap();
+        assert!(
+            head.contains("\r\ntrailer: x-sum\r\ntransfer-encoding: chunked\r\n"),
+            "{head}"
+        );
+        let mut data = String::new();
+        loop {
+            let (size, after) = rest.split_once("\r\n").unwrap();
+            let size = usize::from_str_radix(size, 16).unwrap();
+            if size == 0 {
+                assert_eq!(after, "x-sum: 1\r\n\r\n", "only the announced trailer");
+                break;
+            }
+            data.push_str(&after[..size]);
+            rest = after[size..].strip_prefix("\r\n").unwrap();
+        }
+        let want: String = (0..2000u32)
+            .map(|i| ((b'a' + (i % 26) as u8) as char).to_string().repeat(100))
+            .collect();
+        assert_eq!(data, want);
+    }
+
+    #[tokio::test]
+    async fn a_known_length_goes_with_the_head_in_one_write_and_must_be_kept() {
+        let full = |b: &'static str| ProxyBody::full(Bytes::from_static(b.as_bytes()));
+        let (bytes, writes, ended, result) = written(Response::new(full("hello"))).await;
+        result.unwrap();
+        assert_eq!((writes.len(), ended), (1, 1));
+        let text = String::from_utf8(bytes).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 200 OK\r\ncontent-length: 5\r\ndate: "),
+            "{text}"
+        );
+        assert!(text.ends_with(" GMT\r\n\r\nhello"), "{text}");
+
+        // A length the body does not keep breaks the connection (the client sees it cut off).
+        let mut short = Response::new(full("hel"));
+        short
+            .headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from_static("5"));
+        let (_, _, ended, result) = written(short).await;
+        assert!(result.is_err());
+        assert_eq!(ended, 1);
     }
 
     #[test]
