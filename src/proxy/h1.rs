@@ -291,18 +291,12 @@ fn request_line(buf: &[u8]) -> Result<Option<(Method, std::ops::Range<usize>, us
 
 /// Bytes of a target this path takes: RFC 3986 `pchar`, `/` and `?` (so `%` escapes, but no
 /// fragment, no space, nothing `Uri` might refuse).
-static PATH: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        t[b] = matches!(b as u8,
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9'
-            | b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')'
-            | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@' | b'/' | b'?');
-        b += 1;
-    }
-    t
-};
+#[rustfmt::skip]
+static PATH: [bool; 256] = head::byte_set!(
+    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9'
+    | b'-' | b'.' | b'_' | b'~' | b'%' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')'
+    | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'@' | b'/' | b'?'
+);
 
 /// How the response body is framed.
 enum Framing {
@@ -361,7 +355,9 @@ where
                 Ok(data) => put_data(io, out, &framing, data, &mut sent).await?,
                 Err(frame) => {
                     if let (Ok(trailers), Framing::Chunked(allowed)) = (frame.into_trailers(), &framing) {
-                        put_trailers(out, allowed, &trailers);
+                        // Only the fields `Trailer` announced, as hyper sends.
+                        let announced = trailers.iter().filter(|(name, _)| allowed.contains(name));
+                        client::put_last_chunk(out, announced);
                         trailed = true;
                     }
                 }
@@ -411,7 +407,7 @@ async fn put_data<I: AsyncWrite + Unpin>(
         }
         Framing::Chunked(_) => {
             let mut size = [0u8; 18];
-            out.extend_from_slice(hex_line(&mut size, data.len()));
+            out.extend_from_slice(client::chunk_size_line(&mut size, data.len()));
         }
         Framing::None => return Ok(()),
     }
@@ -425,33 +421,6 @@ async fn put_data<I: AsyncWrite + Unpin>(
         out.extend_from_slice(b"\r\n");
     }
     Ok(())
-}
-
-/// `{len:x}\r\n` in `buf`.
-fn hex_line(buf: &mut [u8; 18], mut len: usize) -> &[u8] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut at = 16;
-    buf[16..].copy_from_slice(b"\r\n");
-    loop {
-        at -= 1;
-        buf[at] = HEX[len & 0xf];
-        len >>= 4;
-        if len == 0 {
-            break;
-        }
-    }
-    &buf[at..]
-}
-
-/// The last chunk with the trailer fields that `Trailer` announced.
-fn put_trailers(out: &mut Vec<u8>, allowed: &[HeaderName], trailers: &HeaderMap) {
-    out.extend_from_slice(b"0\r\n");
-    for (name, value) in trailers {
-        if allowed.contains(name) {
-            client::put_field(out, name.as_str().as_bytes(), value.as_bytes());
-        }
-    }
-    out.extend_from_slice(b"\r\n");
 }
 
 /// Encodes the status line and fields into `out`, and says how the body is framed;
@@ -891,15 +860,6 @@ mod tests {
         let (_, _, ended, result) = written(short).await;
         assert!(result.is_err());
         assert_eq!(ended, 1);
-    }
-
-    #[test]
-    fn chunk_sizes_are_hex_lines() {
-        let mut buf = [0u8; 18];
-        assert_eq!(hex_line(&mut buf, 0), b"0\r\n");
-        assert_eq!(hex_line(&mut buf, 255), b"ff\r\n");
-        assert_eq!(hex_line(&mut buf, 0x10000), b"10000\r\n");
-        assert_eq!(hex_line(&mut buf, usize::MAX), b"ffffffffffffffff\r\n");
     }
 
     /// httparse's reading of a request (what hyper builds a request from): method, target,

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use crossbeam_queue::ArrayQueue;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Method, Response, StatusCode, Version};
 use http_body::{Body, Frame, SizeHint};
@@ -690,6 +690,34 @@ fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<Head>, Error
     }
 }
 
+/// A chunk's size line, `{len:x}\r\n`, written into `buf`.
+pub(crate) fn chunk_size_line(buf: &mut [u8; 18], mut len: usize) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut at = 16;
+    buf[16..].copy_from_slice(b"\r\n");
+    loop {
+        at -= 1;
+        buf[at] = HEX[len & 0xf];
+        len >>= 4;
+        if len == 0 {
+            break;
+        }
+    }
+    &buf[at..]
+}
+
+/// The last chunk of a chunked body with its trailer fields (`trailers` may be filtered).
+pub(crate) fn put_last_chunk<'a>(
+    out: &mut Vec<u8>,
+    trailers: impl IntoIterator<Item = (&'a HeaderName, &'a HeaderValue)>,
+) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers {
+        put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
 pub(crate) fn parse_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
         return None;
@@ -763,8 +791,9 @@ impl BodyWriter {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) if data.is_empty() => {}
                     Ok(data) if self.chunked => {
+                        let mut size = [0u8; 18];
                         self.out
-                            .push_back(Bytes::from(format!("{:x}\r\n", data.len()).into_bytes()));
+                            .push_back(Bytes::copy_from_slice(chunk_size_line(&mut size, data.len())));
                         self.out.push_back(data);
                         self.out.push_back(Bytes::from_static(b"\r\n"));
                     }
@@ -772,14 +801,8 @@ impl BodyWriter {
                     Err(frame) => {
                         // Trailers end the body; only chunked coding can carry them.
                         if let (Ok(trailers), true) = (frame.into_trailers(), self.chunked) {
-                            let mut t = b"0\r\n".to_vec();
-                            for (name, value) in &trailers {
-                                t.extend_from_slice(name.as_str().as_bytes());
-                                t.extend_from_slice(b": ");
-                                t.extend_from_slice(value.as_bytes());
-                                t.extend_from_slice(b"\r\n");
-                            }
-                            t.extend_from_slice(b"\r\n");
+                            let mut t = Vec::new();
+                            put_last_chunk(&mut t, &trailers);
                             self.out.push_back(Bytes::from(t));
                             self.ended = true;
                         }
@@ -1051,6 +1074,15 @@ impl Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_sizes_are_chunk_size_lines() {
+        let mut buf = [0u8; 18];
+        assert_eq!(chunk_size_line(&mut buf, 0), b"0\r\n");
+        assert_eq!(chunk_size_line(&mut buf, 255), b"ff\r\n");
+        assert_eq!(chunk_size_line(&mut buf, 0x10000), b"10000\r\n");
+        assert_eq!(chunk_size_line(&mut buf, usize::MAX), b"ffffffffffffffff\r\n");
+    }
     use tokio::net::TcpListener;
 
     async fn pair(listener: &TcpListener) -> (Conn, TcpStream) {

@@ -78,30 +78,30 @@ pub enum Invalid {
 /// `Ok(None)`: the bytes so far are a valid beginning; more are needed.
 pub type Parsed<T> = Result<Option<T>, Invalid>;
 
+/// A table of which bytes match a pattern, made at compile time.
+macro_rules! byte_set {
+    ($($pattern:tt)+) => {{
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            t[b] = matches!(b as u8, $($pattern)+);
+            b += 1;
+        }
+        t
+    }};
+}
+pub(crate) use byte_set;
+
 /// Bytes allowed in a field name (RFC 9110 §5.6.2 `tchar`).
-static TOKEN: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        t[b] = matches!(b as u8,
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9'
-            | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+'
-            | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~');
-        b += 1;
-    }
-    t
-};
+#[rustfmt::skip]
+static TOKEN: [bool; 256] = byte_set!(
+    b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9'
+    | b'!' | b'#' | b'$' | b'%' | b'&' | b'\'' | b'*' | b'+'
+    | b'-' | b'.' | b'^' | b'_' | b'`' | b'|' | b'~'
+);
 
 /// Bytes allowed in a field value or a reason phrase: tab, space, visible ASCII, obs-text.
-static TEXT: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 256 {
-        t[b] = matches!(b as u8, b'\t' | b' '..=0x7e | 0x80..=0xff);
-        b += 1;
-    }
-    t
-};
+static TEXT: [bool; 256] = byte_set!(b'\t' | b' '..=0x7e | 0x80..=0xff);
 
 /// The next byte, or "incomplete" from the enclosing function.
 macro_rules! next {
