@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! request ─▶ proxy::server      accept, TLS, HTTP/1.1 + HTTP/2, connection limit, idle watchdog, drain
+//!         ─▶ proxy::h1          plain HTTP/1.1 requests (hyper serves the rest)
 //!         ─▶ proxy              the request phases (see its docs), header hygiene, errors
 //!         ─▶ routing            route match → pool (pure, compiled from config)
 //!         ─▶ upstream           endpoint selection, the shared pooled client

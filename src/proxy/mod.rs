@@ -99,12 +99,12 @@ impl Proxy {
         &self.state
     }
 
-    /// Answers one request. Never fails: local errors become responses here.
+    /// Answers one request hyper has read. Never fails: local errors become responses here.
     ///
     /// The phases up to an encoded upstream request run at once, when this is called; the
     /// future then holds only what the rest needs. So the client's request head (whose fields
     /// share the server's read buffer) is gone before the request first waits, and the future
-    /// hyper stores and moves is small.
+    /// the server stores and moves is small.
     pub fn handle(
         self: &Arc<Self>,
         mut req: Request<Incoming>,
