@@ -74,9 +74,6 @@ where
                     Head::Lost => return Served::Closed,
                 }
             }
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(4 * 1024);
-            }
             match read(io, &mut buf, watched).await {
                 Ok(n) if n > 0 => {}
                 // End of stream, a read error or a close asked by the watchdog.
@@ -90,9 +87,7 @@ where
             // The client left: the request is dropped, as hyper drops it.
             return Served::Closed;
         };
-        // A final 1xx (a 101 to a request that asked for no upgrade) leaves the connection in
-        // a state no client can go on from.
-        let close = close || watched.closing() || response.status().is_informational();
+        let close = close || watched.closing();
         let written = write_response(io, &mut out, &mut response, close, ProxyBody::end).await;
         if written.is_err() || close {
             let _ = io.shutdown().await;
@@ -122,9 +117,6 @@ where
         // this costs no system call until the client sends more or hangs up. As with hyper's
         // default, a client that ends its side (even half) has left.
         while buf.len() < max_head {
-            if buf.capacity() - buf.len() < 1024 {
-                buf.reserve(4 * 1024);
-            }
             match poll_read_into(io, buf, cx) {
                 Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
                 Poll::Ready(Ok(_)) => {}
@@ -136,11 +128,15 @@ where
     .await
 }
 
+/// Reads what the socket has into `buf`, with room for a kilobyte at least.
 fn poll_read_into<I: AsyncRead + Unpin>(
     io: &mut I,
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < 1024 {
+        buf.reserve(4 * 1024);
+    }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
