@@ -624,7 +624,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 pin_project_lite::pin_project! {
-    /// The future of [`Proxy::handle`], as hyper wants it: keeps the client connection busy
+    /// The future of [`Proxy::handle_parts`] (a service's future, as hyper wants it, for
+    /// [`Proxy::handle`]): keeps the client connection busy
     /// for its idle watchdog until the response body is done. (One plain struct around the
     /// phases: each layer of futures would move the response once more on its way out.)
     pub struct Handling<F> {
