@@ -141,6 +141,45 @@ async fn forwarding_headers_are_added_and_spoofed_ones_dropped() {
 }
 
 #[tokio::test]
+async fn headers_left_out_in_the_config_pass_as_the_client_sent_them() {
+    let blue = Upstream::start("blue").await;
+    let dead = dead_port().await;
+    let lean = "[headers]\nflags = \"x-flags\"\npool = \"\"\nbucket = \"\"\nforwarded = false\nvia = false\nrequest_id = false\n\n[[flags]]\nname = \"beta\"\npercent = 100\n";
+    let proxy = Proxy::start(&config(&[("blue", &[blue.addr]), ("dead", &[dead])], lean)).await;
+    let client = h1_client();
+    let req = Request::get(proxy.url("/echo"))
+        .header("host", "shop.example.com")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "https")
+        .header("x-request-id", "req-42")
+        .header("x-switchyard-pool", "canary")
+        .header("x-flags", "admin=on")
+        .header("via", "1.1 edge")
+        .body(empty())
+        .unwrap();
+    let (parts, body) = send(&client, req).await;
+    assert_eq!(parts.status, 200);
+    let seen: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(seen["x-forwarded-for"], serde_json::json!(["203.0.113.7"]));
+    assert_eq!(seen["x-forwarded-proto"], serde_json::json!(["https"]));
+    assert!(seen.get("x-forwarded-host").is_none(), "{seen}");
+    assert_eq!(seen["via"], serde_json::json!(["1.1 edge"]));
+    assert_eq!(seen["x-request-id"], serde_json::json!(["req-42"]));
+    // Still never passed from the client: the internal prefix and the flags header's name.
+    assert!(seen.get("x-switchyard-pool").is_none(), "{seen}");
+    assert!(seen.get("x-switchyard-bucket").is_none(), "{seen}");
+    assert_eq!(seen["x-flags"], serde_json::json!(["beta=on"]));
+    assert!(parts.headers.get("via").is_none());
+    assert!(parts.headers.get("x-request-id").is_none());
+
+    // A local error carries no generated id either.
+    let (parts, _) = get(&client, &proxy.url("/dead")).await;
+    assert_eq!(parts.status, 502);
+    assert!(parts.headers.get("x-request-id").is_none());
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
 async fn hop_by_hop_headers_are_removed_both_ways() {
     let blue = Upstream::start("blue").await;
     let proxy = Proxy::start(&config(&[("blue", &[blue.addr])], "")).await;

@@ -17,7 +17,7 @@ use crate::guard::{GuardConfig, RolloutConfig};
 use crate::routing::flags::{is_key, is_token};
 use crate::routing::identity::KeyFrom;
 use crate::routing::{
-    AdminSettings, Flag, HeaderNames, Identity, Listen, Override, Route, RouteTable, Snapshot, Split,
+    AdminSettings, Flag, HeaderSettings, Identity, Listen, Override, Route, RouteTable, Snapshot, Split,
 };
 use crate::upstream::{Balance, Endpoint, HealthCheck, Pool};
 
@@ -303,29 +303,41 @@ fn compile_identity(errs: &mut Errors<'_>, raw: &RawConfig) -> Identity {
     id
 }
 
-fn compile_headers(errs: &mut Errors<'_>, raw: &RawConfig) -> HeaderNames {
-    let mut names = HeaderNames::default();
+fn compile_headers(errs: &mut Errors<'_>, raw: &RawConfig) -> HeaderSettings {
+    let mut set = HeaderSettings::default();
     let Some(h) = raw.headers.as_ref().map(Spanned::get_ref) else {
-        return names;
+        return set;
     };
     for (value, slot, path) in [
-        (&h.flags, &mut names.flags, "headers.flags"),
-        (&h.pool, &mut names.pool, "headers.pool"),
-        (&h.bucket, &mut names.bucket, "headers.bucket"),
+        (&h.flags, &mut set.flags, "headers.flags"),
+        (&h.pool, &mut set.pool, "headers.pool"),
+        (&h.bucket, &mut set.bucket, "headers.bucket"),
     ] {
-        if let Some(v) = value {
-            match HeaderName::from_bytes(v.get_ref().as_bytes()) {
-                Ok(n) => *slot = n,
-                Err(_) => errs.at(
-                    v,
-                    path,
-                    format!("`{}` is not a header name", v.get_ref()),
-                    "use letters, digits and `-`",
-                ),
-            }
+        let Some(v) = value else { continue };
+        if v.get_ref().is_empty() {
+            *slot = None;
+            continue;
+        }
+        match HeaderName::from_bytes(v.get_ref().as_bytes()) {
+            Ok(n) => *slot = Some(n),
+            Err(_) => errs.at(
+                v,
+                path,
+                format!("`{}` is not a header name", v.get_ref()),
+                "use letters, digits and `-`, or \"\" to send no such header",
+            ),
         }
     }
-    names
+    for (value, slot) in [
+        (&h.forwarded, &mut set.forwarded),
+        (&h.via, &mut set.via),
+        (&h.request_id, &mut set.request_id),
+    ] {
+        if let Some(v) = value {
+            *slot = *v.get_ref();
+        }
+    }
+    set
 }
 
 fn compile_flag(
@@ -1137,6 +1149,28 @@ split = { blue = -5 }
                 .iter()
                 .any(|s| s.contains("same host, path_prefix and headers")),
             "{shown:?}"
+        );
+    }
+
+    #[test]
+    fn headers_can_be_renamed_or_left_out() {
+        let base = "[listen]\nhttp = \"127.0.0.1:1\"\n[pools.a]\nendpoints = [\"127.0.0.1:2\"]\n[[routes]]\nname = \"x\"\nsplit = { a = 1 }\n";
+        let src =
+            format!("{base}[headers]\nflags = \"x-flags\"\npool = \"\"\nforwarded = false\nvia = false\n");
+        let raw = parse(&src).0.unwrap();
+        let h = super::compile(&src, &raw, Path::new("."), None).unwrap().headers;
+        assert_eq!(h.flags.as_ref().map(|n| n.as_str()), Some("x-flags"));
+        assert_eq!(h.pool, None);
+        assert_eq!(h.bucket.as_ref().map(|n| n.as_str()), Some("x-switchyard-bucket"));
+        assert!(!h.forwarded && !h.via && h.request_id);
+
+        let errs = errors(&format!("{base}[headers]\nbucket = \"x bucket\"\n"));
+        assert_eq!(errs.len(), 1);
+        assert_eq!(errs[0].path, "headers.bucket");
+        assert!(
+            errs[0].to_string().contains("or \"\" to send no such header"),
+            "{}",
+            errs[0]
         );
     }
 

@@ -57,6 +57,9 @@ pub struct RawHeaders {
     pub flags: Option<Spanned<String>>,
     pub pool: Option<Spanned<String>>,
     pub bucket: Option<Spanned<String>>,
+    pub forwarded: Option<Spanned<bool>>,
+    pub via: Option<Spanned<bool>>,
+    pub request_id: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

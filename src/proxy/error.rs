@@ -90,8 +90,8 @@ impl ProxyError {
     }
 
     /// The response the client gets: the status, a one-line plain-text body, the reason header
-    /// and the request id.
-    pub fn to_response(&self, request_id: &HeaderValue) -> Response<ProxyBody> {
+    /// and the request id (unless `[headers]` leaves it out).
+    pub fn to_response(&self, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
         let body = match self {
             // The upstream's address is for the logs, not for clients.
             ProxyError::Connect { pool, .. } => format!("switchyard: could not connect to pool {pool}\n"),
@@ -110,7 +110,9 @@ impl ProxyError {
             X_SWITCHYARD_ERROR.clone(),
             HeaderValue::from_static(self.reason()),
         );
-        h.insert(X_REQUEST_ID.clone(), request_id.clone());
+        if let Some(id) = request_id {
+            h.insert(X_REQUEST_ID.clone(), id.clone());
+        }
         resp
     }
 }

@@ -13,7 +13,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::routing::{header as find, HeaderNames};
+use crate::routing::{header as find, HeaderSettings};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -123,7 +123,6 @@ impl std::fmt::Debug for PeerIp {
 
 /// The decision as header fields: the pool, the bucket and the flags (DESIGN §3).
 pub struct DecisionFields<'a> {
-    pub names: &'a HeaderNames,
     pub pool: &'a HeaderValue,
     pub bucket: &'a [u8],
     pub flags: Option<&'a str>,
@@ -134,18 +133,21 @@ pub struct DecisionFields<'a> {
 /// names) and inbound `x-switchyard-*` fields are left out; `Host` is kept (or added);
 /// `x-forwarded-host`, `x-forwarded-proto` and `x-request-id` are replaced;
 /// `x-forwarded-for` and `via` get this hop appended; `TE: trailers` passes; then the
-/// decision fields.
+/// decision fields. A header `[headers]` leaves out is neither added nor changed.
 pub struct UpstreamFields<'a> {
     pub client: &'a HeaderMap,
     /// The request's host (`Host`, or the HTTP/2 authority).
     pub host: Option<&'a HeaderValue>,
     pub peer_ip: &'a [u8],
     pub tls: bool,
-    pub via: &'a HeaderValue,
-    pub request_id: &'a HeaderValue,
+    /// This hop's `via` entry; `None`: `via` is left as the client sent it.
+    pub via: Option<&'a HeaderValue>,
+    /// The request's id; `None`: `x-request-id` is left as the client sent it.
+    pub request_id: Option<&'a HeaderValue>,
     /// An HTTP/1.1 upgrade: `Upgrade` and `Connection: upgrade` pass.
     pub upgrade: bool,
-    pub decision: Option<DecisionFields<'a>>,
+    pub settings: &'a HeaderSettings,
+    pub decision: DecisionFields<'a>,
 }
 
 impl UpstreamFields<'_> {
@@ -178,22 +180,22 @@ impl UpstreamFields<'_> {
             if has_connection && named(name) {
                 continue;
             }
+            let set = self.settings;
             if name == header::HOST {
                 host_seen = true;
-            } else if name == X_FORWARDED_FOR {
+            } else if name == X_FORWARDED_FOR && set.forwarded {
                 forwarded_for += 1;
                 continue;
-            } else if name == header::VIA {
+            } else if name == header::VIA && self.via.is_some() {
                 via += 1;
                 continue;
-            } else if name == X_REQUEST_ID
-                || name == X_FORWARDED_PROTO
-                || (name == X_FORWARDED_HOST && self.host.is_some())
+            } else if (name == X_REQUEST_ID && self.request_id.is_some())
+                || (set.forwarded
+                    && (name == X_FORWARDED_PROTO || (name == X_FORWARDED_HOST && self.host.is_some())))
                 || name.as_str().starts_with(INTERNAL_PREFIX)
-                || self
-                    .decision
-                    .as_ref()
-                    .is_some_and(|d| name == d.names.flags || name == d.names.pool || name == d.names.bucket)
+                || [&set.flags, &set.pool, &set.bucket]
+                    .into_iter()
+                    .any(|n| n.as_ref() == Some(name))
             {
                 continue;
             }
@@ -205,25 +207,37 @@ impl UpstreamFields<'_> {
         if te_trailers {
             f(b"te", b"trailers");
         }
+        let set = self.settings;
         if let Some(host) = self.host {
             if !host_seen {
                 f(b"host", host.as_bytes());
             }
-            f(X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
-        }
-        self.list(f, &X_FORWARDED_FOR, forwarded_for, self.peer_ip);
-        f(
-            X_FORWARDED_PROTO.as_str().as_bytes(),
-            if self.tls { b"https" } else { b"http" },
-        );
-        self.list(f, &header::VIA, via, self.via.as_bytes());
-        f(X_REQUEST_ID.as_str().as_bytes(), self.request_id.as_bytes());
-        if let Some(d) = &self.decision {
-            f(d.names.pool.as_str().as_bytes(), d.pool.as_bytes());
-            f(d.names.bucket.as_str().as_bytes(), d.bucket);
-            if let Some(flags) = d.flags {
-                f(d.names.flags.as_str().as_bytes(), flags.as_bytes());
+            if set.forwarded {
+                f(X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
             }
+        }
+        if set.forwarded {
+            self.list(f, &X_FORWARDED_FOR, forwarded_for, self.peer_ip);
+            f(
+                X_FORWARDED_PROTO.as_str().as_bytes(),
+                if self.tls { b"https" } else { b"http" },
+            );
+        }
+        if let Some(this_hop) = self.via {
+            self.list(f, &header::VIA, via, this_hop.as_bytes());
+        }
+        if let Some(id) = self.request_id {
+            f(X_REQUEST_ID.as_str().as_bytes(), id.as_bytes());
+        }
+        let d = &self.decision;
+        if let Some(name) = &set.pool {
+            f(name.as_str().as_bytes(), d.pool.as_bytes());
+        }
+        if let Some(name) = &set.bucket {
+            f(name.as_str().as_bytes(), d.bucket);
+        }
+        if let (Some(name), Some(flags)) = (&set.flags, d.flags) {
+            f(name.as_str().as_bytes(), flags.as_bytes());
         }
     }
 
@@ -343,23 +357,30 @@ mod tests {
     }
 
     fn upstream(client: &HeaderMap, upgrade: bool) -> HeaderMap {
-        let names = HeaderNames::default();
+        upstream_with(client, upgrade, &HeaderSettings::default())
+    }
+
+    fn upstream_with(client: &HeaderMap, upgrade: bool, settings: &HeaderSettings) -> HeaderMap {
         let pool = HeaderValue::from_static("canary");
         let host = client.get("host").cloned();
+        let (via, id) = (
+            HeaderValue::from_static("1.1 switchyard"),
+            HeaderValue::from_static("rid"),
+        );
         UpstreamFields {
             client,
             host: host.as_ref(),
             peer_ip: PeerIp::new("10.1.2.3".parse().unwrap()).as_bytes(),
             tls: true,
-            via: &HeaderValue::from_static("1.1 switchyard"),
-            request_id: &HeaderValue::from_static("rid"),
+            via: settings.via.then_some(&via),
+            request_id: settings.request_id.then_some(&id),
             upgrade,
-            decision: Some(DecisionFields {
-                names: &names,
+            settings,
+            decision: DecisionFields {
                 pool: &pool,
                 bucket: b"0.1234",
                 flags: Some("a=on"),
-            }),
+            },
         }
         .to_map()
     }
@@ -405,6 +426,50 @@ mod tests {
         ];
         let want: Vec<(String, String)> = want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         assert_eq!(got, want);
+    }
+
+    #[test]
+    fn headers_left_out_by_the_settings_are_neither_added_nor_changed() {
+        let client = map(&[
+            ("host", "shop.example"),
+            ("x-switchyard-pool", "blue"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-host", "edge.example"),
+            ("x-forwarded-proto", "https"),
+            ("via", "1.0 edge"),
+            ("x-request-id", "client-said"),
+            ("x-decision", "spoofed"),
+        ]);
+        let settings = HeaderSettings {
+            flags: Some(HeaderName::from_static("x-decision")),
+            pool: None,
+            bucket: None,
+            forwarded: false,
+            via: false,
+            request_id: false,
+        };
+        let got: Vec<(String, String)> = upstream_with(&client, false, &settings)
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        let want = [
+            ("host", "shop.example"),
+            ("x-forwarded-for", "192.0.2.1"),
+            ("x-forwarded-host", "edge.example"),
+            ("x-forwarded-proto", "https"),
+            ("via", "1.0 edge"),
+            ("x-request-id", "client-said"),
+            ("x-decision", "a=on"),
+        ];
+        let want: Vec<(String, String)> = want.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        assert_eq!(
+            got, want,
+            "internal headers are still removed; the rest pass as sent"
+        );
+        // With nothing sent by the client, nothing is added but the decision header kept.
+        let up = upstream_with(&map(&[("host", "h")]), false, &settings);
+        let names: Vec<&str> = up.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["host", "x-decision"]);
     }
 
     #[test]

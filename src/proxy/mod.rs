@@ -130,22 +130,25 @@ impl Proxy {
         let start = Instant::now();
         // One snapshot for the whole request, even if a reload swaps it meanwhile.
         let snap = self.state.snapshot.load_full();
-        let request_id = match find(&parts.headers, &X_REQUEST_ID) {
-            Some(v) => v.clone(),
-            None => headers::new_request_id(),
-        };
+        let request_id = snap
+            .headers
+            .request_id
+            .then(|| match find(&parts.headers, &X_REQUEST_ID) {
+                Some(v) => v.clone(),
+                None => headers::new_request_id(),
+            });
         let log = snap
             .access_log
             .then(|| Box::new((parts.method.clone(), parts.uri.clone())));
         let mut names = Names::default();
         let ready = self
             .route(&snap, parts, body, client_upgrade, &mut names)
-            .and_then(|routed| prepare(&snap, routed, &peer, &request_id, start));
+            .and_then(|routed| prepare(&snap, routed, &peer, request_id.as_ref(), start));
         // Used in place by the future below (not moved into its locals), so it is held once.
         let mut ready = match ready {
             Ok(r) => r,
             Err(e) => {
-                let response = self.finish(Err(e), snap, &names, start, &request_id, log, None);
+                let response = self.finish(Err(e), snap, &names, start, request_id.as_ref(), log, None);
                 return Handling {
                     busy: Some(busy),
                     phase: Phase::Done {
@@ -167,12 +170,12 @@ impl Proxy {
                             ready.reply,
                             response,
                             guard,
-                            &request_id,
+                            request_id.as_ref(),
                             &mut in_flight,
                         )),
                         Err(e) => Err(e),
                     };
-                    this.finish(result, snap, &names, start, &request_id, log, in_flight)
+                    this.finish(result, snap, &names, start, request_id.as_ref(), log, in_flight)
                 },
             },
         }
@@ -186,7 +189,7 @@ impl Proxy {
         snap: Arc<Snapshot>,
         names: &Names,
         start: Instant,
-        request_id: &HeaderValue,
+        request_id: Option<&HeaderValue>,
         log: Option<Box<(http::Method, http::Uri)>>,
         in_flight: Option<InFlight>,
     ) -> Response<ProxyBody> {
@@ -304,11 +307,11 @@ impl Proxy {
         };
 
         // Phase: upstream_request (the header fields are made by `Decided::fields`).
-        let via = if parts.version == Version::HTTP_2 {
+        let via = snap.headers.via.then_some(if parts.version == Version::HTTP_2 {
             &VIA_2
         } else {
             &VIA_11
-        };
+        });
         Ok(Routed {
             pool,
             decided,
@@ -391,7 +394,8 @@ struct Routed {
     pool: Arc<Pool>,
     decided: Decided,
     host: Option<HeaderValue>,
-    via: &'static HeaderValue,
+    /// This hop's `via` entry, unless `[headers]` leaves `via` out.
+    via: Option<&'static HeaderValue>,
     /// The client's side of an HTTP/1.1 upgrade, when it asked for one.
     client_upgrade: Option<OnUpgrade>,
     parts: http::request::Parts,
@@ -417,7 +421,7 @@ struct Upstream {
 
 /// What the response phase needs of the request.
 struct Reply {
-    via: &'static HeaderValue,
+    via: Option<&'static HeaderValue>,
     client_upgrade: Option<OnUpgrade>,
     set_cookie: Option<String>,
 }
@@ -428,7 +432,7 @@ fn prepare(
     snap: &Snapshot,
     mut routed: Routed,
     peer: &Peer,
-    request_id: &HeaderValue,
+    request_id: Option<&HeaderValue>,
     now: Instant,
 ) -> Result<Ready, ProxyError> {
     // One clock reading (the request's start) serves the pick, the idle-connection check and
@@ -480,7 +484,7 @@ fn respond(
     reply: Reply,
     response: Response<ResponseBody>,
     guard: InFlight,
-    request_id: &HeaderValue,
+    request_id: Option<&HeaderValue>,
     in_flight: &mut Option<InFlight>,
 ) -> Response<ProxyBody> {
     if response.status().is_server_error() {
@@ -526,8 +530,8 @@ impl Decided {
         client: &'a HeaderMap,
         host: Option<&'a HeaderValue>,
         peer: &'a Peer,
-        request_id: &'a HeaderValue,
-        via: &'a HeaderValue,
+        request_id: Option<&'a HeaderValue>,
+        via: Option<&'a HeaderValue>,
         upgrade: bool,
         snap: &'a Snapshot,
         pool: &'a Pool,
@@ -540,12 +544,12 @@ impl Decided {
             via,
             request_id,
             upgrade,
-            decision: Some(headers::DecisionFields {
-                names: &snap.headers,
+            settings: &snap.headers,
+            decision: headers::DecisionFields {
                 pool: &pool.name_header,
                 bucket: &self.bucket,
                 flags: self.flags.as_deref(),
-            }),
+            },
         }
     }
 }
@@ -553,8 +557,8 @@ impl Decided {
 /// The response phase.
 fn finish_response(
     resp: Response<ResponseBody>,
-    via: &HeaderValue,
-    request_id: &HeaderValue,
+    via: Option<&HeaderValue>,
+    request_id: Option<&HeaderValue>,
     client_upgrade: Option<OnUpgrade>,
     guard: InFlight,
     in_flight: &mut Option<InFlight>,
@@ -566,9 +570,13 @@ fn finish_response(
         _ => (None, Some(body)),
     };
     headers::strip_hop_by_hop(&mut parts.headers, tunnel.is_some());
-    headers::append_list(&mut parts.headers, &header::VIA, via.clone());
-    if find(&parts.headers, &X_REQUEST_ID).is_none() {
-        parts.headers.insert(X_REQUEST_ID.clone(), request_id.clone());
+    if let Some(via) = via {
+        headers::append_list(&mut parts.headers, &header::VIA, via.clone());
+    }
+    if let Some(id) = request_id {
+        if find(&parts.headers, &X_REQUEST_ID).is_none() {
+            parts.headers.insert(X_REQUEST_ID.clone(), id.clone());
+        }
     }
     let body = match (tunnel, body) {
         (Some((client, upstream)), _) => {

@@ -48,7 +48,7 @@ pub struct Snapshot {
     pub flags: Vec<Flag>,
     /// `[env] name`, if set.
     pub env: Option<String>,
-    pub headers: HeaderNames,
+    pub headers: HeaderSettings,
     /// `[admin]`, if set. Like the listeners, it cannot change by reload.
     pub admin: Option<AdminSettings>,
     /// Metric series of this snapshot, attached before it is published.
@@ -77,20 +77,33 @@ pub struct AdminSettings {
     pub token_env: Option<String>,
 }
 
-/// The names of the decision headers sent upstream (`[headers]`).
+/// The headers the proxy adds (`[headers]`; DESIGN §3 "Headers sent upstream"). By default it
+/// sends them all. Each can be left out, for upstreams that do not read it or that sit behind an
+/// edge that already sets it: then the proxy neither adds nor changes that header, and the
+/// client's passes as sent (as nginx and HAProxy do with headers they are not told to set).
 #[derive(Debug, Clone)]
-pub struct HeaderNames {
-    pub flags: HeaderName,
-    pub pool: HeaderName,
-    pub bucket: HeaderName,
+pub struct HeaderSettings {
+    /// Names of the decision headers; `None` (configured as `""`): not sent.
+    pub flags: Option<HeaderName>,
+    pub pool: Option<HeaderName>,
+    pub bucket: Option<HeaderName>,
+    /// `x-forwarded-for` (appended), `x-forwarded-proto` and `x-forwarded-host`.
+    pub forwarded: bool,
+    /// `via`, both ways.
+    pub via: bool,
+    /// `x-request-id`: kept or generated, sent upstream, and returned on the response.
+    pub request_id: bool,
 }
 
-impl Default for HeaderNames {
-    fn default() -> HeaderNames {
-        HeaderNames {
-            flags: HeaderName::from_static("x-switchyard-flags"),
-            pool: HeaderName::from_static("x-switchyard-pool"),
-            bucket: HeaderName::from_static("x-switchyard-bucket"),
+impl Default for HeaderSettings {
+    fn default() -> HeaderSettings {
+        HeaderSettings {
+            flags: Some(HeaderName::from_static("x-switchyard-flags")),
+            pool: Some(HeaderName::from_static("x-switchyard-pool")),
+            bucket: Some(HeaderName::from_static("x-switchyard-bucket")),
+            forwarded: true,
+            via: true,
+            request_id: true,
         }
     }
 }
