@@ -292,6 +292,7 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
         addr(snap.listen.http),
         addr(snap.listen.https)
     );
+    let _ = writeln!(s, "{}", headers_summary(&snap.headers));
     let _ = writeln!(s, "pools ({}):", snap.pools.len());
     for p in &snap.pools {
         let eps: Vec<&str> = p.endpoints.iter().map(|e| &*e.address).collect();
@@ -365,6 +366,36 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
         }
     }
     s
+}
+
+/// The headers the proxy adds, as `[headers]` sets them, and those it leaves out.
+fn headers_summary(h: &switchyard::routing::HeaderSettings) -> String {
+    let (mut sent, mut left_out) = (Vec::new(), Vec::new());
+    for (what, name) in [("pool", &h.pool), ("bucket", &h.bucket), ("flags", &h.flags)] {
+        match name {
+            Some(n) => sent.push(format!("{what} {n}")),
+            None => left_out.push(what.to_owned()),
+        }
+    }
+    for (what, on) in [
+        ("x-forwarded-*", h.forwarded),
+        ("via", h.via),
+        ("x-request-id", h.request_id),
+    ] {
+        if on { &mut sent } else { &mut left_out }.push(what.to_owned());
+    }
+    let mut line = format!(
+        "headers added: {}",
+        if sent.is_empty() {
+            "none".to_owned()
+        } else {
+            sent.join(", ")
+        }
+    );
+    if !left_out.is_empty() {
+        line.push_str(&format!(" (left out: {})", left_out.join(", ")));
+    }
+    line
 }
 
 async fn run(path: &Path) -> anyhow::Result<()> {

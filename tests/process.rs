@@ -43,6 +43,19 @@ fn check_passes_on_every_shipped_config() {
         );
         assert!(String::from_utf8_lossy(&out.stdout).contains(": ok (revision"));
     }
+    // The summary says which headers the proxy adds and which the config leaves out.
+    let out = String::from_utf8(check("benches/peer/switchyard.toml".as_ref()).stdout).unwrap();
+    assert!(
+        out.contains(
+            "headers added: flags x-flags (left out: pool, bucket, x-forwarded-*, via, x-request-id)\n"
+        ),
+        "{out}"
+    );
+    let out = String::from_utf8(check("config/switchyard.toml".as_ref()).stdout).unwrap();
+    assert!(
+        out.contains("headers added: pool x-switchyard-pool, bucket x-switchyard-bucket, flags x-switchyard-flags, x-forwarded-*, via, x-request-id\n"),
+        "{out}"
+    );
 }
 
 #[test]
