@@ -115,6 +115,41 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     assert!(status.success(), "{status:?}");
 }
 
+#[tokio::test]
+async fn access_log_lines_are_json_with_the_decision_and_the_request_id() {
+    let blue = Upstream::start("blue").await;
+    let logs = tempfile::NamedTempFile::new().unwrap();
+    let cfg = config(&[("blue", &[blue.addr])], "").replace("access = false", "access = true");
+    let mut proxy = Running::start_with(&cfg, &["--log-format", "json"], logs.reopen().unwrap().into());
+    let client = h1_client();
+    let req = Request::get(format!("http://{}/a?q=1", proxy.addr))
+        .header("x-request-id", "req-7")
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&client, req).await.0.status, 200);
+    let (parts, _) = get(&client, &format!("http://{}/b", proxy.addr)).await;
+    let generated = parts.headers["x-request-id"].to_str().unwrap().to_owned();
+    proxy.signal(libc::SIGTERM);
+    assert!(proxy.child.wait().unwrap().success());
+
+    let text = std::fs::read_to_string(logs.path()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|l| l["target"] == "switchyard::access")
+        .collect();
+    assert_eq!(lines.len(), 2, "one line per request:\n{text}");
+    for (line, path, id) in [(&lines[0], "/a", "req-7"), (&lines[1], "/b", generated.as_str())] {
+        assert_eq!(line["method"], "GET", "{line}");
+        assert_eq!(line["path"], path, "{line}");
+        assert_eq!(line["route"], "blue", "{line}");
+        assert_eq!(line["pool"], "blue", "{line}");
+        assert_eq!(line["status"], 200, "{line}");
+        assert!(line["duration_ms"].as_f64().unwrap() >= 0.0, "{line}");
+        assert_eq!(line["request_id"], id, "{line}");
+    }
+}
+
 const GIB: u64 = 1 << 30;
 
 /// Polls the proxy's RSS while `work` runs; returns the highest reading.

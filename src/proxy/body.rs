@@ -47,11 +47,20 @@ pub struct Finish {
     /// The upstream body failed mid-stream.
     pub failed: bool,
     pub in_flight: Option<InFlight>,
-    /// Method and URI, kept only when access logs are on.
-    pub log: Option<Box<(Method, Uri)>>,
+    /// What the access-log line needs of the request, kept only when access logs are on.
+    pub log: Option<Box<AccessHead>>,
     /// Where a guarded route's outcome goes. Boxed: most routes have no guard, and the body
     /// carrying this is moved several times on its way out.
     pub outcome: Option<Box<OutcomeTap>>,
+}
+
+/// The request's part of its access-log line.
+pub struct AccessHead {
+    pub method: Method,
+    pub uri: Uri,
+    /// The `x-request-id` sent upstream and back (`None`: `[headers]` leaves it out and the
+    /// client sent none).
+    pub request_id: Option<http::HeaderValue>,
 }
 
 /// A guarded request's outcome, sent to the guard task when the request ends.
@@ -186,7 +195,11 @@ impl Finish {
             }
         }
         if let Some(head) = self.log {
-            let (method, uri) = *head;
+            let AccessHead {
+                method,
+                uri,
+                request_id,
+            } = *head;
             let route = self.route.map_or("-", |r| &*self.snap.routes[r].name);
             let pool = self.pool.map_or("-", |p| &*self.snap.pools[p].name);
             tracing::info!(
@@ -199,6 +212,7 @@ impl Finish {
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 error = self.error.unwrap_or("-"),
                 body_failed = self.failed,
+                request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             );
         }
         drop(self.in_flight);

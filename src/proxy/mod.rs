@@ -137,9 +137,15 @@ impl Proxy {
                 Some(v) => v.clone(),
                 None => headers::new_request_id(),
             });
-        let log = snap
-            .access_log
-            .then(|| Box::new((parts.method.clone(), parts.uri.clone())));
+        let log = snap.access_log.then(|| {
+            Box::new(body::AccessHead {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                request_id: request_id
+                    .clone()
+                    .or_else(|| find(&parts.headers, &X_REQUEST_ID).cloned()),
+            })
+        });
         let mut names = Names::default();
         let ready = self
             .route(&snap, parts, body, client_upgrade, &mut names)
@@ -190,7 +196,7 @@ impl Proxy {
         names: &Names,
         start: Instant,
         request_id: Option<&HeaderValue>,
-        log: Option<Box<(http::Method, http::Uri)>>,
+        log: Option<Box<body::AccessHead>>,
         in_flight: Option<InFlight>,
     ) -> Response<ProxyBody> {
         let (mut response, error, status) = match result {

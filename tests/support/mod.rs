@@ -440,6 +440,11 @@ pub struct Running {
 impl Running {
     /// Starts the binary on a config whose http listener is `127.0.0.1:PORT` with a free port.
     pub fn start(config_text: &str) -> Running {
+        Running::start_with(config_text, &[], std::process::Stdio::null())
+    }
+
+    /// [`Running::start`] with more arguments for `run`, and its stderr (the logs) sent to `logs`.
+    pub fn start_with(config_text: &str, args: &[&str], logs: std::process::Stdio) -> Running {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -451,8 +456,9 @@ impl Running {
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
             .args(["run", "--workers", "2", "-c"])
             .arg(f.path())
+            .args(args)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
+            .stderr(logs)
             .spawn()
             .unwrap();
         let addr = format!("127.0.0.1:{port}").parse().unwrap();
