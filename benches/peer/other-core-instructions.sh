@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# What the headers a proxy adds cost the upstream: runs the peer job's upstream nginx under
-# callgrind, puts a proxy in front of it, drives 8 s of peerbench's load through it with wrk,
-# and prints the upstream's instructions per request. Not run by CI (it needs valgrind, nginx
-# and wrk: apt-get install valgrind nginx-light wrk). From the repository root, after
-# `cargo build --release`:
-#   bash benches/peer/upstream-instructions.sh benches/peer/switchyard.toml
-#   bash benches/peer/upstream-instructions.sh benches/peer/switchyard-all-headers.toml
-#   bash benches/peer/upstream-instructions.sh nginx      # peerbench's nginx config
+# What a proxy in the peer job costs the processes on the other core, the upstream nginx and
+# wrk (the headers it adds are theirs to parse): runs one of them under callgrind, puts the
+# proxy between them, drives 8 s of peerbench's load, and prints that process's instructions
+# per request. Not run by CI (it needs valgrind, nginx and wrk: apt-get install valgrind
+# nginx-light wrk). From the repository root, after `cargo build --release`:
+#   bash benches/peer/other-core-instructions.sh benches/peer/switchyard.toml [upstream|wrk]
+#   bash benches/peer/other-core-instructions.sh benches/peer/switchyard-all-headers.toml
+#   bash benches/peer/other-core-instructions.sh nginx [upstream|wrk]  # peerbench's nginx
 # The figures in the README (Performance) were taken this way.
 set -euo pipefail
-target=${1:?usage: upstream-instructions.sh CONFIG.toml|nginx}
+target=${1:?usage: other-core-instructions.sh CONFIG.toml|nginx [upstream|wrk]}
+measure=${2:-upstream}
+case $measure in upstream | wrk) ;; *) echo "measure upstream or wrk, not $measure" >&2; exit 2 ;; esac
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -50,8 +52,8 @@ request = function()
 end
 EOF
 
-valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
-  nginx -c "$work/upstream.conf" >"$work/valgrind.log" 2>&1 &
+under() { [ "$measure" = "$1" ] && echo valgrind --tool=callgrind --callgrind-out-file="$work/cg.out"; true; }
+$(under upstream) nginx -c "$work/upstream.conf" >"$work/upstream.log" 2>&1 &
 upstream=$!
 sleep 3
 if [ "$target" = nginx ]; then
@@ -61,8 +63,9 @@ else
 fi
 proxy=$!
 sleep 1
-requests=$(wrk -t1 -c8 -d8s -s "$work/wrk.lua" http://127.0.0.1:18080/ | awk '/requests in/ {print $1}')
+requests=$($(under wrk) wrk -t1 -c8 -d8s -s "$work/wrk.lua" http://127.0.0.1:18080/ 2>"$work/wrk.log" |
+  awk '/requests in/ {print $1}')
 kill "$proxy"; wait "$proxy" 2>/dev/null || true
 kill -QUIT "$upstream"; wait "$upstream" 2>/dev/null || true
 total=$(callgrind_annotate "$work/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "$target: $requests requests, upstream nginx $((total / requests)) instructions per request"
+echo "$target: $requests requests, $measure $((total / requests)) instructions per request"
