@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::time::SystemTime;
 
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Method, Uri};
+use http::{Method, Uri, Version};
 use serde::Serialize;
 
-use super::{Decided, Peer, VIA_11};
+use super::{via_entry, Decided, Peer};
 use crate::routing::flags::{Reason, Value};
 use crate::routing::{bucket, normalize_host, RequestView, Snapshot, Why};
 
@@ -147,7 +147,7 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime) -> Explanation {
                 host.as_ref(),
                 &peer,
                 snap.headers.request_id.then_some(&request_id),
-                snap.headers.via.then_some(&VIA_11),
+                via_entry(snap, Version::HTTP_11),
                 false,
                 snap,
                 pool,

@@ -55,6 +55,16 @@ use watchdog::Busy;
 static VIA_11: HeaderValue = HeaderValue::from_static("1.1 switchyard");
 static VIA_2: HeaderValue = HeaderValue::from_static("2.0 switchyard");
 
+/// This hop's `via` entry for a request of `version`, unless `[headers]` leaves `via` out.
+fn via_entry(snap: &Snapshot, version: Version) -> Option<&'static HeaderValue> {
+    let entry = if version == Version::HTTP_2 {
+        &VIA_2
+    } else {
+        &VIA_11
+    };
+    snap.headers.via.then_some(entry)
+}
+
 /// Where a request came from.
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
@@ -313,11 +323,7 @@ impl Proxy {
         };
 
         // Phase: upstream_request (the header fields are made by `Decided::fields`).
-        let via = snap.headers.via.then_some(if parts.version == Version::HTTP_2 {
-            &VIA_2
-        } else {
-            &VIA_11
-        });
+        let via = via_entry(snap, parts.version);
         Ok(Routed {
             pool,
             decided,
