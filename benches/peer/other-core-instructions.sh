@@ -68,4 +68,6 @@ requests=$($(under wrk) wrk -t1 -c8 -d8s -s "$work/wrk.lua" http://127.0.0.1:180
 kill "$proxy"; wait "$proxy" 2>/dev/null || true
 kill -QUIT "$upstream"; wait "$upstream" 2>/dev/null || true
 total=$(callgrind_annotate "$work/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
-echo "$target: $requests requests, $measure $((total / requests)) instructions per request"
+echo "$target: $requests requests, $measure $((total / requests)) instructions per request; its top functions:"
+callgrind_annotate "$work/cg.out" 2>/dev/null | grep -E '^ *[0-9,]+ \([ 0-9.]+%\) ' | grep -v 'PROGRAM TOTALS' |
+  head -5 | awk -v r="$requests" '{n = $1; gsub(",", "", n); sub(/^ *[0-9,]+ \([ 0-9.]+%\) +/, ""); printf "%8d  %s\n", n / r, $0}'
