@@ -8,7 +8,7 @@ use std::mem::MaybeUninit;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::HeaderName;
-use switchyard::upstream::client::head::{self, Field};
+use switchyard::http1::head::{self, Field};
 
 const NGINX: &[u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sat, 21 Nov 2026 10:00:00 GMT\r\n\
 Content-Type: text/plain\r\nContent-Length: 7\r\nConnection: keep-alive\r\n\r\nstable\n";

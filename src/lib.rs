@@ -21,6 +21,7 @@ pub mod app;
 pub mod config;
 pub mod demo;
 pub mod guard;
+pub mod http1;
 pub mod logging;
 pub mod proxy;
 pub mod reload;

@@ -467,6 +467,7 @@ fn fixed_settings(old: &Snapshot, new: &Snapshot, path: &Path) -> Result<(), Str
             format!("{:?}", o.drain_timeout),
             format!("{:?}", n.drain_timeout),
         ),
+        ("listen.backlog", o.backlog.to_string(), n.backlog.to_string()),
         ("admin", admin(&old.admin), admin(&new.admin)),
     ];
     let errors: Vec<String> = settings

@@ -160,11 +160,15 @@ async fn upstream_that_hangs_up_or_answers_garbage_is_502() {
         }
     })
     .await;
-    for addr in [hangs_up, garbage, truncated] {
+    for (addr, reason) in [
+        (hangs_up, "upstream_reset"),
+        (garbage, "upstream_protocol"),
+        (truncated, "upstream_protocol"),
+    ] {
         let proxy = Proxy::start(&config(&[("blue", &[addr])], "")).await;
         let (parts, _) = get(&h1_client(), &proxy.url("/")).await;
         assert_eq!(parts.status, 502);
-        assert_eq!(parts.headers["x-switchyard-error"], "upstream_reset");
+        assert_eq!(parts.headers["x-switchyard-error"], reason);
         proxy.shutdown().await;
     }
 }

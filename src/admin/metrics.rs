@@ -28,9 +28,11 @@ pub enum UpstreamError {
     Reset = 2,
     /// The upstream answered with a 5xx status.
     Status = 3,
+    /// The upstream's answer could not be read or passed on.
+    Protocol = 4,
 }
 
-const KINDS: [&str; 4] = ["connect", "timeout", "reset", "status"];
+const KINDS: [&str; 5] = ["connect", "timeout", "reset", "status", "protocol"];
 
 /// Every metric of the process.
 pub struct Metrics {
@@ -56,7 +58,7 @@ pub struct Handles {
     /// Per route: `(pool index, per-class counters, duration)` for each pool of its split.
     routes: Vec<Vec<(usize, [IntCounter; 6], Histogram)>>,
     /// Per pool: counters by [`UpstreamError`].
-    upstream_errors: Vec<[IntCounter; 4]>,
+    upstream_errors: Vec<[IntCounter; KINDS.len()]>,
     /// Per flag: counters for off, on, then each variant.
     flags: Vec<Vec<IntCounter>>,
     overrides_ignored: Vec<IntCounter>,
@@ -89,7 +91,7 @@ impl Metrics {
                 &["route", "pool"],
             )),
             upstream_errors: register(&r, IntCounterVec::new(
-                opts("switchyard_upstream_errors_total", "Upstream failures by pool and kind (connect, timeout, reset, status)."),
+                opts("switchyard_upstream_errors_total", "Upstream failures by pool and kind (connect, timeout, reset, status, protocol)."),
                 &["pool", "kind"],
             )),
             route_weight: register(&r, GaugeVec::new(

@@ -25,6 +25,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_BACKLOG: u32 = 511;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// hyper's HTTP/1 reader cannot work with a smaller buffer.
@@ -502,6 +504,9 @@ fn default_listen() -> Listen {
         header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
+        backlog: DEFAULT_BACKLOG,
+        fast_path: true,
     }
 }
 
@@ -606,6 +611,25 @@ fn compile_listen(
         "listen.drain_timeout",
         DEFAULT_DRAIN_TIMEOUT,
     );
+    listen.client_body_timeout = errs.duration(
+        raw.client_body_timeout.as_ref(),
+        "listen.client_body_timeout",
+        DEFAULT_CLIENT_BODY_TIMEOUT,
+    );
+    if let Some(b) = &raw.backlog {
+        match u32::try_from(*b.get_ref()) {
+            Ok(n) if (1..=65535).contains(&n) => listen.backlog = n,
+            _ => errs.at(
+                b,
+                "listen.backlog",
+                "must be between 1 and 65535",
+                "use a number such as 511 (the kernel caps it at net.core.somaxconn)",
+            ),
+        }
+    }
+    if let Some(f) = &raw.fast_path {
+        listen.fast_path = *f.get_ref();
+    }
     (listen, tls)
 }
 

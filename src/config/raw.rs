@@ -77,6 +77,9 @@ pub struct RawListen {
     pub header_read_timeout: Option<Spanned<String>>,
     pub max_header_bytes: Option<Spanned<i64>>,
     pub drain_timeout: Option<Spanned<String>>,
+    pub client_body_timeout: Option<Spanned<String>>,
+    pub backlog: Option<Spanned<i64>>,
+    pub fast_path: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

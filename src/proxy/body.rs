@@ -40,8 +40,10 @@ pub struct Finish {
     /// Route and pool indices, once decided.
     pub route: Option<usize>,
     pub pool: Option<usize>,
-    /// The status sent; `None` when the upstream failed to answer (counted as class `error`).
+    /// The status counted: `None` when the upstream failed to answer (class `error`).
     pub status: Option<u16>,
+    /// The status sent, for the access log.
+    pub sent: u16,
     /// The reason of a locally generated error.
     pub error: Option<&'static str>,
     /// The upstream body failed mid-stream.
@@ -124,9 +126,19 @@ impl Body for ProxyBody {
         let this = &mut *self;
         match &mut this.kind {
             Kind::Upstream(b) => {
-                let polled = Pin::new(b).poll_frame(cx);
-                if let (Poll::Ready(Some(Err(_))), Some(f)) = (&polled, this.finish.as_mut()) {
-                    f.failed = true;
+                let mut polled = Pin::new(b).poll_frame(cx);
+                match &mut polled {
+                    Poll::Ready(Some(Err(_))) => {
+                        if let Some(f) = this.finish.as_mut() {
+                            f.failed = true;
+                        }
+                    }
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(trailers) = frame.trailers_mut() {
+                            super::headers::clean_trailers(trailers);
+                        }
+                    }
+                    _ => {}
                 }
                 polled
             }
@@ -208,7 +220,7 @@ impl Finish {
                 path = uri.path(),
                 route,
                 pool,
-                status = self.status.unwrap_or(0),
+                status = self.sent,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
                 error = self.error.unwrap_or("-"),
                 body_failed = self.failed,

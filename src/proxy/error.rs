@@ -7,6 +7,7 @@ use http::{Response, StatusCode};
 
 use super::body::ProxyBody;
 use super::headers::{X_REQUEST_ID, X_SWITCHYARD_ERROR};
+use crate::upstream::client::BodyFault;
 
 /// Who caused an error. Only upstream-caused errors count against a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,8 +42,22 @@ pub enum ProxyError {
         endpoint: String,
         detail: String,
     },
+    #[error("{endpoint} of pool {pool} sent an invalid response: {detail}")]
+    UpstreamProtocol {
+        pool: String,
+        endpoint: String,
+        detail: String,
+    },
     #[error("{0}")]
     BadRequest(&'static str),
+    /// A request transfer coding other than `chunked` (RFC 9112 §6.1).
+    #[error("{0}")]
+    NotImplemented(&'static str),
+    #[error("the {0} method is not served by a reverse proxy")]
+    MethodNotAllowed(http::Method),
+    /// The client's request body broke off, was malformed, or paused too long.
+    #[error("{0}")]
+    ClientBody(crate::upstream::client::BodyFault),
 }
 
 impl ProxyError {
@@ -52,7 +67,12 @@ impl ProxyError {
             ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Connect { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::ClientBody(BodyFault::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientBody(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -64,17 +84,27 @@ impl ProxyError {
             ProxyError::Connect { .. } => "upstream_connect",
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::Reset { .. } => "upstream_reset",
+            ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::NotImplemented(_) => "not_implemented",
+            ProxyError::MethodNotAllowed(_) => "method_not_allowed",
+            ProxyError::ClientBody(BodyFault::Timeout(_)) => "client_timeout",
+            ProxyError::ClientBody(_) => "client_body",
         }
     }
 
     pub fn cause(&self) -> Cause {
         match self {
-            ProxyError::NoRoute { .. } | ProxyError::BadRequest(_) => Cause::Downstream,
+            ProxyError::NoRoute { .. }
+            | ProxyError::BadRequest(_)
+            | ProxyError::NotImplemented(_)
+            | ProxyError::MethodNotAllowed(_)
+            | ProxyError::ClientBody(_) => Cause::Downstream,
             ProxyError::NoEndpoint { .. } => Cause::Internal,
-            ProxyError::Connect { .. } | ProxyError::Timeout { .. } | ProxyError::Reset { .. } => {
-                Cause::Upstream
-            }
+            ProxyError::Connect { .. }
+            | ProxyError::Timeout { .. }
+            | ProxyError::Reset { .. }
+            | ProxyError::UpstreamProtocol { .. } => Cause::Upstream,
         }
     }
 
@@ -85,8 +115,18 @@ impl ProxyError {
             ProxyError::Connect { .. } => Some(K::Connect),
             ProxyError::Timeout { .. } => Some(K::Timeout),
             ProxyError::Reset { .. } => Some(K::Reset),
+            ProxyError::UpstreamProtocol { .. } => Some(K::Protocol),
             _ => None,
         }
+    }
+
+    /// Whether the client's connection cannot serve another request after this answer: the
+    /// request itself was broken, so what follows it on the connection cannot be trusted.
+    pub fn closes(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BadRequest(_) | ProxyError::NotImplemented(_) | ProxyError::ClientBody(_)
+        )
     }
 
     /// The response the client gets: the status, a one-line plain-text body, the reason header
@@ -97,6 +137,9 @@ impl ProxyError {
             ProxyError::Connect { pool, .. } => format!("switchyard: could not connect to pool {pool}\n"),
             ProxyError::Timeout { pool, .. } => format!("switchyard: pool {pool} did not answer in time\n"),
             ProxyError::Reset { pool, .. } => format!("switchyard: pool {pool} failed the request\n"),
+            ProxyError::UpstreamProtocol { pool, .. } => {
+                format!("switchyard: pool {pool} sent an invalid response\n")
+            }
             other => format!("switchyard: {other}\n"),
         };
         let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));

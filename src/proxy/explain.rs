@@ -6,11 +6,11 @@
 use std::net::SocketAddr;
 use std::time::SystemTime;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::{Method, Uri, Version};
 use serde::Serialize;
 
-use super::{via_entry, Decided, Peer};
+use super::{filter, via_entry, Decided, Peer};
 use crate::routing::flags::{Reason, Value};
 use crate::routing::{bucket, normalize_host, RequestView, Snapshot, Why};
 
@@ -28,8 +28,19 @@ pub struct Question {
 pub struct Explanation {
     pub method: String,
     pub url: String,
-    /// `None`: no route matched (the proxy answers 404).
+    /// The proxy refuses the request before routing it (a missing or invalid host, a method
+    /// or transfer coding it does not serve): what it answers.
+    pub refused: Option<Refused>,
+    /// `None`: no route matched (the proxy answers 404), or the request is refused.
     pub route: Option<RouteFacts>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Refused {
+    pub status: u16,
+    /// The `x-switchyard-error` value.
+    pub reason: String,
+    pub message: String,
 }
 
 #[derive(Debug, Serialize)]
@@ -67,14 +78,31 @@ pub struct FlagFacts {
 
 /// Explains `q` against `snap`, at time `now`.
 pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime) -> Explanation {
-    let host = match q.uri.authority() {
-        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-        None => q.headers.get(header::HOST).cloned(),
+    // The request as an HTTP/1.1 client would send it, through the proxy's own filter.
+    let mut parts = http::Request::new(()).into_parts().0;
+    parts.method = q.method.clone();
+    parts.uri = q.uri.clone();
+    parts.headers = q.headers.clone();
+    let filtered = match filter(&parts) {
+        Ok(f) => f,
+        Err(e) => {
+            return Explanation {
+                method: q.method.to_string(),
+                url: q.uri.to_string(),
+                refused: Some(Refused {
+                    status: e.status().as_u16(),
+                    reason: e.reason().to_owned(),
+                    message: e.to_string(),
+                }),
+                route: None,
+            }
+        }
     };
+    let host = filtered.host;
     let host_name = normalize_host(host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""));
     let view = RequestView {
         host: &host_name,
-        path: q.uri.path(),
+        path: filtered.path.as_ref().map_or(q.uri.path(), |p| p.path()),
         query: q.uri.query(),
         headers: &q.headers,
     };
@@ -176,6 +204,7 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime) -> Explanation {
     Explanation {
         method: q.method.to_string(),
         url: q.uri.to_string(),
+        refused: None,
         route,
     }
 }
@@ -183,6 +212,13 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime) -> Explanation {
 impl std::fmt::Display for Explanation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{} {}", self.method, self.url)?;
+        if let Some(r) = &self.refused {
+            return writeln!(
+                f,
+                "refused:  the proxy answers {} (x-switchyard-error: {}): {}",
+                r.status, r.reason, r.message
+            );
+        }
         let Some(r) = &self.route else {
             return writeln!(
                 f,

@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use super::body::ProxyBody;
 use super::watchdog::{Busy, Conn};
 use super::{Peer, Proxy};
-use crate::upstream::client::{self, head};
+use crate::http1::{self, chunked, head};
 
 /// Header fields a request may have on this path (hyper's limit too).
 const MAX_FIELDS: usize = 100;
@@ -82,12 +82,19 @@ where
         };
         // Pinned where it is made, and the response written where it lands: each is a few
         // hundred bytes, and every move of them is a copy.
-        let handling = std::pin::pin!(proxy.handle_parts(parts, None, None, peer, Busy::start(watched)));
+        let request = super::Request {
+            parts,
+            body: None,
+            upgrade: None,
+            interim: None,
+        };
+        let handling = std::pin::pin!(proxy.handle_request(request, peer, Busy::start(watched)));
         let Some(mut response) = while_open(io, &mut buf, max_head, handling).await else {
             // The client left: the request is dropped, as hyper drops it.
             return Served::Closed;
         };
-        let close = close || watched.closing();
+        // The proxy's own answer to a broken request closes the connection.
+        let close = close || watched.closing() || closes(response.headers());
         let written = write_response(io, &mut out, &mut response, close, ProxyBody::end).await;
         if written.is_err() || close {
             let _ = io.shutdown().await;
@@ -126,6 +133,18 @@ where
         Poll::Pending
     })
     .await
+}
+
+/// Whether a response asks to close the connection (only the proxy's own answers can: an
+/// upstream's `Connection` is consumed by the upstream client).
+fn closes(headers: &HeaderMap) -> bool {
+    crate::http1::tokens::has(
+        headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+        b"close",
+    )
 }
 
 /// Reads what the socket has into `buf`, with room for a kilobyte at least.
@@ -353,7 +372,7 @@ where
                     if let (Ok(trailers), Framing::Chunked(allowed)) = (frame.into_trailers(), &framing) {
                         // Only the fields `Trailer` announced, as hyper sends.
                         let announced = trailers.iter().filter(|(name, _)| allowed.contains(name));
-                        client::put_last_chunk(out, announced);
+                        chunked::put_last_chunk(out, announced);
                         trailed = true;
                     }
                 }
@@ -403,7 +422,7 @@ async fn put_data<I: AsyncWrite + Unpin>(
         }
         Framing::Chunked(_) => {
             let mut size = [0u8; 18];
-            out.extend_from_slice(client::chunk_size_line(&mut size, data.len()));
+            out.extend_from_slice(chunked::size_line_of(&mut size, data.len()));
         }
         Framing::None => return Ok(()),
     }
@@ -434,7 +453,7 @@ fn encode_head(
         out.extend_from_slice(b"HTTP/1.1 ");
         out.extend_from_slice(status.as_str().as_bytes());
         out.push(b' ');
-        out.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes());
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     let bodiless =
@@ -448,7 +467,7 @@ fn encode_head(
                 continue;
             }
             if length.is_none() {
-                length = client::parse_length(value.as_bytes());
+                length = http1::parse_length(value.as_bytes());
             }
         } else if *name == header::DATE {
             dated = true;
@@ -458,7 +477,7 @@ fn encode_head(
             // Framing and connection management are this hop's, written below.
             continue;
         }
-        client::put_field(out, name.as_str().as_bytes(), value.as_bytes());
+        http1::put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     let framing = if bodiless {
         Framing::None
@@ -466,7 +485,7 @@ fn encode_head(
         Framing::Length(n)
     } else if let Some(n) = body_length {
         let mut digits = itoa::Buffer::new();
-        client::put_field(out, b"content-length", digits.format(n).as_bytes());
+        http1::put_field(out, b"content-length", digits.format(n).as_bytes());
         Framing::Length(n)
     } else {
         out.extend_from_slice(b"transfer-encoding: chunked\r\n");
@@ -749,7 +768,7 @@ mod tests {
         assert_eq!(len, None);
         let (text, _) = head(599, &[], "", false);
         assert!(
-            text.starts_with("HTTP/1.1 599 <none>\r\ncontent-length: 0\r\n"),
+            text.starts_with("HTTP/1.1 599 \r\ncontent-length: 0\r\n"),
             "{text:?}"
         );
     }

@@ -1,11 +1,19 @@
-//! Header hygiene, both ways: hop-by-hop headers removed (RFC 9110 §7.6.1), the
-//! `x-forwarded-*`, `via` and `x-request-id` headers added, and inbound `x-switchyard-*`
-//! headers dropped so a client cannot pose as the proxy.
+//! Header hygiene, both ways: which fields pass and which the proxy adds. Hop-by-hop fields are
+//! removed (RFC 9110 §7.6.1: `Connection` and the fields it names, `Keep-Alive`,
+//! `Proxy-Connection`, `TE`, `Transfer-Encoding`, `Upgrade`), the `x-forwarded-*`, `via` and
+//! `x-request-id` fields added, and inbound `x-switchyard-*` fields dropped so a client cannot
+//! pose as the proxy; outbound, an upstream cannot set `x-switchyard-error`.
+//!
+//! The fields that frame or route a message are not decided here: `Content-Length` and
+//! `Transfer-Encoding` are written by whoever writes the message ([`crate::http1`]), and `Host`
+//! is the host routing used ([`crate::routing::target`]). A `Connection` option can never name
+//! one of them away ([`tokens::names`]).
 //!
 //! Upstream, the client's header map is never changed: [`UpstreamFields`] walks it once,
 //! leaving out what must not pass and adding the proxy's own fields, and the upstream client
 //! writes what it yields straight into the request head (`explain` shows the same fields).
-//! Downstream, the response's map is edited in place ([`strip_hop_by_hop`], [`append_list`]).
+//! Downstream, the response's map is edited in place ([`clean_response`], [`append_list`]).
+//! Trailers pass through [`trailer_passes`] both ways, on HTTP/1.1 and HTTP/2 alike.
 //!
 //! One deliberate difference from a literal reading of the hop-by-hop list: `Trailer` is kept.
 //! RFC 9110 §6.6.2 makes it end-to-end, and HTTP/1.1 encoders (hyper's among them) send only
@@ -13,6 +21,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::http1::tokens;
 use crate::routing::{header as find, HeaderSettings};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -24,17 +33,24 @@ pub static X_SWITCHYARD_ERROR: HeaderName = HeaderName::from_static("x-switchyar
 /// The prefix of the headers only the proxy may set.
 pub const INTERNAL_PREFIX: &str = "x-switchyard-";
 
-/// True for an HTTP/1.1 upgrade request (`Connection: upgrade` with an `Upgrade` header).
+/// True for an HTTP/1.1 WebSocket upgrade request: `Connection: upgrade` and `Upgrade:
+/// websocket`, the one protocol switch the proxy passes (as Envoy's `upgrade_configs`, it must
+/// be the whole `Upgrade` value). Any other `Upgrade` (`h2c`, a list) is removed and the
+/// request served as plain HTTP/1.1.
 pub fn wants_upgrade(headers: &HeaderMap) -> bool {
-    find(headers, &header::UPGRADE).is_some() && has_token(headers, &header::CONNECTION, "upgrade")
-}
-
-/// True when a comma-separated header has `token` (case-insensitive) in any of its values.
-pub fn has_token(headers: &HeaderMap, name: &HeaderName, token: &str) -> bool {
-    headers.get_all(name).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
+    let mut upgrade = headers.get_all(header::UPGRADE).iter();
+    let websocket = match (upgrade.next(), upgrade.next()) {
+        (Some(v), None) => v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"),
+        _ => false,
+    };
+    websocket
+        && tokens::has(
+            headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            b"upgrade",
+        )
 }
 
 /// The headers that are hop-by-hop by name alone (Connection may name more).
@@ -51,32 +67,36 @@ fn hop_by_hop(name: &HeaderName) -> bool {
     HOP_BY_HOP.contains(name)
 }
 
-/// Removes hop-by-hop headers. With `upgrade`, `Upgrade` and `Connection: upgrade` stay, so
-/// the upgrade passes end to end.
-pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+/// The values of every `Connection` line, as bytes.
+fn connection_lines(headers: &HeaderMap) -> impl Iterator<Item = &[u8]> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .map(HeaderValue::as_bytes)
+}
+
+/// Makes an upstream's response head fit to send on: hop-by-hop fields (and those its
+/// `Connection` names) removed, and `x-switchyard-error`, which only the proxy sets. With
+/// `upgrade` (a `101` tunnel), `Upgrade` and `Connection: upgrade` stay.
+pub fn clean_response(headers: &mut HeaderMap, upgrade: bool) {
     // One look at each name finds which are there (usually none, or only Connection), so
     // only those are removed.
     let mut present = [false; HOP_BY_HOP.len()];
+    let mut error = false;
     for name in headers.keys() {
         if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
             present[i] = true;
+        } else {
+            error |= *name == X_SWITCHYARD_ERROR;
         }
     }
     if present[0] {
-        // Headers named by Connection are hop-by-hop too. Collecting names allocates, but only
-        // when a Connection header names something other than the usual keep-alive/close.
+        // Fields named by Connection are hop-by-hop too. Collecting names allocates, but only
+        // when a Connection field names something other than the usual keep-alive/close.
         let named: Vec<HeaderName> = headers
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|s| s.split(','))
-            .map(str::trim)
-            .filter(|t| {
-                !t.eq_ignore_ascii_case("keep-alive")
-                    && !t.eq_ignore_ascii_case("close")
-                    && !t.eq_ignore_ascii_case("upgrade")
-            })
-            .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+            .keys()
+            .filter(|n| !hop_by_hop(n) && tokens::names(connection_lines(headers), n))
+            .cloned()
             .collect();
         for name in named {
             headers.remove(name);
@@ -87,8 +107,41 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
             headers.remove(name);
         }
     }
+    if error {
+        headers.remove(&X_SWITCHYARD_ERROR);
+    }
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+}
+
+/// Whether a trailer field may pass on (either way). Fields that frame, route or manage the
+/// connection, describe the content's coding, or are the proxy's own are never taken from a
+/// trailer section (RFC 9110 §6.5.1): an HTTP/2 client resets a stream whose trailers carry
+/// `content-length`, and a `Host` or `Transfer-Encoding` there would mean nothing good.
+pub fn trailer_passes(name: &HeaderName) -> bool {
+    !(hop_by_hop(name)
+        || *name == header::CONTENT_LENGTH
+        || *name == header::HOST
+        || *name == header::TRAILER
+        || *name == header::CONTENT_ENCODING
+        || *name == header::CONTENT_TYPE
+        || *name == header::CONTENT_RANGE
+        || *name == header::AUTHORIZATION
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::SET_COOKIE
+        || *name == header::COOKIE
+        || name.as_str().starts_with(INTERNAL_PREFIX))
+}
+
+/// Removes the trailer fields that may not pass ([`trailer_passes`]).
+pub fn clean_trailers(trailers: &mut HeaderMap) {
+    if trailers.keys().all(trailer_passes) {
+        return;
+    }
+    let out: Vec<HeaderName> = trailers.keys().filter(|n| !trailer_passes(n)).cloned().collect();
+    for name in out {
+        trailers.remove(name);
     }
 }
 
@@ -129,14 +182,15 @@ pub struct DecisionFields<'a> {
 }
 
 /// A request's header fields as they go upstream (DESIGN §3 "Headers sent upstream"), read
-/// from the client's map without changing it: hop-by-hop fields (and those `Connection`
-/// names) and inbound `x-switchyard-*` fields are left out; `Host` is kept (or added);
-/// `x-forwarded-host`, `x-forwarded-proto` and `x-request-id` are replaced;
-/// `x-forwarded-for` and `via` get this hop appended; `TE: trailers` passes; then the
-/// decision fields. A header `[headers]` leaves out is neither added nor changed.
+/// from the client's map without changing it: `host` first, the host routing used; then the
+/// client's fields but for hop-by-hop ones (and those `Connection` names), `Host` and framing
+/// fields (the upstream client writes the framing), and inbound `x-switchyard-*`;
+/// `x-forwarded-host`, `x-forwarded-proto` and `x-request-id` are replaced; `x-forwarded-for`
+/// and `via` get this hop appended; `TE: trailers` passes; then the decision fields. A header
+/// `[headers]` leaves out is neither added nor changed.
 pub struct UpstreamFields<'a> {
     pub client: &'a HeaderMap,
-    /// The request's host (`Host`, or the HTTP/2 authority).
+    /// The host routing used ([`crate::routing::target::host`]).
     pub host: Option<&'a HeaderValue>,
     pub peer_ip: &'a [u8],
     pub tls: bool,
@@ -144,46 +198,40 @@ pub struct UpstreamFields<'a> {
     pub via: Option<&'a HeaderValue>,
     /// The request's id; `None`: `x-request-id` is left as the client sent it.
     pub request_id: Option<&'a HeaderValue>,
-    /// An HTTP/1.1 upgrade: `Upgrade` and `Connection: upgrade` pass.
+    /// A WebSocket upgrade ([`wants_upgrade`]): `Upgrade` and `Connection: upgrade` pass.
     pub upgrade: bool,
     pub settings: &'a HeaderSettings,
     pub decision: DecisionFields<'a>,
 }
 
 impl UpstreamFields<'_> {
-    /// Calls `f` with each field to send, in order: the client's that pass, then the proxy's.
+    /// Calls `f` with each field to send, in order: `host`, the client's that pass, then the
+    /// proxy's.
     pub fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        if let Some(host) = self.host {
+            f(b"host", host.as_bytes());
+        }
         // Names listed in Connection (other than its own tokens) are hop-by-hop too.
         let has_connection = find(self.client, &header::CONNECTION).is_some();
-        let named = |name: &HeaderName| {
-            self.client.get_all(header::CONNECTION).iter().any(|v| {
-                v.as_bytes()
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_str().as_bytes()))
-            })
-        };
         let mut te_trailers = false;
-        let mut host_seen = false;
         let (mut forwarded_for, mut via) = (0usize, 0usize);
+        let set = self.settings;
         for (name, value) in self.client {
             if hop_by_hop(name) {
                 if name == header::TE {
-                    te_trailers |= value
-                        .as_bytes()
-                        .split(|&b| b == b',')
-                        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+                    te_trailers |= tokens::te_trailers(value.as_bytes());
                 } else if name == header::UPGRADE && self.upgrade {
                     f(name.as_str().as_bytes(), value.as_bytes());
                 }
                 continue;
             }
-            if has_connection && named(name) {
+            if name == header::HOST || name == header::CONTENT_LENGTH {
                 continue;
             }
-            let set = self.settings;
-            if name == header::HOST {
-                host_seen = true;
-            } else if name == X_FORWARDED_FOR && set.forwarded {
+            if has_connection && tokens::names(connection_lines(self.client), name) {
+                continue;
+            }
+            if name == X_FORWARDED_FOR && set.forwarded {
                 forwarded_for += 1;
                 continue;
             } else if name == header::VIA && self.via.is_some() {
@@ -207,14 +255,8 @@ impl UpstreamFields<'_> {
         if te_trailers {
             f(b"te", b"trailers");
         }
-        let set = self.settings;
-        if let Some(host) = self.host {
-            if !host_seen {
-                f(b"host", host.as_bytes());
-            }
-            if set.forwarded {
-                f(X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
-            }
+        if let (Some(host), true) = (self.host, set.forwarded) {
+            f(X_FORWARDED_HOST.as_str().as_bytes(), host.as_bytes());
         }
         if set.forwarded {
             self.list(f, &X_FORWARDED_FOR, forwarded_for, self.peer_ip);
@@ -273,10 +315,6 @@ impl crate::upstream::client::Fields for UpstreamFields<'_> {
     fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
         UpstreamFields::for_each(self, f)
     }
-
-    fn has_content_length(&self) -> bool {
-        find(self.client, &header::CONTENT_LENGTH).is_some()
-    }
 }
 
 /// Appends `value` to a list header (`x-forwarded-for`, `via`), folding earlier lines into one.
@@ -325,9 +363,9 @@ mod tests {
     }
 
     #[test]
-    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+    fn response_hop_by_hop_fields_the_ones_connection_names_and_the_error_field_are_removed() {
         let mut h = map(&[
-            ("connection", "keep-alive, x-secret"),
+            ("connection", "keep-alive, X-Secret"),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("proxy-connection", "keep-alive"),
@@ -335,9 +373,10 @@ mod tests {
             ("transfer-encoding", "chunked"),
             ("upgrade", "h2c"),
             ("trailer", "x-checksum"),
+            ("x-switchyard-error", "spoofed"),
             ("x-end-to-end", "kept"),
         ]);
-        strip_hop_by_hop(&mut h, false);
+        clean_response(&mut h, false);
         let left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, vec!["trailer", "x-end-to-end"]);
     }
@@ -350,10 +389,48 @@ mod tests {
             ("keep-alive", "1"),
         ]);
         assert!(wants_upgrade(&h));
-        strip_hop_by_hop(&mut h, true);
+        clean_response(&mut h, true);
         assert_eq!(h["connection"], "upgrade");
         assert_eq!(h["upgrade"], "websocket");
         assert!(!h.contains_key("keep-alive"));
+    }
+
+    #[test]
+    fn only_a_websocket_upgrade_is_one() {
+        let up = |pairs: &[(&str, &str)]| wants_upgrade(&map(pairs));
+        assert!(up(&[
+            ("connection", "keep-alive, UPGRADE"),
+            ("upgrade", "WebSocket")
+        ]));
+        assert!(!up(&[
+            ("connection", "Upgrade, HTTP2-Settings"),
+            ("upgrade", "h2c")
+        ]));
+        assert!(!up(&[("connection", "upgrade"), ("upgrade", "websocket, h2c")]));
+        assert!(!up(&[
+            ("connection", "upgrade"),
+            ("upgrade", "websocket"),
+            ("upgrade", "h2c")
+        ]));
+        assert!(!up(&[("upgrade", "websocket")]), "Connection must ask for it");
+    }
+
+    #[test]
+    fn trailers_lose_framing_routing_and_internal_fields() {
+        let mut t = map(&[
+            ("content-length", "5"),
+            ("transfer-encoding", "chunked"),
+            ("host", "h"),
+            ("x-switchyard-pool", "canary"),
+            ("x-switchyard-error", "x"),
+            ("connection", "close"),
+            ("x-checksum", "abc"),
+            ("grpc-status", "0"),
+        ]);
+        clean_trailers(&mut t);
+        let mut left: Vec<&str> = t.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, ["grpc-status", "x-checksum"]);
     }
 
     fn upstream(client: &HeaderMap, upgrade: bool) -> HeaderMap {
@@ -389,7 +466,10 @@ mod tests {
     fn upstream_fields_drop_hop_by_hop_and_internal_and_add_the_proxys() {
         let client = map(&[
             ("host", "shop.example"),
-            ("connection", "keep-alive, x-secret"),
+            (
+                "connection",
+                "keep-alive, X-Secret, Content-Length, HOST, transfer-encoding",
+            ),
             ("x-secret", "1"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers, deflate"),
@@ -403,12 +483,12 @@ mod tests {
             ("via", "1.0 edge"),
             ("x-request-id", "client-said"),
             ("content-length", "3"),
+            ("transfer-encoding", "chunked"),
             ("x-end-to-end", "kept"),
         ]);
         let up = upstream(&client, false);
         let want = [
             ("host", "shop.example"),
-            ("content-length", "3"),
             ("x-end-to-end", "kept"),
             ("te", "trailers"),
             ("x-forwarded-host", "shop.example"),
@@ -420,7 +500,41 @@ mod tests {
             ("x-switchyard-bucket", "0.1234"),
             ("x-switchyard-flags", "a=on"),
         ];
-        assert_eq!(pairs(&up), want);
+        assert_eq!(
+            pairs(&up),
+            want,
+            "framing fields are the encoder's; Host is routing's, named or not"
+        );
+    }
+
+    #[test]
+    fn the_host_sent_is_the_one_routing_used_not_the_clients() {
+        let client = map(&[("host", "www.example.com"), ("x-a", "1")]);
+        let routed = HeaderValue::from_static("admin.example.com");
+        let settings = HeaderSettings::default();
+        let (pool, via, id) = (
+            HeaderValue::from_static("p"),
+            HeaderValue::from_static("v"),
+            HeaderValue::from_static("i"),
+        );
+        let fields = UpstreamFields {
+            client: &client,
+            host: Some(&routed),
+            peer_ip: b"1.2.3.4",
+            tls: false,
+            via: Some(&via),
+            request_id: Some(&id),
+            upgrade: false,
+            settings: &settings,
+            decision: DecisionFields {
+                pool: &pool,
+                bucket: b"0",
+                flags: None,
+            },
+        }
+        .to_map();
+        assert_eq!(fields.get_all("host").iter().collect::<Vec<_>>(), [&routed]);
+        assert_eq!(fields["x-forwarded-host"], "admin.example.com");
     }
 
     /// A map's fields in order, as text.

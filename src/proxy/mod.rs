@@ -1,5 +1,8 @@
 //! Serving and forwarding. A request goes through these phases, in order:
 //!
+//! 0. **request_filter** — what a request must be to be served at all: no `CONNECT`, no
+//!    transfer coding but `chunked`, one valid host ([`crate::routing::target`]); the path is
+//!    normalized for routing and for the upstream.
 //! 1. **route** — find the route for host, path and headers ([`Snapshot::decide`]); none: 404.
 //! 2. **decide** — user key, bucket, pool (override, else the sticky split) and flags
 //!    ([`Snapshot::decide`]).
@@ -9,9 +12,12 @@
 //!    decision headers (pool, bucket, flags).
 //! 5. **forward** — the upstream client ([`crate::upstream::client`]) sends it on a kept-alive
 //!    connection of the endpoint, body streamed; a failed connect is retried once on another
-//!    endpoint; no response headers within the pool's `timeout`: 504.
-//! 6. **response** — hop-by-hop headers removed from the answer, `via` added, body streamed
-//!    back; a `101 Switching Protocols` becomes a tunnel between the two upgraded connections.
+//!    endpoint; no response headers within the pool's `timeout` of the request being written:
+//!    504. A client's broken or stalled upload is the client's fault (400, 408): it counts
+//!    neither against the endpoint nor for the guard.
+//! 6. **response** — hop-by-hop headers and `x-switchyard-error` removed from the answer, `via`
+//!    added, body streamed back (trailers filtered); a `101 Switching Protocols` becomes a
+//!    tunnel between the two upgraded connections.
 //! 7. **logging** — when the response body is done ([`body::ProxyBody`] is dropped).
 //!
 //! Local errors become responses in one place ([`error::ProxyError::to_response`]).
@@ -34,7 +40,7 @@ use std::task::{ready, Context, Poll};
 
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
-use http::{HeaderMap, Request, Response, StatusCode, Version};
+use http::{HeaderMap, Method, Response, StatusCode, Version};
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
@@ -43,9 +49,10 @@ use tokio::time::Instant;
 use std::time::SystemTime;
 
 use crate::guard::Outcome;
-use crate::routing::{bucket, header as find, normalize_host, Decision, RequestView, Snapshot};
+use crate::http1::tokens::{Coding, Codings};
+use crate::routing::{bucket, header as find, normalize_host, target, Decision, RequestView, Snapshot};
 use crate::state::State;
-use crate::upstream::client::{self, Outgoing, ResponseBody};
+use crate::upstream::client::{self, Interim, Limits, Outgoing, RequestBody, ResponseBody};
 use crate::upstream::{InFlight, Pool};
 use body::{Finish, ProxyBody};
 use error::ProxyError;
@@ -91,6 +98,17 @@ pub struct Proxy {
     state: Arc<State>,
 }
 
+/// A request as a server path hands it over.
+pub struct Request {
+    pub parts: http::request::Parts,
+    /// `None`: it has none.
+    pub body: Option<RequestBody>,
+    /// An HTTP/1.1 WebSocket upgrade: where the client's upgraded connection comes from.
+    pub upgrade: Option<OnUpgrade>,
+    /// Where the upstream's informational (1xx) answers go, when the server path can send them.
+    pub interim: Option<Arc<dyn Interim>>,
+}
+
 /// Route and pool of a request, filled in as the phases decide them.
 #[derive(Default)]
 struct Names {
@@ -98,6 +116,8 @@ struct Names {
     pool: Option<usize>,
     /// The route has a guard, which wants the outcome.
     guarded: bool,
+    /// An HTTP/2 request (no `Connection` field may go on its response).
+    http2: bool,
 }
 
 impl Proxy {
@@ -117,26 +137,30 @@ impl Proxy {
     /// the server stores and moves is small.
     pub fn handle(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        mut req: http::Request<Incoming>,
         peer: Peer,
         busy: Busy,
     ) -> Handling<impl Future<Output = Response<ProxyBody>> + Send + 'static> {
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
         let (parts, body) = req.into_parts();
-        self.handle_parts(parts, Some(body), client_upgrade, peer, busy)
+        let request = Request {
+            parts,
+            body: Some(RequestBody::Hyper(body)),
+            upgrade,
+            interim: None,
+        };
+        self.handle_request(request, peer, busy)
     }
 
-    /// [`Proxy::handle`] for a request already taken apart: its head, its body (`None`: it
-    /// has none) and, for an HTTP/1.1 upgrade, where the client's upgraded connection comes.
-    pub fn handle_parts(
+    /// [`Proxy::handle`] for a request a server path has taken apart.
+    pub fn handle_request(
         self: &Arc<Self>,
-        parts: http::request::Parts,
-        body: Option<Incoming>,
-        client_upgrade: Option<OnUpgrade>,
+        request: Request,
         peer: Peer,
         busy: Busy,
     ) -> Handling<impl Future<Output = Response<ProxyBody>> + Send + 'static> {
+        let parts = &request.parts;
         let start = Instant::now();
         // One snapshot for the whole request, even if a reload swaps it meanwhile.
         let snap = self.state.snapshot.load_full();
@@ -156,9 +180,12 @@ impl Proxy {
                     .or_else(|| find(&parts.headers, &X_REQUEST_ID).cloned()),
             })
         });
-        let mut names = Names::default();
+        let mut names = Names {
+            http2: parts.version == Version::HTTP_2,
+            ..Names::default()
+        };
         let ready = self
-            .route(&snap, parts, body, client_upgrade, &mut names)
+            .route(&snap, request, &mut names)
             .and_then(|routed| prepare(&snap, routed, &peer, request_id.as_ref(), start));
         // Used in place by the future below (not moved into its locals), so it is held once.
         let mut ready = match ready {
@@ -179,7 +206,11 @@ impl Proxy {
             phase: Phase::Upstream {
                 future: async move {
                     let mut in_flight = None;
-                    let result = match this.send(&mut ready.request, ready.body.take()).await {
+                    let interim = ready.interim.take();
+                    let result = match this
+                        .send(&mut ready.request, ready.body.take(), interim.as_deref())
+                        .await
+                    {
                         Ok((response, guard)) => Ok(respond(
                             &snap,
                             &names,
@@ -209,6 +240,7 @@ impl Proxy {
         log: Option<Box<body::AccessHead>>,
         in_flight: Option<InFlight>,
     ) -> Response<ProxyBody> {
+        let mut upstream_fault = true;
         let (mut response, error, status) = match result {
             Ok(r) => {
                 let status = r.status().as_u16();
@@ -232,10 +264,25 @@ impl Proxy {
                 }
                 // Upstream failures are counted as class "error", not by the status sent.
                 let counted = (e.cause() != error::Cause::Upstream).then_some(status.as_u16());
-                (e.to_response(request_id), Some(e.reason()), counted)
+                // A request the client broke says nothing of the pool: the guard never hears
+                // of it.
+                upstream_fault = e.cause() != error::Cause::Downstream;
+                let mut response = e.to_response(request_id);
+                if e.closes() && !names.http2 {
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
+                (response, Some(e.reason()), counted)
             }
         };
-        let outcome = match (names.guarded, names.route, names.pool, &self.state.outcomes) {
+        let sent = response.status().as_u16();
+        let outcome = match (
+            names.guarded && upstream_fault,
+            names.route,
+            names.pool,
+            &self.state.outcomes,
+        ) {
             (true, Some(r), Some(p), Some(tx)) => Some(Box::new(body::OutcomeTap {
                 tx: tx.clone(),
                 route: snap.routes[r].name.clone(),
@@ -250,6 +297,7 @@ impl Proxy {
             route: names.route,
             pool: names.pool,
             status,
+            sent,
             error,
             failed: false,
             in_flight,
@@ -259,24 +307,22 @@ impl Proxy {
         response
     }
 
-    /// Phases route and decide, and the request's parts for upstream_request.
-    fn route(
-        &self,
-        snap: &Snapshot,
-        parts: http::request::Parts,
-        body: Option<Incoming>,
-        client_upgrade: Option<OnUpgrade>,
-        names: &mut Names,
-    ) -> Result<Routed, ProxyError> {
-        // Phase: route. HTTP/2 carries the host in the URI, HTTP/1.1 in the Host header.
-        let host: Option<HeaderValue> = match parts.uri.authority() {
-            Some(a) => HeaderValue::from_str(a.as_str()).ok(),
-            None => find(&parts.headers, &header::HOST).cloned(),
-        };
+    /// Phases request_filter, route and decide, and the request's parts for upstream_request.
+    fn route(&self, snap: &Snapshot, request: Request, names: &mut Names) -> Result<Routed, ProxyError> {
+        let Request {
+            parts,
+            body,
+            upgrade: client_upgrade,
+            interim,
+        } = request;
+        // Phase: request_filter.
+        let Filtered { host, path } = filter(&parts)?;
         let host_name = normalize_host(host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or(""));
+        let routed_path = path.as_ref().map_or(parts.uri.path(), PathAndQuery::path);
+        // Phase: route.
         let view = RequestView {
             host: &host_name,
-            path: parts.uri.path(),
+            path: routed_path,
             query: parts.uri.query(),
             headers: &parts.headers,
         };
@@ -286,7 +332,7 @@ impl Proxy {
                 .decide(&view, None, SystemTime::now())
                 .ok_or_else(|| ProxyError::NoRoute {
                     host: host_name.to_string(),
-                    path: parts.uri.path().to_owned(),
+                    path: routed_path.to_owned(),
                 })?;
             names.route = Some(d.route.index);
             let mut pool = d.pool;
@@ -328,8 +374,10 @@ impl Proxy {
             pool,
             decided,
             host,
+            path,
             via,
             client_upgrade,
+            interim,
             parts,
             body,
         })
@@ -341,49 +389,65 @@ impl Proxy {
     async fn send(
         &self,
         to: &mut Upstream,
-        mut body: Option<Incoming>,
+        mut body: Option<RequestBody>,
+        interim: Option<&dyn Interim>,
     ) -> Result<(Response<ResponseBody>, InFlight), ProxyError> {
         let Upstream {
             pool,
             index,
             request,
             now,
+            body_idle,
         } = to;
+        let limits = Limits {
+            connect: pool.connect_timeout,
+            response: pool.timeout,
+            body_idle: *body_idle,
+        };
         let upgrade = request.is_upgrade();
         let mut retried = false;
         loop {
             let endpoint = &pool.endpoints[*index];
             let in_flight = endpoint.begin();
-            let deadline = *now + pool.timeout;
-            let result = client::send(endpoint, pool.connect_timeout, deadline, request, body).await;
-            // Passive health: connect errors, timeouts, resets and 5xx count against the endpoint.
-            let ok = matches!(&result, Ok(r) if !r.status().is_server_error());
-            // A success is recorded whenever; a failure's ejection starts now.
-            pool.record(*index, ok, if ok { *now } else { Instant::now() });
+            let result = client::send(endpoint, &limits, *now, request, body, interim).await;
             let failure = match result {
-                Ok(resp) => return Ok((resp, in_flight)),
-                Err(failure) if matches!(failure.error, client::Error::Timeout) => {
-                    return Err(ProxyError::Timeout {
-                        pool: pool.name.to_string(),
-                        endpoint: endpoint.address.to_string(),
-                        timeout: pool.timeout,
-                    })
+                Ok(resp) => {
+                    // Passive health: 5xx answers count against the endpoint.
+                    pool.record(*index, !resp.status().is_server_error(), *now);
+                    return Ok((resp, in_flight));
                 }
+                // The client's fault says nothing of the endpoint.
+                Err(client::Failure {
+                    error: client::Error::RequestBody(fault),
+                    ..
+                }) => return Err(ProxyError::ClientBody(fault)),
                 Err(failure) => failure,
             };
+            // Connect errors, timeouts, resets and invalid answers count against the endpoint;
+            // a failure's ejection starts now.
+            pool.record(*index, false, Instant::now());
             let (pool_name, address) = (pool.name.to_string(), endpoint.address.to_string());
-            let error = if let client::Error::Connect(e) = &failure.error {
-                ProxyError::Connect {
+            let error = match &failure.error {
+                client::Error::Timeout => ProxyError::Timeout {
+                    pool: pool_name,
+                    endpoint: address,
+                    timeout: pool.timeout,
+                },
+                client::Error::Connect(e) => ProxyError::Connect {
                     pool: pool_name,
                     endpoint: address,
                     detail: error_chain(e),
-                }
-            } else {
-                ProxyError::Reset {
+                },
+                client::Error::Protocol(_) | client::Error::Framing(_) => ProxyError::UpstreamProtocol {
                     pool: pool_name,
                     endpoint: address,
                     detail: error_chain(&failure.error),
-                }
+                },
+                _ => ProxyError::Reset {
+                    pool: pool_name,
+                    endpoint: address,
+                    detail: error_chain(&failure.error),
+                },
             };
             // A failed connect hands the body back unread. The other endpoints may all be
             // ejected: then the connect error stands.
@@ -401,23 +465,66 @@ impl Proxy {
     }
 }
 
+/// What request_filter made of a request: the host routing uses (and the upstream gets),
+/// and the normalized path and query when normalizing changed them.
+struct Filtered {
+    host: Option<HeaderValue>,
+    path: Option<PathAndQuery>,
+}
+
+/// Phase request_filter: refuses what cannot be served (DESIGN §8 "HTTP rules").
+fn filter(parts: &http::request::Parts) -> Result<Filtered, ProxyError> {
+    if parts.method == Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed(Method::CONNECT));
+    }
+    // hyper reads a request whose codings end in chunked; only chunked alone is served.
+    if find(&parts.headers, &header::TRANSFER_ENCODING).is_some() {
+        let mut codings = Codings::default();
+        for v in parts.headers.get_all(header::TRANSFER_ENCODING) {
+            codings.add(v.as_bytes());
+        }
+        match codings.verdict() {
+            Some(Coding::Unsupported) => {
+                return Err(ProxyError::NotImplemented("a transfer coding other than chunked"))
+            }
+            Some(Coding::Invalid) => return Err(ProxyError::BadRequest("an invalid transfer-encoding")),
+            _ => {}
+        }
+    }
+    let host = target::host(&parts.uri, &parts.headers, parts.version).map_err(|e| {
+        ProxyError::BadRequest(match e {
+            target::HostError::Missing => "the request has no Host",
+            target::HostError::Duplicate => "the request has more than one Host",
+            target::HostError::Invalid => "the request's host is not a valid host",
+        })
+    })?;
+    Ok(Filtered {
+        host,
+        path: target::normalized(&parts.uri),
+    })
+}
+
 /// A routed request: everything the phases after the route need.
 struct Routed {
     pool: Arc<Pool>,
     decided: Decided,
     host: Option<HeaderValue>,
+    /// The normalized path and query, when it differs from the request's.
+    path: Option<PathAndQuery>,
     /// This hop's `via` entry, unless `[headers]` leaves `via` out.
     via: Option<&'static HeaderValue>,
     /// The client's side of an HTTP/1.1 upgrade, when it asked for one.
     client_upgrade: Option<OnUpgrade>,
+    interim: Option<Arc<dyn Interim>>,
     parts: http::request::Parts,
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
 }
 
 /// A request ready to go upstream: the phases up to upstream_request done.
 struct Ready {
     request: Upstream,
-    body: Option<Incoming>,
+    body: Option<RequestBody>,
+    interim: Option<Arc<dyn Interim>>,
     reply: Reply,
 }
 
@@ -429,6 +536,8 @@ struct Upstream {
     /// When the request started (and its endpoint was picked); its deadline counts from here,
     /// or from the retry on another endpoint.
     now: Instant,
+    /// `listen.client_body_timeout`.
+    body_idle: std::time::Duration,
 }
 
 /// What the response phase needs of the request.
@@ -465,9 +574,13 @@ fn prepare(
         &pool,
     );
     let root = PathAndQuery::from_static("/");
+    let path = match &routed.path {
+        Some(p) => p,
+        None => routed.parts.uri.path_and_query().unwrap_or(&root),
+    };
     let out = Outgoing {
         method: &routed.parts.method,
-        path: routed.parts.uri.path_and_query().unwrap_or(&root),
+        path,
         fields: &fields,
         upgrade,
     };
@@ -479,8 +592,10 @@ fn prepare(
             index,
             request,
             now,
+            body_idle: snap.listen.client_body_timeout,
         },
         body,
+        interim: routed.interim,
         reply: Reply {
             via: routed.via,
             client_upgrade: routed.client_upgrade,
@@ -581,7 +696,15 @@ fn finish_response(
         Some(client) if switching => (body.into_upgraded().map(|up| (client, up)), None),
         _ => (None, Some(body)),
     };
-    headers::strip_hop_by_hop(&mut parts.headers, tunnel.is_some());
+    headers::clean_response(&mut parts.headers, tunnel.is_some());
+    // An HTTP/1.0 upstream's answer goes out as the client's version; a status without a
+    // standard reason gets an empty reason phrase rather than hyper's "<none>".
+    parts.version = Version::HTTP_11;
+    if parts.status.canonical_reason().is_none() {
+        parts
+            .extensions
+            .insert(hyper::ext::ReasonPhrase::from_static(b""));
+    }
     if let Some(via) = via {
         headers::append_list(&mut parts.headers, &header::VIA, via.clone());
     }

@@ -13,6 +13,7 @@ pub mod flags;
 pub mod identity;
 pub mod split;
 pub mod table;
+pub mod target;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -67,6 +68,13 @@ pub struct Listen {
     pub header_read_timeout: Duration,
     pub max_header_bytes: usize,
     pub drain_timeout: Duration,
+    /// The longest pause in a request body's upload; past it, 408 (nginx's
+    /// `client_body_timeout`).
+    pub client_body_timeout: Duration,
+    /// The listen sockets' accept queue (nginx's default, 511).
+    pub backlog: u32,
+    /// HTTP/1 connections are served by switchyard's own HTTP/1 path; `false`: by hyper's.
+    pub fast_path: bool,
 }
 
 /// The `[admin]` table.

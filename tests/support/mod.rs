@@ -495,3 +495,157 @@ impl Drop for Running {
         let _ = self.child.wait();
     }
 }
+
+/// One request as a raw upstream parsed it from the bytes it received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub path: String,
+    /// Field names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body, de-chunked.
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    /// Every value of a field.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.all(name).first().copied()
+    }
+}
+
+/// A raw upstream that records every byte it receives and parses requests from them as a
+/// typical server would (httparse, then `Content-Length` or chunked framing), answering each
+/// with `answer(request)` (raw bytes). Sees through a proxy's framing: if the proxy smuggles,
+/// this parses two requests where one was sent.
+pub struct Recorder {
+    pub addr: SocketAddr,
+    pub bytes: Arc<Mutex<Vec<u8>>>,
+    pub requests: Arc<Mutex<Vec<Recorded>>>,
+}
+
+/// A plain `200 OK` answer with a short body.
+pub fn ok_answer(_: &Recorded) -> Vec<u8> {
+    b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec()
+}
+
+impl Recorder {
+    pub async fn start(answer: fn(&Recorded) -> Vec<u8>) -> Recorder {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let bytes = Arc::new(Mutex::new(Vec::new()));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let (b, r) = (bytes.clone(), requests.clone());
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                let (b, r) = (b.clone(), r.clone());
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    let mut chunk = [0u8; 8192];
+                    loop {
+                        while let Some((req, used)) = parse_request(&buf) {
+                            buf.drain(..used);
+                            r.lock().unwrap().push(req.clone());
+                            if s.write_all(&answer(&req)).await.is_err() {
+                                return;
+                            }
+                        }
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => {
+                                b.lock().unwrap().extend_from_slice(&chunk[..n]);
+                                buf.extend_from_slice(&chunk[..n]);
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Recorder {
+            addr,
+            bytes,
+            requests,
+        }
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// Everything received, as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.bytes.lock().unwrap()).into_owned()
+    }
+}
+
+/// One whole request at the start of `buf`, and how many bytes it took.
+fn parse_request(buf: &[u8]) -> Option<(Recorded, usize)> {
+    let mut fields = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut fields);
+    let httparse::Status::Complete(head) = req.parse(buf).ok()? else {
+        return None;
+    };
+    let headers: Vec<(String, String)> = req
+        .headers
+        .iter()
+        .map(|h| {
+            (
+                h.name.to_ascii_lowercase(),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let value = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    let mut at = head;
+    let mut body = Vec::new();
+    if value("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        loop {
+            let (len, size) = match httparse::parse_chunk_size(&buf[at..]).ok()? {
+                httparse::Status::Complete(c) => c,
+                httparse::Status::Partial => return None,
+            };
+            at += len;
+            if size == 0 {
+                // Trailers, up to an empty line.
+                loop {
+                    let end = buf[at..].windows(2).position(|w| w == b"\r\n")?;
+                    at += end + 2;
+                    if end == 0 {
+                        break;
+                    }
+                }
+                break;
+            }
+            let size = size as usize;
+            if buf.len() < at + size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&buf[at..at + size]);
+            at += size + 2;
+        }
+    } else if let Some(n) = value("content-length").and_then(|v| v.trim().parse::<usize>().ok()) {
+        if buf.len() < at + n {
+            return None;
+        }
+        body.extend_from_slice(&buf[at..at + n]);
+        at += n;
+    }
+    Some((
+        Recorded {
+            method: req.method?.to_owned(),
+            path: req.path?.to_owned(),
+            headers,
+            body,
+        },
+        at,
+    ))
+}

@@ -1,5 +1,5 @@
-//! The response head parser: the status line and header fields of an upstream's answer, and
-//! the trailer fields after a chunked body (RFC 9112 §2–§5, §7.1.2).
+//! The head parser: the status line and header fields of an upstream's answer, the fields of a
+//! client's request, and the trailer fields after a chunked body (RFC 9112 §2–§5, §7.1.2).
 //!
 //! It accepts and rejects exactly what `httparse` does with its default configuration (the
 //! parser hyper uses), and says "incomplete" at the same points: a property test holds the two

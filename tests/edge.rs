@@ -1,0 +1,321 @@
+//! The HTTP edge as an attacker tries it: requests crafted to be read one way by the proxy and
+//! another by the upstream, hosts and paths that would route one way and arrive another, and
+//! answers an upstream should not be able to pass on. Each test sends raw bytes through the
+//! real proxy to a raw upstream that records every byte it receives ([`Recorder`]), which
+//! parses them as a typical server would: a smuggled request shows up there as a request.
+
+mod support;
+
+use std::time::Duration;
+
+use http::{Request, Version};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const WAIT: Duration = Duration::from_secs(2);
+
+/// A proxy with one route, `/`, to `upstream`, plus `extra` config.
+async fn proxy_to(upstream: std::net::SocketAddr, extra: &str) -> Proxy {
+    Proxy::start(&config(&[("blue", &[upstream])], extra)).await
+}
+
+/// Responses in `text`, as (status, head) pairs.
+fn statuses(text: &str) -> Vec<u16> {
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(i, _)| text[i + 9..i + 12].parse().ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn connection_cannot_remove_content_length_to_smuggle_a_request() {
+    let up = Recorder::start(ok_answer).await;
+    let proxy = proxy_to(up.addr, "").await;
+    // The reproduction: Connection names Content-Length; the body is a whole request.
+    let smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\nx-switchyard-pool: canary\r\n\r\n";
+    let raw_req = format!(
+        "POST / HTTP/1.1\r\nHost: a\r\nConnection: content-length\r\nContent-Length: {}\r\n\r\n{smuggled}",
+        smuggled.len()
+    );
+    let (answer, _) = raw(proxy.http.unwrap(), raw_req.as_bytes(), WAIT).await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    let seen = up.requests();
+    assert_eq!(seen.len(), 1, "one request reached the upstream: {}", up.text());
+    assert_eq!((seen[0].method.as_str(), seen[0].path.as_str()), ("POST", "/"));
+    assert_eq!(seen[0].body, smuggled.as_bytes(), "the body arrives as a body");
+    assert_eq!(seen[0].get("content-length"), Some(&*smuggled.len().to_string()));
+    // The same with Transfer-Encoding and Host named.
+    let raw_req = format!(
+        "POST / HTTP/1.1\r\nHost: a\r\nConnection: transfer-encoding, host, close\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{smuggled}\r\n0\r\n\r\n",
+        smuggled.len()
+    );
+    let (answer, _) = raw(proxy.http.unwrap(), raw_req.as_bytes(), WAIT).await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    let seen = up.requests();
+    assert_eq!(seen.len(), 2, "{}", up.text());
+    assert_eq!(seen[1].body, smuggled.as_bytes());
+    assert_eq!(seen[1].get("host"), Some("a"));
+    assert!(seen.iter().all(|r| r.path == "/"), "{seen:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_h2c_upgrade_is_served_as_plain_http_and_an_unasked_101_opens_no_tunnel() {
+    // The upstream switches protocols whatever it is asked, then records what comes.
+    let up = Recorder::start(|_| {
+        b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n".to_vec()
+    })
+    .await;
+    let proxy = proxy_to(up.addr, "").await;
+    let mut s = tokio::net::TcpStream::connect(proxy.http.unwrap()).await.unwrap();
+    s.write_all(
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(
+        answer.contains("x-switchyard-error: upstream_protocol"),
+        "{answer}"
+    );
+    let first = &up.requests()[0];
+    for hop in ["upgrade", "http2-settings", "connection"] {
+        assert_eq!(first.get(hop), None, "{hop} reached the upstream: {first:?}");
+    }
+    // A second request on the same client connection still goes through the proxy.
+    let _ = s
+        .write_all(b"GET /second HTTP/1.1\r\nHost: a\r\nx-switchyard-pool: canary\r\n\r\n")
+        .await;
+    let _ = tokio::time::timeout(WAIT, s.read(&mut buf)).await;
+    for r in up.requests().iter().skip(1) {
+        assert_eq!(r.get("x-switchyard-pool"), Some("blue"), "{r:?}");
+        assert!(r.get("x-forwarded-for").is_some(), "{r:?}");
+    }
+    assert!(!up.text().contains("canary"), "{}", up.text());
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_upstream_host_is_the_one_routing_used() {
+    let (www, admin) = (Recorder::start(ok_answer).await, Recorder::start(ok_answer).await);
+    let cfg = config(&[("www", &[www.addr]), ("admin", &[admin.addr])], "").replace(
+        "path_prefix = \"/admin\"",
+        "path_prefix = \"/\"\nhost = \"admin.example.com\"",
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let (answer, _) = raw(
+        proxy.http.unwrap(),
+        b"GET http://admin.example.com/a HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(statuses(&answer), [200], "{answer}");
+    assert!(www.requests().is_empty());
+    let seen = &admin.requests()[0];
+    assert_eq!(seen.all("host"), ["admin.example.com"]);
+    assert_eq!(seen.path, "/a", "origin-form upstream");
+    // HTTP/2: :authority wins over a host field that says otherwise.
+    let req = Request::get("http://admin.example.com/h2")
+        .header("host", "www.example.com")
+        .body(empty())
+        .unwrap();
+    let client = h2c_client();
+    // Send to the proxy's address while the URI names the admin host.
+    let addr = proxy.http.unwrap();
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let resp = sender.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), Version::HTTP_2);
+    let seen = admin.requests();
+    assert_eq!(seen.len(), 2, "routed by :authority");
+    assert_eq!(seen[1].all("host"), ["admin.example.com"]);
+    drop(client);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn missing_duplicate_and_invalid_hosts_are_refused() {
+    let up = Recorder::start(ok_answer).await;
+    let proxy = proxy_to(up.addr, "").await;
+    for bad in [
+        &b"GET / HTTP/1.1\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a, b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a@b\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n",
+        b"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 2\r\n\r\nhi",
+    ] {
+        let (answer, closed) = raw(proxy.http.unwrap(), bad, WAIT).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 400"),
+            "{:?}: {answer}",
+            String::from_utf8_lossy(bad)
+        );
+        assert!(answer.contains("x-switchyard-error: bad_request"), "{answer}");
+        assert!(closed, "{:?}", String::from_utf8_lossy(bad));
+    }
+    // HTTP/1.0 may leave Host out: the endpoint's address stands in.
+    let (answer, _) = raw(proxy.http.unwrap(), b"GET / HTTP/1.0\r\n\r\n", WAIT).await;
+    assert_eq!(&answer[..4], "HTTP");
+    assert_eq!(&answer[8..13], " 200 ", "{answer}");
+    assert_eq!(up.requests().len(), 1, "{}", up.text());
+    assert_eq!(up.requests()[0].all("host"), [up.addr.to_string()]);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_codings_other_than_chunked_are_refused_and_never_forwarded() {
+    let up = Recorder::start(ok_answer).await;
+    let proxy = proxy_to(up.addr, "").await;
+    let (answer, closed) = raw(
+        proxy.http.unwrap(),
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 501"), "{answer}");
+    assert!(answer.contains("x-switchyard-error: not_implemented"), "{answer}");
+    assert!(closed);
+    for bad in [
+        &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nabc"[..],
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+    ] {
+        let (answer, closed) = raw(proxy.http.unwrap(), bad, WAIT).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(closed);
+    }
+    assert!(up.requests().is_empty(), "{}", up.text());
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn connect_is_refused() {
+    let up = Recorder::start(ok_answer).await;
+    let proxy = proxy_to(up.addr, "").await;
+    let (answer, _) = raw(
+        proxy.http.unwrap(),
+        b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(up.requests().is_empty());
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn routing_and_the_upstream_see_the_normalized_path() {
+    let (blue, evil) = (Recorder::start(ok_answer).await, Recorder::start(ok_answer).await);
+    let proxy = Proxy::start(&config(&[("blue", &[blue.addr]), ("evil", &[evil.addr])], "")).await;
+    for (target, want) in [
+        ("/evil/", "/evil/"),
+        ("/x/../evil/", "/evil/"),
+        ("/%65vil/", "/evil/"),
+        ("/%2e%2e/evil/a?q=/../x", "/evil/a?q=/../x"),
+        ("/./evil", "/evil"),
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+        let (answer, _) = raw(proxy.http.unwrap(), req.as_bytes(), WAIT).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer}");
+        assert_eq!(evil.requests().last().unwrap().path, want, "{target}");
+    }
+    assert_eq!(evil.requests().len(), 5);
+    assert!(blue.requests().is_empty(), "{:?}", blue.requests());
+    proxy.shutdown().await;
+}
+
+/// A raw upstream answering every request with `answer`.
+async fn answering(answer: &'static [u8]) -> std::net::SocketAddr {
+    scripted(move |mut s| async move {
+        while read_head(&mut s).await {
+            if s.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .0
+}
+
+#[tokio::test]
+async fn upstream_answers_that_cannot_pass_on_honestly_are_502() {
+    let mut big = b"HTTP/1.1 200 OK\r\n".to_vec();
+    while big.len() < 70 * 1024 {
+        big.extend_from_slice(format!("x-filler-{}: {}\r\n", big.len(), "y".repeat(100)).as_bytes());
+    }
+    big.extend_from_slice(b"content-length: 2\r\n\r\nok");
+    let big: &'static [u8] = Box::leak(big.into_boxed_slice());
+    for answer in [
+        &b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nabc"[..],
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc",
+        big,
+    ] {
+        let proxy = proxy_to(answering(answer).await, "").await;
+        for client in [h1_client(), h2c_client()] {
+            let (parts, _) = get(&client, &proxy.url("/")).await;
+            assert_eq!(parts.status, 502, "{:?}", String::from_utf8_lossy(&answer[..60]));
+            assert_eq!(parts.headers["x-switchyard-error"], "upstream_protocol");
+        }
+        proxy.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn upstream_answers_are_cleaned_on_the_way_out() {
+    let addr = answering(
+        b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nContent-Length: 2\r\nx-switchyard-error: spoofed\r\n\r\nok",
+    )
+    .await;
+    let proxy = proxy_to(addr, "").await;
+    let (text, _) = raw(
+        proxy.http.unwrap(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert_eq!(
+        text.to_ascii_lowercase().matches("content-length").count(),
+        1,
+        "{text}"
+    );
+    assert!(!text.contains("spoofed"), "{text}");
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    for client in [h1_client(), h2c_client()] {
+        let (parts, body) = get(&client, &proxy.url("/")).await;
+        assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"ok"[..]));
+        assert!(parts.headers.get("x-switchyard-error").is_none());
+        assert!(parts.headers.get_all("content-length").iter().count() <= 1);
+    }
+    proxy.shutdown().await;
+    // A status with no standard reason gets an empty one, on both server paths.
+    let proxy = proxy_to(
+        answering(b"HTTP/1.1 599 Whatever\r\ncontent-length: 0\r\n\r\n").await,
+        "",
+    )
+    .await;
+    for req in [
+        &b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nConnection: close\r\n\r\nx",
+    ] {
+        let (text, _) = raw(proxy.http.unwrap(), req, WAIT).await;
+        assert!(text.starts_with("HTTP/1.1 599 \r\n"), "{text:?}");
+    }
+    proxy.shutdown().await;
+}
