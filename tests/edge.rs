@@ -319,3 +319,247 @@ async fn upstream_answers_are_cleaned_on_the_way_out() {
     }
     proxy.shutdown().await;
 }
+
+/// A raw upstream that reads a whole request (head and `Content-Length` body), then writes
+/// `answer`.
+async fn answering_after_body(answer: &'static [u8]) -> std::net::SocketAddr {
+    scripted(move |mut s| async move {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+                continue;
+            };
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            while buf.len() < end + 4 + len {
+                match s.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            buf.drain(..end + 4 + len);
+            if s.write_all(answer).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .0
+}
+
+#[tokio::test]
+async fn informational_answers_reach_the_client_before_the_final_one() {
+    let addr = answering(
+        b"HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\nconnection: x-hop\r\nx-hop: 1\r\n\r\n\
+          HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+    )
+    .await;
+    let proxy = proxy_to(addr, "").await;
+    let (text, _) = raw(
+        proxy.http.unwrap(),
+        b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(
+        text.starts_with(
+            "HTTP/1.1 103 Early Hints\r\nlink: </style.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"
+        ),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\nok"), "{text}");
+    // Never to an HTTP/1.0 client (RFC 9110 §15.2).
+    let (text, _) = raw(proxy.http.unwrap(), b"GET / HTTP/1.0\r\n\r\n", WAIT).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn expect_100_continue_is_answered_only_when_the_body_is_wanted() {
+    let up = Recorder::start(ok_answer).await;
+    let proxy = Proxy::start(
+        &config(&[("blue", &[up.addr])], "").replace("path_prefix = \"/\"", "path_prefix = \"/up\""),
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(proxy.http.unwrap()).await.unwrap();
+    s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&buf[..n], b"HTTP/1.1 100 Continue\r\n\r\n");
+    s.write_all(b"hello").await.unwrap();
+    let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200 OK\r\n"));
+    assert_eq!(up.requests()[0].body, b"hello");
+    assert_eq!(up.requests()[0].get("expect"), None, "the proxy answered it");
+    // No route: answered at once, no 100, and the unread body closes the connection.
+    let (text, closed) = raw(
+        proxy.http.unwrap(),
+        b"POST /nowhere HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+    assert!(closed);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn head_http10_and_pipelined_bodies_on_the_own_path() {
+    let up = Recorder::start(|r| match r.method.as_str() {
+        "HEAD" => b"HTTP/1.1 200 OK\r\ncontent-length: 42\r\n\r\n".to_vec(),
+        _ => format!(
+            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{}",
+            r.body.len(),
+            String::from_utf8_lossy(&r.body)
+        )
+        .into_bytes(),
+    })
+    .await;
+    let proxy = proxy_to(up.addr, "").await;
+    let (text, _) = raw(
+        proxy.http.unwrap(),
+        b"HEAD / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(text.contains("content-length: 42\r\n"), "{text}");
+    assert!(text.ends_with("\r\n\r\n"), "no body: {text:?}");
+    // HTTP/1.0 with keep-alive: two requests on one connection.
+    let (text, closed) = raw(
+        proxy.http.unwrap(),
+        b"GET /a HTTP/1.0\r\nConnection: keep-alive\r\n\r\nGET /b HTTP/1.0\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert_eq!(statuses(&text), [200, 200], "{text}");
+    assert!(
+        text.contains("connection: keep-alive\r\n") && text.contains("connection: close\r\n"),
+        "{text}"
+    );
+    assert!(closed);
+    // Pipelined requests with bodies, both framings, answered in order.
+    let (text, _) = raw(
+        proxy.http.unwrap(),
+        b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nonePOST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\ntwo\r\n0\r\n\r\nPOST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nConnection: close\r\n\r\nthree",
+        WAIT,
+    )
+    .await;
+    assert_eq!(statuses(&text), [200, 200, 200], "{text}");
+    let bodies: Vec<String> = up
+        .requests()
+        .iter()
+        .filter(|r| r.method == "POST")
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(bodies, ["one", "two", "three"]);
+    let one = text.find("\r\n\r\none").unwrap();
+    let two = text.find("\r\n\r\ntwo").unwrap();
+    assert!(one < two && two < text.find("\r\n\r\nthree").unwrap(), "{text}");
+    proxy.shutdown().await;
+}
+
+/// The upstream error counters of `pool`, summed, from the admin API's metrics.
+async fn upstream_errors(proxy: &Proxy, pool: &str) -> u64 {
+    let (_, body) = get(&h1_client(), &proxy.admin_url("/metrics")).await;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .filter(|l| {
+            l.starts_with("switchyard_upstream_errors_total") && l.contains(&format!("pool=\"{pool}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_clients_broken_upload_is_the_clients_fault() {
+    let addr = answering_after_body(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
+    let extra = "[admin]\nlisten = \"127.0.0.1:0\"\n\n[listen]\nclient_body_timeout = \"600ms\"\n";
+    let cfg = config(&[("blue", &[addr])], "")
+        .replace("[listen]\n", "[listen]\nclient_body_timeout = \"600ms\"\n")
+        .replace("[pools.blue]\n", "[pools.blue]\ntimeout = \"300ms\"\n")
+        + &extra[..extra.find("\n\n[listen]").unwrap() + 1];
+    let proxy = Proxy::start(&cfg).await;
+    let addr = proxy.http.unwrap();
+    // A malformed chunk: 400 at once, not after the pool's timeout, and closed.
+    let started = std::time::Instant::now();
+    let (text, closed) = raw(
+        addr,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX0\r\n\r\n",
+        WAIT,
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("x-switchyard-error: client_body"), "{text}");
+    assert!(
+        closed && started.elapsed() < Duration::from_millis(250),
+        "{:?}",
+        started.elapsed()
+    );
+    // A stalled upload: 408 after the body timeout.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nhalf!")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("x-switchyard-error: client_timeout"), "{text}");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    // A slow upload that never pauses long: served, though it takes longer than the pool's
+    // timeout (which counts from the request being written).
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    for b in b"slowly" {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        s.write_all(&[*b]).await.unwrap();
+    }
+    let mut text = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut text)).await;
+    assert!(
+        text.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&text)
+    );
+    // A client that goes away mid-upload.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\npart")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        upstream_errors(&proxy, "blue").await,
+        0,
+        "none of it is the upstream's"
+    );
+    proxy.shutdown().await;
+}

@@ -570,3 +570,73 @@ async fn failing_health_checks_send_users_to_the_baseline_or_503() {
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_uploads_never_trip_a_guard_or_eject_an_endpoint() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let cfg = guarded(
+        blue.addr,
+        canary.addr,
+        "{ blue = 90, canary = 10 }",
+        "max_error_rate = 0.05\nmin_requests = 5\nwindow = \"10s\"",
+        "",
+    )
+    .replace("[pools.canary]\n", "[pools.canary]\ntimeout = \"1s\"\n");
+    let proxy = Proxy::start(&cfg).await;
+    let addr = proxy.http.unwrap();
+    use tokio::io::AsyncWriteExt;
+    for i in 0..30 {
+        // Forced to the canary; malformed, or cut off by the client, or (HTTP/2) shorter than
+        // the length it declared.
+        match i % 3 {
+            0 => {
+                let (text, _) = raw(
+                    addr,
+                    b"POST /upload HTTP/1.1\r\nHost: a\r\nx-switchyard-pool: canary\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+                    Duration::from_secs(2),
+                )
+                .await;
+                assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+            }
+            1 => {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                s.write_all(b"POST /upload HTTP/1.1\r\nHost: a\r\nx-switchyard-pool: canary\r\nContent-Length: 50\r\n\r\nabc")
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            _ => {
+                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (mut h2, conn) = h2::client::handshake(stream).await.unwrap();
+                tokio::spawn(conn);
+                let req = Request::post(format!("http://{addr}/upload"))
+                    .header("x-switchyard-pool", "canary")
+                    .header("content-length", "50")
+                    .body(())
+                    .unwrap();
+                let (resp, mut body) = h2.send_request(req, false).unwrap();
+                body.send_data(bytes::Bytes::from_static(b"short"), true).unwrap();
+                let _ = tokio::time::timeout(Duration::from_secs(2), resp).await;
+            }
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = route(&proxy).await;
+    assert_eq!(r["tripped"], false, "{r:#}");
+    let (_, metrics) = get(&h1_client(), &proxy.admin_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    let errors: u64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("switchyard_upstream_errors_total") && l.contains("pool=\"canary\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(errors, 0, "{metrics}");
+    // The canary's endpoint was never ejected: it answers at once.
+    let req = Request::get(proxy.url("/"))
+        .header("x-switchyard-pool", "canary")
+        .body(empty())
+        .unwrap();
+    let (parts, body) = send(&h1_client(), req).await;
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"canary"[..]));
+    proxy.shutdown().await;
+}

@@ -118,8 +118,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
 #[tokio::test]
 async fn access_log_lines_are_json_with_the_decision_and_the_request_id() {
     let blue = Upstream::start("blue").await;
+    let dead = dead_port().await;
     let logs = tempfile::NamedTempFile::new().unwrap();
-    let cfg = config(&[("blue", &[blue.addr])], "").replace("access = false", "access = true");
+    let cfg =
+        config(&[("blue", &[blue.addr]), ("dead", &[dead])], "").replace("access = false", "access = true");
     let mut proxy = Running::start_with(&cfg, &["--log-format", "json"], logs.reopen().unwrap().into());
     let client = h1_client();
     let req = Request::get(format!("http://{}/a?q=1", proxy.addr))
@@ -129,6 +131,9 @@ async fn access_log_lines_are_json_with_the_decision_and_the_request_id() {
     assert_eq!(send(&client, req).await.0.status, 200);
     let (parts, _) = get(&client, &format!("http://{}/b", proxy.addr)).await;
     let generated = parts.headers["x-request-id"].to_str().unwrap().to_owned();
+    // A response the proxy made itself is logged with the status it sent.
+    let (parts, _) = get(&client, &format!("http://{}/dead", proxy.addr)).await;
+    assert_eq!(parts.status, 502);
     proxy.signal(libc::SIGTERM);
     assert!(proxy.child.wait().unwrap().success());
 
@@ -138,7 +143,9 @@ async fn access_log_lines_are_json_with_the_decision_and_the_request_id() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|l| l["target"] == "switchyard::access")
         .collect();
-    assert_eq!(lines.len(), 2, "one line per request:\n{text}");
+    assert_eq!(lines.len(), 3, "one line per request:\n{text}");
+    assert_eq!(lines[2]["status"], 502, "{}", lines[2]);
+    assert_eq!(lines[2]["error"], "upstream_connect", "{}", lines[2]);
     for (line, path, id) in [(&lines[0], "/a", "req-7"), (&lines[1], "/b", generated.as_str())] {
         assert_eq!(line["method"], "GET", "{line}");
         assert_eq!(line["path"], path, "{line}");

@@ -109,6 +109,22 @@ impl ProxyBody {
         self.busy = Some(busy);
     }
 
+    /// Whether this is an upstream's answer to an upgrade, holding the upgraded connection.
+    pub fn is_upgraded(&self) -> bool {
+        matches!(&self.kind, Kind::Upstream(b) if b.is_upgraded())
+    }
+
+    /// For an upgrade's answer: the upstream connection, the bytes it sent behind its `101`,
+    /// and the endpoint's in-flight count, which the tunnel holds until it ends.
+    pub fn take_upgraded(&mut self) -> Option<(tokio::net::TcpStream, Bytes, Option<InFlight>)> {
+        let Kind::Upstream(b) = std::mem::replace(&mut self.kind, Kind::Full(None)) else {
+            return None;
+        };
+        let (io, early) = b.into_upgraded()?;
+        let in_flight = self.finish.as_mut().and_then(|f| f.in_flight.take());
+        Some((io, early, in_flight))
+    }
+
     /// Attaches the endpoint's in-flight guard, if a finish record is set.
     pub fn finish_mut(&mut self) -> Option<&mut Finish> {
         self.finish.as_mut()

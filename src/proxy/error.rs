@@ -50,6 +50,10 @@ pub enum ProxyError {
     },
     #[error("{0}")]
     BadRequest(&'static str),
+    #[error("the request head is too large")]
+    HeadTooLarge,
+    #[error("only HTTP/1.0, HTTP/1.1 and HTTP/2 are served")]
+    VersionNotSupported,
     /// A request transfer coding other than `chunked` (RFC 9112 §6.1).
     #[error("{0}")]
     NotImplemented(&'static str),
@@ -69,6 +73,8 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::VersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             ProxyError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::ClientBody(BodyFault::Timeout(_)) => StatusCode::REQUEST_TIMEOUT,
@@ -86,6 +92,8 @@ impl ProxyError {
             ProxyError::Reset { .. } => "upstream_reset",
             ProxyError::UpstreamProtocol { .. } => "upstream_protocol",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::HeadTooLarge => "head_too_large",
+            ProxyError::VersionNotSupported => "http_version",
             ProxyError::NotImplemented(_) => "not_implemented",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::ClientBody(BodyFault::Timeout(_)) => "client_timeout",
@@ -97,6 +105,8 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. }
             | ProxyError::BadRequest(_)
+            | ProxyError::HeadTooLarge
+            | ProxyError::VersionNotSupported
             | ProxyError::NotImplemented(_)
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::ClientBody(_) => Cause::Downstream,

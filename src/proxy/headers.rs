@@ -183,8 +183,9 @@ pub struct DecisionFields<'a> {
 
 /// A request's header fields as they go upstream (DESIGN §3 "Headers sent upstream"), read
 /// from the client's map without changing it: `host` first, the host routing used; then the
-/// client's fields but for hop-by-hop ones (and those `Connection` names), `Host` and framing
-/// fields (the upstream client writes the framing), and inbound `x-switchyard-*`;
+/// client's fields but for hop-by-hop ones (and those `Connection` names), `Host`, framing
+/// fields (the upstream client writes the framing), `Expect` (answered by the server path),
+/// and inbound `x-switchyard-*`;
 /// `x-forwarded-host`, `x-forwarded-proto` and `x-request-id` are replaced; `x-forwarded-for`
 /// and `via` get this hop appended; `TE: trailers` passes; then the decision fields. A header
 /// `[headers]` leaves out is neither added nor changed.
@@ -225,7 +226,9 @@ impl UpstreamFields<'_> {
                 }
                 continue;
             }
-            if name == header::HOST || name == header::CONTENT_LENGTH {
+            // `Expect: 100-continue` is this hop's: the server path answers it when the body
+            // is read.
+            if name == header::HOST || name == header::CONTENT_LENGTH || name == header::EXPECT {
                 continue;
             }
             if has_connection && tokens::names(connection_lines(self.client), name) {

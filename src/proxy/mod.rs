@@ -104,9 +104,18 @@ pub struct Request {
     /// `None`: it has none.
     pub body: Option<RequestBody>,
     /// An HTTP/1.1 WebSocket upgrade: where the client's upgraded connection comes from.
-    pub upgrade: Option<OnUpgrade>,
+    pub upgrade: Option<ClientUpgrade>,
     /// Where the upstream's informational (1xx) answers go, when the server path can send them.
     pub interim: Option<Arc<dyn Interim>>,
+}
+
+/// The client's side of a WebSocket upgrade.
+pub enum ClientUpgrade {
+    /// hyper hands over the connection once the `101` is written; the tunnel is spawned.
+    Hyper(OnUpgrade),
+    /// The own HTTP/1 path writes the `101` and runs the tunnel itself, from the response's
+    /// body ([`ProxyBody::take_upgraded`]).
+    Inline,
 }
 
 /// Route and pool of a request, filled in as the phases decide them.
@@ -142,7 +151,7 @@ impl Proxy {
         busy: Busy,
     ) -> Handling<impl Future<Output = Response<ProxyBody>> + Send + 'static> {
         let upgrade = req.version() == Version::HTTP_11 && headers::wants_upgrade(req.headers());
-        let upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let upgrade = upgrade.then(|| ClientUpgrade::Hyper(hyper::upgrade::on(&mut req)));
         let (parts, body) = req.into_parts();
         let request = Request {
             parts,
@@ -514,7 +523,7 @@ struct Routed {
     /// This hop's `via` entry, unless `[headers]` leaves `via` out.
     via: Option<&'static HeaderValue>,
     /// The client's side of an HTTP/1.1 upgrade, when it asked for one.
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     interim: Option<Arc<dyn Interim>>,
     parts: http::request::Parts,
     body: Option<RequestBody>,
@@ -543,7 +552,7 @@ struct Upstream {
 /// What the response phase needs of the request.
 struct Reply {
     via: Option<&'static HeaderValue>,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     set_cookie: Option<String>,
 }
 
@@ -686,17 +695,21 @@ fn finish_response(
     resp: Response<ResponseBody>,
     via: Option<&HeaderValue>,
     request_id: Option<&HeaderValue>,
-    client_upgrade: Option<OnUpgrade>,
+    client_upgrade: Option<ClientUpgrade>,
     guard: InFlight,
     in_flight: &mut Option<InFlight>,
 ) -> Response<ProxyBody> {
     let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
     let (mut parts, body) = resp.into_parts();
+    // The own HTTP/1 path tunnels from the body it gets; for hyper, the tunnel is spawned.
+    let inline = switching && matches!(client_upgrade, Some(ClientUpgrade::Inline));
     let (tunnel, body) = match client_upgrade {
-        Some(client) if switching => (body.into_upgraded().map(|up| (client, up)), None),
+        Some(ClientUpgrade::Hyper(client)) if switching => {
+            (body.into_upgraded().map(|up| (client, up)), None)
+        }
         _ => (None, Some(body)),
     };
-    headers::clean_response(&mut parts.headers, tunnel.is_some());
+    headers::clean_response(&mut parts.headers, tunnel.is_some() || inline);
     // An HTTP/1.0 upstream's answer goes out as the client's version; a status without a
     // standard reason gets an empty reason phrase rather than hyper's "<none>".
     parts.version = Version::HTTP_11;

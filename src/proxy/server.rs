@@ -1,10 +1,12 @@
-//! Listeners and connections: HTTP/1.1 and prior-knowledge HTTP/2 (h2c) on the plain listener,
-//! both by ALPN on the TLS one. An HTTP/1 connection starts on switchyard's own loop for plain
-//! requests ([`super::h1`]); hyper takes it over from the first request that is not plain, and
-//! serves HTTP/2. Connections are capped by a semaphore (past the cap, accepting
-//! pauses and the kernel's backlog holds new clients), slow clients and idle connections are
-//! cut off by the [`watchdog`] after the header read timeout, and shutdown drains: stop
-//! accepting, let in-flight requests finish up to the drain deadline, then return.
+//! Listeners and connections: HTTP/1.x and prior-knowledge HTTP/2 (h2c) on the plain listener,
+//! the protocol ALPN chose on the TLS one (`h2`: HTTP/2 only; `http/1.1` or none: HTTP/1.x
+//! only, so HTTP/1 bytes after `h2` are a broken preface, as RFC 9113 §3.3 wants). HTTP/1 is
+//! served by switchyard's own path ([`super::h1`]) and HTTP/2 by hyper; with `[listen]
+//! fast_path = false`, hyper serves HTTP/1 too. Connections are capped by a semaphore (past
+//! the cap, accepting pauses and the listen backlog holds new clients), slow clients and idle
+//! connections are cut off by the [`watchdog`] after the header read timeout, and shutdown
+//! drains: stop accepting, let in-flight requests finish up to the drain deadline, then
+//! return.
 
 use std::future::Future;
 use std::io;
@@ -38,11 +40,11 @@ impl Server {
     pub async fn bind(state: Arc<State>) -> io::Result<Server> {
         let listen = state.snapshot.load().listen.clone();
         let http = match listen.http {
-            Some(a) => Some(bind(a).await?),
+            Some(a) => Some(bind(a, listen.backlog)?),
             None => None,
         };
         let https = match listen.https {
-            Some(a) => Some(bind(a).await?),
+            Some(a) => Some(bind(a, listen.backlog)?),
             None => None,
         };
         Ok(Server {
@@ -64,14 +66,14 @@ impl Server {
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> io::Result<()> {
         let snapshot = self.proxy.state().snapshot.load_full();
         let listen = &snapshot.listen;
-        let builder = Arc::new(connection_builder(listen.max_header_bytes));
+        let builders = Builders::new(listen.max_header_bytes);
         let limit = Arc::new(Semaphore::new(listen.max_connections));
         let connections = Arc::new(Connections::new(listen.header_read_timeout));
         let watchdog = AbortOnDropHandle::new(tokio::spawn(connections.clone().watch()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let ctx = Arc::new(Accepting {
             proxy: self.proxy.clone(),
-            builder,
+            builders,
             limit: limit.clone(),
             connections,
             handshake_timeout: listen.header_read_timeout,
@@ -112,27 +114,64 @@ impl Server {
     }
 }
 
-async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
+/// Binds a listener with an accept queue of `backlog` (the kernel caps it at
+/// `net.core.somaxconn`).
+fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
+    let bound = (|| {
+        let socket = match addr {
+            SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(backlog)
+    })();
+    bound.map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))
 }
 
-fn connection_builder(max_header_bytes: usize) -> auto::Builder<TokioExecutor> {
-    let mut b = auto::Builder::new(TokioExecutor::new());
-    // No timer for HTTP/1: the watchdog's scans stand in for hyper's header-read timer, which
-    // would be re-armed on every request.
-    b.http1().max_buf_size(max_header_bytes).writev(false);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-    b
+/// hyper's connection builders: any protocol by its first bytes (the plain listener), and one
+/// protocol only (the TLS listener, by ALPN).
+struct Builders {
+    auto: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Builders {
+    fn new(max_header_bytes: usize) -> Builders {
+        let make = || {
+            let mut b = auto::Builder::new(TokioExecutor::new());
+            // No timer for HTTP/1: the watchdog's scans stand in for hyper's header-read timer,
+            // which would be re-armed on every request.
+            b.http1().max_buf_size(max_header_bytes).writev(false);
+            b.http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
+            b
+        };
+        Builders {
+            auto: make(),
+            http1: make().http1_only(),
+            http2: make().http2_only(),
+        }
+    }
+}
+
+/// The protocol a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// Told by its first bytes (the plain listener).
+    Any,
+    /// HTTP/1.x only (ALPN `http/1.1`, or none).
+    Http1,
+    /// HTTP/2 only (ALPN `h2`).
+    Http2,
 }
 
 /// What every accepted connection needs.
 struct Accepting {
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builders: Builders,
     limit: Arc<Semaphore>,
     connections: Arc<Connections>,
     handshake_timeout: Duration,
@@ -170,7 +209,7 @@ async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Accepting>, mut 
             if tls {
                 serve_tls(stream, peer, &ctx).await;
             } else {
-                serve(stream, peer, &ctx, true).await;
+                serve(stream, peer, &ctx, Protocol::Any).await;
             }
             open.dec();
             drop(permit);
@@ -187,16 +226,19 @@ async fn serve_tls(stream: TcpStream, peer: Peer, ctx: &Accepting) {
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     match tokio::time::timeout(ctx.handshake_timeout, acceptor.accept(stream)).await {
         Ok(Ok(tls)) => {
-            let h1 = tls.get_ref().1.alpn_protocol() != Some(b"h2");
-            serve(tls, peer, ctx, h1).await
+            let protocol = match tls.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            serve(tls, peer, ctx, protocol).await
         }
         Ok(Err(e)) => tracing::debug!(peer = %peer.addr, "TLS handshake failed: {e}"),
         Err(_) => tracing::debug!(peer = %peer.addr, "TLS handshake timed out"),
     }
 }
 
-/// Serves one connection; `h1`: it may be HTTP/1 (not HTTP/2 by ALPN).
-async fn serve<I>(io: I, peer: Peer, ctx: &Accepting, h1: bool)
+/// Serves one connection.
+async fn serve<I>(io: I, peer: Peer, ctx: &Accepting, protocol: Protocol)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -208,17 +250,30 @@ where
     // reads on.
     let service = service_fn(move |req| proxy.handle(req, peer, Busy::start(&busy_conn)));
     let mut io = Counted::new(io, watched.clone());
-    // Plain HTTP/1.1 requests are served here; hyper takes the connection from the first
-    // request that is not (or from the start, for HTTP/2).
-    let read = match h1 {
-        true => match h1::serve(&mut io, peer, &ctx.proxy, &watched, ctx.max_head).await {
-            h1::Served::Closed => return,
-            h1::Served::Handoff(read) => read,
-        },
-        false => bytes::BytesMut::new(),
+    // HTTP/1 is served here (unless the live config says otherwise); hyper takes HTTP/2, from
+    // the preface the own path read.
+    let fast_path = ctx.proxy.state().snapshot.load().listen.fast_path;
+    let (read, builder) = match protocol {
+        Protocol::Http2 => (bytes::BytesMut::new(), &ctx.builders.http2),
+        _ if !fast_path => (
+            bytes::BytesMut::new(),
+            match protocol {
+                Protocol::Http1 => &ctx.builders.http1,
+                _ => &ctx.builders.auto,
+            },
+        ),
+        _ => {
+            // Only the plain listener's connections may turn out to be HTTP/2 here: on TLS,
+            // ALPN said HTTP/1, and the preface is refused as a version not served.
+            let h2 = protocol == Protocol::Any;
+            match h1::serve(&mut io, peer, &ctx.proxy, &watched, ctx.max_head, h2).await {
+                h1::Served::Closed => return,
+                h1::Served::Handoff(read) => (read, &ctx.builders.http2),
+            }
+        }
     };
     let io = TokioIo::new(h1::Rewind::new(io, read));
-    let conn = ctx.builder.serve_connection_with_upgrades(io, service);
+    let conn = builder.serve_connection_with_upgrades(io, service);
     let conn = std::pin::pin!(conn);
     if let Err(e) = watchdog::serve(conn, &watched, |c| c.graceful_shutdown()).await {
         tracing::debug!(peer = %peer.addr, "connection ended with an error: {e}");

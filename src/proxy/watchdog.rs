@@ -50,6 +50,8 @@ pub struct Conn {
     write_blocked: AtomicBool,
     /// `OPEN`, `GRACEFUL` or `HARD`; only ever raised.
     close: AtomicU8,
+    /// Idle for a whole tick: the connection may let go of its buffers.
+    shrink: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -64,6 +66,17 @@ impl Conn {
         // Registered before the flag is read, so a close asked in between still wakes it.
         self.waker.register(cx.waker());
         self.closing()
+    }
+
+    /// Whether the connection has been idle long enough to let go of its buffers (asked once
+    /// per idle spell).
+    pub fn shrink_asked(&self) -> bool {
+        self.shrink.load(Relaxed) && self.shrink.swap(false, Relaxed)
+    }
+
+    fn ask_shrink(&self) {
+        self.shrink.store(true, Relaxed);
+        self.waker.wake();
     }
 
     fn ask_close(&self, how: u8) {
@@ -171,6 +184,9 @@ impl Connections {
             }
             // Idle for at least `idle_ticks` whole ticks.
             e.idle_ticks = e.idle_ticks.saturating_add(1);
+            if e.idle_ticks == 1 {
+                c.ask_shrink();
+            }
             if e.idle_ticks > TICKS {
                 c.ask_close(if e.idle_ticks == TICKS + 1 { GRACEFUL } else { HARD });
             }

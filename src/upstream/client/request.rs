@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use super::conn::Conn;
 use super::Error;
 use crate::http1::{self, chunked, put_field, Framing};
+use crate::proxy::h1::inbound::Inbound;
 use crate::proxy::headers::trailer_passes;
 use crate::upstream::Endpoint;
 
@@ -51,6 +52,8 @@ pub struct Outgoing<'a> {
 pub enum RequestBody {
     /// Read by hyper (HTTP/2, and HTTP/1 when hyper serves the connection).
     Hyper(Incoming),
+    /// Read by switchyard's own HTTP/1 path.
+    Conn(Inbound),
 }
 
 /// Why a client's request body could not be read: always the client's fault, never the
@@ -59,6 +62,10 @@ pub enum RequestBody {
 pub enum BodyFault {
     #[error("the client sent no request body bytes for {0:?}")]
     Timeout(Duration),
+    #[error("the request body is malformed: {0}")]
+    Malformed(crate::http1::chunked::Invalid),
+    #[error("the client closed the connection within its request body")]
+    Closed,
     #[error("the request body is {0} than its declared length")]
     Length(&'static str),
     #[error("reading the request body failed: {0}")]
@@ -70,6 +77,7 @@ impl RequestBody {
     pub fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Hyper(b) => b.is_end_stream(),
+            RequestBody::Conn(b) => b.is_end_stream(),
         }
     }
 
@@ -77,12 +85,14 @@ impl RequestBody {
     pub fn length(&self) -> Option<u64> {
         match self {
             RequestBody::Hyper(b) => b.size_hint().exact(),
+            RequestBody::Conn(b) => b.length(),
         }
     }
 
     pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
         match self {
             RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BodyFault::Hyper),
+            RequestBody::Conn(b) => b.poll_frame(cx),
         }
     }
 

@@ -197,6 +197,11 @@ impl ResponseBody {
         Some((conn.io, conn.rbuf.freeze()))
     }
 
+    /// Whether this answers an upgrade with the upgraded connection.
+    pub fn is_upgraded(&self) -> bool {
+        matches!(self.state, Read::Upgraded) && self.conn.is_some()
+    }
+
     /// The body has ended: the connection goes back to the idle queue if it can serve again.
     pub(super) fn release(&mut self) {
         self.state = Read::Done;
