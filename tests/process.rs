@@ -101,6 +101,10 @@ async fn sigterm_drains_in_flight_requests_then_exits_0() {
     let (parts, body) = in_flight.await.unwrap();
     assert_eq!(parts.status, 200);
     assert_eq!(body, "blue");
+    assert_eq!(
+        parts.headers["connection"], "close",
+        "a draining server tells a keep-alive client it closes"
+    );
     let started = Instant::now();
     let status = loop {
         if let Some(s) = proxy.child.try_wait().unwrap() {

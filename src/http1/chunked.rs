@@ -190,9 +190,9 @@ fn trailers(buf: &mut BytesMut) -> Result<Option<Option<HeaderMap>>, Invalid> {
     Ok(Some(map))
 }
 
-/// A chunk's size line, `{len:x}\r\n`, written into `buf`.
+/// A chunk's size line, `{len:X}\r\n` (upper case, as hyper writes it), written into `buf`.
 pub fn size_line_of(buf: &mut [u8; 18], mut len: usize) -> &[u8] {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
     let mut at = 16;
     buf[16..].copy_from_slice(b"\r\n");
     loop {
@@ -227,9 +227,9 @@ mod tests {
     fn size_lines_are_written_in_hex() {
         let mut buf = [0u8; 18];
         assert_eq!(size_line_of(&mut buf, 0), b"0\r\n");
-        assert_eq!(size_line_of(&mut buf, 255), b"ff\r\n");
+        assert_eq!(size_line_of(&mut buf, 255), b"FF\r\n");
         assert_eq!(size_line_of(&mut buf, 0x10000), b"10000\r\n");
-        assert_eq!(size_line_of(&mut buf, usize::MAX), b"ffffffffffffffff\r\n");
+        assert_eq!(size_line_of(&mut buf, usize::MAX), b"FFFFFFFFFFFFFFFF\r\n");
     }
 
     /// A decoded body, its trailers, and the bytes left after it.

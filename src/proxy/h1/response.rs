@@ -2,12 +2,12 @@
 //! (as hyper frames it), the body in that framing, and informational heads before it.
 //!
 //! What a response gets here is what hyper would give it: the status line with the canonical
-//! reason (empty for a status without one), the fields in order, `content-length` from the body
-//! when its length is known (else chunked to an HTTP/1.1 client, with only the trailer fields
-//! `Trailer` announces, or read-to-close to an HTTP/1.0 one), a `date` when it has none, and
-//! `connection: close` when the connection closes after it (`keep-alive` to an HTTP/1.0 client
-//! that asked to keep it). A HEAD answer and a 304 keep the `content-length` they describe and
-//! send no body; 1xx and 204 have neither.
+//! reason (empty for a status without one) in the client's version, the fields in order,
+//! `content-length` from the body when its length is known (else chunked to an HTTP/1.1
+//! client, with only the trailer fields `Trailer` announces, or read-to-close to an HTTP/1.0
+//! one), a `date` when it has none, and `connection: close` when the connection closes after
+//! it (`keep-alive` to an HTTP/1.0 client that asked to keep it; closing is its default). A HEAD answer keeps the `content-length` it describes and sends no
+//! body; 1xx, 204 and 304 have neither.
 
 use std::io;
 use std::pin::Pin;
@@ -66,7 +66,7 @@ pub fn encode_head(
     req: For,
     mut close: bool,
 ) -> Framing {
-    status_line(out, status);
+    status_line(out, status, req.http10);
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT;
     let no_body = bodiless || status == StatusCode::NOT_MODIFIED || req.head;
     let framing = if no_body {
@@ -89,9 +89,9 @@ pub fn encode_head(
     let mut length_written = false;
     for (name, value) in headers {
         if *name == header::CONTENT_LENGTH {
-            // Only where it describes a body not sent (HEAD, 304): elsewhere the framing is
-            // the body's.
-            if bodiless || !no_body || length_written {
+            // Only where it describes a body not sent (HEAD): elsewhere the framing is the
+            // body's, and a 304 has none (as hyper writes it).
+            if !req.head || bodiless || status == StatusCode::NOT_MODIFIED || length_written {
                 continue;
             }
             length_written = true;
@@ -102,6 +102,13 @@ pub fn encode_head(
             continue;
         }
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    // In hyper's order: connection management, then the framing, then the date. (HTTP/1.0
+    // closes unless told to keep.)
+    match (close, req.http10) {
+        (true, false) => out.extend_from_slice(b"connection: close\r\n"),
+        (false, true) => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        _ => {}
     }
     match &framing {
         Framing::Length(n) => put_field(out, b"content-length", itoa::Buffer::new().format(*n).as_bytes()),
@@ -115,11 +122,6 @@ pub fn encode_head(
         }
         _ => {}
     }
-    if close {
-        out.extend_from_slice(b"connection: close\r\n");
-    } else if req.http10 {
-        out.extend_from_slice(b"connection: keep-alive\r\n");
-    }
     if !dated {
         out.extend_from_slice(b"date: ");
         out.extend_from_slice(&date());
@@ -129,12 +131,13 @@ pub fn encode_head(
     framing
 }
 
-fn status_line(out: &mut Vec<u8>, status: StatusCode) {
-    if status == StatusCode::OK {
+/// The status line, in the client's version (as hyper answers an HTTP/1.0 client).
+fn status_line(out: &mut Vec<u8>, status: StatusCode, http10: bool) {
+    if status == StatusCode::OK && !http10 {
         out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
         return;
     }
-    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(if http10 { b"HTTP/1.0 " } else { b"HTTP/1.1 " });
     out.extend_from_slice(status.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
@@ -143,7 +146,7 @@ fn status_line(out: &mut Vec<u8>, status: StatusCode) {
 
 /// Encodes an informational (1xx) head: its status line and fields (already cleaned).
 pub fn encode_interim(out: &mut Vec<u8>, status: StatusCode, headers: &HeaderMap) {
-    status_line(out, status);
+    status_line(out, status, false);
     for (name, value) in headers {
         put_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
@@ -345,8 +348,8 @@ mod tests {
         );
         assert_eq!(
             text,
-            "HTTP/1.1 404 Not Found\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\ncontent-length: 3\r\n\
-             connection: close\r\n\r\n",
+            "HTTP/1.1 404 Not Found\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\nconnection: close\r\n\
+             content-length: 3\r\n\r\n",
             "the length is the body's"
         );
         let (text, f) = head(
@@ -363,7 +366,7 @@ mod tests {
         assert_eq!(f, Framing::None);
         let (text, f) = head(304, &[("content-length", "10")], Some(0), GET11, false);
         assert!(
-            text.starts_with("HTTP/1.1 304 Not Modified\r\ncontent-length: 10\r\ndate: "),
+            text.starts_with("HTTP/1.1 304 Not Modified\r\ndate: "),
             "{text:?}"
         );
         assert_eq!(f, Framing::None);
@@ -411,8 +414,9 @@ mod tests {
         };
         let (text, f) = head(200, &[], None, old, false);
         assert_eq!(f, Framing::Close);
+        assert!(text.starts_with("HTTP/1.0 200 OK\r\n"), "{text:?}");
         assert!(
-            text.contains("connection: close\r\n") && !text.contains("chunked"),
+            !text.contains("connection") && !text.contains("chunked"),
             "{text:?}"
         );
         let (text, f) = head(200, &[], Some(2), old, false);
