@@ -594,7 +594,7 @@ async fn catalogue() -> std::net::SocketAddr {
             };
             if head.starts_with("HEAD ") {
                 let cut = answer.find("\r\n\r\n").unwrap() + 4;
-                if s.write_all(answer[..cut].as_bytes()).await.is_err() {
+                if s.write_all(&answer.as_bytes()[..cut]).await.is_err() {
                     return;
                 }
             } else if s.write_all(answer.as_bytes()).await.is_err() {
