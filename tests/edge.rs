@@ -659,3 +659,29 @@ async fn the_own_path_writes_answers_as_hyper_does() {
     own.shutdown().await;
     hyper.shutdown().await;
 }
+
+#[tokio::test]
+async fn trailers_lose_framing_and_internal_fields_on_http1_and_http2_alike() {
+    use http_body_util::BodyExt;
+    let addr = answering(
+        b"HTTP/1.1 200 OK\r\ntrailer: x-checksum, content-length, x-switchyard-error\r\ntransfer-encoding: chunked\r\n\r\n\
+          2\r\nok\r\n0\r\nx-checksum: abc\r\ncontent-length: 5\r\nx-switchyard-error: spoofed\r\nhost: evil\r\n\r\n",
+    )
+    .await;
+    let proxy = proxy_to(addr, "").await;
+    for client in [h1_client(), h2c_client()] {
+        let req = Request::get(proxy.url("/"))
+            .header("te", "trailers")
+            .body(empty())
+            .unwrap();
+        let resp = client.request(req).await.unwrap();
+        let version = resp.version();
+        let collected = resp.into_body().collect().await.expect("the stream is not reset");
+        let trailers = collected.trailers().cloned().unwrap_or_default();
+        let mut names: Vec<&str> = trailers.keys().map(|k| k.as_str()).collect();
+        names.sort();
+        assert_eq!(names, ["x-checksum"], "{version:?}");
+        assert_eq!(collected.to_bytes(), "ok");
+    }
+    proxy.shutdown().await;
+}

@@ -378,22 +378,27 @@ async fn websocket_upgrade_passes_through() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
     let ws = ws_upstream().await;
-    let proxy = Proxy::start(&config(&[("ws", &[ws])], "")).await;
-    let stream = tokio::net::TcpStream::connect(proxy.http.unwrap()).await.unwrap();
-    let (mut socket, resp) =
-        tokio_tungstenite::client_async(format!("ws://{}/chat", proxy.http.unwrap()), stream)
-            .await
-            .unwrap();
-    assert_eq!(resp.status(), 101);
-    for i in 0..5 {
-        socket.send(Message::text(format!("hello {i}"))).await.unwrap();
-        let echo = socket.next().await.unwrap().unwrap();
-        assert_eq!(echo.into_text().unwrap().as_str(), format!("hello {i}"));
+    // On the own HTTP/1 path and on hyper's.
+    for fast_path in ["true", "false"] {
+        let cfg = config(&[("ws", &[ws])], "")
+            .replace("[listen]\n", &format!("[listen]\nfast_path = {fast_path}\n"));
+        let proxy = Proxy::start(&cfg).await;
+        let stream = tokio::net::TcpStream::connect(proxy.http.unwrap()).await.unwrap();
+        let (mut socket, resp) =
+            tokio_tungstenite::client_async(format!("ws://{}/chat", proxy.http.unwrap()), stream)
+                .await
+                .unwrap();
+        assert_eq!(resp.status(), 101);
+        for i in 0..5 {
+            socket.send(Message::text(format!("hello {i}"))).await.unwrap();
+            let echo = socket.next().await.unwrap().unwrap();
+            assert_eq!(echo.into_text().unwrap().as_str(), format!("hello {i}"));
+        }
+        socket.close(None).await.unwrap();
+        // An open tunnel is in flight: a drain would wait for it, up to the drain deadline.
+        drop(socket);
+        proxy.shutdown().await;
     }
-    socket.close(None).await.unwrap();
-    // An open tunnel is in flight: a drain would wait for it, up to the drain deadline.
-    drop(socket);
-    proxy.shutdown().await;
 }
 
 mod tls {
@@ -457,6 +462,41 @@ mod tls {
             ),
         );
         Proxy::start(&cfg).await
+    }
+
+    #[tokio::test]
+    async fn alpn_decides_the_protocol() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let certs = certs();
+        let blue = Upstream::start("blue").await;
+        let proxy = proxy_with_tls(&certs, blue.addr).await;
+        let read_all = |mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>| async move {
+            let mut out = Vec::new();
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), tls.read_to_end(&mut out)).await;
+            out
+        };
+        // ALPN chose HTTP/1.1: an HTTP/2 preface is refused, not served.
+        let mut tls = connect(&proxy, &certs, b"http/1.1").await;
+        tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+        let out = read_all(tls).await;
+        assert!(
+            out.starts_with(b"HTTP/1.1 505"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        // ALPN chose h2: HTTP/1.1 bytes are a broken preface, and get no HTTP/1.1 answer.
+        let mut tls = connect(&proxy, &certs, b"h2").await;
+        tls.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            .await
+            .unwrap();
+        let out = read_all(tls).await;
+        assert!(
+            !out.windows(8).any(|w| w == b"HTTP/1.1"),
+            "{}",
+            String::from_utf8_lossy(&out)
+        );
+        assert_eq!(blue.hits(), 0);
+        proxy.shutdown().await;
     }
 
     #[tokio::test]

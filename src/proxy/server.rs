@@ -133,27 +133,25 @@ fn bind(addr: SocketAddr, backlog: u32) -> io::Result<TcpListener> {
 /// protocol only (the TLS listener, by ALPN).
 struct Builders {
     auto: auto::Builder<TokioExecutor>,
-    http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
 }
 
 impl Builders {
     fn new(max_header_bytes: usize) -> Builders {
-        let make = || {
-            let mut b = auto::Builder::new(TokioExecutor::new());
-            // No timer for HTTP/1: the watchdog's scans stand in for hyper's header-read timer,
-            // which would be re-armed on every request.
-            b.http1().max_buf_size(max_header_bytes).writev(false);
-            b.http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(u32::try_from(max_header_bytes).unwrap_or(u32::MAX));
-            b
-        };
-        Builders {
-            auto: make(),
-            http1: make().http1_only(),
-            http2: make().http2_only(),
-        }
+        let header_list = u32::try_from(max_header_bytes).unwrap_or(u32::MAX);
+        let mut auto = auto::Builder::new(TokioExecutor::new());
+        // No timer for HTTP/1: the watchdog's scans stand in for hyper's header-read timer,
+        // which would be re-armed on every request.
+        auto.http1().max_buf_size(max_header_bytes).writev(false);
+        auto.http2()
+            .timer(TokioTimer::new())
+            .max_header_list_size(header_list);
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1.max_buf_size(max_header_bytes).writev(false);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2.timer(TokioTimer::new()).max_header_list_size(header_list);
+        Builders { auto, http1, http2 }
     }
 }
 
@@ -253,29 +251,42 @@ where
     // HTTP/1 is served here (unless the live config says otherwise); hyper takes HTTP/2, from
     // the preface the own path read.
     let fast_path = ctx.proxy.state().snapshot.load().listen.fast_path;
-    let (read, builder) = match protocol {
-        Protocol::Http2 => (bytes::BytesMut::new(), &ctx.builders.http2),
-        _ if !fast_path => (
-            bytes::BytesMut::new(),
-            match protocol {
-                Protocol::Http1 => &ctx.builders.http1,
-                _ => &ctx.builders.auto,
-            },
-        ),
+    let (read, protocol) = match protocol {
+        Protocol::Http2 => (bytes::BytesMut::new(), Protocol::Http2),
+        _ if !fast_path => (bytes::BytesMut::new(), protocol),
         _ => {
             // Only the plain listener's connections may turn out to be HTTP/2 here: on TLS,
             // ALPN said HTTP/1, and the preface is refused as a version not served.
             let h2 = protocol == Protocol::Any;
             match h1::serve(&mut io, peer, &ctx.proxy, &watched, ctx.max_head, h2).await {
                 h1::Served::Closed => return,
-                h1::Served::Handoff(read) => (read, &ctx.builders.http2),
+                h1::Served::Handoff(read) => (read, Protocol::Http2),
             }
         }
     };
     let io = TokioIo::new(h1::Rewind::new(io, read));
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    let conn = std::pin::pin!(conn);
-    if let Err(e) = watchdog::serve(conn, &watched, |c| c.graceful_shutdown()).await {
+    // hyper-util's automatic builder reads the protocol from the first bytes whatever it is
+    // told when it serves upgrades, so a protocol fixed by ALPN gets hyper's own builder.
+    let ended = match protocol {
+        Protocol::Any => {
+            let conn = std::pin::pin!(ctx.builders.auto.serve_connection_with_upgrades(io, service));
+            watchdog::serve(conn, &watched, |c| c.graceful_shutdown()).await
+        }
+        Protocol::Http1 => {
+            let conn = ctx.builders.http1.serve_connection(io, service).with_upgrades();
+            let conn = std::pin::pin!(conn);
+            watchdog::serve(conn, &watched, |c| c.graceful_shutdown())
+                .await
+                .map_err(Into::into)
+        }
+        Protocol::Http2 => {
+            let conn = std::pin::pin!(ctx.builders.http2.serve_connection(io, service));
+            watchdog::serve(conn, &watched, |c| c.graceful_shutdown())
+                .await
+                .map_err(Into::into)
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(peer = %peer.addr, "connection ended with an error: {e}");
     }
 }
