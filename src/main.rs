@@ -130,6 +130,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
@@ -171,6 +172,21 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// mimalloc's `mi_option_purge_delay` (its `mi_option_e`; libmimalloc-sys names no constant
+/// for it).
+const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+
+/// Memory the proxy frees goes back to the OS at once, not at the allocator's next activity on
+/// that thread: the buffers an idle connection lets go of would otherwise stay resident until
+/// traffic comes (`benches/idle.rs`: 11.2 KiB per idle connection stays 11.2 KiB; with this,
+/// 3.7 KiB). The peer job's figures do not move. `MIMALLOC_PURGE_DELAY` still overrides it.
+fn tune_allocator() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+        // SAFETY: sets a documented option to a value it takes (0: purge at once).
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
+}
 
 fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
     let mut b = match workers {
@@ -514,5 +530,23 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::MI_OPTION_PURGE_DELAY;
+
+    #[test]
+    fn the_purge_delay_option_is_the_one_set() {
+        // mimalloc v3's default purge delay is 1000 ms; no other option defaults to it. (The
+        // test process runs without `tune_allocator`.)
+        if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            // SAFETY: reads an option.
+            assert_eq!(
+                unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) },
+                1000
+            );
+        }
     }
 }

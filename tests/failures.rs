@@ -426,3 +426,29 @@ async fn connections_past_the_limit_wait_for_a_free_slot() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     proxy.shutdown().await;
 }
+
+/// The accept queue `ss` reports for a listening port (its Send-Q column).
+fn backlog_of(port: u16) -> u32 {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2), installed by .ci/run");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .next()
+        .unwrap_or_else(|| panic!("no listener on {port}: {text}"));
+    line.split_whitespace().nth(2).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_listen_backlog_is_nginxs_default_or_the_configured_one() {
+    let blue = Upstream::start("blue").await;
+    let proxy = Proxy::start(&config(&[("blue", &[blue.addr])], "")).await;
+    assert_eq!(backlog_of(proxy.http.unwrap().port()), 511);
+    proxy.shutdown().await;
+    let cfg = config(&[("blue", &[blue.addr])], "").replace("[listen]\n", "[listen]\nbacklog = 77\n");
+    let proxy = Proxy::start(&cfg).await;
+    assert_eq!(backlog_of(proxy.http.unwrap().port()), 77);
+    proxy.shutdown().await;
+}

@@ -205,7 +205,9 @@ async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Accepting>, mut 
             let open = &ctx.proxy.state().metrics.connections;
             open.inc();
             if tls {
-                serve_tls(stream, peer, &ctx).await;
+                // Boxed: a TLS connection's state is large, and the task's future would be as
+                // large for every plain connection too.
+                Box::pin(serve_tls(stream, peer, &ctx)).await;
             } else {
                 serve(stream, peer, &ctx, Protocol::Any).await;
             }
@@ -267,21 +269,22 @@ where
     let io = TokioIo::new(h1::Rewind::new(io, read));
     // hyper-util's automatic builder reads the protocol from the first bytes whatever it is
     // told when it serves upgrades, so a protocol fixed by ALPN gets hyper's own builder.
+    // Boxed: a connection's future is as large as its largest await, and most connections
+    // never get here.
     let ended = match protocol {
         Protocol::Any => {
-            let conn = std::pin::pin!(ctx.builders.auto.serve_connection_with_upgrades(io, service));
-            watchdog::serve(conn, &watched, |c| c.graceful_shutdown()).await
+            let mut conn = Box::pin(ctx.builders.auto.serve_connection_with_upgrades(io, service));
+            watchdog::serve(conn.as_mut(), &watched, |c| c.graceful_shutdown()).await
         }
         Protocol::Http1 => {
-            let conn = ctx.builders.http1.serve_connection(io, service).with_upgrades();
-            let conn = std::pin::pin!(conn);
-            watchdog::serve(conn, &watched, |c| c.graceful_shutdown())
+            let mut conn = Box::pin(ctx.builders.http1.serve_connection(io, service).with_upgrades());
+            watchdog::serve(conn.as_mut(), &watched, |c| c.graceful_shutdown())
                 .await
                 .map_err(Into::into)
         }
         Protocol::Http2 => {
-            let conn = std::pin::pin!(ctx.builders.http2.serve_connection(io, service));
-            watchdog::serve(conn, &watched, |c| c.graceful_shutdown())
+            let mut conn = Box::pin(ctx.builders.http2.serve_connection(io, service));
+            watchdog::serve(conn.as_mut(), &watched, |c| c.graceful_shutdown())
                 .await
                 .map_err(Into::into)
         }

@@ -96,8 +96,12 @@ where
         exchange: None,
         max_head,
     };
+    // Each request's future, in one allocation reused for the connection's next request (and
+    // let go of when it idles): a connection's own future is as large as its largest await,
+    // and is allocated for as long as the connection lives.
+    let mut slot = None;
     loop {
-        let head = match conn.next_head(io, watched).await {
+        let head = match conn.next_head(io, watched, &mut slot).await {
             Next::Head(head) => head,
             Next::Http2 if http2 => return Served::Handoff(std::mem::take(&mut conn.buf)),
             Next::Http2 => {
@@ -115,7 +119,17 @@ where
                 return Served::Closed;
             }
         };
-        match conn.serve_one(io, head, peer, proxy, watched).await {
+        let (request, mut driver, exchange) = conn.prepare(head);
+        let request = proxy.handle_request(request, peer, Busy::start(watched));
+        let handling = match &mut slot {
+            Some(handling) => {
+                Pin::set(handling, request);
+                handling
+            }
+            None => slot.insert(Box::pin(request)),
+        };
+        let after = poll_fn(|cx| driver.poll(cx, handling.as_mut(), io, &mut conn, &exchange, watched)).await;
+        match after {
             After::KeepAlive => {}
             After::Close => {
                 conn.linger(io).await;
@@ -159,8 +173,13 @@ struct Tunnel {
 
 impl Connection {
     /// Reads until a whole request head is there (or the connection ends, or the watchdog asks
-    /// it to close).
-    async fn next_head<I: AsyncRead + Unpin>(&mut self, io: &mut I, watched: &Conn) -> Next {
+    /// it to close). Idle long enough, the connection lets go of its buffers, and of `slot`.
+    async fn next_head<I: AsyncRead + Unpin, T>(
+        &mut self,
+        io: &mut I,
+        watched: &Conn,
+        slot: &mut Option<T>,
+    ) -> Next {
         loop {
             if !self.buf.is_empty() {
                 match request::parse(&mut self.buf, self.max_head) {
@@ -176,6 +195,7 @@ impl Connection {
                 }
                 if self.buf.is_empty() && watched.shrink_asked() {
                     self.release();
+                    *slot = None;
                 }
                 if self.buf.capacity() == 0 {
                     // Idle with its buffers let go: a read onto the stack, and a buffer only
@@ -206,18 +226,8 @@ impl Connection {
         self.exchange = None;
     }
 
-    /// Serves one request, from its head to the end of its response.
-    async fn serve_one<I>(
-        &mut self,
-        io: &mut I,
-        head: Head,
-        peer: Peer,
-        proxy: &Arc<Proxy>,
-        watched: &Arc<Conn>,
-    ) -> After
-    where
-        I: AsyncRead + AsyncWrite + Unpin,
-    {
+    /// The request a head makes, and the driver that will serve it.
+    fn prepare(&mut self, head: Head) -> (Request, Driver, Arc<Exchange>) {
         let exchange = match &self.exchange {
             // Reused unless something of the last request still holds it.
             Some(e) if Arc::strong_count(e) == 1 => e.clone(),
@@ -228,9 +238,16 @@ impl Connection {
             }
         };
         let (pump, body) = Pump::new(head.framing, &exchange);
-        let req = For {
-            head: head.parts.method == Method::HEAD,
-            http10: head.http10,
+        let driver = Driver {
+            stage: Stage::Awaiting,
+            pump,
+            req: For {
+                head: head.parts.method == Method::HEAD,
+                http10: head.http10,
+            },
+            expect_continue: head.expect_continue,
+            close: head.close,
+            upgrade: head.upgrade,
         };
         let request = Request {
             parts: head.parts,
@@ -238,18 +255,7 @@ impl Connection {
             upgrade: head.upgrade.then_some(ClientUpgrade::Inline),
             interim: (!head.http10).then(|| exchange.clone() as Arc<dyn crate::upstream::client::Interim>),
         };
-        // Pinned where it is made: it is a few hundred bytes, and every move of it is a copy.
-        let handling = std::pin::pin!(proxy.handle_request(request, peer, Busy::start(watched)));
-        let mut driver = Driver {
-            handling,
-            stage: Stage::Awaiting,
-            pump,
-            req,
-            expect_continue: head.expect_continue,
-            close: head.close,
-            upgrade: head.upgrade,
-        };
-        poll_fn(|cx| driver.poll(cx, io, self, &exchange, watched)).await
+        (request, driver, exchange)
     }
 
     /// Answers a refused request and closes.
@@ -290,7 +296,9 @@ impl Connection {
         let _ = io.flush().await;
         let _ = io.shutdown().await;
         let drain = async {
-            let mut scratch = [0u8; 4096];
+            // On the heap: a connection's future holds what any of its awaits holds, and most
+            // connections never linger.
+            let mut scratch = vec![0u8; 4096];
             let mut total = 0;
             while total < LINGER_BYTES {
                 match tokio::io::AsyncReadExt::read(io, &mut scratch).await {
@@ -348,8 +356,7 @@ enum Stage {
 }
 
 /// Drives one request: its future, its body from the socket, its response to the socket.
-struct Driver<F> {
-    handling: Pin<F>,
+struct Driver {
     stage: Stage,
     pump: Pump,
     req: For,
@@ -359,23 +366,24 @@ struct Driver<F> {
     upgrade: bool,
 }
 
-impl<F, Fut> Driver<F>
-where
-    F: std::ops::DerefMut<Target = Fut>,
-    Fut: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>,
-{
-    fn poll<I: AsyncRead + AsyncWrite + Unpin>(
+impl Driver {
+    fn poll<I, F>(
         &mut self,
         cx: &mut Context<'_>,
+        mut handling: Pin<&mut F>,
         io: &mut I,
         conn: &mut Connection,
         exchange: &Exchange,
         watched: &Conn,
-    ) -> Poll<After> {
+    ) -> Poll<After>
+    where
+        I: AsyncRead + AsyncWrite + Unpin,
+        F: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>,
+    {
         loop {
             let mut moved = false;
             if matches!(self.stage, Stage::Awaiting) {
-                moved |= self.poll_head(cx, conn, exchange, watched);
+                moved |= self.poll_head(cx, handling.as_mut(), conn, exchange, watched);
             }
             if let Stage::Streaming(response, framing) = &mut self.stage {
                 if conn.out.has_room() {
@@ -483,14 +491,18 @@ where
 
     /// While the response head is awaited: informational heads and `100 Continue` out, and the
     /// head when it comes. Returns whether anything moved.
-    fn poll_head(
+    fn poll_head<F>(
         &mut self,
         cx: &mut Context<'_>,
+        handling: Pin<&mut F>,
         conn: &mut Connection,
         exchange: &Exchange,
         watched: &Conn,
-    ) -> bool {
-        let polled = self.handling.as_mut().poll(cx);
+    ) -> bool
+    where
+        F: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>,
+    {
+        let polled = handling.poll(cx);
         // What came before the final head, in order: the upstream's informational answers,
         // then `100 Continue` once the request reads its body (not when the answer is here).
         let mut moved = false;
