@@ -685,3 +685,20 @@ async fn trailers_lose_framing_and_internal_fields_on_http1_and_http2_alike() {
     }
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_body_broken_from_its_first_bytes_never_reaches_the_upstream() {
+    let up = Recorder::start(ok_answer).await;
+    let proxy = proxy_to(up.addr, "").await;
+    for bad in [
+        &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"[..],
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n\r\nGET /x HTTP/1.1\r\n\r\n",
+    ] {
+        let (text, closed) = raw(proxy.http.unwrap(), bad, WAIT).await;
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(closed);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(up.text(), "", "not even the head went up");
+    proxy.shutdown().await;
+}

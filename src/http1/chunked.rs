@@ -3,7 +3,7 @@
 //!
 //! The decoder is strict where leniency has let requests be smuggled between two parsers: a
 //! chunk size is hex digits from the start of its line (no leading whitespace, no sign, at most
-//! 16 digits), every line ends in CRLF (a bare LF or CR is an error), chunk data is followed by
+//! 16 past any leading zeros), every line ends in CRLF (a bare LF or CR is an error), chunk data is followed by
 //! exactly CRLF, and an extension holds no control byte but tab. Extensions are skipped.
 //! Trailer fields are parsed as header fields are.
 
@@ -107,12 +107,18 @@ impl Decoder {
 fn size_line(buf: &mut BytesMut) -> Result<Option<u64>, Invalid> {
     let mut size: u64 = 0;
     let mut i = 0;
+    // Leading zeros are digits like any other (`1*HEXDIG`); past them, a size of more than
+    // 16 digits is one no body can have.
+    let mut significant = 0;
     while let Some(&b) = buf.get(i) {
         let Some(d) = (b as char).to_digit(16) else {
             break;
         };
-        if i == 16 {
-            return Err(Invalid("chunk size too large"));
+        if significant > 0 || d > 0 {
+            if significant == 16 {
+                return Err(Invalid("chunk size too large"));
+            }
+            significant += 1;
         }
         size = size << 4 | u64::from(d);
         i += 1;
@@ -301,6 +307,9 @@ mod tests {
         }
         let long = format!("5;{}\r\n", "x".repeat(MAX_SIZE_LINE));
         assert!(decode(long.as_bytes(), 64).is_err());
+        // Leading zeros are allowed, however many (HTTPWookiee's truncation test).
+        let zeros = format!("{}5\r\nhello\r\n0\r\n\r\n", "0".repeat(40));
+        assert_eq!(decode(zeros.as_bytes(), 7).unwrap().0, b"hello");
     }
 
     /// A body as chunks of the given sizes, with trailers when asked.
@@ -341,6 +350,20 @@ mod tests {
         }
     }
 
+    /// A size line this decoder takes, httparse takes alike (httparse refuses more than 16
+    /// digits even when they are leading zeros, which RFC 9112's `1*HEXDIG` allows).
+    fn agrees_on_size_line(line: &[u8]) -> Result<(), TestCaseError> {
+        let mut buf = BytesMut::from(line);
+        if let Ok(Some(size)) = size_line(&mut buf) {
+            let used = line.len() - buf.len();
+            let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+            if digits <= 16 {
+                prop_assert_eq!(httparse_size(line), Some((size, used)));
+            }
+        }
+        Ok(())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -363,11 +386,7 @@ mod tests {
             line in proptest::collection::vec(
                 proptest::sample::select(b"0123456789abcdefABCDEFxz; \t\r\n=\"\x00".to_vec()), 0..24),
         ) {
-            let mut buf = BytesMut::from(&line[..]);
-            if let Ok(Some(size)) = size_line(&mut buf) {
-                let used = line.len() - buf.len();
-                prop_assert_eq!(httparse_size(&line), Some((size, used)));
-            }
+            agrees_on_size_line(&line)?;
         }
 
         #[test]
@@ -388,6 +407,36 @@ mod tests {
                 (Err(_), Err(_)) => {}
                 (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
             }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::http1::long_cases()))]
+
+        #[test]
+        #[ignore = "a long run, by hand"]
+        fn long_run_chunked_bodies(
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            sizes in proptest::collection::vec(1usize..100, 0..6),
+            at in any::<proptest::sample::Index>(),
+            byte in any::<u8>(),
+            step in 1usize..32,
+            line in proptest::collection::vec(
+                proptest::sample::select(b"0123456789abcdefABCDEFxz; \t\r\n=\"\x00".to_vec()), 0..24),
+        ) {
+            let wire = encode(&body, &sizes, true);
+            let (got, _, rest) = decode(&wire, step).unwrap();
+            prop_assert_eq!(got, body);
+            prop_assert!(rest.is_empty());
+            let mut mutated = wire;
+            let at = at.index(mutated.len());
+            mutated[at] = byte;
+            match (decode(&mutated, mutated.len()), decode(&mutated, step)) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(_), Err(_)) => {}
+                (a, b) => prop_assert!(false, "{:?} vs {:?}", a, b),
+            }
+            agrees_on_size_line(&line)?;
         }
     }
 }

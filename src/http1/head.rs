@@ -786,4 +786,25 @@ mod tests {
             prop_assert_eq!(ours, theirs);
         }
     }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::http1::long_cases()))]
+
+        #[test]
+        #[ignore = "a long run, by hand"]
+        fn long_run_heads_agree_with_httparse(
+            head in well_formed(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+            pieces in proptest::collection::vec(piece(), 0..16),
+            room in 0usize..8,
+        ) {
+            let mut mutated = head.clone();
+            let at = at.index(mutated.len());
+            mutated[at] = byte;
+            agree(&head, room)?;
+            agree(&mutated, room)?;
+            agree(&pieces.concat(), room)?;
+        }
+    }
 }

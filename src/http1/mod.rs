@@ -19,6 +19,16 @@ pub mod tokens;
 
 pub use framing::{parse_length, Framer, Framing, Refusal};
 
+/// Cases for the long property runs of the parsers: ignored tests, run by hand with
+/// `cargo test --release -- --ignored long_run` (`LONG_CASES`, default a million).
+#[cfg(test)]
+pub(crate) fn long_cases() -> u32 {
+    std::env::var("LONG_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000)
+}
+
 /// Whether a field name (lowercase, as written out) is one the writer of a message decides
 /// itself: `content-length` or `transfer-encoding`.
 #[inline]

@@ -597,4 +597,22 @@ mod tests {
             }
         }
     }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::http1::long_cases()))]
+
+        #[test]
+        #[ignore = "a long run, by hand"]
+        fn long_run_requests_agree_with_httparse(
+            raw in request(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            agrees(&raw)?;
+            let mut mutated = raw;
+            let at = at.index(mutated.len());
+            mutated[at] = byte;
+            agrees(&mutated)?;
+        }
+    }
 }

@@ -11,6 +11,10 @@
 //! other than `101` go to the request's [`Interim`] sink as they come. A `101` answer to an
 //! upgrade request hands over the raw connection ([`ResponseBody::into_upgraded`]).
 //!
+//! A request with a body goes upstream once its first piece is read (or after
+//! [`FIRST_PIECE`], for a client that waits for an answer before it sends its body): a body
+//! broken from its first bytes never reaches the upstream.
+//!
 //! Time limits ([`Limits`]): connecting is bounded by the pool's `connect_timeout`; a request
 //! body's upload by the longest pause between two of its pieces (a pause waiting for the client
 //! is the client's fault; one waiting for the upstream to read is the upstream's); and the
@@ -39,6 +43,9 @@ use request::{BodyWriter, Waiting};
 pub use conn::{IdleConns, IDLE_PER_ENDPOINT, IDLE_TIMEOUT};
 pub use request::{BodyFault, Fields, Outgoing, Prepared, RequestBody};
 pub use response::{Interim, ResponseBody, MAX_HEAD};
+
+/// How long a request's head waits for its body's first piece before it goes without.
+pub const FIRST_PIECE: Duration = Duration::from_millis(10);
 
 /// Why a request to an upstream failed.
 #[derive(Debug, thiserror::Error)]
@@ -174,13 +181,22 @@ async fn exchange(
     let mut written = 0;
     let mut head_sent = false;
     let mut write_error: Option<Error> = None;
+    // Whether the head still waits for the body's first piece.
+    let mut wait_first = writer.is_some();
     match &writer {
-        Some(w) => conn.arm(w.progress + limits.body_idle),
+        Some(w) => conn.arm(w.progress + FIRST_PIECE),
         None => conn.arm(deadline),
     }
     let head = std::future::poll_fn(|cx| loop {
         let polled = 'step: {
             if !head_sent {
+                if let Some(w) = writer.as_mut().filter(|_| wait_first) {
+                    match w.poll_first(cx) {
+                        Poll::Ready(Ok(())) => wait_first = false,
+                        Poll::Ready(Err(e)) => break 'step Poll::Ready(Err(e)),
+                        Poll::Pending => break 'step Poll::Pending,
+                    }
+                }
                 match conn.poll_write_head(cx, &mut written) {
                     Poll::Ready(Ok(())) => head_sent = true,
                     Poll::Ready(Err(e)) => break 'step Poll::Ready(Err(Error::Io(e))),
@@ -207,8 +223,16 @@ async fn exchange(
         if polled.is_ready() || conn.poll_deadline(cx).is_pending() {
             return polled;
         }
-        // The timer is due: the response deadline, or a pause in the upload.
+        // The timer is due: the wait for the body's first piece, the response deadline, or a
+        // pause in the upload.
         match writer.as_ref().filter(|w| !w.done && write_error.is_none()) {
+            Some(w) if wait_first => {
+                // A client that waits for the answer before it sends its body: the head goes
+                // without the first piece.
+                wait_first = false;
+                conn.arm(w.progress + limits.body_idle);
+                continue;
+            }
             None => return Poll::Ready(Err(Error::Timeout)),
             Some(w) => {
                 let due = w.progress + limits.body_idle;

@@ -267,6 +267,34 @@ impl BodyWriter {
         }
     }
 
+    /// Takes the body's first piece (or its end, or its fault) without writing anything: the
+    /// head waits for it (up to [`super::FIRST_PIECE`]), so a body that is broken from its
+    /// first bytes (a malformed first chunk size, say) never reaches the upstream at all.
+    pub(super) fn poll_first(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Error>> {
+        self.touched = true;
+        let frame = match self.body.poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                self.touched = false;
+                return Poll::Pending;
+            }
+        };
+        self.progress = Instant::now();
+        match frame {
+            None => self.end(None)?,
+            Some(Err(e)) => return Poll::Ready(Err(Error::RequestBody(e))),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => self.data(data)?,
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        self.end(Some(&trailers))?;
+                    }
+                }
+            },
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Writes what the body has to `io`; `Ready(Ok)` when all of it is written.
     pub(super) fn poll_write(&mut self, cx: &mut Context<'_>, io: &mut TcpStream) -> Poll<Result<(), Error>> {
         loop {
