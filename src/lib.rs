@@ -3,13 +3,16 @@
 //! The request flow, and the module that owns each step:
 //!
 //! ```text
-//! request ─▶ proxy::server      accept, TLS, HTTP/1.1 + HTTP/2, connection limit, idle watchdog, drain
-//!         ─▶ proxy::h1          plain HTTP/1.1 requests (hyper serves the rest)
+//! request ─▶ proxy::server      accept, TLS and ALPN, connection limit, idle watchdog, drain
+//!         ─▶ proxy::h1          HTTP/1.x requests, heads and bodies (hyper serves HTTP/2)
 //!         ─▶ proxy              the request phases (see its docs), header hygiene, errors
-//!         ─▶ routing            route match → pool (pure, compiled from config)
+//!         ─▶ routing            target (host, path) → route → pool (pure, compiled from config)
 //!         ─▶ upstream           endpoint selection, the shared pooled client
 //!         ─▶ proxy::body        response streamed back; access log when it ends
 //! ```
+//!
+//! - [`http1`] is HTTP/1 framing for both sides: the head parser, the `Connection`/`TE`/
+//!   `Trailer` lists, framing decisions and the chunked coding.
 //!
 //! - [`config`] turns the TOML file into a [`routing::Snapshot`], reporting every error with its
 //!   line, column, field and fix.
