@@ -19,6 +19,22 @@ async fn proxy_to(upstream: std::net::SocketAddr, extra: &str) -> Proxy {
     Proxy::start(&config(&[("blue", &[upstream])], extra)).await
 }
 
+/// Sends `request` on a new connection and asserts it is refused with `status` and `reason`,
+/// and the connection closed.
+async fn refused(proxy: &Proxy, request: &[u8], status: u16, reason: &str) {
+    let (answer, closed) = raw(proxy.http.unwrap(), request, WAIT).await;
+    let what = String::from_utf8_lossy(request);
+    assert!(
+        answer.starts_with(&format!("HTTP/1.1 {status} ")),
+        "{what:?}: {answer}"
+    );
+    assert!(
+        answer.contains(&format!("x-switchyard-error: {reason}\r\n")),
+        "{what:?}: {answer}"
+    );
+    assert!(closed, "{what:?}: the connection stays open");
+}
+
 /// Responses in `text`, as (status, head) pairs.
 fn statuses(text: &str) -> Vec<u16> {
     text.match_indices("HTTP/1.1 ")
@@ -159,14 +175,7 @@ async fn missing_duplicate_and_invalid_hosts_are_refused() {
         b"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 2\r\n\r\nhi",
     ] {
-        let (answer, closed) = raw(proxy.http.unwrap(), bad, WAIT).await;
-        assert!(
-            answer.starts_with("HTTP/1.1 400"),
-            "{:?}: {answer}",
-            String::from_utf8_lossy(bad)
-        );
-        assert!(answer.contains("x-switchyard-error: bad_request"), "{answer}");
-        assert!(closed, "{:?}", String::from_utf8_lossy(bad));
+        refused(&proxy, bad, 400, "bad_request").await;
     }
     // HTTP/1.0 may leave Host out: the endpoint's address stands in.
     let (answer, _) = raw(proxy.http.unwrap(), b"GET / HTTP/1.0\r\n\r\n", WAIT).await;
@@ -181,22 +190,18 @@ async fn missing_duplicate_and_invalid_hosts_are_refused() {
 async fn request_codings_other_than_chunked_are_refused_and_never_forwarded() {
     let up = Recorder::start(ok_answer).await;
     let proxy = proxy_to(up.addr, "").await;
-    let (answer, closed) = raw(
-        proxy.http.unwrap(),
+    refused(
+        &proxy,
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-        WAIT,
+        501,
+        "not_implemented",
     )
     .await;
-    assert!(answer.starts_with("HTTP/1.1 501"), "{answer}");
-    assert!(answer.contains("x-switchyard-error: not_implemented"), "{answer}");
-    assert!(closed);
     for bad in [
         &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nabc"[..],
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
     ] {
-        let (answer, closed) = raw(proxy.http.unwrap(), bad, WAIT).await;
-        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-        assert!(closed);
+        refused(&proxy, bad, 400, "bad_request").await;
     }
     assert!(up.requests().is_empty(), "{}", up.text());
     proxy.shutdown().await;
@@ -213,6 +218,7 @@ async fn connect_is_refused() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.contains("\r\nallow: GET, HEAD, POST"), "{answer}");
     assert!(up.requests().is_empty());
     proxy.shutdown().await;
 }
@@ -694,9 +700,7 @@ async fn a_body_broken_from_its_first_bytes_never_reaches_the_upstream() {
         &b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"[..],
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000000\r\n\r\nGET /x HTTP/1.1\r\n\r\n",
     ] {
-        let (text, closed) = raw(proxy.http.unwrap(), bad, WAIT).await;
-        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
-        assert!(closed);
+        refused(&proxy, bad, 400, "client_body").await;
     }
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(up.text(), "", "not even the head went up");

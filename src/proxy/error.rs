@@ -163,6 +163,13 @@ impl ProxyError {
             X_SWITCHYARD_ERROR.clone(),
             HeaderValue::from_static(self.reason()),
         );
+        if let ProxyError::MethodNotAllowed(_) = self {
+            // RFC 9110 §15.5.6: a 405 says which methods are served.
+            h.insert(
+                header::ALLOW,
+                HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH, TRACE"),
+            );
+        }
         if let Some(id) = request_id {
             h.insert(X_REQUEST_ID.clone(), id.clone());
         }

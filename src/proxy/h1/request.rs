@@ -191,6 +191,11 @@ static TOKEN: [bool; 256] = head::byte_set!(
 /// must then be UTF-8; `Uri` refuses them after).
 static TARGET: [bool; 256] = head::byte_set!(b'!'..=0x7e | 0x80..=0xff);
 
+/// Where the run of bytes in `set` from `buf[i]` ends.
+fn run(buf: &[u8], i: usize, set: &[bool; 256]) -> usize {
+    i + buf[i..].iter().take_while(|&&b| set[b as usize]).count()
+}
+
 /// `[CRLF…] method SP target SP HTTP/1.x (CRLF|LF)`; `None`: incomplete.
 fn request_line(buf: &[u8]) -> Result<Option<Line>, Refused> {
     let mut i = 0;
@@ -208,12 +213,7 @@ fn request_line(buf: &[u8]) -> Result<Option<Line>, Refused> {
         }
     }
     let start = i;
-    while let Some(&b) = buf.get(i) {
-        if !TOKEN[b as usize] {
-            break;
-        }
-        i += 1;
-    }
+    i = run(buf, i, &TOKEN);
     match buf.get(i) {
         None => return Ok(None),
         Some(b' ') if i > start => {}
@@ -231,12 +231,7 @@ fn request_line(buf: &[u8]) -> Result<Option<Line>, Refused> {
     };
     i += 1;
     let target_start = i;
-    while let Some(&b) = buf.get(i) {
-        if !TARGET[b as usize] {
-            break;
-        }
-        i += 1;
-    }
+    i = run(buf, i, &TARGET);
     match buf.get(i) {
         None => return Ok(None),
         Some(b' ') if i > target_start => {}

@@ -279,20 +279,7 @@ impl BodyWriter {
                 return Poll::Pending;
             }
         };
-        self.progress = Instant::now();
-        match frame {
-            None => self.end(None)?,
-            Some(Err(e)) => return Poll::Ready(Err(Error::RequestBody(e))),
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) => self.data(data)?,
-                Err(frame) => {
-                    if let Ok(trailers) = frame.into_trailers() {
-                        self.end(Some(&trailers))?;
-                    }
-                }
-            },
-        }
-        Poll::Ready(Ok(()))
+        Poll::Ready(self.take(frame))
     }
 
     /// Writes what the body has to `io`; `Ready(Ok)` when all of it is written.
@@ -329,19 +316,23 @@ impl BodyWriter {
             self.touched = true;
             self.waiting = Waiting::Client;
             let frame = ready!(self.body.poll_frame(cx));
-            self.progress = Instant::now();
-            match frame {
-                None => self.end(None)?,
-                Some(Err(e)) => return Poll::Ready(Err(Error::RequestBody(e))),
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => self.data(data)?,
-                    Err(frame) => {
-                        if let Ok(trailers) = frame.into_trailers() {
-                            self.end(Some(&trailers))?;
-                        }
-                    }
+            self.take(frame)?;
+        }
+    }
+
+    /// Queues what the body gave: a piece, its end (with trailers), or its fault.
+    fn take(&mut self, frame: Option<Result<Frame<Bytes>, BodyFault>>) -> Result<(), Error> {
+        self.progress = Instant::now();
+        match frame {
+            None => self.end(None),
+            Some(Err(e)) => Err(Error::RequestBody(e)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => self.data(data),
+                Err(frame) => match frame.into_trailers() {
+                    Ok(trailers) => self.end(Some(&trailers)),
+                    Err(_) => Ok(()),
                 },
-            }
+            },
         }
     }
 
