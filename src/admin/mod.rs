@@ -71,6 +71,7 @@ pub struct GuardStatus {
     pub max_error_rate: f64,
     pub max_error_ratio: Option<f64>,
     pub max_p99_ms: Option<u128>,
+    pub max_p50_ms: Option<u128>,
     pub min_requests: u64,
     pub window_s: f64,
     /// Figures over the window and the verdict, per pool.
@@ -122,6 +123,7 @@ pub fn route_status(state: &State, snap: &Snapshot, route: &Route) -> RouteStatu
         max_error_rate: g.max_error_rate,
         max_error_ratio: g.max_error_ratio,
         max_p99_ms: g.max_p99.map(|d| d.as_millis()),
+        max_p50_ms: g.max_p50.map(|d| d.as_millis()),
         min_requests: g.min_requests,
         window_s: g.window.as_secs_f64(),
         pools: report

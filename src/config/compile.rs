@@ -919,6 +919,10 @@ fn compile_guard(
         .max_p99
         .as_ref()
         .map(|d| errs.duration(Some(d), &format!("{path}.max_p99"), Duration::from_millis(500)));
+    let max_p50 = g
+        .max_p50
+        .as_ref()
+        .map(|d| errs.duration(Some(d), &format!("{path}.max_p50"), Duration::from_millis(100)));
     let window = errs.duration(
         g.window.as_ref(),
         &format!("{path}.window"),
@@ -944,6 +948,7 @@ fn compile_guard(
         max_error_rate,
         max_error_ratio,
         max_p99,
+        max_p50,
         min_requests,
         window,
         dry_run: g.dry_run.as_ref().is_some_and(|d| *d.get_ref()),
@@ -1040,7 +1045,18 @@ fn compile_split(
             }
         }
         match u64::try_from(*weight.get_ref()) {
-            Ok(w) => weights.last_mut().expect("pushed above").1 = w,
+            Ok(w) if w <= crate::routing::split::MAX_WEIGHT => {
+                weights.last_mut().expect("pushed above").1 = w
+            }
+            Ok(_) => {
+                errs.at(
+                    weight,
+                    &p,
+                    format!("weights are at most {}", crate::routing::split::MAX_WEIGHT),
+                    "weights are relative: { a = 90, b = 10 } splits as { a = 900, b = 100 } does",
+                );
+                ok = false;
+            }
             Err(_) => {
                 errs.at(
                     weight,
@@ -1174,6 +1190,15 @@ split = { blue = -5 }
                 .any(|s| s.contains("same host, path_prefix and headers")),
             "{shown:?}"
         );
+    }
+
+    #[test]
+    fn weights_are_bounded_so_no_arithmetic_overflows() {
+        let src = "[listen]\nhttp = \"127.0.0.1:1\"\n[pools.a]\nendpoints = [\"127.0.0.1:2\"]\n[pools.b]\nendpoints = [\"127.0.0.1:3\"]\n[[routes]]\nname = \"x\"\nsplit = { a = 1000000, b = 1000001 }\n";
+        let errs = errors(src);
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert_eq!(errs[0].path, "routes[0].split.b");
+        assert!(errs[0].to_string().contains("at most 1000000"), "{}", errs[0]);
     }
 
     #[test]

@@ -127,6 +127,7 @@ pub struct RawGuard {
     pub max_error_rate: Option<Spanned<f64>>,
     pub max_error_ratio: Option<Spanned<f64>>,
     pub max_p99: Option<Spanned<String>>,
+    pub max_p50: Option<Spanned<String>>,
     pub min_requests: Option<Spanned<i64>>,
     pub window: Option<Spanned<String>>,
     pub dry_run: Option<Spanned<bool>>,

@@ -2,7 +2,7 @@
 //!
 //! The request path only sends an [`Outcome`] down a channel (when the route has a guard). The
 //! guard task owns every window ([`window`]), judges each guarded route's non-baseline pools
-//! every 250 ms ([`verdict`]), and asks the reloader — the only writer of the snapshot — to trip
+//! every 100 ms ([`verdict`]), and asks the reloader — the only writer of the snapshot — to trip
 //! a failing pool or to advance a rollout. The reloader keeps trips and rollout steps in an
 //! [`overlay::Overlay`] that it applies to every config it compiles (so a reload cannot undo a
 //! trip) and writes to a state file (so a restart cannot either).
@@ -19,13 +19,14 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::reload::Trigger;
-use crate::routing::Snapshot;
+use crate::routing::{Route, Snapshot};
 use crate::state::State;
 pub use verdict::Verdict;
 pub use window::{Figures, Window};
 
-/// How often verdicts are made: a fail trips well within a second of its evidence.
-pub const TICK: Duration = Duration::from_millis(250);
+/// How often verdicts are made: a fail trips well within a second of its evidence (the recent
+/// window's ticks are 200 ms).
+pub const TICK: Duration = Duration::from_millis(100);
 
 /// A route's `[routes.guard]`, compiled.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +36,7 @@ pub struct GuardConfig {
     pub max_error_rate: f64,
     pub max_error_ratio: Option<f64>,
     pub max_p99: Option<Duration>,
+    pub max_p50: Option<Duration>,
     pub min_requests: u64,
     pub window: Duration,
     pub dry_run: bool,
@@ -143,11 +145,14 @@ struct Guard {
     fingerprints: HashMap<String, String>,
 }
 
+type Windows = HashMap<(Arc<str>, Arc<str>), Window>;
+
 impl Guard {
+    /// One tick: every guarded route judged, trips and rollout steps asked of the reloader.
     async fn judge(
         &mut self,
         snap: &Snapshot,
-        windows: &mut HashMap<(Arc<str>, Arc<str>), Window>,
+        windows: &mut Windows,
         now: Instant,
         triggers: &mpsc::Sender<Trigger>,
     ) -> Report {
@@ -155,92 +160,11 @@ impl Guard {
         let mut tripped_now = HashSet::new();
         for route in &snap.routes {
             let Some(g) = &route.guard else { continue };
-            let fingerprint = overlay::fingerprint(snap, route);
-            if self
-                .fingerprints
-                .get(&*route.name)
-                .is_some_and(|f| *f != fingerprint)
-            {
-                windows.retain(|(r, _), _| **r != *route.name);
-            }
-            self.fingerprints.insert(route.name.to_string(), fingerprint);
+            self.forget_stale(snap, route, windows);
             if !route.runtime.tripped.is_empty() {
                 tripped_now.insert(route.name.to_string());
-            } else if self.tripped.contains(&*route.name) {
-                // Reset: old failures must not trip it again.
-                windows.retain(|(r, _), _| **r != *route.name);
             }
-            let figures = |pool: usize| {
-                windows
-                    .get(&(route.name.clone(), snap.pools[pool].name.clone()))
-                    .map(|w| w.figures(now))
-                    .unwrap_or_default()
-            };
-            let base = figures(g.baseline);
-            let mut rr = RouteReport::default();
-            rr.pools.push(PoolReport {
-                pool: snap.pools[g.baseline].name.to_string(),
-                baseline: true,
-                figures: base,
-                verdict: None,
-            });
-            for (pool, _) in route.split.weights() {
-                if pool == g.baseline || route.runtime.tripped.contains(&pool) {
-                    continue;
-                }
-                let f = figures(pool);
-                let v = verdict::judge(g, &base, &f);
-                let key = (route.name.to_string(), snap.pools[pool].name.to_string());
-                if let Verdict::Fail(reason) = &v {
-                    if g.dry_run {
-                        if self.would_trip.insert(key.clone()) {
-                            tracing::warn!(route = %route.name, pool = %key.1, requests = f.requests, errors = f.errors, dry_run = true, "guard would trip: {reason}");
-                        }
-                    } else if self
-                        .asked
-                        .get(&key)
-                        .is_none_or(|t| now.saturating_duration_since(*t) > Duration::from_secs(2))
-                    {
-                        self.asked.insert(key.clone(), now);
-                        let _ = triggers
-                            .send(Trigger::Trip {
-                                route: key.0.clone(),
-                                pool: key.1.clone(),
-                                reason: reason.clone(),
-                                figures: f,
-                            })
-                            .await;
-                    }
-                } else {
-                    self.would_trip.remove(&key);
-                }
-                if let (Some(r), Some(step)) = (&route.rollout, route.runtime.rollout_step) {
-                    if r.pool == pool {
-                        let started = match self.steps.get(&*route.name) {
-                            Some(&(s, t)) if s == step => t,
-                            _ => {
-                                self.steps.insert(route.name.to_string(), (step, now));
-                                now
-                            }
-                        };
-                        if step + 1 < r.steps.len() && rollout_due(started, now, r.every, &v) {
-                            self.steps.insert(route.name.to_string(), (step, now));
-                            let _ = triggers
-                                .send(Trigger::Advance {
-                                    route: route.name.to_string(),
-                                    from_step: step,
-                                })
-                                .await;
-                        }
-                    }
-                }
-                rr.pools.push(PoolReport {
-                    pool: key.1,
-                    baseline: false,
-                    figures: f,
-                    verdict: Some(v),
-                });
-            }
+            let rr = self.judge_route(snap, route, g, windows, now, triggers).await;
             report.routes.insert(route.name.to_string(), rr);
         }
         self.asked.retain(|(r, p), _| {
@@ -249,6 +173,140 @@ impl Guard {
         });
         self.tripped = tripped_now;
         report
+    }
+
+    /// Clears a route's windows when they are no evidence any more: its split or pools
+    /// changed, or it was reset (its old failures must not trip it again).
+    fn forget_stale(&mut self, snap: &Snapshot, route: &Route, windows: &mut Windows) {
+        let fingerprint = overlay::fingerprint(snap, route);
+        let changed = self
+            .fingerprints
+            .insert(route.name.to_string(), fingerprint.clone())
+            .is_some_and(|f| f != fingerprint);
+        let reset = route.runtime.tripped.is_empty() && self.tripped.contains(&*route.name);
+        if changed || reset {
+            windows.retain(|(r, _), _| **r != *route.name);
+        }
+    }
+
+    /// Judges a route's non-baseline pools, trips the failing ones and steps its rollout.
+    async fn judge_route(
+        &mut self,
+        snap: &Snapshot,
+        route: &Route,
+        g: &GuardConfig,
+        windows: &mut Windows,
+        now: Instant,
+        triggers: &mpsc::Sender<Trigger>,
+    ) -> RouteReport {
+        let mut figures = |pool: usize| {
+            windows
+                .get_mut(&(route.name.clone(), snap.pools[pool].name.clone()))
+                .map(|w| w.figures(now))
+                .unwrap_or_default()
+        };
+        let base = figures(g.baseline);
+        let judged: Vec<(usize, Figures)> = route
+            .split
+            .weights()
+            .map(|(p, _)| p)
+            .filter(|&p| p != g.baseline && !route.runtime.tripped.contains(&p))
+            .map(|p| (p, figures(p)))
+            .collect();
+        let mut rr = RouteReport::default();
+        rr.pools.push(PoolReport {
+            pool: snap.pools[g.baseline].name.to_string(),
+            baseline: true,
+            figures: base,
+            verdict: None,
+        });
+        for (pool, f) in judged {
+            let v = verdict::judge(g, &base, &f);
+            let name = snap.pools[pool].name.to_string();
+            self.act(route, g, &name, &v, f, now, triggers).await;
+            self.step_rollout(route, pool, &v, now, triggers).await;
+            rr.pools.push(PoolReport {
+                pool: name,
+                baseline: false,
+                figures: f,
+                verdict: Some(v),
+            });
+        }
+        rr
+    }
+
+    /// Asks for a trip of a failing pool (at most every 2 s until the snapshot shows it), or
+    /// in a dry run says once that it would trip.
+    #[allow(clippy::too_many_arguments)]
+    async fn act(
+        &mut self,
+        route: &Route,
+        g: &GuardConfig,
+        pool: &str,
+        verdict: &Verdict,
+        f: Figures,
+        now: Instant,
+        triggers: &mpsc::Sender<Trigger>,
+    ) {
+        let key = (route.name.to_string(), pool.to_owned());
+        let Verdict::Fail(reason) = verdict else {
+            self.would_trip.remove(&key);
+            return;
+        };
+        if g.dry_run {
+            if self.would_trip.insert(key) {
+                tracing::warn!(route = %route.name, pool, requests = f.requests, errors = f.errors, dry_run = true, "guard would trip: {reason}");
+            }
+            return;
+        }
+        let recently = self
+            .asked
+            .get(&key)
+            .is_some_and(|t| now.saturating_duration_since(*t) <= Duration::from_secs(2));
+        if !recently {
+            self.asked.insert(key.clone(), now);
+            let _ = triggers
+                .send(Trigger::Trip {
+                    route: key.0,
+                    pool: key.1,
+                    reason: reason.clone(),
+                    figures: f,
+                })
+                .await;
+        }
+    }
+
+    /// Asks for a rollout's next step when its pool has passed for a whole step.
+    async fn step_rollout(
+        &mut self,
+        route: &Route,
+        pool: usize,
+        verdict: &Verdict,
+        now: Instant,
+        triggers: &mpsc::Sender<Trigger>,
+    ) {
+        let (Some(r), Some(step)) = (&route.rollout, route.runtime.rollout_step) else {
+            return;
+        };
+        if r.pool != pool {
+            return;
+        }
+        let started = match self.steps.get(&*route.name) {
+            Some(&(s, t)) if s == step => t,
+            _ => {
+                self.steps.insert(route.name.to_string(), (step, now));
+                now
+            }
+        };
+        if step + 1 < r.steps.len() && rollout_due(started, now, r.every, verdict) {
+            self.steps.insert(route.name.to_string(), (step, now));
+            let _ = triggers
+                .send(Trigger::Advance {
+                    route: route.name.to_string(),
+                    from_step: step,
+                })
+                .await;
+        }
     }
 }
 

@@ -1,8 +1,9 @@
 //! Trips and rollout progress: the runtime part of routing that the config file does not hold.
 //! The reloader owns the one [`Overlay`], applies it to every snapshot it publishes (a route's
-//! effective split is its configured split, moved by its rollout step, with tripped pools at
-//! weight 0), and writes it to a state file with an atomic write-and-rename, so neither a
-//! reload nor a restart undoes a trip.
+//! effective split is its configured split with the rollout pool's share handed over from the
+//! baseline and tripped pools' ranges handed to the baseline: [`effective_split`]), and writes
+//! it to a state file with an atomic write-and-rename, so neither a reload nor a restart undoes
+//! a trip.
 //!
 //! Each route's entry carries a fingerprint of the route's split and pools: when the config
 //! changes them, the entry no longer applies and is dropped (a config change to the route
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::routing::split::SPACE;
 use crate::routing::{Route, Snapshot, Split};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -174,42 +176,29 @@ pub fn state_path(config: &Path) -> PathBuf {
     config.with_file_name(format!("{name}.state.json"))
 }
 
-/// A route's split as requests get it: the rollout pool at its step's share (the other pools
-/// share the rest by their weights), tripped pools at 0, and if nothing is left, the baseline.
+/// A route's split as requests get it, made from its configured split by handing ranges over
+/// (so only who must move moves): the rollout pool at its step's share, taken first from its
+/// own range, then from the baseline's, then from the other pools' in written order; then every
+/// tripped pool's ranges to the baseline.
 pub fn effective_split(route: &Route, step: Option<usize>, tripped: &[usize]) -> Split {
-    let configured: Vec<(usize, u64)> = route.split.weights().collect();
-    let mut weights = configured.clone();
+    let base = route.baseline();
+    let mut split = route.split.clone();
     if let (Some(r), Some(step)) = (&route.rollout, step) {
         let pct = u64::from(r.steps[step.min(r.steps.len() - 1)]);
-        let others: u64 = configured
-            .iter()
-            .filter(|(p, _)| *p != r.pool)
-            .map(|(_, w)| w)
-            .sum();
-        // The rollout pool gets pct·others and each other pool (100 − pct)·w: out of a total of
-        // 100·others, that is pct% for the rollout and the rest in the configured proportions.
-        for (p, w) in weights.iter_mut() {
-            *w = match (*p == r.pool, others) {
-                (true, 0) => 1,
-                (true, _) => pct * others,
-                (false, _) => (100 - pct) * *w,
-            };
-        }
+        let mut donors = vec![r.pool, base];
+        donors.extend(
+            route
+                .split
+                .weights()
+                .map(|(p, _)| p)
+                .filter(|&p| p != r.pool && p != base),
+        );
+        split = split.hand_over(r.pool, &donors, SPACE * pct / 100, base);
     }
-    for (p, w) in weights.iter_mut() {
-        if tripped.contains(p) {
-            *w = 0;
-        }
+    if !tripped.is_empty() {
+        split = split.give_all(tripped, base);
     }
-    if weights.iter().all(|(_, w)| *w == 0) {
-        let base = route.baseline();
-        for (p, w) in weights.iter_mut() {
-            if *p == base {
-                *w = 1;
-            }
-        }
-    }
-    Split::new(&weights)
+    split
 }
 
 #[cfg(test)]
@@ -234,40 +223,68 @@ mod tests {
             .collect()
     }
 
+    fn snap_with(split: &str) -> Snapshot {
+        let text = format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.green]\nendpoints = [\"127.0.0.1:2\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:3\"]\n[[routes]]\nname = \"web\"\nsplit = {split}\n[routes.guard]\nbaseline = \"blue\"\n[routes.rollout]\npool = \"canary\"\nsteps = [10, 50, 100]\nevery = \"1m\"\n"
+        );
+        crate::config::load_str(&text, Path::new("t.toml"), None).unwrap()
+    }
+
     #[test]
-    fn rollout_steps_give_the_pool_its_percent_and_keep_the_others_proportions() {
-        let s = snap(true);
+    fn a_rollout_takes_its_share_from_the_baseline_and_a_trip_gives_it_back() {
+        let s = snap_with("{ blue = 50, green = 50, canary = 0 }");
         let route = &s.routes[0];
         let canary = s.pool_index("canary").unwrap();
+        let at = |step, tripped: &[usize]| shares(&effective_split(route, Some(step), tripped), &s);
         assert_eq!(
-            shares(&effective_split(route, Some(0), &[]), &s),
+            at(0, &[]),
             [
-                ("blue".into(), 0.675),
-                ("green".into(), 0.225),
+                ("blue".into(), 0.4),
+                ("green".into(), 0.5),
                 ("canary".into(), 0.1)
+            ],
+            "green's users stay"
+        );
+        assert_eq!(
+            at(1, &[]),
+            [
+                ("blue".into(), 0.0),
+                ("green".into(), 0.5),
+                ("canary".into(), 0.5)
             ]
         );
         assert_eq!(
-            shares(&effective_split(route, Some(2), &[]), &s),
+            at(2, &[]),
             [
                 ("blue".into(), 0.0),
                 ("green".into(), 0.0),
                 ("canary".into(), 1.0)
-            ]
+            ],
+            "past the baseline's range, from the others"
         );
         assert_eq!(
-            shares(&effective_split(route, Some(1), &[canary]), &s),
+            at(1, &[canary]),
             [
-                ("blue".into(), 0.75),
-                ("green".into(), 0.25),
+                ("blue".into(), 0.5),
+                ("green".into(), 0.5),
                 ("canary".into(), 0.0)
             ],
-            "an aborted rollout"
+            "an aborted rollout: the canary's users back on blue, green's untouched"
         );
         assert_eq!(
-            shares(&effective_split(route, Some(2), &[canary]), &s)[0],
+            at(2, &[canary])[0],
             ("blue".into(), 1.0),
-            "nothing left: the baseline"
+            "everything the canary had goes to the baseline"
+        );
+        // A step below the pool's configured weight: the rest of its range is the baseline's.
+        let s = snap_with("{ blue = 3, green = 1, canary = 5 }");
+        assert_eq!(
+            shares(&effective_split(&s.routes[0], Some(0), &[]), &s),
+            [
+                ("blue".into(), 0.789),
+                ("green".into(), 0.111),
+                ("canary".into(), 0.1)
+            ]
         );
     }
 
