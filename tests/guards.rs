@@ -640,3 +640,74 @@ async fn broken_uploads_never_trip_a_guard_or_eject_an_endpoint() {
     assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"canary"[..]));
     proxy.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_turning_bad_after_a_long_healthy_window_trips_within_a_second_and_a_blip_does_not() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let cfg = guarded(
+        blue.addr,
+        canary.addr,
+        "{ blue = 90, canary = 10 }",
+        "max_error_rate = 0.05\nmin_requests = 50\nwindow = \"30s\"",
+        "",
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let load = Load::start(proxy.url("/"), 4);
+    // A full window of healthy traffic.
+    tokio::time::sleep(Duration::from_secs(31)).await;
+    let r = route(&proxy).await;
+    let canary_requests = r["guard"]["pools"][1]["figures"]["requests"].as_u64().unwrap();
+    assert!(canary_requests > 1000, "the window is full of healthy canary traffic: {r:#}");
+    // A 200 ms blip of errors: no trip.
+    canary.seen.fail_every.store(1, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    canary.seen.fail_every.store(0, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(route(&proxy).await["tripped"], false, "a blip does not trip");
+    // Half of everything failing from now on: tripped within a second.
+    canary.seen.fail_every.store(2, Ordering::SeqCst);
+    let took = wait_for(&proxy, Duration::from_secs(3), "the trip", |r| r["tripped"] == true).await;
+    let trip = route(&proxy).await["trips"][0].clone();
+    load.stop().await;
+    eprintln!("after 31 s of healthy traffic ({canary_requests} canary requests in the window), tripped {took:?} after the canary began failing: {trip}");
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert!(trip["reason"].as_str().unwrap().contains("last 0.6 s"), "{trip}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p99_is_measured_not_rounded_to_a_bucket() {
+    for (delay, trips) in [(620, false), (760, true)] {
+        let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+        canary.seen.delay_ms.store(delay, Ordering::SeqCst);
+        let cfg = guarded(
+            blue.addr,
+            canary.addr,
+            "{ blue = 50, canary = 50 }",
+            "max_p99 = \"700ms\"\nmin_requests = 20\nwindow = \"20s\"",
+            "",
+        );
+        let proxy = Proxy::start(&cfg).await;
+        let load = Load::start(proxy.url("/"), 16);
+        let judged = wait_for(&proxy, Duration::from_secs(15), "a verdict", |r| {
+            r["tripped"] == true
+                || r["guard"]["pools"][1]["figures"]["requests"].as_u64().unwrap_or(0) >= 40
+        })
+        .await;
+        let r = route(&proxy).await;
+        load.stop().await;
+        assert_eq!(r["tripped"], trips, "{delay} ms after {judged:?}: {r:#}");
+        let p99 = if trips {
+            let reason = r["trips"][0]["reason"].as_str().unwrap().to_owned();
+            let ms: f64 = reason.split("p99 latency ").nth(1).unwrap().split("ms").next().unwrap().parse().unwrap();
+            ms
+        } else {
+            r["guard"]["pools"][1]["figures"]["p99"].as_f64().unwrap()
+        };
+        assert!(
+            (p99 / delay as f64 - 1.0).abs() < 0.02,
+            "{delay} ms answers have a p99 of {p99} ms"
+        );
+        proxy.shutdown().await;
+    }
+}
