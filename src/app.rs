@@ -78,7 +78,7 @@ impl App {
             }
         }
         // Trips and rollout steps from the state file apply before the first request.
-        let (overlay, state_file) = reload::prepare(&mut snap, path.as_deref());
+        let prepared = reload::prepare(&mut snap, path.as_deref());
         let (outcomes_tx, outcomes_rx) = mpsc::channel(OUTCOME_QUEUE);
         let state = State::new(snap, path.clone(), Some(outcomes_tx));
         let server = Server::bind(state.clone()).await?;
@@ -87,7 +87,28 @@ impl App {
             Some(p) => Some(reload::watch(p, tx.clone())?),
             None => None,
         };
-        tokio::spawn(reload::run(state.clone(), path.clone(), overlay, state_file, rx));
+        if let Some(problem) = &prepared.problem {
+            state.metrics.state_load_error();
+            let problem = problem.clone();
+            state.config.rcu(|c| {
+                let mut c = (**c).clone();
+                c.state.load_error = Some(problem.clone());
+                c
+            });
+        }
+        let state_path = prepared.state_file.as_ref().map(|f| f.path.clone());
+        state.config.rcu(|c| {
+            let mut c = (**c).clone();
+            c.state.path = state_path.clone();
+            c
+        });
+        tokio::spawn(reload::run(
+            state.clone(),
+            path.clone(),
+            prepared.overlay,
+            prepared.state_file,
+            rx,
+        ));
         tokio::spawn(crate::guard::run(state.clone(), outcomes_rx, tx.clone()));
         tokio::spawn(crate::upstream::sweep_idle(Arc::downgrade(&state.snapshot)));
         let triggers = Some(tx);

@@ -25,7 +25,7 @@ use crate::config::{self, LoadError};
 use crate::guard::overlay::{self, Overlay, Progress, Trip};
 use crate::guard::Figures;
 use crate::routing::{diff, Snapshot};
-use crate::state::{timestamp, ReloadReport, State};
+use crate::state::{timestamp, ReloadReport, State, StateLoadError, StateSaveError};
 use crate::upstream::health::Checks;
 
 /// Quiet period after the last file event before reloading.
@@ -80,24 +80,79 @@ pub enum CommandError {
 pub struct Control {
     state: Arc<State>,
     path: Option<PathBuf>,
-    state_file: Option<PathBuf>,
+    state_file: Option<StateFile>,
     overlay: Overlay,
     checks: Checks,
 }
 
-/// Applies the state file beside `path` (if any) to a first snapshot, before it serves, so a
-/// restart keeps trips and rollout steps. Returns the overlay for [`run`].
-pub fn prepare(snap: &mut Snapshot, path: Option<&Path>) -> (Overlay, Option<PathBuf>) {
-    let state_file = path.map(overlay::state_path);
-    let mut ov = match state_file.as_deref().map(Overlay::load) {
-        Some(Ok(ov)) => ov,
-        Some(Err(e)) => {
-            tracing::error!("ignoring the state file: {e}");
-            Overlay::default()
-        }
+/// Where trips and rollout steps are kept across restarts.
+#[derive(Debug, Clone)]
+pub struct StateFile {
+    pub path: PathBuf,
+    /// False when the file found at start could not be read nor moved aside: it is then
+    /// never written, so the record it may hold is not lost.
+    pub writable: bool,
+}
+
+/// The state of a first snapshot, read before it serves.
+pub struct Prepared {
+    pub overlay: Overlay,
+    pub state_file: Option<StateFile>,
+    /// The file could not be read: every guarded route is held at its baseline.
+    pub problem: Option<StateLoadError>,
+}
+
+/// Applies the state file (`[state] path`, else beside the config at `path`) to a first
+/// snapshot, before it serves, so a restart keeps trips and rollout steps.
+///
+/// A file that cannot be read or parsed is never overwritten: it is moved aside, and every
+/// guarded route is held at its baseline until an operator resets it. An unreadable record
+/// of a trip must not send users back to a pool that may be failing.
+pub fn prepare(snap: &mut Snapshot, path: Option<&Path>) -> Prepared {
+    let file = snap.state_path.clone().or_else(|| path.map(overlay::state_path));
+    let now = SystemTime::now();
+    let at = timestamp(now);
+    let mut writable = true;
+    let mut problem = None;
+    let mut ov = match file.as_deref().map(Overlay::load) {
         None => Overlay::default(),
+        Some(Ok(ov)) => ov,
+        Some(Err(error)) => {
+            let file = file.as_deref().expect("loaded from it");
+            let kept_aside = match overlay::keep_aside(file, now) {
+                Ok(aside) => Some(aside),
+                Err(e) => {
+                    writable = false;
+                    tracing::error!(
+                        "cannot move the unreadable state file {} aside ({e}): it will not be written",
+                        file.display()
+                    );
+                    None
+                }
+            };
+            let aside = kept_aside
+                .as_ref()
+                .map_or("left in place".to_owned(), |a| format!("kept as {}", a.display()));
+            let why = format!(
+                "held at the baseline: the state file could not be read ({aside}); reset the route once it is checked"
+            );
+            let mut ov = Overlay::default();
+            let held = ov.hold_all(snap, &why, &at);
+            tracing::error!(
+                held = ?held,
+                "the state file {} could not be read ({error}); {aside}; every guarded route is held at its baseline until it is reset",
+                file.display()
+            );
+            problem = Some(StateLoadError {
+                at: at.clone(),
+                error,
+                kept_aside,
+                held,
+            });
+            ov
+        }
     };
-    for line in ov.reconcile(snap, &timestamp(SystemTime::now())) {
+    for line in ov.reconcile(snap, &at) {
         tracing::info!("state file: {line}");
     }
     ov.apply(snap);
@@ -106,7 +161,11 @@ pub fn prepare(snap: &mut Snapshot, path: Option<&Path>) -> (Overlay, Option<Pat
             tracing::warn!(route = %name, pool = %t.pool, since = %t.at, "still tripped (from the state file): {}", t.reason);
         }
     }
-    (ov, state_file)
+    Prepared {
+        overlay: ov,
+        state_file: file.map(|path| StateFile { path, writable }),
+        problem,
+    }
 }
 
 /// Runs the control task until every trigger sender is gone.
@@ -114,7 +173,7 @@ pub async fn run(
     state: Arc<State>,
     path: Option<PathBuf>,
     overlay: Overlay,
-    state_file: Option<PathBuf>,
+    state_file: Option<StateFile>,
     mut triggers: mpsc::Receiver<Trigger>,
 ) {
     let mut c = Control {
@@ -128,7 +187,7 @@ pub async fn run(
     c.checks.reconcile(&c.state.snapshot.load());
     // Rewrite the file only if it holds something (entries the config dropped, say): a proxy
     // without trips does not need to write beside its config (which may be read-only).
-    if !c.overlay.routes.is_empty() || c.state_file.as_ref().is_some_and(|f| f.exists()) {
+    if !c.overlay.routes.is_empty() || c.state_file.as_ref().is_some_and(|f| f.path.exists()) {
         c.save();
     }
     while let Some(trigger) = triggers.recv().await {
@@ -167,12 +226,39 @@ impl Control {
         self.save();
     }
 
+    /// Writes the overlay to the state file. A failure is logged, counted and shown by
+    /// `/api/config` and `status` until a save succeeds.
     fn save(&self) {
-        if let Some(f) = &self.state_file {
-            if let Err(e) = self.overlay.save(f) {
-                tracing::error!("cannot write the state file {}: {e} — trips and rollout steps will not survive a restart", f.display());
+        let Some(f) = &self.state_file else { return };
+        let result = match f.writable {
+            true => self.overlay.save(&f.path).map_err(|e| e.to_string()),
+            false => Err("the unreadable state file found at start is left as it was".to_owned()),
+        };
+        let error = match result {
+            Ok(()) => {
+                if self.state.config.load().state.save_error.is_some() {
+                    tracing::info!("the state file {} is written again", f.path.display());
+                    self.state.config.rcu(|c| {
+                        let mut c = (**c).clone();
+                        c.state.save_error = None;
+                        c
+                    });
+                }
+                return;
             }
-        }
+            Err(e) => e,
+        };
+        tracing::error!("cannot write the state file {}: {error} — trips and rollout steps will not survive a restart; set [state] path to a writable file", f.path.display());
+        self.state.metrics.state_save_error();
+        let failure = StateSaveError {
+            at: timestamp(SystemTime::now()),
+            error,
+        };
+        self.state.config.rcu(|c| {
+            let mut c = (**c).clone();
+            c.state.save_error = Some(failure.clone());
+            c
+        });
     }
 
     fn trip(&mut self, route: &str, pool: &str, reason: &str, figures: Figures) {
@@ -469,6 +555,11 @@ fn fixed_settings(old: &Snapshot, new: &Snapshot, path: &Path) -> Result<(), Str
         ),
         ("listen.backlog", o.backlog.to_string(), n.backlog.to_string()),
         ("admin", admin(&old.admin), admin(&new.admin)),
+        (
+            "state.path",
+            format!("{:?}", old.state_path),
+            format!("{:?}", new.state_path),
+        ),
     ];
     let errors: Vec<String> = settings
         .iter()

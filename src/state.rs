@@ -42,6 +42,38 @@ pub struct ConfigStatus {
     pub last_reload: Option<ReloadReport>,
     /// The most recent failed reload, kept after later successes.
     pub last_error: Option<ReloadReport>,
+    /// The state file that keeps trips and rollout steps across restarts.
+    pub state: StateStatus,
+}
+
+/// The state file, as `GET /api/config` and `switchyard status` show it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StateStatus {
+    /// `None`: no file (a proxy started without a config file).
+    pub path: Option<PathBuf>,
+    /// The file could not be read at start.
+    pub load_error: Option<StateLoadError>,
+    /// The last save failed (cleared by the next good one).
+    pub save_error: Option<StateSaveError>,
+}
+
+/// A state file that could not be read at start.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateLoadError {
+    pub at: String,
+    pub error: String,
+    /// Where the file was moved, so nothing overwrites it; `None` if it could not be moved
+    /// (then it is not written at all).
+    pub kept_aside: Option<PathBuf>,
+    /// The guarded routes held at their baselines until an operator resets them.
+    pub held: Vec<String>,
+}
+
+/// A failed save of the state file.
+#[derive(Debug, Clone, Serialize)]
+pub struct StateSaveError {
+    pub at: String,
+    pub error: String,
 }
 
 /// One reload attempt.
@@ -78,6 +110,7 @@ impl State {
             loaded_at: timestamp(SystemTime::now()),
             last_reload: None,
             last_error: None,
+            state: StateStatus::default(),
         };
         Arc::new(State {
             snapshot: Arc::new(ArcSwap::from_pointee(snap)),

@@ -657,7 +657,10 @@ async fn a_canary_turning_bad_after_a_long_healthy_window_trips_within_a_second_
     tokio::time::sleep(Duration::from_secs(31)).await;
     let r = route(&proxy).await;
     let canary_requests = r["guard"]["pools"][1]["figures"]["requests"].as_u64().unwrap();
-    assert!(canary_requests > 1000, "the window is full of healthy canary traffic: {r:#}");
+    assert!(
+        canary_requests > 1000,
+        "the window is full of healthy canary traffic: {r:#}"
+    );
     // A 200 ms blip of errors: no trip.
     canary.seen.fail_every.store(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -666,7 +669,10 @@ async fn a_canary_turning_bad_after_a_long_healthy_window_trips_within_a_second_
     assert_eq!(route(&proxy).await["tripped"], false, "a blip does not trip");
     // Half of everything failing from now on: tripped within a second.
     canary.seen.fail_every.store(2, Ordering::SeqCst);
-    let took = wait_for(&proxy, Duration::from_secs(3), "the trip", |r| r["tripped"] == true).await;
+    let took = wait_for(&proxy, Duration::from_secs(3), "the trip", |r| {
+        r["tripped"] == true
+    })
+    .await;
     let trip = route(&proxy).await["trips"][0].clone();
     load.stop().await;
     eprintln!("after 31 s of healthy traffic ({canary_requests} canary requests in the window), tripped {took:?} after the canary began failing: {trip}");
@@ -691,7 +697,10 @@ async fn p99_is_measured_not_rounded_to_a_bucket() {
         let load = Load::start(proxy.url("/"), 16);
         let judged = wait_for(&proxy, Duration::from_secs(15), "a verdict", |r| {
             r["tripped"] == true
-                || r["guard"]["pools"][1]["figures"]["requests"].as_u64().unwrap_or(0) >= 40
+                || r["guard"]["pools"][1]["figures"]["requests"]
+                    .as_u64()
+                    .unwrap_or(0)
+                    >= 40
         })
         .await;
         let r = route(&proxy).await;
@@ -699,7 +708,15 @@ async fn p99_is_measured_not_rounded_to_a_bucket() {
         assert_eq!(r["tripped"], trips, "{delay} ms after {judged:?}: {r:#}");
         let p99 = if trips {
             let reason = r["trips"][0]["reason"].as_str().unwrap().to_owned();
-            let ms: f64 = reason.split("p99 latency ").nth(1).unwrap().split("ms").next().unwrap().parse().unwrap();
+            let ms: f64 = reason
+                .split("p99 latency ")
+                .nth(1)
+                .unwrap()
+                .split("ms")
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
             ms
         } else {
             r["guard"]["pools"][1]["figures"]["p99"].as_f64().unwrap()

@@ -73,7 +73,10 @@ async fn trip(proxy: &Proxy, ups: &[Upstream], victim: &str) {
     let client = h1_client();
     let started = Instant::now();
     while route(proxy).await["tripped"] != true {
-        assert!(started.elapsed() < Duration::from_secs(10), "{victim} did not trip");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{victim} did not trip"
+        );
         for _ in 0..10 {
             let req = Request::get(proxy.url("/"))
                 .header("x-switchyard-pool", victim)
@@ -87,7 +90,9 @@ async fn trip(proxy: &Proxy, ups: &[Upstream], victim: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_trip_moves_exactly_the_tripped_pools_users_to_the_baseline() {
-    let cases: &[(&[(&str, u32)], &str, &str)] = &[
+    // (the split in written order, the baseline, the pool that fails)
+    type Case<'a> = (&'a [(&'a str, u32)], &'a str, &'a str);
+    let cases: &[Case] = &[
         (&[("blue", 45), ("green", 45), ("canary", 10)], "blue", "canary"),
         (&[("green", 45), ("canary", 10), ("blue", 45)], "blue", "canary"),
         (&[("canary", 10), ("green", 45), ("blue", 45)], "blue", "green"),
@@ -109,8 +114,9 @@ async fn a_trip_moves_exactly_the_tripped_pools_users_to_the_baseline() {
                 *moved.entry((b.clone(), a.clone())).or_default() += 1;
             }
         }
-        let want: HashMap<(String, String), usize> =
-            [((victim.to_owned(), baseline.to_owned()), on_victim)].into_iter().collect();
+        let want: HashMap<(String, String), usize> = [((victim.to_owned(), baseline.to_owned()), on_victim)]
+            .into_iter()
+            .collect();
         assert_eq!(moved, want, "{pools:?}, baseline {baseline}, {victim} tripped");
         proxy.shutdown().await;
     }
@@ -138,11 +144,14 @@ async fn a_rollout_beside_two_pools_moves_no_bystander() {
             }
             // Up to 50%, the canary's share comes out of blue's range alone.
             if step <= 2 {
-                assert!(!(b == "green" && a != "green"), "step {step}: green's user-{u} moved");
+                assert!(
+                    !(b == "green" && a != "green"),
+                    "step {step}: green's user-{u} moved"
+                );
             }
         }
         let share = after.iter().filter(|p| *p == "canary").count() as f64 / USERS as f64;
-        let want = [0.1, 0.3, 0.5, 0.8, 1.0][step] as f64;
+        let want = [0.1, 0.3, 0.5, 0.8, 1.0][step];
         assert!((share - want).abs() < 0.03, "step {step}: canary has {share}");
         before = after;
     }

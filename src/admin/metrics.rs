@@ -49,6 +49,9 @@ pub struct Metrics {
     route_tripped: IntGaugeVec,
     rollout_step: IntGaugeVec,
     endpoint_healthy: IntGaugeVec,
+    state_save_errors: IntCounter,
+    state_load_errors: IntCounter,
+    notifications: IntCounterVec,
     pub connections: IntGauge,
 }
 
@@ -124,11 +127,26 @@ impl Metrics {
                 opts("switchyard_endpoint_healthy", "1 while an endpoint takes requests (not ejected, passing its health checks)."),
                 &["pool", "endpoint"],
             )),
+            state_save_errors: register(&r, IntCounter::new(
+                "switchyard_state_save_errors_total",
+                "Failed writes of the state file: trips and rollout steps that would not survive a restart.",
+            )),
+            state_load_errors: register(&r, IntCounter::new(
+                "switchyard_state_load_errors_total",
+                "State files that could not be read at start (kept aside; their guarded routes held at their baselines).",
+            )),
+            notifications: register(&r, IntCounterVec::new(
+                opts("switchyard_notifications_total", "Webhook notifications by result: delivered, failed (after retries), dropped (queue full)."),
+                &["result"],
+            )),
             connections: register(&r, IntGauge::new("switchyard_connections_active", "Client connections open.")),
             registry: r,
         };
         for result in ["ok", "error"] {
             m.reloads.with_label_values(&[result]);
+        }
+        for result in ["delivered", "failed", "dropped"] {
+            m.notifications.with_label_values(&[result]);
         }
         m
     }
@@ -195,6 +213,21 @@ impl Metrics {
         self.endpoint_healthy
             .with_label_values(&[pool, endpoint])
             .set(i64::from(healthy));
+    }
+
+    /// The state file could not be written.
+    pub fn state_save_error(&self) {
+        self.state_save_errors.inc();
+    }
+
+    /// The state file could not be read at start.
+    pub fn state_load_error(&self) {
+        self.state_load_errors.inc();
+    }
+
+    /// A webhook notification was delivered, failed after its retries, or dropped.
+    pub fn notification(&self, result: &str) {
+        self.notifications.with_label_values(&[result]).inc();
     }
 
     pub fn reload(&self, ok: bool) {

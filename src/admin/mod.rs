@@ -353,6 +353,36 @@ pub fn render_status(config: &serde_json::Value, routes: &serde_json::Value) -> 
         let first = text(&err["error"]).lines().next().unwrap_or_default().to_owned();
         let _ = writeln!(s, "          last failed reload at {}: {first}", text(&err["at"]));
     }
+    let state = &config["state"];
+    if let Some(path) = state["path"].as_str() {
+        let _ = writeln!(s, "state     {path}");
+    }
+    if let Some(err) = state.get("load_error").filter(|v| !v.is_null()) {
+        let held: Vec<String> = err["held"].as_array().into_iter().flatten().map(&text).collect();
+        let _ = writeln!(
+            s,
+            "          UNREADABLE at start ({}): {}; held at their baselines until reset: {}",
+            text(&err["error"]),
+            err["kept_aside"]
+                .as_str()
+                .map_or("left in place, not written".to_owned(), |a| format!(
+                    "kept as {a}"
+                )),
+            if held.is_empty() {
+                "none".to_owned()
+            } else {
+                held.join(", ")
+            }
+        );
+    }
+    if let Some(err) = state.get("save_error").filter(|v| !v.is_null()) {
+        let _ = writeln!(
+            s,
+            "          NOT SAVED since {}: {} (trips and rollout steps will not survive a restart)",
+            text(&err["at"]),
+            text(&err["error"])
+        );
+    }
     let _ = writeln!(
         s,
         "\n{:<16} {:<12} {:>7} {:>11} {:>10}",

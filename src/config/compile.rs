@@ -198,6 +198,22 @@ pub fn compile(
         }
     });
     let env = raw.env.as_ref().map(|e| e.get_ref().name.get_ref().clone());
+    let state_path = raw
+        .state
+        .as_ref()
+        .and_then(|s| s.get_ref().path.as_ref())
+        .and_then(|p| {
+            if p.get_ref().trim().is_empty() {
+                errs.at(
+                    p,
+                    "state.path",
+                    "the path is empty",
+                    "give a file path, such as \"/var/lib/switchyard/state.json\", or remove the key",
+                );
+                return None;
+            }
+            Some(base.join(p.get_ref()))
+        });
     let headers = compile_headers(&mut errs, raw);
     let mut flags: Vec<Flag> = Vec::new();
     let mut flag_names = HashSet::new();
@@ -256,6 +272,7 @@ pub fn compile(
         env,
         headers,
         admin,
+        state_path,
         metrics: None,
         table,
         connect_timeouts,

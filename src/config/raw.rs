@@ -25,6 +25,12 @@ pub struct RawConfig {
     pub flags: Vec<Spanned<RawFlag>>,
     pub env: Option<Spanned<RawEnv>>,
     pub headers: Option<Spanned<RawHeaders>>,
+    pub state: Option<Spanned<RawState>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawState {
+    pub path: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

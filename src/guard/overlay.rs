@@ -19,11 +19,13 @@ use crate::routing::split::SPACE;
 use crate::routing::{Route, Snapshot, Split};
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Overlay {
     pub routes: BTreeMap<String, RouteOverlay>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RouteOverlay {
     pub fingerprint: String,
     #[serde(default)]
@@ -34,6 +36,7 @@ pub struct RouteOverlay {
 
 /// A pool taken out of a route.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Trip {
     pub pool: String,
     pub reason: String,
@@ -48,6 +51,7 @@ pub struct Trip {
 
 /// Where a rollout is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Progress {
     /// Index into the rollout's steps.
     pub step: usize,
@@ -140,13 +144,41 @@ impl Overlay {
         }
     }
 
-    /// Reads a state file; a missing file is an empty overlay.
+    /// Reads a state file; a missing file is an empty overlay. Anything else that is not a
+    /// state file as this version writes it (unreadable, cut short, another shape, a field it
+    /// does not know) is an error: a record of trips must not be half read.
     pub fn load(path: &Path) -> Result<Overlay, String> {
         match std::fs::read_to_string(path) {
             Ok(text) => serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display())),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Overlay::default()),
             Err(e) => Err(format!("cannot read {}: {e}", path.display())),
         }
+    }
+
+    /// Holds every guarded route of `snap` at its baseline, as a rollback would, saying `why`.
+    /// Returns the routes held.
+    pub fn hold_all(&mut self, snap: &Snapshot, why: &str, at: &str) -> Vec<String> {
+        let mut held = Vec::new();
+        for route in &snap.routes {
+            let Some(g) = &route.guard else { continue };
+            let entry = self.entry(snap, route);
+            for (p, _) in route.split.weights().filter(|&(p, _)| p != g.baseline) {
+                let pool = snap.pools[p].name.to_string();
+                if !entry.trips.iter().any(|t| t.pool == pool) {
+                    entry.trips.push(Trip {
+                        pool,
+                        reason: why.to_owned(),
+                        at: at.to_owned(),
+                        manual: true,
+                        requests: 0,
+                        errors: 0,
+                        p99_ms: None,
+                    });
+                }
+            }
+            held.push(route.name.to_string());
+        }
+        held
     }
 
     /// Writes the state file atomically: a temporary file, fsync, rename, fsync the directory.
@@ -168,7 +200,21 @@ impl Overlay {
     }
 }
 
-/// Where the state of the config at `config` is kept: beside it.
+/// Moves an unreadable state file aside, to `<path>.corrupt-<time>`, so nothing overwrites it.
+pub fn keep_aside(path: &Path, at: std::time::SystemTime) -> std::io::Result<PathBuf> {
+    let stamp: String = humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".corrupt-{stamp}"));
+    let aside = PathBuf::from(aside);
+    std::fs::rename(path, &aside)?;
+    Ok(aside)
+}
+
+/// Where the state of the config at `config` is kept by default: beside it.
 pub fn state_path(config: &Path) -> PathBuf {
     let name = config
         .file_name()

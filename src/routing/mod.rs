@@ -52,6 +52,9 @@ pub struct Snapshot {
     pub headers: HeaderSettings,
     /// `[admin]`, if set. Like the listeners, it cannot change by reload.
     pub admin: Option<AdminSettings>,
+    /// `[state] path`, relative paths resolved against the config's directory; `None`: beside
+    /// the config file. It cannot change by reload.
+    pub state_path: Option<std::path::PathBuf>,
     /// Metric series of this snapshot, attached before it is published.
     pub metrics: Option<Arc<crate::admin::metrics::Handles>>,
     pub(crate) table: RouteTable,
