@@ -452,3 +452,37 @@ async fn the_listen_backlog_is_nginxs_default_or_the_configured_one() {
     assert_eq!(backlog_of(proxy.http.unwrap().port()), 77);
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_endpoint_that_breaks_off_its_answers_is_ejected() {
+    use http_body_util::BodyExt;
+    let good = Upstream::start("good").await;
+    // Every answer promises 100 bytes, sends 7 and hangs up.
+    let (bad, bad_conns) = scripted(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial")
+                .await;
+        }
+    })
+    .await;
+    let cfg = config(&[("app", &[good.addr, bad])], "")
+        .replace("endpoints = [", "balance = \"round_robin\"\nendpoints = [");
+    let proxy = Proxy::start(&cfg).await;
+    let client = h1_client();
+    let mut broken = 0;
+    for _ in 0..100 {
+        let resp = client
+            .request(Request::get(proxy.url("/")).body(empty()).unwrap())
+            .await
+            .unwrap();
+        broken += usize::from(resp.into_body().collect().await.is_err());
+    }
+    assert!(broken <= 6, "{broken} of 100 answers broken off");
+    assert_eq!(
+        bad_conns.load(std::sync::atomic::Ordering::SeqCst),
+        broken,
+        "then the endpoint was ejected"
+    );
+    proxy.shutdown().await;
+}

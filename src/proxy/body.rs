@@ -40,6 +40,9 @@ pub struct Finish {
     /// Route and pool indices, once decided.
     pub route: Option<usize>,
     pub pool: Option<usize>,
+    /// The endpoint of the pool that answered, when passive health still waits for this
+    /// answer's outcome (not for a 5xx, which counted at once).
+    pub endpoint: Option<usize>,
     /// The status counted: `None` when the upstream failed to answer (class `error`).
     pub status: Option<u16>,
     /// The status sent, for the access log.
@@ -213,6 +216,11 @@ impl Finish {
             };
             // A full queue drops the outcome rather than delaying the response.
             let _ = tap.tx.try_send(o);
+        }
+        if let (Some(pool), Some(endpoint)) = (self.pool, self.endpoint) {
+            // Passive health: a body broken off counts against the endpoint, as a 5xx does; one
+            // done (or given up by a client that left) counts for it.
+            self.snap.pools[pool].record(endpoint, !self.failed, tokio::time::Instant::now());
         }
         if let (Some(route), Some(pool), Some(m)) = (self.route, self.pool, self.snap.metrics.as_deref()) {
             // An upstream that breaks off its body failed the request, whatever its status.

@@ -127,6 +127,8 @@ struct Names {
     guarded: bool,
     /// An HTTP/2 request (no `Connection` field may go on its response).
     http2: bool,
+    /// The endpoint whose answer is streaming, when its outcome is still to be recorded.
+    endpoint: Option<usize>,
 }
 
 impl Proxy {
@@ -220,15 +222,21 @@ impl Proxy {
                         .send(&mut ready.request, ready.body.take(), interim.as_deref())
                         .await
                     {
-                        Ok((response, guard)) => Ok(respond(
-                            &snap,
-                            &names,
-                            ready.reply,
-                            response,
-                            guard,
-                            request_id.as_ref(),
-                            &mut in_flight,
-                        )),
+                        Ok((response, guard)) => {
+                            // The endpoint's passive health hears of a good answer when its
+                            // body is done (a body broken off is a failure of the endpoint).
+                            names.endpoint =
+                                (!response.status().is_server_error()).then_some(ready.request.index);
+                            Ok(respond(
+                                &snap,
+                                &names,
+                                ready.reply,
+                                response,
+                                guard,
+                                request_id.as_ref(),
+                                &mut in_flight,
+                            ))
+                        }
                         Err(e) => Err(e),
                     };
                     this.finish(result, snap, &names, start, request_id.as_ref(), log, in_flight)
@@ -305,6 +313,7 @@ impl Proxy {
             start,
             route: names.route,
             pool: names.pool,
+            endpoint: names.endpoint,
             status,
             sent,
             error,
@@ -421,8 +430,11 @@ impl Proxy {
             let result = client::send(endpoint, &limits, *now, request, body, interim).await;
             let failure = match result {
                 Ok(resp) => {
-                    // Passive health: 5xx answers count against the endpoint.
-                    pool.record(*index, !resp.status().is_server_error(), *now);
+                    // Passive health: a 5xx counts against the endpoint now; any other answer
+                    // is judged when its body is done (`body::Finish`).
+                    if resp.status().is_server_error() {
+                        pool.record(*index, false, Instant::now());
+                    }
                     return Ok((resp, in_flight));
                 }
                 // The client's fault says nothing of the endpoint.
