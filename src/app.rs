@@ -35,6 +35,8 @@ pub enum StartError {
     Admin(String),
     #[error("cannot watch the config file's directory: {0}")]
     Watch(#[from] notify::Error),
+    #[error("{0}")]
+    Notify(String),
 }
 
 /// Outcomes waiting for the guard task; past this, new ones are dropped (and the guard judges
@@ -80,7 +82,9 @@ impl App {
         // Trips and rollout steps from the state file apply before the first request.
         let prepared = reload::prepare(&mut snap, path.as_deref());
         let (outcomes_tx, outcomes_rx) = mpsc::channel(OUTCOME_QUEUE);
+        let notify = snap.notify.clone();
         let state = State::new(snap, path.clone(), Some(outcomes_tx));
+        state.notifier.configure(&notify).map_err(StartError::Notify)?;
         let server = Server::bind(state.clone()).await?;
         let (tx, rx) = mpsc::channel(64);
         let watcher = match &path {

@@ -26,6 +26,7 @@ pub mod demo;
 pub mod guard;
 pub mod http1;
 pub mod logging;
+pub mod notify;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

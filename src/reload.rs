@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{self, LoadError};
 use crate::guard::overlay::{self, Overlay, Progress, Trip};
 use crate::guard::Figures;
+use crate::notify::Event;
 use crate::routing::{diff, Snapshot};
 use crate::state::{timestamp, ReloadReport, State, StateLoadError, StateSaveError};
 use crate::upstream::health::Checks;
@@ -218,16 +219,51 @@ pub async fn run(
 
 impl Control {
     /// Publishes the current snapshot again with the overlay applied, and saves the overlay.
-    fn republish(&mut self) {
-        let mut next = (*self.state.snapshot.load_full()).clone();
+    /// Returns the users that `route`'s change moved: `(from pool, to pool, share)`, exact,
+    /// and logs them.
+    fn republish(&mut self, route: &str) -> Vec<(String, String, f64)> {
+        let before = self.state.snapshot.load_full();
+        let mut next = (*before).clone();
         self.overlay.apply(&mut next);
+        let moves = match (before.route_by_name(route), next.route_by_name(route)) {
+            (Some(a), Some(b)) => diff::split_moves(&before, &a.effective, &next, &b.effective),
+            _ => Vec::new(),
+        };
+        if !moves.is_empty() {
+            tracing::info!(route, "users moved: {}", show_moves(&moves));
+        }
         self.state.publish(next);
         self.state.overlay.store(Arc::new(self.overlay.clone()));
         self.save();
+        moves
+    }
+
+    /// Sends a notification about `route` (its fields: `extra`, with the users it moved).
+    fn notify(
+        &self,
+        event: Event,
+        route: &str,
+        moves: &[(String, String, f64)],
+        mut extra: serde_json::Value,
+        text: &str,
+    ) {
+        if let Some(map) = extra.as_object_mut() {
+            map.insert("route".into(), route.into());
+            map.insert(
+                "moved".into(),
+                moves
+                    .iter()
+                    .map(|(a, b, s)| serde_json::json!({ "from": a, "to": b, "share": s }))
+                    .collect(),
+            );
+        }
+        self.state
+            .notifier
+            .send(event, extra, &format!("route {route}: {text}"));
     }
 
     /// Writes the overlay to the state file. A failure is logged, counted and shown by
-    /// `/api/config` and `status` until a save succeeds.
+    /// `/api/config` and `status` until a save succeeds (and notified when it starts).
     fn save(&self) {
         let Some(f) = &self.state_file else { return };
         let result = match f.writable {
@@ -250,6 +286,13 @@ impl Control {
         };
         tracing::error!("cannot write the state file {}: {error} — trips and rollout steps will not survive a restart; set [state] path to a writable file", f.path.display());
         self.state.metrics.state_save_error();
+        if self.state.config.load().state.save_error.is_none() {
+            self.state.notifier.send(
+                Event::StateSaveFailed,
+                serde_json::json!({ "path": f.path, "error": error }),
+                &format!("the state file {} cannot be written ({error}): trips and rollout steps will not survive a restart", f.path.display()),
+            );
+        }
         let failure = StateSaveError {
             at: timestamp(SystemTime::now()),
             error,
@@ -294,7 +337,34 @@ impl Control {
             "guard tripped: {pool}'s users go to {baseline}: {reason}"
         );
         self.state.metrics.trip(route, pool);
-        self.republish();
+        let moves = self.republish(route);
+        let fields = serde_json::json!({
+            "pool": pool,
+            "baseline": baseline.to_string(),
+            "reason": reason,
+            "requests": figures.requests,
+            "errors": figures.errors,
+            "error_rate": figures.error_rate(),
+            "p50_ms": figures.p50.map(|d| d.as_secs_f64() * 1000.0),
+            "p99_ms": figures.p99.map(|d| d.as_secs_f64() * 1000.0),
+        });
+        self.notify(
+            Event::Trip,
+            route,
+            &moves,
+            fields.clone(),
+            &format!("{pool} tripped, its users go to {baseline}: {reason}"),
+        );
+        if let Some(ro) = r.rollout.as_ref().filter(|ro| ro.pool == p) {
+            let pct = ro.steps[r.runtime.rollout_step.unwrap_or(0).min(ro.steps.len() - 1)];
+            self.notify(
+                Event::RolloutAborted,
+                route,
+                &moves,
+                fields,
+                &format!("the rollout of {pool} is aborted at {pct}%: {reason}"),
+            );
+        }
     }
 
     fn advance(&mut self, route: &str, from_step: usize) {
@@ -314,8 +384,52 @@ impl Control {
         }
         progress.step += 1;
         progress.since = timestamp(SystemTime::now());
-        tracing::info!(route, pool = %snap.pools[rollout.pool].name, percent = rollout.steps[progress.step], "rollout: next step after the guard passed for {:?}", rollout.every);
-        self.republish();
+        let step = progress.step;
+        tracing::info!(route, pool = %snap.pools[rollout.pool].name, percent = rollout.steps[step], "rollout: next step after the guard passed for {:?}", rollout.every);
+        let moves = self.republish(route);
+        self.notify_step(
+            route,
+            &snap.pools[rollout.pool].name,
+            rollout,
+            step,
+            "the guard passed",
+            &moves,
+        );
+    }
+
+    /// Notifies a rollout's new step (and its end, at the last).
+    fn notify_step(
+        &self,
+        route: &str,
+        pool: &str,
+        rollout: &crate::guard::RolloutConfig,
+        step: usize,
+        why: &str,
+        moves: &[(String, String, f64)],
+    ) {
+        let pct = rollout.steps[step];
+        let fields = serde_json::json!({
+            "pool": pool,
+            "step": step + 1,
+            "steps": rollout.steps.len(),
+            "percent": pct,
+            "why": why,
+        });
+        let text = format!(
+            "the rollout of {pool} moves to {pct}% (step {} of {}; {why})",
+            step + 1,
+            rollout.steps.len()
+        );
+        self.notify(Event::RolloutStep, route, moves, fields.clone(), &text);
+        if step + 1 == rollout.steps.len() {
+            self.notify(
+                Event::RolloutDone,
+                route,
+                moves,
+                fields,
+                &format!("the rollout of {pool} is done: {pct}%"),
+            );
+        }
     }
 
     fn command(&mut self, route: &str, action: Action) -> Result<String, CommandError> {
@@ -398,7 +512,40 @@ impl Control {
                 format!("{route}: {} now gets {pct}%", snap.pools[rollout.pool].name)
             }
         };
-        self.republish();
+        let moves = self.republish(route);
+        let snap = self.state.snapshot.load_full();
+        match action {
+            Action::Rollback => self.notify(
+                Event::Rollback,
+                route,
+                &moves,
+                serde_json::json!({ "baseline": snap.pools[baseline].name.to_string() }),
+                &format!(
+                    "rolled back by an operator: every user goes to {}",
+                    snap.pools[baseline].name
+                ),
+            ),
+            Action::Reset => self.notify(
+                Event::Reset,
+                route,
+                &moves,
+                serde_json::json!({}),
+                &format!("reset by an operator: {message}"),
+            ),
+            Action::Promote => {
+                let r = snap.route_by_name(route);
+                if let Some((ro, step)) = r.and_then(|r| r.rollout.as_ref().zip(r.runtime.rollout_step)) {
+                    self.notify_step(
+                        route,
+                        &snap.pools[ro.pool].name,
+                        ro,
+                        step,
+                        "promoted by an operator",
+                        &moves,
+                    );
+                }
+            }
+        }
         Ok(message)
     }
 
@@ -483,6 +630,9 @@ async fn reload(state: &State, path: &Path, force: bool, overlay: &mut Overlay) 
     if let Err(e) = fixed_settings(&current, &new, path) {
         return failed(state, report("error", &current.revision, Some(e), Vec::new()));
     }
+    if let Err(e) = state.notifier.configure(&new.notify) {
+        return failed(state, report("error", &current.revision, Some(e), Vec::new()));
+    }
     let mut changes = describe(&diff::diff(&current, &new, SystemTime::now()));
     changes.extend(overlay.reconcile(&new, &timestamp(SystemTime::now())));
     overlay.apply(&mut new);
@@ -506,6 +656,16 @@ async fn reload(state: &State, path: &Path, force: bool, overlay: &mut Overlay) 
 
 fn failed(state: &State, r: ReloadReport) -> ReloadReport {
     state.metrics.reload(false);
+    let error = r.error.clone().unwrap_or_default();
+    state.notifier.send(
+        Event::ReloadFailed,
+        serde_json::json!({ "revision": r.revision, "error": error }),
+        &format!(
+            "a config reload failed; still serving revision {}: {}",
+            r.revision,
+            error.lines().next().unwrap_or_default()
+        ),
+    );
     tracing::warn!(
         "config reload failed; still serving revision {}:\n{}",
         r.revision,
@@ -579,6 +739,15 @@ fn fixed_settings(old: &Snapshot, new: &Snapshot, path: &Path) -> Result<(), Str
 }
 
 /// One line per change, for the log and the API.
+/// Moves as the log says them: `10.00% canary→blue, ...`.
+fn show_moves(moves: &[(String, String, f64)]) -> String {
+    moves
+        .iter()
+        .map(|(a, b, s)| format!("{:.2}% {a}→{b}", s * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn describe(d: &diff::Diff) -> Vec<String> {
     let show = |w: &[(String, u64)]| {
         w.iter()
@@ -592,18 +761,13 @@ fn describe(d: &diff::Diff) -> Vec<String> {
             "added" => out.push(format!("route {} added ({})", r.name, show(&r.weights_after))),
             "removed" => out.push(format!("route {} removed", r.name)),
             "changed" => {
-                let moves: Vec<String> = r
-                    .moves
-                    .iter()
-                    .map(|(a, b, s)| format!("{:.2}% {a}→{b}", s * 100.0))
-                    .collect();
                 out.push(format!(
                     "route {}: {} → {}; {:.2}% of its users move ({})",
                     r.name,
                     show(&r.weights_before),
                     show(&r.weights_after),
                     r.moved() * 100.0,
-                    moves.join(", ")
+                    show_moves(&r.moves)
                 ));
             }
             _ => {}

@@ -28,6 +28,8 @@ pub struct State {
     pub guard: ArcSwap<Report>,
     /// Where guarded routes' outcomes go; `None` until the guard task runs.
     pub outcomes: Option<mpsc::Sender<Outcome>>,
+    /// Where webhook notifications go (`[[notify]]`).
+    pub notifier: crate::notify::Notifier,
     ready: AtomicBool,
 }
 
@@ -112,7 +114,9 @@ impl State {
             last_error: None,
             state: StateStatus::default(),
         };
+        let notifier = crate::notify::Notifier::new(metrics.notify_counters());
         Arc::new(State {
+            notifier,
             snapshot: Arc::new(ArcSwap::from_pointee(snap)),
             metrics,
             config: ArcSwap::from_pointee(config),

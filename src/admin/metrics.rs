@@ -225,9 +225,13 @@ impl Metrics {
         self.state_load_errors.inc();
     }
 
-    /// A webhook notification was delivered, failed after its retries, or dropped.
-    pub fn notification(&self, result: &str) {
-        self.notifications.with_label_values(&[result]).inc();
+    /// The notification counters, for the delivery tasks.
+    pub fn notify_counters(&self) -> crate::notify::Counters {
+        crate::notify::Counters {
+            delivered: self.notifications.with_label_values(&["delivered"]),
+            failed: self.notifications.with_label_values(&["failed"]),
+            dropped: self.notifications.with_label_values(&["dropped"]),
+        }
     }
 
     pub fn reload(&self, ok: bool) {

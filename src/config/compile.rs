@@ -11,9 +11,10 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawFlag, RawGuard, RawListen, RawPool, RawRollout, RawRoute};
+use super::raw::{RawConfig, RawFlag, RawGuard, RawListen, RawNotify, RawPool, RawRollout, RawRoute};
 use super::{error_at, ConfigError};
 use crate::guard::{GuardConfig, RolloutConfig};
+use crate::notify::{Event, NotifyConfig};
 use crate::routing::flags::{is_key, is_token};
 use crate::routing::identity::KeyFrom;
 use crate::routing::{
@@ -198,6 +199,12 @@ pub fn compile(
         }
     });
     let env = raw.env.as_ref().map(|e| e.get_ref().name.get_ref().clone());
+    let notify = raw
+        .notify
+        .iter()
+        .enumerate()
+        .filter_map(|(i, n)| compile_notify(&mut errs, &format!("notify[{i}]"), n.get_ref()))
+        .collect();
     let state_path = raw
         .state
         .as_ref()
@@ -273,9 +280,68 @@ pub fn compile(
         headers,
         admin,
         state_path,
+        notify,
         metrics: None,
         table,
         connect_timeouts,
+    })
+}
+
+fn compile_notify(errs: &mut Errors<'_>, path: &str, n: &RawNotify) -> Option<NotifyConfig> {
+    let before = errs.list.len();
+    let url = match n.url.get_ref().parse::<http::Uri>() {
+        Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => Some(u),
+        _ => {
+            errs.at(
+                &n.url,
+                format!("{path}.url"),
+                format!("`{}` is not an http:// or https:// URL", n.url.get_ref()),
+                "write the webhook's URL, such as \"https://hooks.slack.com/services/...\"",
+            );
+            None
+        }
+    };
+    let mut events = Vec::new();
+    match &n.events {
+        None => events.extend(Event::ALL),
+        Some(list) => {
+            for (i, e) in list.iter().enumerate() {
+                match Event::from_name(e.get_ref()) {
+                    Some(ev) => events.push(ev),
+                    None => {
+                        let known: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
+                        errs.at(
+                            e,
+                            format!("{path}.events[{i}]"),
+                            format!("`{}` is not an event", e.get_ref()),
+                            &format!("use one of: {}", known.join(", ")),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    if let Some(s) = &n.secret_env {
+        let name = s.get_ref();
+        if name.is_empty() || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            errs.at(
+                s,
+                format!("{path}.secret_env"),
+                "not an environment variable name",
+                "name the variable that holds the secret, such as SWITCHYARD_WEBHOOK_SECRET",
+            );
+        }
+    }
+    let timeout = errs.duration(
+        n.timeout.as_ref(),
+        &format!("{path}.timeout"),
+        Duration::from_secs(5),
+    );
+    (errs.list.len() == before).then(|| NotifyConfig {
+        url: url.expect("checked"),
+        events,
+        secret_env: n.secret_env.as_ref().map(|s| s.get_ref().clone()),
+        timeout,
     })
 }
 

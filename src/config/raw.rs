@@ -26,6 +26,16 @@ pub struct RawConfig {
     pub env: Option<Spanned<RawEnv>>,
     pub headers: Option<Spanned<RawHeaders>>,
     pub state: Option<Spanned<RawState>>,
+    #[serde(default)]
+    pub notify: Vec<Spanned<RawNotify>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawNotify {
+    pub url: Spanned<String>,
+    pub events: Option<Vec<Spanned<String>>>,
+    pub secret_env: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

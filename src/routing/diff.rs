@@ -12,7 +12,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use super::{Route, Snapshot};
+use super::{Route, Snapshot, Split};
 
 /// Keys sampled for flag flips.
 pub const FLAG_SAMPLE: usize = 100_000;
@@ -133,11 +133,18 @@ pub fn diff(old: &Snapshot, new: &Snapshot, now: SystemTime) -> Diff {
 
 /// Exact shares of a route's users moving between pools (by pool name).
 fn moves(old: &Snapshot, r: &Route, new: &Snapshot, n: &Route) -> Vec<(String, String, f64)> {
+    split_moves(old, &r.split, new, &n.split)
+}
+
+/// Exact shares of a route's users moving from `a`'s pools (a split of `old`'s pools) to
+/// `b`'s (of `new`'s), by pool name, largest first: the overlaps of their ranges (or, when the
+/// salt changed and buckets are reshuffled, the products of their shares).
+pub fn split_moves(old: &Snapshot, a: &Split, new: &Snapshot, b: &Split) -> Vec<(String, String, f64)> {
     let space = (1u64 << 32) as f64;
     let mut out: BTreeMap<(String, String), f64> = BTreeMap::new();
     let same_salt = old.identity.salt == new.identity.salt;
-    for (a, lo1, hi1) in r.split.ranges() {
-        for (b, lo2, hi2) in n.split.ranges() {
+    for (a, lo1, hi1) in a.ranges() {
+        for (b, lo2, hi2) in b.ranges() {
             let (from, to) = (&old.pools[a].name, &new.pools[b].name);
             if from == to {
                 continue;

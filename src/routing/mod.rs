@@ -55,6 +55,8 @@ pub struct Snapshot {
     /// `[state] path`, relative paths resolved against the config's directory; `None`: beside
     /// the config file. It cannot change by reload.
     pub state_path: Option<std::path::PathBuf>,
+    /// `[[notify]]` entries: where webhooks go.
+    pub notify: Vec<crate::notify::NotifyConfig>,
     /// Metric series of this snapshot, attached before it is published.
     pub metrics: Option<Arc<crate::admin::metrics::Handles>>,
     pub(crate) table: RouteTable,
