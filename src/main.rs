@@ -339,7 +339,10 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
             split.join(" ")
         );
         if let Some(g) = &r.guard {
-            let p99 = g.max_p99.map_or(String::new(), |d| format!(", p99 <= {d:?}"));
+            let p99 = [("p99", g.max_p99), ("p50", g.max_p50)]
+                .iter()
+                .filter_map(|(n, d)| d.map(|d| format!(", {n} <= {d:?}")))
+                .collect::<String>();
             let _ = writeln!(
                 s,
                 "  {:<12} guard: baseline {}, errors <= {}%{p99}, >= {} requests in {:?}{}",
@@ -358,6 +361,21 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
                 "", snap.pools[ro.pool].name, ro.steps, ro.every
             );
         }
+    }
+    let state = snap
+        .state_path
+        .clone()
+        .unwrap_or_else(|| switchyard::guard::overlay::state_path(path));
+    let _ = writeln!(s, "state: {}", state.display());
+    for n in &snap.notify {
+        let events: Vec<&str> = n.events.iter().map(|e| e.name()).collect();
+        let _ = writeln!(
+            s,
+            "notify: {} ({}){}",
+            n.url,
+            events.join(", "),
+            n.secret_env.as_deref().map_or(String::new(), |v| format!(", signed with ${v}"))
+        );
     }
     if !snap.flags.is_empty() {
         let _ = writeln!(s, "flags ({}):", snap.flags.len());
