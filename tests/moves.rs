@@ -96,6 +96,7 @@ async fn a_trip_moves_exactly_the_tripped_pools_users_to_the_baseline() {
         (&[("blue", 45), ("green", 45), ("canary", 10)], "blue", "canary"),
         (&[("green", 45), ("canary", 10), ("blue", 45)], "blue", "canary"),
         (&[("canary", 10), ("green", 45), ("blue", 45)], "blue", "green"),
+        (&[("green", 45), ("blue", 45), ("canary", 10)], "blue", "canary"),
         (&[("a", 25), ("b", 25), ("c", 25), ("d", 25)], "a", "c"),
         (&[("a", 25), ("b", 25), ("c", 25), ("d", 25)], "b", "d"),
         (&[("a", 25), ("b", 25), ("c", 25), ("d", 25)], "c", "a"),
