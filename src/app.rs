@@ -71,14 +71,7 @@ impl App {
                 }
             },
         };
-        if let Some(a) = &admin_settings {
-            if !a.listen.ip().is_loopback() && token.is_none() {
-                return Err(StartError::Admin(format!(
-                    "the admin API would listen on {} (off loopback) without a token: set admin.token_env, or listen on 127.0.0.1",
-                    a.listen
-                )));
-            }
-        }
+        // (An admin API off loopback without token_env is a config error: `check` refuses it.)
         // Trips and rollout steps from the state file apply before the first request.
         let prepared = reload::prepare(&mut snap, path.as_deref());
         let (outcomes_tx, outcomes_rx) = mpsc::channel(OUTCOME_QUEUE);

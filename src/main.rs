@@ -374,7 +374,9 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
             "notify: {} ({}){}",
             n.url,
             events.join(", "),
-            n.secret_env.as_deref().map_or(String::new(), |v| format!(", signed with ${v}"))
+            n.secret_env
+                .as_deref()
+                .map_or(String::new(), |v| format!(", signed with ${v}"))
         );
     }
     if !snap.flags.is_empty() {

@@ -390,6 +390,67 @@ async fn slow_client_is_cut_off_after_the_header_read_timeout() {
     proxy.shutdown().await;
 }
 
+/// Reads `s` to its end; the bytes read, and whether it ended cleanly.
+async fn read_to_end(s: &mut tokio::net::TcpStream) -> (u64, bool) {
+    let mut buf = vec![0u8; 64 << 10];
+    let mut got = 0u64;
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) => return (got, true),
+            Ok(n) => got += n as u64,
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_reads_nothing_is_closed_after_the_send_timeout() {
+    const TOTAL: u64 = 64 << 20;
+    let blue = Upstream::start("blue").await;
+    for fast_path in [true, false] {
+        let cfg = config(&[("blue", &[blue.addr])], "").replace(
+            "[listen]\n",
+            &format!(
+                "[listen]\nheader_read_timeout = \"400ms\"\nsend_timeout = \"1s\"\nfast_path = {fast_path}\n"
+            ),
+        );
+        let proxy = Proxy::start(&cfg).await;
+        let request = format!("GET /download/{TOTAL} HTTP/1.1\r\nhost: h\r\n\r\n");
+        // Reads nothing for 2.5 s: the proxy's writes block within a few MiB, and stay blocked.
+        let mut s = tokio::net::TcpStream::connect(proxy.http.unwrap()).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let (got, _) = tokio::time::timeout(Duration::from_secs(10), read_to_end(&mut s))
+            .await
+            .expect("closed");
+        assert!(
+            got < TOTAL / 2,
+            "fast_path {fast_path}: read {got} of {TOTAL} bytes"
+        );
+
+        // One that pauses for less than the send timeout, again and again, gets it all.
+        let mut s = tokio::net::TcpStream::connect(proxy.http.unwrap()).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0u64;
+        let mut pauses = 0;
+        loop {
+            let n = s.read(&mut buf).await.unwrap();
+            assert!(n > 0, "fast_path {fast_path}: cut off after {got} bytes");
+            got += n as u64;
+            if got > TOTAL {
+                break;
+            }
+            if pauses < 3 && got > (pauses + 1) * (TOTAL / 4) {
+                pauses += 1;
+                tokio::time::sleep(Duration::from_millis(600)).await;
+            }
+        }
+        assert_eq!(pauses, 3);
+        proxy.shutdown().await;
+    }
+}
+
 #[tokio::test]
 async fn connections_past_the_limit_wait_for_a_free_slot() {
     let blue = Upstream::start("blue").await;

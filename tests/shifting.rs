@@ -136,6 +136,32 @@ async fn users_without_an_id_get_a_sticky_cookie() {
 }
 
 #[tokio::test]
+async fn a_rollout_from_weight_zero_sets_the_cookie_from_its_first_request() {
+    // check's hint for a rollout: the new pool at weight 0 in the file. Users without an id
+    // must get one before the first step, or they flip between pools on every request after it.
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let cfg = split_config(blue.addr, canary.addr, "").replace(
+        "split = { blue = 80, canary = 20 }",
+        "split = { blue = 100, canary = 0 }\nguard = { baseline = \"blue\" }\nrollout = { pool = \"canary\", steps = [50, 100], every = \"1h\" }",
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let (parts, _) = ask(&proxy.url(""), &[]).await;
+    let cookie = parts
+        .headers
+        .get("set-cookie")
+        .expect("an id for the rollout's first step");
+    assert!(cookie.to_str().unwrap().starts_with("sy_uid="), "{cookie:?}");
+    // Without a rollout, a one-pool route needs no id.
+    let cfg =
+        split_config(blue.addr, canary.addr, "").replace("blue = 80, canary = 20", "blue = 100, canary = 0");
+    let plain = Proxy::start(&cfg).await;
+    let (parts, _) = ask(&plain.url(""), &[]).await;
+    assert!(parts.headers.get("set-cookie").is_none());
+    proxy.shutdown().await;
+    plain.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_query_parameter_identifies_the_user() {
     let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
     let proxy = Proxy::start(&split_config(blue.addr, canary.addr, "")).await;

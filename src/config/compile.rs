@@ -27,11 +27,23 @@ pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_HEADER_BYTES: usize = 64 * 1024;
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_CLIENT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+/// nginx's `send_timeout`.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_BACKLOG: u32 = 511;
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// hyper's HTTP/1 reader cannot work with a smaller buffer.
 const MIN_HEADER_BYTES: usize = 8192;
+/// Larger heads are no request's (and hyper's HTTP/2 limit is a u32).
+const MAX_HEADER_BYTES: usize = 16 << 20;
+/// The longest duration any setting takes: every timer adds it to the clock, which must not
+/// overflow (a year is well within any clock's range).
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The most connections: past this, the semaphore's and the drain's arithmetic would not hold
+/// (and a process's file descriptors run out long before).
+const MAX_CONNECTIONS: usize = 1_000_000;
+/// The most a count (min_requests, health fall and rise) may be.
+const MAX_COUNT: u64 = 1_000_000_000;
 
 /// Collects errors against one source text.
 struct Errors<'a> {
@@ -53,6 +65,15 @@ impl Errors<'_> {
     fn duration(&mut self, value: Option<&Spanned<String>>, path: &str, default: Duration) -> Duration {
         let Some(v) = value else { return default };
         match humantime::parse_duration(v.get_ref().trim()) {
+            Ok(d) if d > MAX_DURATION => {
+                self.at(
+                    v,
+                    path,
+                    "must be at most 365 days",
+                    "use a duration such as \"30s\"; a year is more than any timer here needs",
+                );
+                default
+            }
             Ok(d) if !d.is_zero() => d,
             Ok(_) => {
                 self.at(
@@ -180,13 +201,49 @@ pub fn compile(
     }
 
     let identity = compile_identity(&mut errs, raw);
+    let (listen_http, listen_https) = (listen.http, listen.https);
     let admin = raw.admin.as_ref().and_then(|a| {
         let a = a.get_ref();
         match a.listen.get_ref().parse::<SocketAddr>() {
-            Ok(listen) => Some(AdminSettings {
-                listen,
-                token_env: a.token_env.as_ref().map(|t| t.get_ref().clone()),
-            }),
+            Ok(listen) => {
+                if !listen.ip().is_loopback() && a.token_env.is_none() {
+                    errs.at(
+                        &a.listen,
+                        "admin.listen",
+                        format!("the admin API would listen on {listen} (off loopback) without a token"),
+                        "set token_env (the variable that holds the token), or listen on 127.0.0.1",
+                    );
+                }
+                for (key, taken) in [("listen.http", listen_http), ("listen.https", listen_https)] {
+                    if taken.is_some_and(|t| same_port(t, listen)) {
+                        errs.at(
+                            &a.listen,
+                            "admin.listen",
+                            format!("{listen} is also {key}"),
+                            "give the admin API a port of its own, such as 127.0.0.1:9901",
+                        );
+                    }
+                }
+                if let Some(t) = &a.token_env {
+                    if t.get_ref().is_empty()
+                        || !t
+                            .get_ref()
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                    {
+                        errs.at(
+                            t,
+                            "admin.token_env",
+                            "not an environment variable name",
+                            "name the variable that holds the token, such as SWITCHYARD_ADMIN_TOKEN",
+                        );
+                    }
+                }
+                Some(AdminSettings {
+                    listen,
+                    token_env: a.token_env.as_ref().map(|t| t.get_ref().clone()),
+                })
+            }
             Err(_) => {
                 errs.at(
                     &a.listen,
@@ -251,8 +308,10 @@ pub fn compile(
             })
             .map(|(i, _)| i)
             .collect();
-        // A flag depends on the user unless it is on or off for everyone.
+        // A flag depends on the user unless it is on or off for everyone; a rollout does at
+        // every step, its first included (where the file's weight may still be 0).
         route.uses_key = route.split.active_pools() > 1
+            || route.rollout.is_some()
             || route.flags.iter().any(|&f| {
                 let f = &flags[f];
                 f.env_enabled
@@ -543,7 +602,15 @@ fn compile_flag(
                 );
             }
             match u32::try_from(*w.get_ref()) {
-                Ok(x) => variants.push((vname.clone(), x)),
+                Ok(x) if u64::from(x) <= crate::routing::split::MAX_WEIGHT => {
+                    variants.push((vname.clone(), x))
+                }
+                Ok(_) => errs.at(
+                    w,
+                    format!("{path}.variants.{vname}"),
+                    format!("weights are at most {}", crate::routing::split::MAX_WEIGHT),
+                    "weights are relative: { a = 1, b = 1 } splits as { a = 500, b = 500 } does",
+                ),
                 Err(_) => errs.at(
                     w,
                     format!("{path}.variants.{vname}"),
@@ -579,6 +646,14 @@ fn compile_flag(
     })
 }
 
+/// Whether two listen addresses would take the same port (an unspecified address takes it on
+/// every interface).
+fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
 fn default_listen() -> Listen {
     Listen {
         http: None,
@@ -588,6 +663,7 @@ fn default_listen() -> Listen {
         max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
         drain_timeout: DEFAULT_DRAIN_TIMEOUT,
         client_body_timeout: DEFAULT_CLIENT_BODY_TIMEOUT,
+        send_timeout: DEFAULT_SEND_TIMEOUT,
         backlog: DEFAULT_BACKLOG,
         fast_path: true,
     }
@@ -659,27 +735,37 @@ fn compile_listen(
         }
         (None, None) => {}
     }
+    if let (Some(h), Some(s), Some(raw_s)) = (http, https, &raw.https) {
+        if same_port(h, s) {
+            errs.at(
+                raw_s,
+                "listen.https",
+                format!("{s} is also listen.http"),
+                "give https a port of its own, such as 0.0.0.0:8443",
+            );
+        }
+    }
     let mut listen = default_listen();
     listen.http = http;
     listen.https = https;
     if let Some(m) = &raw.max_connections {
         match usize::try_from(*m.get_ref()) {
-            Ok(n) if n > 0 => listen.max_connections = n,
+            Ok(n) if (1..=MAX_CONNECTIONS).contains(&n) => listen.max_connections = n,
             _ => errs.at(
                 m,
                 "listen.max_connections",
-                "must be a positive number",
-                "use a number such as 10000",
+                format!("must be between 1 and {MAX_CONNECTIONS}"),
+                "use a number such as 10000 (and raise the file descriptor limit to match)",
             ),
         }
     }
     if let Some(m) = &raw.max_header_bytes {
         match usize::try_from(*m.get_ref()) {
-            Ok(n) if n >= MIN_HEADER_BYTES => listen.max_header_bytes = n,
+            Ok(n) if (MIN_HEADER_BYTES..=MAX_HEADER_BYTES).contains(&n) => listen.max_header_bytes = n,
             _ => errs.at(
                 m,
                 "listen.max_header_bytes",
-                format!("must be at least {MIN_HEADER_BYTES}"),
+                format!("must be between {MIN_HEADER_BYTES} and {MAX_HEADER_BYTES}"),
                 "use a number such as 65536",
             ),
         }
@@ -698,6 +784,11 @@ fn compile_listen(
         raw.client_body_timeout.as_ref(),
         "listen.client_body_timeout",
         DEFAULT_CLIENT_BODY_TIMEOUT,
+    );
+    listen.send_timeout = errs.duration(
+        raw.send_timeout.as_ref(),
+        "listen.send_timeout",
+        DEFAULT_SEND_TIMEOUT,
     );
     if let Some(b) = &raw.backlog {
         match u32::try_from(*b.get_ref()) {
@@ -782,12 +873,12 @@ fn compile_pool(errs: &mut Errors<'_>, path: &str, name: &str, raw: &RawPool, ol
         let mut count = |v: &Option<Spanned<i64>>, field: &str, default: u32| match v {
             None => default,
             Some(c) => match u32::try_from(*c.get_ref()) {
-                Ok(n) if n > 0 => n,
+                Ok(n) if (1..=1000).contains(&n) => n,
                 _ => {
                     errs.at(
                         c,
                         format!("{hp}.{field}"),
-                        "must be at least 1",
+                        "must be between 1 and 1000",
                         "write a small count such as 3",
                     );
                     default
@@ -1014,12 +1105,12 @@ fn compile_guard(
     let min_requests = match &g.min_requests {
         None => 50,
         Some(m) => match u64::try_from(*m.get_ref()) {
-            Ok(n) if n > 0 => n,
+            Ok(n) if (1..=MAX_COUNT).contains(&n) => n,
             _ => {
                 errs.at(
                     m,
                     format!("{path}.min_requests"),
-                    "must be at least 1",
+                    format!("must be between 1 and {MAX_COUNT}"),
                     "write a count such as 50: fewer requests in the window give no verdict",
                 );
                 50
@@ -1116,7 +1207,8 @@ fn compile_split(
         match pool_index.get(pool) {
             Some(&i) => weights.push((i, 0)),
             None => {
-                let known: Vec<&str> = pool_index.keys().map(String::as_str).collect();
+                let mut known: Vec<&str> = pool_index.keys().map(String::as_str).collect();
+                known.sort_unstable();
                 errs.at(
                     weight,
                     &p,
@@ -1218,6 +1310,65 @@ split = { blue = 100 }
             snap.connect_timeout("localhost:9002"),
             Some(super::DEFAULT_CONNECT_TIMEOUT)
         );
+    }
+
+    #[test]
+    fn what_run_cannot_hold_is_a_check_error() {
+        let src = r#"
+[listen]
+http = "0.0.0.0:8080"
+https = "127.0.0.1:8080"
+max_connections = 9223372036854775807
+max_header_bytes = 4294967296
+tls = { cert = "x.pem", key = "x.key" }
+
+[admin]
+listen = "0.0.0.0:8080"
+
+[pools.blue]
+endpoints = ["127.0.0.1:9001"]
+timeout = "300000000000y"
+health = { path = "/h", fall = 100000 }
+
+[pools.green]
+endpoints = ["127.0.0.1:9002"]
+
+[[routes]]
+name = "web"
+split = { blue = 100, green = 0 }
+guard = { baseline = "blue", min_requests = 10000000000 }
+"#;
+        let shown: Vec<String> = errors(src).iter().map(|e| e.to_string()).collect();
+        let expect = [
+            ("4:9 listen.https", "127.0.0.1:8080 is also listen.http"),
+            ("5:19 listen.max_connections", "between 1 and 1000000"),
+            ("6:20 listen.max_header_bytes", "between 8192 and 16777216"),
+            ("10:10 admin.listen", "off loopback) without a token"),
+            ("10:10 admin.listen", "0.0.0.0:8080 is also listen.http"),
+            ("14:11 pools.blue.timeout", "at most 365 days"),
+            ("15:32 pools.blue.health.fall", "between 1 and 1000"),
+            ("23:45 routes[0].guard.min_requests", "between 1 and 1000000000"),
+        ];
+        for (at, what) in expect {
+            assert!(
+                shown.iter().any(|s| s.starts_with(at) && s.contains(what)),
+                "missing {at} {what} in {shown:#?}"
+            );
+        }
+        // A list of choices comes in one order, whatever the hash map's.
+        let src = "[listen]\nhttp = \"127.0.0.1:1\"\n[pools.c]\nendpoints = [\"127.0.0.1:2\"]\n[pools.a]\nendpoints = [\"127.0.0.1:2\"]\n[pools.b]\nendpoints = [\"127.0.0.1:2\"]\n[[routes]]\nname = \"r\"\nsplit = { d = 1 }\n";
+        let shown = errors(src)[0].to_string();
+        assert!(shown.contains("use one of: a, b, c"), "{shown}");
+        // A distinct port, on loopback, with a token variable is fine.
+        let ok = GOOD.replace(
+            "[pools.blue]",
+            "[admin]\nlisten = \"0.0.0.0:9901\"\ntoken_env = \"SY_TOKEN\"\n\n[pools.blue]",
+        );
+        assert!(errors(&ok).is_empty(), "{:?}", errors(&ok));
+        let bad = ok.replace("SY_TOKEN", "SY TOKEN");
+        assert!(errors(&bad)[0]
+            .to_string()
+            .contains("not an environment variable name"));
     }
 
     #[test]

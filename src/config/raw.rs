@@ -94,6 +94,7 @@ pub struct RawListen {
     pub max_header_bytes: Option<Spanned<i64>>,
     pub drain_timeout: Option<Spanned<String>>,
     pub client_body_timeout: Option<Spanned<String>>,
+    pub send_timeout: Option<Spanned<String>>,
     pub backlog: Option<Spanned<i64>>,
     pub fast_path: Option<Spanned<bool>>,
 }

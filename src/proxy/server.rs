@@ -68,7 +68,7 @@ impl Server {
         let listen = &snapshot.listen;
         let builders = Builders::new(listen.max_header_bytes);
         let limit = Arc::new(Semaphore::new(listen.max_connections));
-        let connections = Arc::new(Connections::new(listen.header_read_timeout));
+        let connections = Arc::new(Connections::new(listen.header_read_timeout, listen.send_timeout));
         let watchdog = AbortOnDropHandle::new(tokio::spawn(connections.clone().watch()));
         let (stop_tx, stop_rx) = watch::channel(false);
         let ctx = Arc::new(Accepting {

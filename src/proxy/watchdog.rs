@@ -10,8 +10,9 @@
 //!   last activity (the scans see activity to within a tick);
 //! - a client that sends a partial request head and trickles the rest is not active (bytes it
 //!   sends do not count), so it is cut off as an idle one;
-//! - a slow reader is never cut off, whether its response is still streaming or only its last
-//!   bytes wait to be flushed (as with hyper's own timer, which only ran while reading a head).
+//! - a slow reader is not cut off while it reads, whether its response is still streaming or
+//!   only its last bytes wait to be flushed; one that reads nothing for `send_timeout` (a write
+//!   to it blocked, and no write done since) is closed hard, as nginx's `send_timeout` does.
 //!
 //! Closing is graceful first (HTTP/2 `GOAWAY`; HTTP/1.1 closes if between requests) and hard
 //! one tick later if the connection is still there (a partial HTTP/1.1 head). Draining on
@@ -61,6 +62,12 @@ impl Conn {
         self.close.load(Relaxed) != OPEN
     }
 
+    /// Whether the connection is to close at once, whatever it is doing (the close wakes the
+    /// task that last registered in [`Conn::close_asked`]).
+    pub fn closed_hard(&self) -> bool {
+        self.close.load(Relaxed) == HARD
+    }
+
     /// [`Conn::closing`], and if not, wakes the task of `cx` when it is asked.
     pub fn close_asked(&self, cx: &Context<'_>) -> bool {
         // Registered before the flag is read, so a close asked in between still wakes it.
@@ -107,6 +114,8 @@ struct Entry {
     conn: Weak<Conn>,
     last_written: u64,
     idle_ticks: u8,
+    /// Scans that found a write blocked with none done since the last.
+    stuck_ticks: u32,
 }
 
 #[derive(Default)]
@@ -119,14 +128,23 @@ struct Registry {
 pub struct Connections {
     registry: Mutex<Registry>,
     tick: Duration,
+    /// Scans a blocked write may go without progress before the connection is closed.
+    stuck_limit: u32,
 }
 
 impl Connections {
-    /// `idle_timeout` is the listen section's `header_read_timeout`.
-    pub fn new(idle_timeout: Duration) -> Connections {
+    /// `idle_timeout` is the listen section's `header_read_timeout`, `send_timeout` its
+    /// `send_timeout` (kept to within one scan: `idle_timeout / 4`).
+    pub fn new(idle_timeout: Duration, send_timeout: Duration) -> Connections {
+        let tick = (idle_timeout / u32::from(TICKS)).max(Duration::from_millis(1));
+        let stuck_limit = send_timeout
+            .as_nanos()
+            .div_ceil(tick.as_nanos())
+            .clamp(1, u32::MAX.into());
         Connections {
             registry: Mutex::default(),
-            tick: (idle_timeout / u32::from(TICKS)).max(Duration::from_millis(1)),
+            tick,
+            stuck_limit: stuck_limit as u32,
         }
     }
 
@@ -141,6 +159,7 @@ impl Connections {
             conn: Arc::downgrade(&conn),
             last_written: 0,
             idle_ticks: 0,
+            stuck_ticks: 0,
         });
         conn
     }
@@ -176,7 +195,18 @@ impl Connections {
                 return false;
             };
             let written = c.written.load(Relaxed);
-            let busy = c.in_flight.load(Relaxed) != 0 || c.write_blocked.load(Relaxed);
+            let blocked = c.write_blocked.load(Relaxed);
+            if blocked && written == e.last_written {
+                // The client reads nothing: it has `send_timeout` to start again.
+                e.stuck_ticks += 1;
+                if e.stuck_ticks >= self.stuck_limit {
+                    tracing::debug!("closing a connection whose client has read nothing for send_timeout");
+                    c.ask_close(HARD);
+                }
+            } else {
+                e.stuck_ticks = 0;
+            }
+            let busy = c.in_flight.load(Relaxed) != 0 || blocked;
             if busy || written != e.last_written {
                 e.last_written = written;
                 e.idle_ticks = 0;
@@ -299,7 +329,7 @@ mod tests {
 
     /// A watchdog scanning on the paused clock.
     fn watching() -> (Arc<Connections>, tokio::task::JoinHandle<()>) {
-        let conns = Arc::new(Connections::new(T));
+        let conns = Arc::new(Connections::new(T, T * 10));
         let task = tokio::spawn(conns.clone().watch());
         (conns, task)
     }
@@ -348,13 +378,30 @@ mod tests {
             after(T / 8).await;
         }
         assert_eq!(state(&c), OPEN);
-        // A write that waits for the client to read.
+        // A write that waits for the client to read, while the client reads (slowly).
         c.write_blocked.store(true, Relaxed);
-        after(T * 10).await;
+        for i in 0..80u64 {
+            c.written.store(100 + i, Relaxed);
+            after(T / 4).await;
+        }
         assert_eq!(state(&c), OPEN);
         c.write_blocked.store(false, Relaxed);
         after(T * 2).await;
         assert_eq!(state(&c), HARD);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_reads_nothing_for_send_timeout_is_closed_hard() {
+        let (conns, _task) = watching();
+        let c = conns.register();
+        let _request = Busy::start(&c);
+        c.written.store(1, Relaxed);
+        c.write_blocked.store(true, Relaxed);
+        // send_timeout is 10 T: the first scan sees the write, the next 40 see nothing move.
+        after(T * 10).await;
+        assert_eq!(state(&c), OPEN, "before send_timeout");
+        after(T / 2).await;
+        assert_eq!(state(&c), HARD, "send_timeout passed, to within a scan");
     }
 
     #[tokio::test(start_paused = true)]

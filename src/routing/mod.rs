@@ -76,6 +76,9 @@ pub struct Listen {
     /// The longest pause in a request body's upload; past it, 408 (nginx's
     /// `client_body_timeout`).
     pub client_body_timeout: Duration,
+    /// The longest a client may read nothing of its response; past it, the connection is
+    /// closed (nginx's `send_timeout`).
+    pub send_timeout: Duration,
     /// The listen sockets' accept queue (nginx's default, 511).
     pub backlog: u32,
     /// HTTP/1 connections are served by switchyard's own HTTP/1 path; `false`: by hyper's.

@@ -381,6 +381,10 @@ impl Driver {
         F: std::future::Future<Output = Result<Response<ProxyBody>, std::convert::Infallible>>,
     {
         loop {
+            if watched.closed_hard() {
+                // A client that read nothing for send_timeout.
+                return Poll::Ready(After::Gone);
+            }
             let mut moved = false;
             if matches!(self.stage, Stage::Awaiting) {
                 moved |= self.poll_head(cx, handling.as_mut(), conn, exchange, watched);
