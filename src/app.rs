@@ -49,7 +49,7 @@ pub struct App {
     server: Server,
     admin: Option<(TcpListener, axum::Router)>,
     triggers: Option<mpsc::Sender<Trigger>>,
-    _watcher: Option<notify::RecommendedWatcher>,
+    _watcher: Option<reload::Watching>,
 }
 
 impl App {
@@ -170,6 +170,13 @@ impl App {
             })
         });
         let result = self.server.run(shutdown).await;
+        // The last trips and steps on disk before the process ends.
+        if let Some(t) = &self.triggers {
+            let (done, written) = tokio::sync::oneshot::channel();
+            if t.send(Trigger::Flush(done)).await.is_ok() {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), written).await;
+            }
+        }
         let _ = stop_admin.send(());
         if let Some(a) = admin {
             let _ = a.await;

@@ -381,7 +381,7 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
     }
     if !snap.flags.is_empty() {
         let _ = writeln!(s, "flags ({}):", snap.flags.len());
-        for f in &snap.flags {
+        for f in snap.flags.iter() {
             let variants: Vec<String> = f.variants.iter().map(|(n, w)| format!("{n}={w}")).collect();
             let _ = writeln!(
                 s,

@@ -128,9 +128,29 @@ impl State {
     }
 
     /// Publishes a new snapshot. Requests that already hold the old one finish on it.
-    pub fn publish(&self, mut snap: Snapshot) {
+    /// Swaps `snap` in; returns the snapshot it replaces.
+    pub fn publish(&self, mut snap: Snapshot) -> Arc<Snapshot> {
         self.metrics.attach(&mut snap);
-        self.snapshot.store(Arc::new(snap));
+        self.snapshot.swap(Arc::new(snap))
+    }
+
+    /// Swaps in `snap`, a copy of the live snapshot with the overlay applied again: it keeps
+    /// the live one's series, and only the gauges of the routes it changed are set (a trip on
+    /// one route of ten thousand costs one route's work).
+    pub fn publish_overlay(&self, mut snap: Snapshot) -> Arc<Snapshot> {
+        let live = self.snapshot.load_full();
+        let same_routes = live.routes.len() == snap.routes.len();
+        match (&snap.metrics, same_routes) {
+            (Some(_), true) => {
+                for (r, was) in snap.routes.iter().zip(&live.routes) {
+                    if !Arc::ptr_eq(r, was) {
+                        self.metrics.route_gauges(&snap, r);
+                    }
+                }
+            }
+            _ => self.metrics.attach(&mut snap),
+        }
+        self.snapshot.swap(Arc::new(snap))
     }
 
     pub fn set_ready(&self) {

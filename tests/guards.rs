@@ -694,7 +694,9 @@ async fn p99_is_measured_not_rounded_to_a_bucket() {
             "",
         );
         let proxy = Proxy::start(&cfg).await;
-        let load = Load::start(proxy.url("/"), 16);
+        // Few enough clients that the proxy's own scheduling (a debug build, with other tests
+        // beside it on two cores) stays well under the 2% asked of the measurement.
+        let load = Load::start(proxy.url("/"), 8);
         let judged = wait_for(&proxy, Duration::from_secs(15), "a verdict", |r| {
             r["tripped"] == true
                 || r["guard"]["pools"][1]["figures"]["requests"]

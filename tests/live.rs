@@ -362,3 +362,226 @@ async fn metrics_count_requests_by_route_pool_and_class() {
     }
     proxy.shutdown().await;
 }
+
+/// Counts the times `path` is opened, as the kernel sees them (inotify's `IN_OPEN`).
+fn count_opens(path: &Path) -> (notify::RecommendedWatcher, Arc<AtomicUsize>) {
+    use notify::Watcher;
+    let opens = Arc::new(AtomicUsize::new(0));
+    let o = opens.clone();
+    let mut w = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        if let Ok(e) = e {
+            if matches!(
+                e.kind,
+                notify::EventKind::Access(notify::event::AccessKind::Open(_))
+            ) {
+                o.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .unwrap();
+    w.watch(path, notify::RecursiveMode::NonRecursive).unwrap();
+    (w, opens)
+}
+
+async fn wait_until(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> bool) {
+    let started = Instant::now();
+    while !ok().await {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_idle_proxy_reads_its_config_once_per_change_and_not_again() {
+    let blue = Upstream::start("blue").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let good = config(&[("blue", &[blue.addr])], "");
+    std::fs::write(&path, &good).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (_w, opens) = count_opens(&path);
+
+    // An unrelated file in its directory: one read to see the config did not change.
+    std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        opens.load(Ordering::SeqCst),
+        1,
+        "reads of the config after one unrelated file"
+    );
+
+    // A broken config: read once, one error, and not again.
+    std::fs::write(&path, good.replace("[pools.blue]", "[pools.blue")).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // (One of the opens is this test's own write.)
+    assert_eq!(
+        opens.load(Ordering::SeqCst),
+        3,
+        "reads of the config after one bad write"
+    );
+    let text = proxy.state.metrics.render();
+    assert!(
+        text.contains("switchyard_config_reloads_total{result=\"error\"} 1"),
+        "{text}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_config_linked_from_another_directory_is_followed_and_so_is_the_link() {
+    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let pools: &[(&str, &[std::net::SocketAddr])] = &[("blue", &[blue.addr]), ("green", &[green.addr])];
+    let on = |pool: &str| {
+        config(pools, "").replacen(
+            "split = { blue = 100 }",
+            &format!("split = {{ {pool} = 100 }}"),
+            1,
+        )
+    };
+    let (link_dir, v1, v2) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let path = link_dir.path().join("switchyard.toml");
+    let (first, second) = (v1.path().join("real.toml"), v2.path().join("real.toml"));
+    std::fs::write(&first, on("blue")).unwrap();
+    std::os::unix::fs::symlink(&first, &path).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let serving = |pool: &'static str| {
+        let url = proxy.url("/");
+        async move || get(&h1_client(), &url).await.1 == pool.as_bytes()
+    };
+    assert!(serving("blue")().await);
+
+    // The file the link points to changes in place, in its own directory.
+    std::fs::write(&first, on("green")).unwrap();
+    wait_until(
+        "the linked file's change",
+        Duration::from_secs(5),
+        serving("green"),
+    )
+    .await;
+
+    // The link is pointed at another directory (swapped atomically), then that file changes.
+    std::fs::write(&second, on("blue")).unwrap();
+    let tmp = link_dir.path().join("switchyard.toml.new");
+    std::os::unix::fs::symlink(&second, &tmp).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    wait_until("the new link", Duration::from_secs(5), serving("blue")).await;
+    std::fs::write(&second, on("green")).unwrap();
+    wait_until(
+        "the new target's change",
+        Duration::from_secs(5),
+        serving("green"),
+    )
+    .await;
+    proxy.shutdown().await;
+}
+
+/// A config with `routes` guarded routes over blue and canary and `flags` flags at `percent`.
+fn large(blue: &Upstream, canary: &Upstream, routes: usize, flags: usize, percent: u32) -> String {
+    use std::fmt::Write;
+    let mut s = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = false\n\
+         [pools.blue]\nendpoints = [\"{}\"]\n[pools.canary]\nendpoints = [\"{}\"]\n",
+        blue.addr, canary.addr
+    );
+    for i in 0..routes {
+        let prefix = if i == 0 { "/".to_owned() } else { format!("/r{i}/") };
+        let _ = write!(
+            s,
+            "[[routes]]\nname = \"r{i}\"\npath_prefix = \"{prefix}\"\nsplit = {{ blue = 50, canary = 50 }}\nguard = {{ baseline = \"blue\" }}\n"
+        );
+    }
+    for i in 0..flags {
+        let _ = write!(
+            s,
+            "[[flags]]\nname = \"f{i}\"\npercent = {percent}\nvariants = {{ a = 1, b = 1 }}\n"
+        );
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_do_not_wait_for_a_large_reload_and_reloads_asked_meanwhile_become_one() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, large(&blue, &canary, 10_000, 1_000, 10)).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let reloads = || {
+        let text = proxy.state.metrics.render();
+        text.lines()
+            .find_map(|l| l.strip_prefix("switchyard_config_reloads_total{result=\"ok\"} "))
+            .map_or(0, |v| v.parse::<u64>().unwrap())
+    };
+    // Every flag changes: the reload compiles 10,000 routes and samples 1,000 flags.
+    std::fs::write(&path, large(&blue, &canary, 10_000, 1_000, 20)).unwrap();
+    let started = Instant::now();
+    let first = tokio::spawn(post(proxy.admin_url("/api/reload").leak(), None));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Four more reloads asked while it compiles, and a rollback.
+    let more: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(post(proxy.admin_url("/api/reload").leak(), None)))
+        .collect();
+    let asked = Instant::now();
+    let (status, body) = post(&proxy.admin_url("/api/routes/r1/rollback"), None).await;
+    let rollback = asked.elapsed();
+    assert_eq!(status, 200, "{body}");
+    let (status, report) = first.await.unwrap();
+    let reload = started.elapsed();
+    assert_eq!((status, report["result"].as_str()), (200, Some("ok")), "{report}");
+    assert!(
+        rollback < Duration::from_secs(1),
+        "the rollback took {rollback:?}"
+    );
+    assert!(
+        rollback * 2 < reload,
+        "the rollback ({rollback:?}) waited for the reload ({reload:?})"
+    );
+    for m in more {
+        let (status, report) = m.await.unwrap();
+        assert_eq!((status, report["result"].as_str()), (200, Some("ok")), "{report}");
+    }
+    assert_eq!(reloads(), 2, "the four reloads asked during the first became one");
+    // The rollback holds in the config the reload published after it.
+    let r1 = admin_json(&proxy.admin_url("/api/routes/r1")).await;
+    assert_eq!(r1["tripped"], true, "{r1}");
+    let (parts, _) = get(&h1_client(), &proxy.url("/r1/x")).await;
+    assert_eq!(parts.headers["x-upstream"], "blue");
+    eprintln!("rollback answered in {rollback:?} during a reload of {reload:?}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn removing_a_finished_rollout_reports_the_users_it_moves() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let rolled = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+         [pools.blue]\nendpoints = [\"{}\"]\n[pools.canary]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"web\"\nsplit = {{ blue = 100, canary = 0 }}\nguard = {{ baseline = \"blue\" }}\n\
+         rollout = {{ pool = \"canary\", steps = [80], every = \"1h\" }}\n",
+        blue.addr, canary.addr
+    );
+    std::fs::write(&path, &rolled).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    // The file still says canary = 0; the live split gives it 80 %. Removing the block
+    // sends those users back, and the reload says so.
+    let plain = rolled.replace(
+        "rollout = { pool = \"canary\", steps = [80], every = \"1h\" }\n",
+        "",
+    );
+    std::fs::write(&path, &plain).unwrap();
+    let (status, report) = post(&proxy.admin_url("/api/reload"), None).await;
+    assert_eq!(status, 200, "{report}");
+    let changes = report["changes"].to_string();
+    assert!(
+        changes.contains("80.00% of its users move (80.00% canary→blue)"),
+        "{changes}"
+    );
+    proxy.shutdown().await;
+}

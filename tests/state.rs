@@ -162,7 +162,15 @@ async fn a_state_file_that_cannot_be_written_says_so_and_state_path_puts_it_else
     std::fs::write(&path, guarded(blue.addr, canary.addr, "")).unwrap();
     let proxy = Proxy::start_file(&path).await;
     trip(&proxy, &canary).await;
-    let config = json(&proxy.admin_url("/api/config")).await;
+    // The state file is written by its own task, soon after the trip.
+    let started = Instant::now();
+    let config = loop {
+        let config = json(&proxy.admin_url("/api/config")).await;
+        if !config["state"]["save_error"].is_null() || started.elapsed() > Duration::from_secs(5) {
+            break config;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(!config["state"]["save_error"].is_null(), "{config:#}");
     assert!(metric(&proxy, "switchyard_state_save_errors_total").await >= 1.0);
     let shown = switchyard::admin::render_status(&config, &json(&proxy.admin_url("/api/routes")).await);

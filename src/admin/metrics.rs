@@ -161,8 +161,8 @@ impl Metrics {
         self.endpoint_healthy.reset();
         for route in &snap.routes {
             let mut per_pool = Vec::new();
-            // The weight gauge shows the effective split: what requests get now.
-            for (pool, share) in route.effective.shares() {
+            // Every pool of the split (an override may send a request to one at weight 0).
+            for (pool, _) in route.split.weights() {
                 let p = &*snap.pools[pool].name;
                 let counters = CLASSES.map(|c| self.requests.with_label_values(&[&*route.name, p, c]));
                 per_pool.push((
@@ -170,26 +170,17 @@ impl Metrics {
                     counters,
                     self.duration.with_label_values(&[&*route.name, p]),
                 ));
-                self.route_weight.with_label_values(&[&*route.name, p]).set(share);
             }
             h.routes.push(per_pool);
             h.overrides_ignored
                 .push(self.overrides_ignored.with_label_values(&[&*route.name]));
-            if route.guard.is_some() || !route.runtime.tripped.is_empty() {
-                let tripped = i64::from(!route.runtime.tripped.is_empty());
-                self.route_tripped.with_label_values(&[&*route.name]).set(tripped);
-            }
-            if let (Some(r), Some(step)) = (&route.rollout, route.runtime.rollout_step) {
-                self.rollout_step
-                    .with_label_values(&[&*route.name])
-                    .set(i64::from(r.steps[step]));
-            }
+            self.route_gauges(snap, route);
         }
         for pool in &snap.pools {
             h.upstream_errors
                 .push(KINDS.map(|k| self.upstream_errors.with_label_values(&[&*pool.name, k])));
         }
-        for flag in &snap.flags {
+        for flag in snap.flags.iter() {
             let mut values = vec![
                 self.flag_decisions.with_label_values(&[&*flag.name, "off"]),
                 self.flag_decisions.with_label_values(&[&*flag.name, "on"]),
@@ -202,6 +193,32 @@ impl Metrics {
         self.revision.reset();
         self.revision.with_label_values(&[&snap.revision]).set(1);
         snap.metrics = Some(Arc::new(h));
+    }
+
+    /// Sets the gauges of `route` (its effective shares, whether it is tripped, its rollout
+    /// step): at [`Metrics::attach`], and for each route a trip, a rollout step or a command
+    /// changes in a snapshot that keeps the live one's series.
+    pub fn route_gauges(&self, snap: &Snapshot, route: &crate::routing::Route) {
+        // The weight gauge shows the effective split: what requests get now.
+        for (pool, _) in route.split.weights() {
+            let share = route
+                .effective
+                .shares()
+                .find(|&(p, _)| p == pool)
+                .map_or(0.0, |(_, s)| s);
+            self.route_weight
+                .with_label_values(&[&*route.name, &*snap.pools[pool].name])
+                .set(share);
+        }
+        if route.guard.is_some() || !route.runtime.tripped.is_empty() {
+            let tripped = i64::from(!route.runtime.tripped.is_empty());
+            self.route_tripped.with_label_values(&[&*route.name]).set(tripped);
+        }
+        if let (Some(r), Some(step)) = (&route.rollout, route.runtime.rollout_step) {
+            self.rollout_step
+                .with_label_values(&[&*route.name])
+                .set(i64::from(r.steps[step]));
+        }
     }
 
     /// A guard tripped `pool` of `route`.

@@ -296,9 +296,21 @@ pub fn compile(
             flags.push(flag);
         }
     }
+    // A flag depends on the user unless it is on or off for everyone.
+    let depends: Vec<bool> = flags
+        .iter()
+        .map(|f| {
+            f.env_enabled
+                && ((1..100).contains(&f.percent)
+                    || !f.users.is_empty()
+                    || (f.percent > 0 && f.variants.iter().filter(|(_, w)| *w > 0).count() > 1))
+        })
+        .collect();
+    // Routes in scope of the same flags (all of them, most often) share one list.
+    let mut lists: HashMap<Vec<usize>, (Arc<[usize]>, bool)> = HashMap::new();
     for (i, route) in routes.iter_mut().enumerate() {
         route.index = i;
-        route.flags = flags
+        let list: Vec<usize> = flags
             .iter()
             .enumerate()
             .filter(|(_, f)| {
@@ -308,17 +320,13 @@ pub fn compile(
             })
             .map(|(i, _)| i)
             .collect();
-        // A flag depends on the user unless it is on or off for everyone; a rollout does at
-        // every step, its first included (where the file's weight may still be 0).
-        route.uses_key = route.split.active_pools() > 1
-            || route.rollout.is_some()
-            || route.flags.iter().any(|&f| {
-                let f = &flags[f];
-                f.env_enabled
-                    && ((1..100).contains(&f.percent)
-                        || !f.users.is_empty()
-                        || (f.percent > 0 && f.variants.iter().filter(|(_, w)| *w > 0).count() > 1))
-            });
+        let (shared, any_depends) = lists
+            .entry(list)
+            .or_insert_with_key(|l| (l.as_slice().into(), l.iter().any(|&f| depends[f])));
+        route.flags = shared.clone();
+        // A rollout depends on the user at every step, its first included (where the file's
+        // weight may still be 0).
+        route.uses_key = route.split.active_pools() > 1 || route.rollout.is_some() || *any_depends;
     }
 
     if !errs.list.is_empty() {
@@ -332,17 +340,17 @@ pub fn compile(
         access_log,
         tls,
         pools,
-        routes,
+        routes: routes.into_iter().map(Arc::new).collect(),
         identity,
-        flags,
+        flags: flags.into(),
         env,
         headers,
         admin,
         state_path,
         notify,
         metrics: None,
-        table,
-        connect_timeouts,
+        table: Arc::new(table),
+        connect_timeouts: Arc::new(connect_timeouts),
     })
 }
 
@@ -1034,7 +1042,7 @@ fn compile_route(
         rollout,
         runtime: Default::default(),
         overrides,
-        flags: Box::new([]),
+        flags: Arc::from([]),
         uses_key: false,
     })
 }

@@ -127,17 +127,28 @@ impl Overlay {
     /// Sets every route's effective split and runtime view in `snap` from this overlay.
     pub fn apply(&self, snap: &mut Snapshot) {
         for i in 0..snap.routes.len() {
-            let entry = self.routes.get(&*snap.routes[i].name);
-            let tripped: Vec<usize> = entry
-                .map(|e| e.trips.iter().filter_map(|t| snap.pool_index(&t.pool)).collect())
-                .unwrap_or_default();
-            let route = &snap.routes[i];
-            let step = route
-                .rollout
-                .as_ref()
-                .and(entry.and_then(|e| e.rollout.as_ref()).map(|p| p.step));
-            let effective = effective_split(route, step, &tripped);
-            let route = &mut snap.routes[i];
+            self.apply_route(snap, i);
+        }
+    }
+
+    /// [`Overlay::apply`] for the route at `i` alone (a route it leaves as it was is not
+    /// copied).
+    pub fn apply_route(&self, snap: &mut Snapshot, i: usize) {
+        let entry = self.routes.get(&*snap.routes[i].name);
+        let tripped: Vec<usize> = entry
+            .map(|e| e.trips.iter().filter_map(|t| snap.pool_index(&t.pool)).collect())
+            .unwrap_or_default();
+        let route = &snap.routes[i];
+        let step = route
+            .rollout
+            .as_ref()
+            .and(entry.and_then(|e| e.rollout.as_ref()).map(|p| p.step));
+        let effective = effective_split(route, step, &tripped);
+        if route.effective != effective
+            || route.runtime.tripped != tripped
+            || route.runtime.rollout_step != step
+        {
+            let route = std::sync::Arc::make_mut(&mut snap.routes[i]);
             route.effective = effective;
             route.runtime.tripped = tripped;
             route.runtime.rollout_step = step;

@@ -95,6 +95,18 @@ impl Flag {
     }
 
     /// The value as an RFC 8941 token.
+    /// Whether `other` gives every key the value this flag gives it (the same definition; the
+    /// routes a flag is limited to do not change its value).
+    pub fn decides_like(&self, other: &Flag) -> bool {
+        self.group == other.group
+            && self.percent == other.percent
+            && self.users == other.users
+            && self.env_enabled == other.env_enabled
+            && self.start == other.start
+            && self.end == other.end
+            && self.variants == other.variants
+    }
+
     pub fn token(&self, value: Value) -> &str {
         match value {
             Value::On => "on",

@@ -43,10 +43,12 @@ pub struct Snapshot {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     /// Pools by index; routes refer to pools by index into this list.
     pub pools: Vec<Arc<Pool>>,
-    pub routes: Vec<Route>,
+    /// Shared with the snapshots a trip, a rollout step or a command makes from this one: a
+    /// route they do not change is not copied.
+    pub routes: Vec<Arc<Route>>,
     pub identity: Identity,
     /// Every flag, in config order.
-    pub flags: Vec<Flag>,
+    pub flags: Arc<[Flag]>,
     /// `[env] name`, if set.
     pub env: Option<String>,
     pub headers: HeaderSettings,
@@ -59,9 +61,9 @@ pub struct Snapshot {
     pub notify: Vec<crate::notify::NotifyConfig>,
     /// Metric series of this snapshot, attached before it is published.
     pub metrics: Option<Arc<crate::admin::metrics::Handles>>,
-    pub(crate) table: RouteTable,
+    pub(crate) table: Arc<RouteTable>,
     /// Connect timeout per endpoint address (`host:port`), read by the connector.
-    pub(crate) connect_timeouts: HashMap<String, Duration>,
+    pub(crate) connect_timeouts: Arc<HashMap<String, Duration>>,
 }
 
 /// Listener settings. They cannot change by reload: sockets are bound once.
@@ -161,7 +163,7 @@ pub struct Route {
     pub runtime: RouteRuntime,
     pub overrides: Override,
     /// Indices into [`Snapshot::flags`] of the flags in scope here, in config order.
-    pub flags: Box<[usize]>,
+    pub flags: Arc<[usize]>,
     /// Whether any decision on this route depends on who the user is (a split over several
     /// pools, or a flag that is neither fully on nor off). Only then does an anonymous user get
     /// the id cookie.
@@ -333,7 +335,7 @@ impl Snapshot {
     }
 
     pub fn route_by_name(&self, name: &str) -> Option<&Route> {
-        self.routes.iter().find(|r| &*r.name == name)
+        self.routes.iter().find(|r| &*r.name == name).map(|r| &**r)
     }
 
     /// The connect timeout of the pool an endpoint address belongs to (the shortest, if it

@@ -50,16 +50,16 @@ impl RouteTable {
         table
     }
 
-    pub fn find<'r>(
+    pub fn find<'r, R: std::borrow::Borrow<Route>>(
         &self,
-        routes: &'r [Route],
+        routes: &'r [R],
         host: &str,
         path: &str,
         headers: &HeaderMap,
     ) -> Option<&'r Route> {
         let first = |list: &[usize]| {
             list.iter()
-                .map(|&i| &routes[i])
+                .map(|&i| routes[i].borrow())
                 .find(|r| r.matches(path, headers))
         };
         if let Some(r) = self.exact.get(host).and_then(|l| first(l)) {
@@ -103,7 +103,7 @@ mod tests {
             rollout: None,
             runtime: Default::default(),
             overrides: Default::default(),
-            flags: Box::new([]),
+            flags: std::sync::Arc::from([]),
             uses_key: false,
         }
     }

@@ -4,35 +4,33 @@
 //! a file reload can never silently undo a trip: trips and rollout steps live in an
 //! [`Overlay`] that is applied to every snapshot this task publishes and written to a state file.
 //!
-//! A reload reads and compiles the file off the request path, refuses changes that cannot apply
-//! (listen and admin addresses), swaps the snapshot atomically, and logs what changed and how
-//! many users move. A bad file changes nothing: the error is logged, counted and kept for
-//! `GET /api/config`.
-//!
-//! The watcher watches the file's **directory**, not the file: editors that save by writing a
-//! new file and renaming it, `cp` over the file, and Kubernetes' `..data` symlink swap all show
-//! up as events there. Events are debounced (a quiet period of 200 ms, at most 1 s), and a file
-//! whose text did not change is not reloaded.
+//! A reload reads, compiles and diffs the file on a blocking thread (the diff against the live
+//! effective splits, trips and rollout steps applied), refuses changes that cannot apply
+//! (listen and admin addresses), then the control task swaps the snapshot atomically and logs
+//! what changed and how many users move. The control task never waits for a reload: trips,
+//! rollout steps and commands are handled while one compiles; reloads asked meanwhile become
+//! one more, after it. A bad file changes nothing: the error is logged, counted and kept for
+//! `GET /api/config`. The state file is written by its own task ([`saver`]).
+
+mod saver;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use notify::{RecursiveMode, Watcher};
 use tokio::sync::{mpsc, oneshot};
+
+pub use saver::Saver;
+pub use watch::{debounce, watch, Watching, DEBOUNCE, DEBOUNCE_MAX};
 
 use crate::config::{self, LoadError};
 use crate::guard::overlay::{self, Overlay, Progress, Trip};
 use crate::guard::Figures;
 use crate::notify::Event;
 use crate::routing::{diff, Snapshot};
-use crate::state::{timestamp, ReloadReport, State, StateLoadError, StateSaveError};
+use crate::state::{timestamp, ReloadReport, State, StateLoadError};
 use crate::upstream::health::Checks;
-
-/// Quiet period after the last file event before reloading.
-pub const DEBOUNCE: Duration = Duration::from_millis(200);
-/// Longest wait when events keep coming.
-pub const DEBOUNCE_MAX: Duration = Duration::from_secs(1);
 
 /// Something that changes routing.
 pub enum Trigger {
@@ -51,12 +49,14 @@ pub enum Trigger {
     },
     /// The guard found `route`'s rollout due for its next step.
     Advance { route: String, from_step: usize },
-    /// An operator's command from the admin API.
+    /// An operator's command from the admin API (answered once the state file has it).
     Command {
         route: String,
         action: Action,
         reply: oneshot::Sender<Result<String, CommandError>>,
     },
+    /// Answered once every state file write asked so far is done (at shutdown).
+    Flush(oneshot::Sender<()>),
 }
 
 /// The operator's commands on a route.
@@ -81,9 +81,41 @@ pub enum CommandError {
 pub struct Control {
     state: Arc<State>,
     path: Option<PathBuf>,
-    state_file: Option<StateFile>,
+    saver: Saver,
     overlay: Overlay,
+    /// Bumped at every change of `overlay`: a reload compiled against an older one applies
+    /// the overlay again before it is published.
+    overlay_version: u64,
     checks: Checks,
+    /// The reload compiling now, with whoever waits for its report.
+    compiling: Option<Vec<oneshot::Sender<ReloadReport>>>,
+    /// Reloads asked while one compiles: one more, forced if any of them was.
+    queued: Option<(bool, Vec<oneshot::Sender<ReloadReport>>)>,
+    compiled: mpsc::UnboundedSender<Compiled>,
+}
+
+/// A reload as compiled on a blocking thread.
+struct Compiled {
+    /// The snapshot it was compiled and diffed against.
+    base: Arc<Snapshot>,
+    overlay_version: u64,
+    outcome: Outcome,
+}
+
+enum Outcome {
+    /// The text is the one served: nothing to do.
+    Unchanged,
+    Failed(String),
+    Ready {
+        new: Box<Snapshot>,
+        /// The overlay reconciled with the new config (and applied to it).
+        overlay: Overlay,
+        /// What the overlay's reconciliation dropped or started.
+        reconciled: Vec<String>,
+        /// The changes of routes (against the live effective splits) and of flags.
+        routes: Vec<String>,
+        flags: Vec<String>,
+    },
 }
 
 /// Where trips and rollout steps are kept across restarts.
@@ -177,54 +209,73 @@ pub async fn run(
     state_file: Option<StateFile>,
     mut triggers: mpsc::Receiver<Trigger>,
 ) {
+    let (compiled, mut done) = mpsc::unbounded_channel();
+    // Rewrite the file only if it holds something (entries the config dropped, say): a proxy
+    // without trips does not need to write beside its config (which may be read-only).
+    let save_now = !overlay.routes.is_empty() || state_file.as_ref().is_some_and(|f| f.path.exists());
     let mut c = Control {
+        saver: Saver::start(state.clone(), state_file),
         state,
         path,
-        state_file,
         overlay,
+        overlay_version: 0,
         checks: Checks::default(),
+        compiling: None,
+        queued: None,
+        compiled,
     };
     c.state.overlay.store(Arc::new(c.overlay.clone()));
     c.checks.reconcile(&c.state.snapshot.load());
-    // Rewrite the file only if it holds something (entries the config dropped, say): a proxy
-    // without trips does not need to write beside its config (which may be read-only).
-    if !c.overlay.routes.is_empty() || c.state_file.as_ref().is_some_and(|f| f.path.exists()) {
-        c.save();
+    if save_now {
+        c.saver.save(Arc::new(c.overlay.clone()), None);
     }
-    while let Some(trigger) = triggers.recv().await {
-        match trigger {
-            Trigger::File => {
-                c.reload(false).await;
-            }
-            Trigger::Signal => {
-                c.reload(true).await;
-            }
-            Trigger::Api(tx) => {
-                let report = c.reload(true).await;
-                let _ = tx.send(report);
-            }
-            Trigger::Trip {
-                route,
-                pool,
-                reason,
-                figures,
-            } => c.trip(&route, &pool, &reason, figures),
-            Trigger::Advance { route, from_step } => c.advance(&route, from_step),
-            Trigger::Command { route, action, reply } => {
-                let _ = reply.send(c.command(&route, action));
-            }
+    loop {
+        tokio::select! {
+            trigger = triggers.recv() => match trigger {
+                Some(t) => c.handle(t),
+                None => break,
+            },
+            Some(compiled) = done.recv() => c.finish(compiled),
         }
     }
 }
 
 impl Control {
+    fn handle(&mut self, trigger: Trigger) {
+        match trigger {
+            Trigger::File => self.ask_reload(false, None),
+            Trigger::Signal => self.ask_reload(true, None),
+            Trigger::Api(tx) => self.ask_reload(true, Some(tx)),
+            Trigger::Trip {
+                route,
+                pool,
+                reason,
+                figures,
+            } => self.trip(&route, &pool, &reason, figures),
+            Trigger::Advance { route, from_step } => self.advance(&route, from_step),
+            Trigger::Command { route, action, reply } => {
+                let result = self.command(&route, action);
+                // Answered once the state file has the change (or failed to take it).
+                let (saved, on_disk) = oneshot::channel();
+                self.saver.flush(saved);
+                tokio::spawn(async move {
+                    let _ = on_disk.await;
+                    let _ = reply.send(result);
+                });
+            }
+            Trigger::Flush(done) => self.saver.flush(done),
+        }
+    }
+
     /// Publishes the current snapshot again with the overlay applied, and saves the overlay.
     /// Returns the users that `route`'s change moved: `(from pool, to pool, share)`, exact,
     /// and logs them.
     fn republish(&mut self, route: &str) -> Vec<(String, String, f64)> {
         let before = self.state.snapshot.load_full();
         let mut next = (*before).clone();
-        self.overlay.apply(&mut next);
+        if let Some(i) = before.routes.iter().position(|r| &*r.name == route) {
+            self.overlay.apply_route(&mut next, i);
+        }
         let moves = match (before.route_by_name(route), next.route_by_name(route)) {
             (Some(a), Some(b)) => diff::split_moves(&before, &a.effective, &next, &b.effective),
             _ => Vec::new(),
@@ -232,10 +283,20 @@ impl Control {
         if !moves.is_empty() {
             tracing::info!(route, "users moved: {}", show_moves(&moves));
         }
-        self.state.publish(next);
-        self.state.overlay.store(Arc::new(self.overlay.clone()));
-        self.save();
+        let old = self.state.publish_overlay(next);
+        self.overlay_changed();
+        drop(before);
+        drop_elsewhere(old);
         moves
+    }
+
+    /// After every change of the overlay: published for the API, saved, and marked so that a
+    /// reload compiled against the old one applies it again.
+    fn overlay_changed(&mut self) {
+        self.overlay_version += 1;
+        let ov = Arc::new(self.overlay.clone());
+        self.state.overlay.store(ov.clone());
+        self.saver.save(ov, None);
     }
 
     /// Sends a notification about `route` (its fields: `extra`, with the users it moved).
@@ -260,48 +321,6 @@ impl Control {
         self.state
             .notifier
             .send(event, extra, &format!("route {route}: {text}"));
-    }
-
-    /// Writes the overlay to the state file. A failure is logged, counted and shown by
-    /// `/api/config` and `status` until a save succeeds (and notified when it starts).
-    fn save(&self) {
-        let Some(f) = &self.state_file else { return };
-        let result = match f.writable {
-            true => self.overlay.save(&f.path).map_err(|e| e.to_string()),
-            false => Err("the unreadable state file found at start is left as it was".to_owned()),
-        };
-        let error = match result {
-            Ok(()) => {
-                if self.state.config.load().state.save_error.is_some() {
-                    tracing::info!("the state file {} is written again", f.path.display());
-                    self.state.config.rcu(|c| {
-                        let mut c = (**c).clone();
-                        c.state.save_error = None;
-                        c
-                    });
-                }
-                return;
-            }
-            Err(e) => e,
-        };
-        tracing::error!("cannot write the state file {}: {error} — trips and rollout steps will not survive a restart; set [state] path to a writable file", f.path.display());
-        self.state.metrics.state_save_error();
-        if self.state.config.load().state.save_error.is_none() {
-            self.state.notifier.send(
-                Event::StateSaveFailed,
-                serde_json::json!({ "path": f.path, "error": error }),
-                &format!("the state file {} cannot be written ({error}): trips and rollout steps will not survive a restart", f.path.display()),
-            );
-        }
-        let failure = StateSaveError {
-            at: timestamp(SystemTime::now()),
-            error,
-        };
-        self.state.config.rcu(|c| {
-            let mut c = (**c).clone();
-            c.state.save_error = Some(failure.clone());
-            c
-        });
     }
 
     fn trip(&mut self, route: &str, pool: &str, reason: &str, figures: Figures) {
@@ -549,10 +568,10 @@ impl Control {
         Ok(message)
     }
 
-    /// One reload of the file. Unless `force`d, a file whose text is unchanged is left alone.
-    async fn reload(&mut self, force: bool) -> ReloadReport {
+    /// Starts a reload, or queues one behind the reload compiling now.
+    fn ask_reload(&mut self, force: bool, reply: Option<oneshot::Sender<ReloadReport>>) {
         let Some(path) = self.path.clone() else {
-            return ReloadReport {
+            let r = ReloadReport {
                 at: timestamp(SystemTime::now()),
                 result: "error",
                 revision: self.state.snapshot.load().revision.clone(),
@@ -561,97 +580,152 @@ impl Control {
                 ),
                 changes: Vec::new(),
             };
+            if let Some(reply) = reply {
+                let _ = reply.send(r);
+            }
+            return;
         };
-        let report = reload(&self.state, &path, force, &mut self.overlay).await;
-        if report.result == "ok" {
-            self.state.overlay.store(Arc::new(self.overlay.clone()));
-            self.checks.reconcile(&self.state.snapshot.load());
-            self.save();
+        if self.compiling.is_some() {
+            let (f, waiting) = self.queued.get_or_insert((false, Vec::new()));
+            *f |= force;
+            waiting.extend(reply);
+            return;
         }
-        report
+        self.compiling = Some(reply.into_iter().collect());
+        let (base, overlay, version) = (
+            self.state.snapshot.load_full(),
+            self.overlay.clone(),
+            self.overlay_version,
+        );
+        let done = self.compiled.clone();
+        tokio::task::spawn_blocking(move || {
+            let outcome = compile(&path, force, &base, overlay);
+            let _ = done.send(Compiled {
+                base,
+                overlay_version: version,
+                outcome,
+            });
+        });
+    }
+
+    /// Publishes a compiled reload (applying the overlay again if it changed meanwhile),
+    /// answers whoever asked for it, and starts the reload queued behind it.
+    fn finish(&mut self, compiled: Compiled) {
+        let waiting = self.compiling.take().unwrap_or_default();
+        let report = self.publish(compiled);
+        for reply in waiting {
+            let _ = reply.send(report.clone());
+        }
+        if let Some((force, waiting)) = self.queued.take() {
+            self.ask_reload(force, None);
+            if let Some(w) = &mut self.compiling {
+                w.extend(waiting);
+            }
+        }
+    }
+
+    fn publish(&mut self, compiled: Compiled) -> ReloadReport {
+        let state = self.state.clone();
+        let current = state.snapshot.load_full();
+        let report = |result, revision: &str, error: Option<String>, changes| ReloadReport {
+            at: timestamp(SystemTime::now()),
+            result,
+            revision: revision.to_owned(),
+            error,
+            changes,
+        };
+        let (mut new, overlay, reconciled, routes, flags) = match compiled.outcome {
+            Outcome::Unchanged => return report("unchanged", &current.revision, None, Vec::new()),
+            Outcome::Failed(e) => {
+                return failed(&state, report("error", &current.revision, Some(e), Vec::new()))
+            }
+            Outcome::Ready {
+                new,
+                overlay,
+                reconciled,
+                routes,
+                flags,
+            } => (new, overlay, reconciled, routes, flags),
+        };
+        if let Err(e) = state.notifier.configure(&new.notify) {
+            return failed(&state, report("error", &current.revision, Some(e), Vec::new()));
+        }
+        let (reconciled, routes) =
+            if compiled.overlay_version == self.overlay_version && Arc::ptr_eq(&compiled.base, &current) {
+                self.overlay = overlay;
+                (reconciled, routes)
+            } else {
+                // A trip, a rollout step or a command came while it compiled: the overlay as it
+                // is now goes on the new config, and the moves are counted from what is live.
+                let reconciled = self.overlay.reconcile(&new, &timestamp(SystemTime::now()));
+                self.overlay.apply(&mut new);
+                (reconciled, route_changes(&diff::diff_routes(&current, &new)))
+            };
+        let mut changes = routes;
+        changes.extend(flags);
+        changes.extend(reconciled);
+        let revision = new.revision.clone();
+        let old = state.publish(*new);
+        state.metrics.reload(true);
+        tracing::info!(revision = %revision, previous = %current.revision, "config reloaded");
+        for c in &changes {
+            tracing::info!(revision = %revision, "reload: {c}");
+        }
+        let r = report("ok", &revision, None, changes);
+        state.config.rcu(|c| {
+            let mut c = (**c).clone();
+            c.revision = revision.clone();
+            c.loaded_at = r.at.clone();
+            c.last_reload = Some(r.clone());
+            c
+        });
+        self.checks.reconcile(&state.snapshot.load());
+        self.overlay_changed();
+        drop(current);
+        drop_elsewhere(old);
+        r
     }
 }
 
-/// One reload of `path`, applying `overlay` to the new snapshot. Unless `force`d, a file whose
-/// text is unchanged is left alone.
-async fn reload(state: &State, path: &Path, force: bool, overlay: &mut Overlay) -> ReloadReport {
-    let current = state.snapshot.load_full();
-    let report = |result, revision: &str, error: Option<String>, changes| ReloadReport {
-        at: timestamp(SystemTime::now()),
-        result,
-        revision: revision.to_owned(),
-        error,
-        changes,
-    };
-    let text = match tokio::fs::read_to_string(path).await {
+/// Drops a replaced snapshot on a blocking thread: a large one takes a while to free, and
+/// the control task has better things to do.
+fn drop_elsewhere(old: Arc<Snapshot>) {
+    if Arc::strong_count(&old) == 1 {
+        tokio::task::spawn_blocking(move || drop(old));
+    }
+}
+
+/// One reload of `path` against `base`, on a blocking thread: read, compile, check what
+/// cannot change, reconcile `overlay` with the new config and apply it, and count the moves
+/// against `base`'s effective splits. Unless `force`d, a file whose text is `base`'s is left
+/// alone.
+fn compile(path: &Path, force: bool, base: &Snapshot, mut overlay: Overlay) -> Outcome {
+    let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) => {
-            let r = report(
-                "error",
-                &current.revision,
-                Some(format!("cannot read {}: {e}", path.display())),
-                Vec::new(),
-            );
-            return failed(state, r);
-        }
+        Err(e) => return Outcome::Failed(format!("cannot read {}: {e}", path.display())),
     };
-    if !force && config::revision(&text) == current.revision {
-        return report("unchanged", &current.revision, None, Vec::new());
+    if !force && config::revision(&text) == base.revision {
+        return Outcome::Unchanged;
     }
-    // Compiling reads certificate files and may be large: keep it off the async workers.
-    let (p, old) = (path.to_owned(), current.clone());
-    let compiled = tokio::task::spawn_blocking(move || config::load_str(&text, &p, Some(&old))).await;
-    let mut new = match compiled {
-        Ok(Ok(new)) => new,
-        Ok(Err(LoadError::Invalid(d))) => {
-            return failed(
-                state,
-                report("error", &current.revision, Some(d.to_string()), Vec::new()),
-            )
-        }
-        Ok(Err(e)) => {
-            return failed(
-                state,
-                report("error", &current.revision, Some(e.to_string()), Vec::new()),
-            )
-        }
-        Err(e) => {
-            return failed(
-                state,
-                report(
-                    "error",
-                    &current.revision,
-                    Some(format!("reload task failed: {e}")),
-                    Vec::new(),
-                ),
-            )
-        }
+    let mut new = match config::load_str(&text, path, Some(base)) {
+        Ok(new) => new,
+        Err(LoadError::Invalid(d)) => return Outcome::Failed(d.to_string()),
+        Err(e) => return Outcome::Failed(e.to_string()),
     };
-    if let Err(e) = fixed_settings(&current, &new, path) {
-        return failed(state, report("error", &current.revision, Some(e), Vec::new()));
+    if let Err(e) = fixed_settings(base, &new, path) {
+        return Outcome::Failed(e);
     }
-    if let Err(e) = state.notifier.configure(&new.notify) {
-        return failed(state, report("error", &current.revision, Some(e), Vec::new()));
-    }
-    let mut changes = describe(&diff::diff(&current, &new, SystemTime::now()));
-    changes.extend(overlay.reconcile(&new, &timestamp(SystemTime::now())));
+    let now = SystemTime::now();
+    let reconciled = overlay.reconcile(&new, &timestamp(now));
     overlay.apply(&mut new);
-    let revision = new.revision.clone();
-    state.publish(new);
-    state.metrics.reload(true);
-    tracing::info!(revision = %revision, previous = %current.revision, "config reloaded");
-    for c in &changes {
-        tracing::info!(revision = %revision, "reload: {c}");
+    let d = diff::diff_within(base, &new, now, diff::RELOAD_SAMPLES);
+    Outcome::Ready {
+        new: Box::new(new),
+        overlay,
+        reconciled,
+        routes: route_changes(&d.routes),
+        flags: flag_changes(&d.flags),
     }
-    let r = report("ok", &revision, None, changes);
-    state.config.rcu(|c| {
-        let mut c = (**c).clone();
-        c.revision = revision.clone();
-        c.loaded_at = r.at.clone();
-        c.last_reload = Some(r.clone());
-        c
-    });
-    r
 }
 
 fn failed(state: &State, r: ReloadReport) -> ReloadReport {
@@ -738,7 +812,6 @@ fn fixed_settings(old: &Snapshot, new: &Snapshot, path: &Path) -> Result<(), Str
     }
 }
 
-/// One line per change, for the log and the API.
 /// Moves as the log says them: `10.00% canary→blue, ...`.
 fn show_moves(moves: &[(String, String, f64)]) -> String {
     moves
@@ -748,7 +821,8 @@ fn show_moves(moves: &[(String, String, f64)]) -> String {
         .join(", ")
 }
 
-fn describe(d: &diff::Diff) -> Vec<String> {
+/// One line per changed route, for the log and the API.
+fn route_changes(routes: &[diff::RouteDiff]) -> Vec<String> {
     let show = |w: &[(String, u64)]| {
         w.iter()
             .map(|(p, w)| format!("{p}={w}"))
@@ -756,7 +830,7 @@ fn describe(d: &diff::Diff) -> Vec<String> {
             .join(" ")
     };
     let mut out = Vec::new();
-    for r in &d.routes {
+    for r in routes {
         match r.change {
             "added" => out.push(format!("route {} added ({})", r.name, show(&r.weights_after))),
             "removed" => out.push(format!("route {} removed", r.name)),
@@ -773,7 +847,13 @@ fn describe(d: &diff::Diff) -> Vec<String> {
             _ => {}
         }
     }
-    for f in &d.flags {
+    out
+}
+
+/// One line per changed flag.
+fn flag_changes(flags: &[diff::FlagDiff]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in flags {
         match f.change {
             "added" | "removed" => out.push(format!("flag {} {}", f.name, f.change)),
             "changed" => out.push(format!(
@@ -785,106 +865,4 @@ fn describe(d: &diff::Diff) -> Vec<String> {
         }
     }
     out
-}
-
-/// Watches the directory of `path` and sends [`Trigger::File`] after each debounced burst of
-/// events. Keep the returned watcher alive as long as reloads should follow the file.
-pub fn watch(path: &Path, triggers: mpsc::Sender<Trigger>) -> notify::Result<notify::RecommendedWatcher> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let (tx, mut rx) = mpsc::channel::<()>(64);
-    // Our own state file lives in the same directory; its writes are not config changes.
-    let state_file = overlay::state_path(path);
-    let state_name = state_file
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        let Ok(event) = event else { return };
-        let ours = !event.paths.is_empty()
-            && event.paths.iter().all(|p| {
-                p.file_name().is_some_and(|n| {
-                    let n = n.to_string_lossy();
-                    n == state_name || n == format!(".{state_name}.tmp")
-                })
-            });
-        if !ours {
-            // A full channel already holds a wake-up: dropping this one loses nothing.
-            let _ = tx.try_send(());
-        }
-    })?;
-    watcher.watch(&dir, RecursiveMode::NonRecursive)?;
-    tokio::spawn(async move {
-        while debounce(&mut rx, DEBOUNCE, DEBOUNCE_MAX).await {
-            if triggers.send(Trigger::File).await.is_err() {
-                return;
-            }
-        }
-    });
-    Ok(watcher)
-}
-
-/// Waits for an event, then for `quiet` without events (but no longer than `max` in all).
-/// False when the event source is gone.
-pub async fn debounce(events: &mut mpsc::Receiver<()>, quiet: Duration, max: Duration) -> bool {
-    if events.recv().await.is_none() {
-        return false;
-    }
-    let deadline = tokio::time::Instant::now() + max;
-    loop {
-        let wait = quiet.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
-        match tokio::time::timeout(wait, events.recv()).await {
-            Ok(Some(())) if tokio::time::Instant::now() < deadline => continue,
-            Ok(None) => return true,
-            _ => return true,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_burst_becomes_one_reload_after_the_quiet_period() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let start = tokio::time::Instant::now();
-        tokio::spawn(async move {
-            for _ in 0..5 {
-                tx.send(()).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            // Keep the channel open past the test's wait.
-            tokio::time::sleep(Duration::from_secs(60)).await;
-        });
-        assert!(debounce(&mut rx, DEBOUNCE, DEBOUNCE_MAX).await);
-        // Last event at 200 ms, then 200 ms of quiet.
-        assert_eq!(start.elapsed(), Duration::from_millis(400));
-        assert!(rx.try_recv().is_err(), "the burst was consumed");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_steady_stream_still_reloads_within_the_maximum() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let start = tokio::time::Instant::now();
-        tokio::spawn(async move {
-            loop {
-                if tx.send(()).await.is_err() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        assert!(debounce(&mut rx, DEBOUNCE, DEBOUNCE_MAX).await);
-        assert_eq!(start.elapsed(), Duration::from_secs(1));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn no_source_no_reload() {
-        let (tx, mut rx) = mpsc::channel::<()>(1);
-        drop(tx);
-        assert!(!debounce(&mut rx, DEBOUNCE, DEBOUNCE_MAX).await);
-    }
 }
