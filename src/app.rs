@@ -63,7 +63,7 @@ impl App {
         let token = match admin_settings.as_ref().and_then(|a| a.token_env.as_deref()) {
             None => None,
             Some(var) => match std::env::var(var) {
-                Ok(t) if !t.is_empty() => Some(t),
+                Ok(t) if !t.is_empty() => Some((var.to_owned(), t)),
                 _ => {
                     return Err(StartError::Admin(format!(
                         "admin.token_env names {var}, but {var} is not set: export it, or remove token_env"

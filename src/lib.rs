@@ -17,10 +17,13 @@
 //! - [`config`] turns the TOML file into a [`routing::Snapshot`], reporting every error with its
 //!   line, column, field and fix.
 //! - [`demo`] is `switchyard demo`: built-in upstreams and config.
+//! - [`cli`] is what the commands other than `run` do: find a proxy's admin API, read its live
+//!   state, `explain`, `diff`, `status`.
 //! - [`logging`] sets up `tracing` (text or JSON).
 
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod guard;

@@ -10,7 +10,7 @@ use clap::{Parser, Subcommand};
 use switchyard::app::StartError;
 use switchyard::config::{self, LoadError};
 use switchyard::logging::{self, LogFormat};
-use switchyard::{demo, App, Snapshot, Source};
+use switchyard::{cli, demo, App, Snapshot, Source};
 
 #[derive(Parser)]
 #[command(
@@ -26,26 +26,21 @@ struct Cli {
     command: Command,
 }
 
-/// Where the admin API is: `--admin URL`, else `[admin] listen` of the config, else the default.
+/// Where the admin API is: `--admin URL`, else `[admin] listen` of the config (which must
+/// validate), else, with no config file at all, 127.0.0.1:9901.
 #[derive(clap::Args)]
 struct AdminArgs {
     /// The admin API's base URL.
     #[arg(long)]
     admin: Option<String>,
-    /// The config whose `[admin] listen` to use when --admin is not given.
-    #[arg(short, long, default_value = "config/switchyard.toml")]
-    config: PathBuf,
+    /// The config whose `[admin] listen` and `token_env` to use [default: config/switchyard.toml]
+    #[arg(short, long)]
+    config: Option<PathBuf>,
 }
 
 impl AdminArgs {
-    fn url(&self) -> String {
-        if let Some(a) = &self.admin {
-            return a.trim_end_matches('/').to_owned();
-        }
-        match config::load(&self.config, None).ok().and_then(|s| s.admin) {
-            Some(a) => format!("http://{}", a.listen),
-            None => "http://127.0.0.1:9901".to_owned(),
-        }
+    fn target(&self) -> anyhow::Result<cli::AdminTarget> {
+        cli::AdminTarget::find(self.admin.as_deref(), self.config.as_deref())
     }
 }
 
@@ -53,6 +48,7 @@ impl AdminArgs {
 enum Command {
     /// Serve with a config file.
     Run {
+        /// The config file.
         #[arg(short, long, default_value = "config/switchyard.toml")]
         config: PathBuf,
         /// Worker threads (default: one per core).
@@ -61,12 +57,14 @@ enum Command {
     },
     /// Validate a config file and print a summary; exit 1 with every error found.
     Check {
+        /// The config file.
         #[arg(short, long, default_value = "config/switchyard.toml")]
         config: PathBuf,
     },
     /// Show what the proxy would do with a request: route, user, bucket, pool, flags and the
     /// headers sent upstream.
     Explain {
+        /// The config file.
         #[arg(short, long, default_value = "config/switchyard.toml")]
         config: PathBuf,
         /// Decide for this user key instead of the request's own.
@@ -81,40 +79,57 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// Answer from the file alone, without asking the running proxy (or its state file)
+        /// for trips and rollout steps.
+        #[arg(long)]
+        offline: bool,
         /// `[METHOD] URL`; the URL may be a path (`/cart`) with the host in a Host header.
         #[arg(required = true, num_args = 1..=2)]
         request: Vec<String>,
     },
-    /// Compare two configs: the share of users that would change pool on each route, and the
-    /// share that would see each flag flip.
+    /// Compare two configs: the share of users that would change pool on each route (from the
+    /// live splits of the proxy OLD describes: trips and rollout steps applied), and the share
+    /// that would see each flag flip.
     Diff {
+        /// The config the proxy runs now.
         old: PathBuf,
+        /// The config you mean to give it.
         new: PathBuf,
+        /// Print JSON (every route's moves and every flag's flips, machine-readable).
         #[arg(long)]
         json: bool,
+        /// Compare the files alone, without asking the running proxy for its live state.
+        #[arg(long)]
+        offline: bool,
     },
-    /// Live view of routes, weights and the config revision, from the admin API.
+    /// Live view of routes, weights, trips, rollouts, guards and endpoints, from the admin API.
     Status {
-        /// The admin API's base URL.
         #[command(flatten)]
         admin: AdminArgs,
+        /// Print the admin API's JSON (routes, pools, config state) instead of the table.
         #[arg(long)]
         json: bool,
+        /// Redraw in place every two seconds.
+        #[arg(long, conflicts_with = "json")]
+        watch: bool,
     },
     /// Send every user of a route to its baseline pool (POST /api/routes/ROUTE/rollback).
     Rollback {
+        /// The route's name, as in `[[routes]] name`.
         route: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Clear a route's trips; a rollout starts again from its first step.
     Reset {
+        /// The route's name, as in `[[routes]] name`.
         route: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
     /// Move a route's rollout to its next step now.
     Promote {
+        /// The route's name, as in `[[routes]] name`.
         route: String,
         #[command(flatten)]
         admin: AdminArgs,
@@ -124,6 +139,7 @@ enum Command {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
     },
@@ -140,15 +156,25 @@ fn main() -> ExitCode {
             headers,
             cookies,
             json,
+            offline,
             request,
-        } => report(explain(&config, user, &headers, &cookies, json, &request)),
-        Command::Diff { old, new, json } => report(diff(&old, &new, json)),
-        Command::Rollback { route, admin } => report(admin_command(&admin.url(), &route, "rollback")),
-        Command::Reset { route, admin } => report(admin_command(&admin.url(), &route, "reset")),
-        Command::Promote { route, admin } => report(admin_command(&admin.url(), &route, "promote")),
-        Command::Status { admin, json } => {
-            report(runtime(Some(1)).and_then(|rt| rt.block_on(status(&admin.url(), json))))
-        }
+        } => report(explain(
+            &config, user, &headers, &cookies, json, offline, &request,
+        )),
+        Command::Diff {
+            old,
+            new,
+            json,
+            offline,
+        } => report(diff(&old, &new, json, offline)),
+        Command::Rollback { route, admin } => report(admin_command(&admin, &route, "rollback")),
+        Command::Reset { route, admin } => report(admin_command(&admin, &route, "reset")),
+        Command::Promote { route, admin } => report(admin_command(&admin, &route, "promote")),
+        Command::Status { admin, json, watch } => report(
+            admin
+                .target()
+                .and_then(|t| runtime(Some(1)).and_then(|rt| rt.block_on(status(&t, json, watch)))),
+        ),
         Command::Run { config, workers } => {
             let _guard = logging::init(cli.log_format);
             report(runtime(workers).and_then(|rt| rt.block_on(run(&config))))
@@ -163,6 +189,8 @@ fn main() -> ExitCode {
 fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        // `| head`: the reader has what it wanted.
+        Err(e) if cli::is_broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("switchyard: {e:#}");
             ExitCode::FAILURE
@@ -223,24 +251,16 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
-/// Loads a config for a one-shot command, with every error on failure.
-fn load(path: &Path) -> anyhow::Result<Snapshot> {
-    config::load(path, None).map_err(|e| match e {
-        LoadError::Invalid(d) => anyhow::anyhow!("the config has errors:\n{d}"),
-        other => anyhow::anyhow!(other),
-    })
-}
-
 fn explain(
     path: &Path,
     user: Option<String>,
     headers: &[String],
     cookies: &[String],
     json: bool,
+    offline: bool,
     request: &[String],
 ) -> anyhow::Result<()> {
-    use switchyard::proxy::explain::{self, Question};
-    let snap = load(path)?;
+    use switchyard::proxy::explain::Question;
     let (method, url) = match request {
         [url] => (http::Method::GET, url),
         [m, url] => (
@@ -277,22 +297,23 @@ fn explain(
         headers: map,
         user,
     };
-    let answer = explain::explain(&snap, &q, std::time::SystemTime::now());
+    let answer = runtime(Some(1))?.block_on(cli::explain(path, &q, offline))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&answer)?);
+        cli::print(&format!("{}\n", serde_json::to_string_pretty(&answer)?))?;
     } else {
-        print!("{answer}");
+        cli::print(&answer.to_string())?;
     }
     Ok(())
 }
 
-fn diff(old: &Path, new: &Path, json: bool) -> anyhow::Result<()> {
-    let (a, b) = (load(old)?, load(new)?);
-    let d = switchyard::routing::diff::diff(&a, &b, std::time::SystemTime::now());
+fn diff(old: &Path, new: &Path, json: bool, offline: bool) -> anyhow::Result<()> {
+    let (d, live) = runtime(Some(1))?.block_on(cli::diff(old, new, offline))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&d)?);
+        let mut v = serde_json::to_value(&d)?;
+        v["live"] = live.into();
+        cli::print(&format!("{}\n", serde_json::to_string_pretty(&v)?))?;
     } else {
-        print!("{d}");
+        cli::print(&format!("live: {live}\n{d}"))?;
     }
     Ok(())
 }
@@ -465,51 +486,22 @@ async fn reload_on_sighup(triggers: tokio::sync::mpsc::Sender<switchyard::reload
     }
 }
 
-/// One call to the admin API; the token comes from SWITCHYARD_ADMIN_TOKEN when set.
-async fn admin_call(method: http::Method, url: &str) -> anyhow::Result<serde_json::Value> {
-    use http_body_util::{BodyExt, Empty};
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>();
-    let mut req = http::Request::builder().method(method).uri(url);
-    if let Ok(token) = std::env::var("SWITCHYARD_ADMIN_TOKEN") {
-        req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-    }
-    let resp = client
-        .request(req.body(Empty::new())?)
-        .await
-        .with_context(|| format!("cannot reach the admin API at {url}: is switchyard running with [admin] listen set? (--admin URL)"))?;
-    let status = resp.status();
-    let body = resp.into_body().collect().await?.to_bytes();
-    let value: serde_json::Value = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
-    if !status.is_success() {
-        let msg = value["error"]
-            .as_str()
-            .map_or_else(|| String::from_utf8_lossy(&body).into_owned(), str::to_owned);
-        anyhow::bail!("{url}: {status}: {msg}");
-    }
-    Ok(value)
-}
-
 /// `rollback`, `reset` and `promote`: one POST to the admin API.
-fn admin_command(admin: &str, route: &str, action: &str) -> anyhow::Result<()> {
-    let url = format!("{}/api/routes/{route}/{action}", admin.trim_end_matches('/'));
-    let answer = runtime(Some(1))?.block_on(admin_call(http::Method::POST, &url))?;
-    println!("{}", answer["result"].as_str().unwrap_or("done"));
-    Ok(())
+fn admin_command(admin: &AdminArgs, route: &str, action: &str) -> anyhow::Result<()> {
+    let target = admin.target()?;
+    runtime(Some(1))?.block_on(cli::command(&target, route, action))
 }
 
-async fn status(admin: &str, json: bool) -> anyhow::Result<()> {
-    let base = admin.trim_end_matches('/');
-    let config = admin_call(http::Method::GET, &format!("{base}/api/config")).await?;
-    let routes = admin_call(http::Method::GET, &format!("{base}/api/routes")).await?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({ "config": config, "routes": routes }))?
-        );
-        return Ok(());
+async fn status(admin: &cli::AdminTarget, json: bool, watch: bool) -> anyhow::Result<()> {
+    if watch {
+        return cli::status::watch(admin).await;
     }
-    print!("{}", switchyard::admin::render_status(&config, &routes));
+    let view = cli::status::View::fetch(admin).await?;
+    if json {
+        cli::print(&format!("{}\n", serde_json::to_string_pretty(&view.json())?))?;
+    } else {
+        cli::print(&cli::status::render(&view, std::time::SystemTime::now()))?;
+    }
     Ok(())
 }
 

@@ -15,8 +15,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn connect_failure_is_retried_on_another_endpoint() {
     let blue = Upstream::start("blue").await;
     let dead = dead_port().await;
-    let cfg = config(&[("blue", &[dead, blue.addr])], "")
-        .replace("endpoints = [", "balance = \"round_robin\"\nendpoints = [");
+    let cfg = config(
+        &[("blue", &[dead, blue.addr])],
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .replace("endpoints = [", "balance = \"round_robin\"\nendpoints = [");
     let proxy = Proxy::start(&cfg).await;
     // A client that sends no Host: the endpoint's address stands in. One of these two starts
     // on the dead endpoint (before it is ejected); its retry names the endpoint it goes to.
@@ -45,6 +48,16 @@ async fn connect_failure_is_retried_on_another_endpoint() {
         assert_eq!(parts.status, 200);
     }
     assert_eq!(blue.hits(), 22);
+    // Every answer was good, but the dead endpoint failed at least once before it was ejected:
+    // the pool's connect errors say so.
+    let (_, text) = get(&client, &proxy.admin_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&text);
+    let connect: u64 = text
+        .lines()
+        .find(|l| l.starts_with(r#"switchyard_upstream_errors_total{kind="connect",pool="blue"}"#))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no connect errors counted:\n{text}"));
+    assert!(connect >= 1, "{connect}");
     proxy.shutdown().await;
 }
 

@@ -49,6 +49,16 @@ async fn metric(proxy: &Proxy, name: &str) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// What `switchyard status` shows for `proxy`.
+async fn shown_status(proxy: &Proxy, config: &serde_json::Value) -> String {
+    let view = switchyard::cli::status::View {
+        config: config.clone(),
+        routes: json(&proxy.admin_url("/api/routes")).await,
+        pools: json(&proxy.admin_url("/api/pools")).await,
+    };
+    switchyard::cli::status::render(&view, std::time::SystemTime::now())
+}
+
 /// Files beside `path` whose names start with `path`'s and `.corrupt-`.
 fn kept_aside(path: &Path) -> Vec<PathBuf> {
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
@@ -108,7 +118,7 @@ async fn an_unreadable_state_file_is_kept_aside_and_holds_its_routes_at_the_base
             1.0,
             "{what}"
         );
-        let shown = switchyard::admin::render_status(&config, &json(&proxy.admin_url("/api/routes")).await);
+        let shown = shown_status(&proxy, &config).await;
         assert!(
             shown.contains("UNREADABLE at start") && shown.contains("until reset: web"),
             "{shown}"
@@ -173,7 +183,7 @@ async fn a_state_file_that_cannot_be_written_says_so_and_state_path_puts_it_else
     };
     assert!(!config["state"]["save_error"].is_null(), "{config:#}");
     assert!(metric(&proxy, "switchyard_state_save_errors_total").await >= 1.0);
-    let shown = switchyard::admin::render_status(&config, &json(&proxy.admin_url("/api/routes")).await);
+    let shown = shown_status(&proxy, &config).await;
     assert!(shown.contains("NOT SAVED since"), "{shown}");
     proxy.shutdown().await;
 

@@ -27,7 +27,8 @@ pub struct Admin {
     control: Option<mpsc::Sender<Trigger>>,
     /// Whether there is a file to reload (the demo has none).
     has_file: bool,
-    token: Option<Arc<str>>,
+    /// The token mutating calls need, and the environment variable it came from.
+    token: Option<(Arc<str>, Arc<str>)>,
 }
 
 /// An error answer: a status and `{"error": message}`.
@@ -105,7 +106,7 @@ pub fn route_status(state: &State, snap: &Snapshot, route: &Route) -> RouteStatu
             .map(|((p, share), (_, weight))| PoolShare {
                 pool: snap.pools[p].name.to_string(),
                 weight,
-                share,
+                share: crate::routing::diff::round_share(share),
                 endpoints: snap.pools[p]
                     .endpoints
                     .iter()
@@ -166,13 +167,13 @@ impl Admin {
         state: Arc<State>,
         control: Option<mpsc::Sender<Trigger>>,
         has_file: bool,
-        token: Option<String>,
+        token: Option<(String, String)>,
     ) -> Admin {
         Admin {
             state,
             control,
             has_file,
-            token: token.map(Into::into),
+            token: token.map(|(var, t)| (var.into(), t.into())),
         }
     }
 
@@ -187,6 +188,8 @@ impl Admin {
             .route("/api/routes", get(routes))
             .route("/api/routes/{name}", get(route))
             .route("/api/config", get(config))
+            .route("/api/state", get(live_state))
+            .route("/api/pools", get(pools))
             .route("/api/reload", post(reload))
             .route(
                 "/api/routes/{name}/rollback",
@@ -205,7 +208,9 @@ impl Admin {
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
-        let Some(token) = &self.token else { return Ok(()) };
+        let Some((var, token)) = &self.token else {
+            return Ok(());
+        };
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
@@ -223,7 +228,9 @@ impl Admin {
         } else {
             Err(ApiError(
                 StatusCode::UNAUTHORIZED,
-                "this call needs Authorization: Bearer <token>".into(),
+                format!(
+                    "this call needs Authorization: Bearer <token>, the token in the proxy's environment variable {var} (admin.token_env); switchyard's commands send ${var}"
+                ),
             ))
         }
     }
@@ -266,6 +273,41 @@ async fn route(Extract(a): Extract<Admin>, Path(name): Path<String>) -> Result<J
         .route_by_name(&name)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("there is no route named {name:?}")))?;
     Ok(Json(route_status(&a.state, &snap, r)))
+}
+
+/// The trips and rollout steps applied to the config (what the state file holds), with the
+/// revision they apply to: what `switchyard explain` and `diff` need to answer for the live
+/// proxy and not the file alone.
+async fn live_state(Extract(a): Extract<Admin>) -> Json<serde_json::Value> {
+    let overlay = a.state.overlay.load_full();
+    Json(serde_json::json!({
+        "revision": a.state.snapshot.load().revision,
+        "state": &*overlay,
+    }))
+}
+
+/// Each pool's endpoints and whether they take requests now.
+async fn pools(Extract(a): Extract<Admin>) -> Json<Vec<PoolStatus>> {
+    let snap = a.state.snapshot.load();
+    let now = tokio::time::Instant::now();
+    Json(
+        snap.pools
+            .iter()
+            .map(|p| PoolStatus {
+                name: p.name.to_string(),
+                health_checked: p.health.is_some(),
+                endpoints: p.endpoints.iter().map(|e| e.status(now)).collect(),
+            })
+            .collect(),
+    )
+}
+
+#[derive(Debug, Serialize)]
+pub struct PoolStatus {
+    pub name: String,
+    /// Whether the pool has active health checks.
+    pub health_checked: bool,
+    pub endpoints: Vec<crate::upstream::EndpointStatus>,
 }
 
 async fn config(Extract(a): Extract<Admin>) -> Json<crate::state::ConfigStatus> {
@@ -328,120 +370,4 @@ async fn command(
         Err(CommandError::NotFound(m)) => Err(ApiError(StatusCode::NOT_FOUND, m)),
         Err(CommandError::Conflict(m)) => Err(ApiError(StatusCode::CONFLICT, m)),
     }
-}
-
-/// The `switchyard status` table, from `GET /api/config` and `GET /api/routes`.
-pub fn render_status(config: &serde_json::Value, routes: &serde_json::Value) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
-    let _ = writeln!(
-        s,
-        "config    revision {}  loaded {}",
-        text(&config["revision"]),
-        text(&config["loaded_at"])
-    );
-    if let Some(last) = config.get("last_reload").filter(|v| !v.is_null()) {
-        let _ = writeln!(
-            s,
-            "          last reload: {} at {}",
-            text(&last["result"]),
-            text(&last["at"])
-        );
-    }
-    if let Some(err) = config.get("last_error").filter(|v| !v.is_null()) {
-        let first = text(&err["error"]).lines().next().unwrap_or_default().to_owned();
-        let _ = writeln!(s, "          last failed reload at {}: {first}", text(&err["at"]));
-    }
-    let state = &config["state"];
-    if let Some(path) = state["path"].as_str() {
-        let _ = writeln!(s, "state     {path}");
-    }
-    if let Some(err) = state.get("load_error").filter(|v| !v.is_null()) {
-        let held: Vec<String> = err["held"].as_array().into_iter().flatten().map(&text).collect();
-        let _ = writeln!(
-            s,
-            "          UNREADABLE at start ({}): {}; held at their baselines until reset: {}",
-            text(&err["error"]),
-            err["kept_aside"]
-                .as_str()
-                .map_or("left in place, not written".to_owned(), |a| format!(
-                    "kept as {a}"
-                )),
-            if held.is_empty() {
-                "none".to_owned()
-            } else {
-                held.join(", ")
-            }
-        );
-    }
-    if let Some(err) = state.get("save_error").filter(|v| !v.is_null()) {
-        let _ = writeln!(
-            s,
-            "          NOT SAVED since {}: {} (trips and rollout steps will not survive a restart)",
-            text(&err["at"]),
-            text(&err["error"])
-        );
-    }
-    let _ = writeln!(
-        s,
-        "\n{:<16} {:<12} {:>7} {:>11} {:>10}",
-        "ROUTE", "POOL", "WEIGHT", "CONFIGURED", "EFFECTIVE"
-    );
-    for r in routes.as_array().into_iter().flatten() {
-        let name = text(&r["name"]);
-        if r["tripped"].as_bool() == Some(true) {
-            for t in r["trips"].as_array().into_iter().flatten() {
-                let _ = writeln!(
-                    s,
-                    "{name}: TRIPPED {} at {}: {}",
-                    text(&t["pool"]),
-                    text(&t["at"]),
-                    text(&t["reason"])
-                );
-            }
-        }
-        if let Some(ro) = r.get("rollout").filter(|v| !v.is_null()) {
-            let _ = writeln!(
-                s,
-                "{name}: rollout of {} at step {} of {} ({}%)",
-                text(&ro["pool"]),
-                ro["step"].as_u64().unwrap_or(0) + 1,
-                ro["steps"].as_array().map_or(0, Vec::len),
-                ro["percent"].as_u64().unwrap_or(0)
-            );
-        }
-        let effective = r["effective"].as_array().cloned().unwrap_or_default();
-        for (i, p) in r["configured"].as_array().into_iter().flatten().enumerate() {
-            let eff = effective.get(i).and_then(|e| e["share"].as_f64()).unwrap_or(0.0);
-            let _ = writeln!(
-                s,
-                "{:<16} {:<12} {:>7} {:>10.1}% {:>9.1}%",
-                if i == 0 { name.as_str() } else { "" },
-                text(&p["pool"]),
-                p["weight"].as_u64().unwrap_or(0),
-                p["share"].as_f64().unwrap_or(0.0) * 100.0,
-                eff * 100.0
-            );
-        }
-        let pools = r["guard"]["pools"].as_array().cloned().unwrap_or_default();
-        for p in pools {
-            let f = &p["figures"];
-            let verdict = if p["baseline"].as_bool() == Some(true) {
-                "baseline".to_owned()
-            } else {
-                text(&p["verdict"]["verdict"])
-            };
-            let _ = writeln!(
-                s,
-                "{:<16}   guard {:<10} {:>6} req {:>5} err  p99 {}  {verdict}",
-                "",
-                text(&p["pool"]),
-                f["requests"].as_u64().unwrap_or(0),
-                f["errors"].as_u64().unwrap_or(0),
-                f["p99"].as_f64().map_or("-".to_owned(), |v| format!("{v:.0}ms")),
-            );
-        }
-    }
-    s
 }

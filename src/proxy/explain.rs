@@ -1,7 +1,9 @@
 //! `switchyard explain`: what the proxy would do with one request — the route, the user key
 //! and where it came from, the bucket, the pool and why, every flag's value and why, and the
 //! exact headers sent upstream. It runs [`Snapshot::decide`] and the proxy's own header code,
-//! so it cannot drift from what the proxy does.
+//! so it cannot drift from what the proxy does. Given the live state (trips and rollout steps,
+//! applied to the snapshot), it answers for the running proxy, and says so: "guard trip" and
+//! "rollout step N" are reasons it gives.
 
 use std::net::SocketAddr;
 use std::time::SystemTime;
@@ -11,6 +13,7 @@ use http::{Method, Uri, Version};
 use serde::Serialize;
 
 use super::{filter, via_entry, Decided, Peer};
+use crate::guard::overlay::Overlay;
 use crate::routing::flags::{Reason, Value};
 use crate::routing::{bucket, normalize_host, RequestView, Snapshot, Why};
 
@@ -33,6 +36,8 @@ pub struct Explanation {
     pub refused: Option<Refused>,
     /// `None`: no route matched (the proxy answers 404), or the request is refused.
     pub route: Option<RouteFacts>,
+    /// Where the live state applied came from (or why there is none), when asked.
+    pub live: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -53,7 +58,10 @@ pub struct RouteFacts {
     pub bucket: String,
     pub pool: String,
     pub why: String,
+    /// The split as configured.
     pub split: Vec<SplitShare>,
+    /// The split requests get now, when trips or a rollout step make it differ.
+    pub live_split: Option<Vec<SplitShare>>,
     pub endpoints: Vec<String>,
     pub flags: Vec<FlagFacts>,
     pub upstream_headers: Vec<(String, String)>,
@@ -76,8 +84,9 @@ pub struct FlagFacts {
     pub why: String,
 }
 
-/// Explains `q` against `snap`, at time `now`.
-pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime) -> Explanation {
+/// Explains `q` against `snap` (with the live state in `overlay` applied to it, if given), at
+/// time `now`.
+pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime, overlay: Option<&Overlay>) -> Explanation {
     // The request as an HTTP/1.1 client would send it, through the proxy's own filter.
     let mut parts = http::Request::new(()).into_parts().0;
     parts.method = q.method.clone();
@@ -95,6 +104,7 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime) -> Explanation {
                     message: e.to_string(),
                 }),
                 route: None,
+                live: None,
             }
         }
     };
@@ -110,17 +120,19 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime) -> Explanation {
         let route = d.route;
         let pool = snap.pool(d.pool);
         let space = (1u64 << 32) as f64;
-        let split = route
-            .split
-            .ranges()
-            .zip(route.split.weights())
-            .map(|((p, lo, hi), (_, weight))| SplitShare {
-                pool: snap.pools[p].name.to_string(),
-                weight,
-                from: lo as f64 / space,
-                to: hi as f64 / space,
-            })
-            .collect();
+        let shares = |s: &crate::routing::Split| -> Vec<SplitShare> {
+            let weights: Vec<(usize, u64)> = s.weights().collect();
+            s.ranges()
+                .map(|(p, lo, hi)| SplitShare {
+                    pool: snap.pools[p].name.to_string(),
+                    weight: weights.iter().find(|(w, _)| *w == p).map_or(0, |w| w.1),
+                    from: lo as f64 / space,
+                    to: hi as f64 / space,
+                })
+                .collect()
+        };
+        let split = shares(&route.split);
+        let live_split = (route.effective != route.split).then(|| shares(&route.effective));
         let bucket = String::from_utf8_lossy(&bucket::format_point(d.point)).into_owned();
         let why = match d.why {
             Why::OverrideHeader => format!(
@@ -131,7 +143,7 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime) -> Explanation {
                 "override: cookie {} names it",
                 route.overrides.cookie.as_deref().unwrap_or("")
             ),
-            Why::Split => format!("sticky split: bucket {bucket} falls in {}'s range", pool.name),
+            Why::Split => split_why(snap, route, d.point, d.pool, &bucket, overlay),
         };
         let flags = d
             .flags
@@ -195,6 +207,7 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime) -> Explanation {
             pool: pool.name.to_string(),
             why,
             split,
+            live_split,
             endpoints: pool.endpoints.iter().map(|e| e.address.to_string()).collect(),
             flags,
             upstream_headers,
@@ -206,12 +219,60 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime) -> Explanation {
         url: q.uri.to_string(),
         refused: None,
         route,
+        live: None,
+    }
+}
+
+/// Why the split sent the user to `pool`: its own range in the configured split, or a trip,
+/// or the rollout's step.
+fn split_why(
+    snap: &Snapshot,
+    route: &crate::routing::Route,
+    point: u32,
+    pool: usize,
+    bucket: &str,
+    overlay: Option<&Overlay>,
+) -> String {
+    let name = |p: usize| snap.pools[p].name.to_string();
+    let configured = route.split.pick(point);
+    let rollout = route.rollout.as_ref().zip(route.runtime.rollout_step);
+    let step = |ro: &crate::guard::RolloutConfig, s: usize| {
+        format!(
+            "rollout step {} of {} ({} at {}%)",
+            s + 1,
+            ro.steps.len(),
+            name(ro.pool),
+            ro.steps[s]
+        )
+    };
+    if configured != pool && route.runtime.tripped.contains(&configured) {
+        let trip = overlay
+            .and_then(|o| o.routes.get(&*route.name))
+            .and_then(|e| e.trips.iter().find(|t| t.pool == *snap.pools[configured].name));
+        let detail = trip.map_or(String::new(), |t| format!(" at {}: {}", t.at, t.reason));
+        return format!(
+            "guard trip: bucket {bucket} falls in {}'s range, and {} is tripped{detail}; its users go to {}",
+            name(configured),
+            name(configured),
+            name(pool)
+        );
+    }
+    match rollout {
+        Some((ro, s)) if ro.pool == pool || configured != pool => format!(
+            "{}: bucket {bucket} falls in {}'s range of the live split",
+            step(ro, s),
+            name(pool)
+        ),
+        _ => format!("sticky split: bucket {bucket} falls in {}'s range", name(pool)),
     }
 }
 
 impl std::fmt::Display for Explanation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "{} {}", self.method, self.url)?;
+        if let Some(live) = &self.live {
+            writeln!(f, "live:     {live}")?;
+        }
         if let Some(r) = &self.refused {
             return writeln!(
                 f,
@@ -241,6 +302,12 @@ impl std::fmt::Display for Explanation {
                 "          {:<12} weight {:<5} [{:.4}, {:.4})",
                 s.pool, s.weight, s.from, s.to
             )?;
+        }
+        if let Some(live) = &r.live_split {
+            writeln!(f, "          live split (trips and rollout step applied):")?;
+            for s in live {
+                writeln!(f, "          {:<12} [{:.4}, {:.4})", s.pool, s.from, s.to)?;
+            }
         }
         writeln!(f, "          endpoints: {}", r.endpoints.join(", "))?;
         if r.flags.is_empty() {

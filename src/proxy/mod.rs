@@ -218,10 +218,17 @@ impl Proxy {
                 future: async move {
                     let mut in_flight = None;
                     let interim = ready.interim.take();
-                    let result = match this
+                    let sent = this
                         .send(&mut ready.request, ready.body.take(), interim.as_deref())
-                        .await
+                        .await;
+                    if let (Some(kind), Some(p), Some(m)) =
+                        (ready.request.retried_after, names.pool, snap.metrics.as_deref())
                     {
+                        // The endpoint failed though the retry answered: the pool's errors
+                        // show it.
+                        m.upstream_error(p, kind);
+                    }
+                    let result = match sent {
                         Ok((response, guard)) => {
                             // The endpoint's passive health hears of a good answer when its
                             // body is done (a body broken off is a failure of the endpoint).
@@ -416,6 +423,7 @@ impl Proxy {
             request,
             now,
             body_idle,
+            retried_after,
         } = to;
         let limits = Limits {
             connect: pool.connect_timeout,
@@ -476,6 +484,7 @@ impl Proxy {
                 *now = Instant::now();
                 if let Some(next) = pool.select(Some(*index), *now) {
                     tracing::debug!(pool = %pool.name, "{error}; retrying on another endpoint");
+                    *retried_after = error.upstream_kind();
                     request.retarget(&pool.endpoints[next], *now);
                     (*index, body, retried) = (next, failure.body, true);
                     continue;
@@ -559,6 +568,8 @@ struct Upstream {
     now: Instant,
     /// `listen.client_body_timeout`.
     body_idle: std::time::Duration,
+    /// The failure a retry on another endpoint hid (counted in the metrics all the same).
+    retried_after: Option<crate::admin::metrics::UpstreamError>,
 }
 
 /// What the response phase needs of the request.
@@ -614,6 +625,7 @@ fn prepare(
             request,
             now,
             body_idle: snap.listen.client_body_timeout,
+            retried_after: None,
         },
         body,
         interim: routed.interim,

@@ -467,10 +467,11 @@ impl Control {
                     .filter(|&p| p != baseline && !r.runtime.tripped.contains(&p))
                     .collect();
                 if pools.is_empty() {
-                    return Err(CommandError::Conflict(format!(
-                        "every user of {route} is already on {}",
+                    // Already done: as a second reset, a second rollback succeeds.
+                    return Ok(format!(
+                        "{route}: every user is already on {} (nothing changed)",
                         snap.pools[baseline].name
-                    )));
+                    ));
                 }
                 let entry = self.overlay.entry(&snap, r);
                 for &p in &pools {

@@ -217,6 +217,12 @@ fn flips(f: &Flag, n: &Flag, now: SystemTime, sample: usize) -> f64 {
     flips as f64 / sample as f64
 }
 
+/// A share of the bucket space as shown to people and in JSON: to a millionth (a split of
+/// 2^32 points makes 0.9 into 0.8999999999068677).
+pub fn round_share(share: f64) -> f64 {
+    (share * 1e6).round() / 1e6
+}
+
 /// Exact shares of a route's users moving from `a`'s pools (a split of `old`'s pools) to
 /// `b`'s (of `new`'s), by pool name, largest first: the overlaps of their ranges (or, when the
 /// salt changed and buckets are reshuffled, the products of their shares).
@@ -240,7 +246,10 @@ pub fn split_moves(old: &Snapshot, a: &Split, new: &Snapshot, b: &Split) -> Vec<
             }
         }
     }
-    let mut v: Vec<_> = out.into_iter().map(|((a, b), s)| (a, b, s)).collect();
+    let mut v: Vec<_> = out
+        .into_iter()
+        .map(|((a, b), s)| (a, b, round_share(s)))
+        .collect();
     v.sort_by(|x, y| y.2.total_cmp(&x.2));
     v
 }

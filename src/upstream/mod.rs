@@ -61,6 +61,19 @@ pub struct Pool {
     cursor: AtomicUsize,
 }
 
+/// An endpoint's health as the admin API shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EndpointStatus {
+    pub address: String,
+    /// Takes requests now: not ejected, and passing its active checks.
+    pub available: bool,
+    /// The active checks' verdict (true without checks).
+    pub passing_checks: bool,
+    /// Seconds of passive ejection left, if ejected.
+    pub ejected_for_s: Option<f64>,
+    pub in_flight: usize,
+}
+
 /// One upstream address of a pool.
 #[derive(Debug)]
 pub struct Endpoint {
@@ -127,6 +140,19 @@ impl Endpoint {
             .store(self.nanos(now + length), Ordering::Relaxed);
         tracing::warn!(endpoint = %self.address, ejected_for = ?length, "endpoint ejected after {PASSIVE_FAILURES} failures in a row");
         true
+    }
+
+    /// How the endpoint stands at `now`, for the admin API.
+    pub fn status(&self, now: Instant) -> EndpointStatus {
+        let until = self.ejected_until.load(Ordering::Relaxed);
+        let at = self.nanos(now);
+        EndpointStatus {
+            address: self.address.to_string(),
+            available: self.is_available(now),
+            passing_checks: self.checked_healthy.load(Ordering::Relaxed),
+            ejected_for_s: (until > at).then(|| Duration::from_nanos(until - at).as_secs_f64()),
+            in_flight: self.in_flight(),
+        }
     }
 
     /// Sets the active check's verdict.

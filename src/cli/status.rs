@@ -1,0 +1,283 @@
+//! `switchyard status`: the live view of a running proxy, from its admin API — the config's
+//! revision and reloads, the state file, each route's configured and effective split, trips,
+//! rollout steps with the time to the next one, guard figures, and each pool's endpoints.
+//! `--watch` redraws it in place every two seconds.
+
+use std::fmt::Write;
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use super::AdminTarget;
+
+/// What `status` shows, as read from the admin API.
+pub struct View {
+    pub config: Value,
+    pub routes: Value,
+    pub pools: Value,
+}
+
+impl View {
+    pub async fn fetch(admin: &AdminTarget) -> anyhow::Result<View> {
+        Ok(View {
+            config: admin.get("/api/config").await?,
+            routes: admin.get("/api/routes").await?,
+            pools: admin.get("/api/pools").await?,
+        })
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::json!({ "config": self.config, "routes": self.routes, "pools": self.pools })
+    }
+}
+
+fn text(v: &Value) -> String {
+    v.as_str().unwrap_or("-").to_owned()
+}
+
+/// A duration as people read it: `4m 12s`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {:02}s", s / 60, s % 60),
+        _ => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// When a rollout's next step comes: `since` plus `every`, if the guard passes then.
+fn next_step(rollout: &Value, now: SystemTime) -> Option<String> {
+    let steps = rollout["steps"].as_array()?.len();
+    let step = rollout["step"].as_u64()? as usize;
+    if step + 1 >= steps {
+        return Some("at its last step: the rollout is done".to_owned());
+    }
+    let since = humantime::parse_rfc3339_weak(rollout["since"].as_str()?).ok()?;
+    let due = since + Duration::from_secs_f64(rollout["every_s"].as_f64()?);
+    Some(match due.duration_since(now) {
+        Ok(left) => format!(
+            "next step ({}%) in {} if the guard passes",
+            rollout["steps"][step + 1],
+            human(left)
+        ),
+        Err(_) => format!(
+            "next step ({}%) due now, once the guard has a passing verdict",
+            rollout["steps"][step + 1]
+        ),
+    })
+}
+
+/// The `status` table at `now`.
+pub fn render(view: &View, now: SystemTime) -> String {
+    let (config, routes) = (&view.config, &view.routes);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "config    revision {}  loaded {}",
+        text(&config["revision"]),
+        text(&config["loaded_at"])
+    );
+    if let Some(last) = config.get("last_reload").filter(|v| !v.is_null()) {
+        let _ = writeln!(
+            s,
+            "          last reload: {} at {}",
+            text(&last["result"]),
+            text(&last["at"])
+        );
+    }
+    if let Some(err) = config.get("last_error").filter(|v| !v.is_null()) {
+        let first = text(&err["error"]).lines().next().unwrap_or_default().to_owned();
+        let _ = writeln!(s, "          last failed reload at {}: {first}", text(&err["at"]));
+    }
+    let state = &config["state"];
+    if let Some(path) = state["path"].as_str() {
+        let _ = writeln!(s, "state     {path}");
+    }
+    if let Some(err) = state.get("load_error").filter(|v| !v.is_null()) {
+        let held: Vec<String> = err["held"].as_array().into_iter().flatten().map(text).collect();
+        let _ = writeln!(
+            s,
+            "          UNREADABLE at start ({}): {}; held at their baselines until reset: {}",
+            text(&err["error"]),
+            err["kept_aside"]
+                .as_str()
+                .map_or("left in place, not written".to_owned(), |a| format!(
+                    "kept as {a}"
+                )),
+            if held.is_empty() {
+                "none".to_owned()
+            } else {
+                held.join(", ")
+            }
+        );
+    }
+    if let Some(err) = state.get("save_error").filter(|v| !v.is_null()) {
+        let _ = writeln!(
+            s,
+            "          NOT SAVED since {}: {} (trips and rollout steps will not survive a restart)",
+            text(&err["at"]),
+            text(&err["error"])
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n{:<16} {:<12} {:>7} {:>11} {:>10}",
+        "ROUTE", "POOL", "WEIGHT", "CONFIGURED", "EFFECTIVE"
+    );
+    for r in routes.as_array().into_iter().flatten() {
+        let name = text(&r["name"]);
+        if r["tripped"].as_bool() == Some(true) {
+            for t in r["trips"].as_array().into_iter().flatten() {
+                let _ = writeln!(
+                    s,
+                    "{name}: TRIPPED {} at {}: {}",
+                    text(&t["pool"]),
+                    text(&t["at"]),
+                    text(&t["reason"])
+                );
+            }
+        }
+        if let Some(ro) = r.get("rollout").filter(|v| !v.is_null()) {
+            let _ = writeln!(
+                s,
+                "{name}: rollout of {} at step {} of {} ({}%){}",
+                text(&ro["pool"]),
+                ro["step"].as_u64().unwrap_or(0) + 1,
+                ro["steps"].as_array().map_or(0, Vec::len),
+                ro["percent"].as_u64().unwrap_or(0),
+                match (r["tripped"].as_bool(), next_step(ro, now)) {
+                    (Some(true), _) => "; aborted by the trip until reset".to_owned(),
+                    (_, Some(next)) => format!("; {next}"),
+                    _ => String::new(),
+                }
+            );
+        }
+        let effective = r["effective"].as_array().cloned().unwrap_or_default();
+        for (i, p) in r["configured"].as_array().into_iter().flatten().enumerate() {
+            // The effective split lists the same pools; matched by name, not position.
+            let eff = effective
+                .iter()
+                .find(|e| e["pool"] == p["pool"])
+                .and_then(|e| e["share"].as_f64())
+                .unwrap_or(0.0);
+            let _ = writeln!(
+                s,
+                "{:<16} {:<12} {:>7} {:>10.1}% {:>9.1}%",
+                if i == 0 { name.as_str() } else { "" },
+                text(&p["pool"]),
+                p["weight"].as_u64().unwrap_or(0),
+                p["share"].as_f64().unwrap_or(0.0) * 100.0,
+                eff * 100.0
+            );
+        }
+        for p in r["guard"]["pools"].as_array().into_iter().flatten() {
+            let f = &p["figures"];
+            let verdict = if p["baseline"].as_bool() == Some(true) {
+                "baseline".to_owned()
+            } else {
+                text(&p["verdict"]["verdict"])
+            };
+            let _ = writeln!(
+                s,
+                "{:<16}   guard {:<10} {:>6} req {:>5} err  p99 {}  {verdict}",
+                "",
+                text(&p["pool"]),
+                f["requests"].as_u64().unwrap_or(0),
+                f["errors"].as_u64().unwrap_or(0),
+                f["p99"].as_f64().map_or("-".to_owned(), |v| format!("{v:.0}ms")),
+            );
+        }
+    }
+    if let Some(pools) = view.pools.as_array().filter(|p| !p.is_empty()) {
+        let _ = writeln!(
+            s,
+            "\n{:<16} {:<24} {:<12} {:>9}",
+            "POOL", "ENDPOINT", "HEALTH", "IN FLIGHT"
+        );
+        for p in pools {
+            for (i, e) in p["endpoints"].as_array().into_iter().flatten().enumerate() {
+                let health = if e["available"].as_bool() == Some(true) {
+                    "up".to_owned()
+                } else if let Some(left) = e["ejected_for_s"].as_f64() {
+                    format!("ejected {}", human(Duration::from_secs_f64(left.ceil())))
+                } else {
+                    "failing checks".to_owned()
+                };
+                let _ = writeln!(
+                    s,
+                    "{:<16} {:<24} {:<12} {:>9}",
+                    if i == 0 { text(&p["name"]) } else { String::new() },
+                    text(&e["address"]),
+                    health,
+                    e["in_flight"].as_u64().unwrap_or(0)
+                );
+            }
+        }
+    }
+    s
+}
+
+/// `status --watch`: the view redrawn in place every two seconds until interrupted; an admin
+/// API that stops answering is said on the screen, and the watch goes on.
+pub async fn watch(admin: &AdminTarget) -> anyhow::Result<()> {
+    // The first fetch must work: a wrong address is an error, not an empty screen.
+    let mut view = Some(View::fetch(admin).await?);
+    loop {
+        let now = SystemTime::now();
+        let body = match &view {
+            Some(v) => render(v, now),
+            None => String::new(),
+        };
+        // Home, then each line cleared to its end, then the rest of the screen cleared.
+        let mut frame = String::from("\x1b[H");
+        let _ = writeln!(
+            frame,
+            "switchyard status — {} — {} (every 2s; Ctrl-C to stop)\x1b[K",
+            admin.base,
+            humantime::format_rfc3339_seconds(now)
+        );
+        for line in body.lines() {
+            let _ = writeln!(frame, "{line}\x1b[K");
+        }
+        frame.push_str("\x1b[J");
+        super::print(&frame)?;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+        view = match View::fetch(admin).await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                super::print(&format!("\x1b[H\x1b[2J{:#}\n(retrying)\n", e))?;
+                None
+            }
+        };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_next_rollout_step_counts_down_from_since_plus_every() {
+        let since = humantime::parse_rfc3339("2026-11-30T10:00:00Z").unwrap();
+        let ro = serde_json::json!({
+            "pool": "canary", "steps": [5, 25, 100], "step": 0, "percent": 5,
+            "since": "2026-11-30T10:00:00Z", "every_s": 300.0
+        });
+        let at = |s| since + Duration::from_secs(s);
+        assert_eq!(
+            next_step(&ro, at(48)).unwrap(),
+            "next step (25%) in 4m 12s if the guard passes"
+        );
+        assert!(next_step(&ro, at(301))
+            .unwrap()
+            .starts_with("next step (25%) due now"));
+        let last = serde_json::json!({ "steps": [5, 100], "step": 1, "since": "2026-11-30T10:00:00Z", "every_s": 1.0 });
+        assert_eq!(
+            next_step(&last, at(0)).unwrap(),
+            "at its last step: the rollout is done"
+        );
+    }
+}
