@@ -139,6 +139,13 @@ enum Command {
         /// Where the demo proxy listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Where its admin API and dashboard listen.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: SocketAddr,
+        /// Requests per second the demo sends through the proxy itself, from 500 simulated
+        /// users (0: none).
+        #[arg(long, default_value_t = 20)]
+        traffic: u32,
         /// Worker threads (default: one per core).
         #[arg(long)]
         workers: Option<usize>,
@@ -179,9 +186,14 @@ fn main() -> ExitCode {
             let _guard = logging::init(cli.log_format);
             report(runtime(workers).and_then(|rt| rt.block_on(run(&config))))
         }
-        Command::Demo { listen, workers } => {
+        Command::Demo {
+            listen,
+            admin,
+            traffic,
+            workers,
+        } => {
             let _guard = logging::init(cli.log_format);
-            report(runtime(workers).and_then(|rt| rt.block_on(run_demo(listen))))
+            report(runtime(workers).and_then(|rt| rt.block_on(run_demo(listen, admin, traffic))))
         }
     }
 }
@@ -505,7 +517,7 @@ async fn status(admin: &cli::AdminTarget, json: bool, watch: bool) -> anyhow::Re
     Ok(())
 }
 
-async fn run_demo(listen: SocketAddr) -> anyhow::Result<()> {
+async fn run_demo(listen: SocketAddr, admin: SocketAddr, traffic: u32) -> anyhow::Result<()> {
     let mut upstreams = Vec::new();
     for name in demo::POOLS {
         upstreams.push((name, demo::start_upstream(name).await?));
@@ -515,17 +527,48 @@ async fn run_demo(listen: SocketAddr) -> anyhow::Result<()> {
         upstreams[1].1.port(),
         upstreams[2].1.port(),
     ];
-    let text = demo::config(listen, ports);
+    let text = demo::config(listen, admin, ports);
     let app = App::start(Source::Text {
         text,
         name: "demo.toml".into(),
     })
     .await
-    .with_context(|| format!("is another program on {listen}? try --listen 127.0.0.1:0"))?;
+    .with_context(|| {
+        format!("is another program on {listen} or {admin}? try --listen 127.0.0.1:0 --admin 127.0.0.1:0")
+    })?;
     let addr = app.http_addr().context("the demo has an http listener")?;
-    println!("{}", demo::banner(addr, app.admin_addr(), &upstreams));
+    println!(
+        "{}",
+        demo::banner(addr, app.admin_addr(), &upstreams, &exe_for_humans(), traffic)
+    );
+    tokio::spawn(demo::traffic(addr, traffic));
     app.run(shutdown_signal()).await?;
     Ok(())
+}
+
+/// How to run this binary again from the current directory: `switchyard` when that is what
+/// the PATH finds, else its path (relative when under the current directory, as
+/// `./target/release/switchyard` under `cargo run`).
+fn exe_for_humans() -> String {
+    let Ok(exe) = std::env::current_exe() else {
+        return "switchyard".into();
+    };
+    let on_path = std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| {
+            std::fs::canonicalize(dir.join("switchyard"))
+                .is_ok_and(|p| Some(p) == std::fs::canonicalize(&exe).ok())
+        })
+    });
+    if on_path {
+        return "switchyard".into();
+    }
+    match std::env::current_dir()
+        .ok()
+        .and_then(|d| exe.strip_prefix(d).ok().map(Path::to_path_buf))
+    {
+        Some(rel) => format!("./{}", rel.display()),
+        None => exe.display().to_string(),
+    }
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM.

@@ -585,3 +585,67 @@ async fn removing_a_finished_rollout_reports_the_users_it_moves() {
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_dashboard_page_and_its_history_and_flag_counts() {
+    let blue = Upstream::start("blue").await;
+    let cfg = config(
+        &[("blue", &[blue.addr])],
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[[flags]]\nname = \"beta\"\npercent = 100\n",
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let client = h1_client();
+    // The page: one self-contained document that loads nothing from elsewhere.
+    let (parts, page) = get(&client, &proxy.admin_url("/")).await;
+    assert_eq!(parts.status, 200);
+    assert!(parts.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(parts.headers["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("default-src 'none'"));
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains("/api/history") && !page.contains("https://") && !page.contains("src=\"http"));
+
+    for i in 0..20 {
+        let path = if i % 4 == 0 { "/status/500" } else { "/" };
+        get(&client, &proxy.url(path)).await;
+    }
+    // Within a sampling interval or two, the 20 requests show as one interval of history.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let series = loop {
+        let (_, body) = get(&client, &proxy.admin_url("/api/history")).await;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["interval_s"], 2);
+        assert_eq!(v["keep_s"], 900);
+        if let Some(s) = v["series"]
+            .as_array()
+            .and_then(|s| s.first())
+            .filter(|s| !s["samples"].as_array().unwrap().is_empty())
+        {
+            break s.clone();
+        }
+        assert!(std::time::Instant::now() < deadline, "no history: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(series["route"], "blue");
+    assert_eq!(series["pool"], "blue");
+    let samples = series["samples"].as_array().unwrap();
+    let sum = |k: &str| samples.iter().map(|s| s[k].as_u64().unwrap()).sum::<u64>();
+    assert_eq!((sum("requests"), sum("errors")), (20, 5), "{series}");
+    let p99 = samples[0]["p99_ms"].as_f64().unwrap();
+    assert!(p99 > 0.0 && p99 < 1000.0, "{p99}");
+    // `since` leaves out what the page already has.
+    let t = samples.last().unwrap()["t"].as_u64().unwrap();
+    let (_, body) = get(&client, &proxy.admin_url(&format!("/api/history?since={t}"))).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["series"][0]["samples"].as_array().unwrap().is_empty(), "{v}");
+
+    let (_, body) = get(&client, &proxy.admin_url("/api/flags")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v[0]["name"], "beta");
+    assert_eq!(v[0]["decisions"], serde_json::json!([["off", 0], ["on", 20]]));
+    proxy.shutdown().await;
+}

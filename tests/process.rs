@@ -312,3 +312,114 @@ async fn get_status(
         .ok()
         .map(|r| r.status().as_u16())
 }
+
+/// `switchyard demo` as the README's first command runs it: it prints where the dashboard is,
+/// sends its own traffic, prints commands that run as printed, and its canary, told to fail,
+/// trips the guard.
+#[tokio::test]
+async fn the_demo_serves_the_dashboard_drives_traffic_and_its_canary_trips() {
+    use tokio::io::AsyncBufReadExt;
+    let mut child = tokio::process::Command::new(BIN)
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin",
+            "127.0.0.1:0",
+            "--traffic",
+            "100",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    while let Some(line) = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        banner.push_str(&line);
+        banner.push('\n');
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    let url_after = |label: &str| -> String {
+        let line = banner
+            .lines()
+            .find(|l| l.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("{banner}"));
+        line.split_whitespace()
+            .nth(1)
+            .unwrap()
+            .trim_end_matches('/')
+            .to_owned()
+    };
+    let admin = url_after("dashboard");
+    let client = h1_client();
+    let (parts, page) = get(&client, &format!("{admin}/")).await;
+    assert_eq!(parts.status, 200);
+    assert!(String::from_utf8_lossy(&page).contains("<title>switchyard</title>"));
+    // The printed status line names this binary by a path that runs, not a bare `switchyard`.
+    let status = banner
+        .lines()
+        .find(|l| l.contains(" status --admin "))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let exe = status.split_whitespace().next().unwrap();
+    let runs = Command::new(exe)
+        .args(status.split_whitespace().skip(1))
+        .output()
+        .unwrap();
+    assert!(
+        runs.status.success(),
+        "{status}: {}",
+        String::from_utf8_lossy(&runs.stderr)
+    );
+    assert!(String::from_utf8_lossy(&runs.stdout).contains("web"));
+
+    // Its own traffic reaches the canary; then the canary fails and the guard trips.
+    let fail = banner.lines().find(|l| l.contains("percent=50")).unwrap();
+    let fail = fail
+        .split('\'')
+        .nth(1)
+        .unwrap()
+        .replace("percent=50", "percent=100");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = get(&client, &format!("{admin}/api/routes/web")).await;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let canary = v["guard"]["pools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["pool"] == "canary")
+            .cloned();
+        if canary.is_some_and(|c| c["figures"]["requests"].as_u64().unwrap() >= 20) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no demo traffic reached the canary: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (parts, said) = send(&client, Request::post(&fail).body(empty()).unwrap()).await;
+    assert_eq!(parts.status, 200, "{said:?}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = get(&client, &format!("{admin}/api/routes/web")).await;
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        if v["tripped"] == true {
+            assert_eq!(v["trips"][0]["pool"], "canary");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the demo's canary never tripped: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    child.kill().await.unwrap();
+}

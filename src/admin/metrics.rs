@@ -20,6 +20,22 @@ use crate::routing::Snapshot;
 /// Response classes of `switchyard_requests_total`.
 const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
+/// The upper bounds (seconds) of `switchyard_request_duration_seconds`'s buckets (then +Inf):
+/// from 100 µs, since a proxied answer on a local network often takes under a millisecond.
+pub const DURATION_BOUNDS: [f64; 17] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0,
+];
+
+/// One (route, pool)'s counters since they were created: requests, errors (5xx and failures to
+/// answer), and the duration histogram's cumulative bucket counts (one per bound, then +Inf).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reading {
+    pub requests: u64,
+    pub errors: u64,
+    pub buckets: Vec<u64>,
+}
+
 /// Kinds of `switchyard_upstream_errors_total`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamError {
@@ -90,7 +106,7 @@ impl Metrics {
             )),
             duration: register(&r, HistogramVec::new(
                 HistogramOpts::new("switchyard_request_duration_seconds", "Time from receiving a request until its response body is done.")
-                    .buckets(vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]),
+                    .buckets(DURATION_BOUNDS.to_vec()),
                 &["route", "pool"],
             )),
             upstream_errors: register(&r, IntCounterVec::new(
@@ -304,6 +320,50 @@ impl Handles {
         if let Some(c) = self.flags.get(flag).and_then(|f| f.get(i)) {
             c.inc();
         }
+    }
+
+    /// The counters of each pool of `route`'s split, by pool index; the histogram is read only
+    /// when `changed` (given the pool and its request count) says so.
+    pub fn readings(
+        &self,
+        route: usize,
+        mut changed: impl FnMut(usize, u64) -> bool,
+    ) -> Vec<(usize, Reading)> {
+        use prometheus::core::Metric;
+        let Some(pools) = self.routes.get(route) else {
+            return Vec::new();
+        };
+        pools
+            .iter()
+            .map(|(pool, counters, duration)| {
+                let requests = counters.iter().map(IntCounter::get).sum();
+                let errors = counters[4].get() + counters[5].get();
+                let buckets = if changed(*pool, requests) {
+                    let m = duration.metric();
+                    let h = m.get_histogram();
+                    let mut b: Vec<u64> = h.get_bucket().iter().map(|b| b.cumulative_count()).collect();
+                    b.push(h.get_sample_count());
+                    b
+                } else {
+                    Vec::new()
+                };
+                (
+                    *pool,
+                    Reading {
+                        requests,
+                        errors,
+                        buckets,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// How often each value of `flag` was decided: off, on, then each variant.
+    pub fn flag_counts(&self, flag: usize) -> Vec<u64> {
+        self.flags
+            .get(flag)
+            .map_or_else(Vec::new, |f| f.iter().map(IntCounter::get).collect())
     }
 
     pub fn override_ignored(&self, route: usize) {

@@ -4,6 +4,7 @@
 //! need `Authorization: Bearer <token>` when a token is configured (and one must be configured
 //! when the admin API listens off loopback).
 
+pub mod history;
 pub mod metrics;
 
 use std::sync::Arc;
@@ -29,6 +30,8 @@ pub struct Admin {
     has_file: bool,
     /// The token mutating calls need, and the environment variable it came from.
     token: Option<(Arc<str>, Arc<str>)>,
+    /// The last 15 minutes of each route's pools, for the dashboard.
+    history: Arc<history::History>,
 }
 
 /// An error answer: a status and `{"error": message}`.
@@ -169,16 +172,20 @@ impl Admin {
         has_file: bool,
         token: Option<(String, String)>,
     ) -> Admin {
+        let history = Arc::new(history::History::default());
+        tokio::spawn(history::run(Arc::downgrade(&state), history.clone()));
         Admin {
             state,
             control,
             has_file,
             token: token.map(|(var, t)| (var.into(), t.into())),
+            history,
         }
     }
 
     pub fn router(self) -> Router {
         Router::new()
+            .route("/", get(dashboard))
             .route(
                 "/healthz",
                 get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
@@ -190,6 +197,8 @@ impl Admin {
             .route("/api/config", get(config))
             .route("/api/state", get(live_state))
             .route("/api/pools", get(pools))
+            .route("/api/flags", get(flags))
+            .route("/api/history", get(history_view))
             .route("/api/reload", post(reload))
             .route(
                 "/api/routes/{name}/rollback",
@@ -300,6 +309,77 @@ async fn pools(Extract(a): Extract<Admin>) -> Json<Vec<PoolStatus>> {
             })
             .collect(),
     )
+}
+
+/// The dashboard: one page, its script and styles inside, that polls the API below.
+async fn dashboard() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Nothing but itself: no external script, style, font or frame.
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'",
+            ),
+        ],
+        include_str!("dashboard.html"),
+    )
+        .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct Since {
+    /// Unix milliseconds; only newer samples are sent.
+    since: Option<u64>,
+}
+
+/// Each route's pools over the last 15 minutes, one sample per 2 s with requests.
+async fn history_view(
+    Extract(a): Extract<Admin>,
+    axum::extract::Query(q): axum::extract::Query<Since>,
+) -> Json<history::HistoryView> {
+    Json(a.history.view(&a.state, q.since.unwrap_or(0)))
+}
+
+/// How often each flag decided each of its values since the proxy started.
+async fn flags(Extract(a): Extract<Admin>) -> Json<Vec<FlagStatus>> {
+    let snap = a.state.snapshot.load();
+    Json(
+        snap.flags
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let counts = snap
+                    .metrics
+                    .as_deref()
+                    .map(|h| h.flag_counts(i))
+                    .unwrap_or_default();
+                let names = ["off", "on"]
+                    .into_iter()
+                    .chain(f.variants.iter().map(|(v, _)| v.as_str()));
+                FlagStatus {
+                    name: f.name.to_string(),
+                    percent: f.percent,
+                    variants: f.variants.iter().map(|(v, w)| (v.clone(), *w)).collect(),
+                    decisions: names
+                        .zip(counts.into_iter().chain(std::iter::repeat(0)))
+                        .map(|(v, n)| (v.to_string(), n))
+                        .collect(),
+                }
+            })
+            .collect(),
+    )
+}
+
+#[derive(Debug, Serialize)]
+pub struct FlagStatus {
+    pub name: String,
+    pub percent: u32,
+    /// `(name, weight)`, empty for an on/off flag.
+    pub variants: Vec<(String, u32)>,
+    /// `(value, count)`: off, on, then each variant.
+    pub decisions: Vec<(String, u64)>,
 }
 
 #[derive(Debug, Serialize)]

@@ -69,10 +69,12 @@ impl AdminTarget {
                 (Ok(snap), _) => Some(snap),
                 // With --admin, an unnamed default config only lends its token variable.
                 (Err(_), Some(_)) if !named => None,
-                (Err(e), _) => return Err(e.context(format!(
+                (Err(e), _) => {
+                    return Err(e.context(format!(
                     "cannot tell which proxy to talk to: {} does not validate (fix it, or pass --admin URL)",
                     path.display()
-                ))),
+                )))
+                }
             }
         } else {
             None

@@ -1,0 +1,371 @@
+//! The dashboard in a real browser (Debian's `chromium`, driven through `chromedriver` over the
+//! WebDriver protocol): the page loads with no console error, shows the live numbers of a
+//! route under load, shows a trip within 2 s of the guard's decision, and its rollback button
+//! is refused without the token and works with it. Needs `chromium` and `chromium-driver`:
+//! `.ci/run` installs them and runs this test; `cargo test` alone skips it as ignored.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::Request;
+use serde_json::{json, Value};
+use support::*;
+
+const TOKEN_VAR: &str = "SY_DASHBOARD_TEST_TOKEN";
+const TOKEN: &str = "s3cret-dashboard-token";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A WebDriver session on a headless Chromium.
+struct Browser {
+    base: String,
+    session: String,
+    _driver: Killed,
+}
+
+impl Browser {
+    async fn start() -> Browser {
+        let port = free_port();
+        let driver = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian: apt-get install chromium chromium-driver)");
+        let driver = Killed(driver);
+        let base = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while call(&base, "GET", "/status", None).await.is_none() {
+            assert!(Instant::now() < deadline, "chromedriver did not come up");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let caps = json!({"capabilities": {"alwaysMatch": {
+            "browserName": "chrome",
+            "goog:chromeOptions": {
+                "binary": chromium(),
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1440,1000"]
+            },
+            "goog:loggingPrefs": {"browser": "ALL"}
+        }}});
+        let v = call(&base, "POST", "/session", Some(caps))
+            .await
+            .expect("a session");
+        let session = v["sessionId"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no session: {v}"))
+            .to_owned();
+        Browser {
+            base,
+            session,
+            _driver: driver,
+        }
+    }
+
+    async fn cmd(&self, method: &str, path: &str, body: Option<Value>) -> Value {
+        let path = format!("/session/{}{path}", self.session);
+        call(&self.base, method, &path, body)
+            .await
+            .unwrap_or_else(|| panic!("{method} {path} failed"))
+    }
+
+    async fn go(&self, url: &str) {
+        self.cmd("POST", "/url", Some(json!({ "url": url }))).await;
+    }
+
+    /// Runs `script` in the page; its return value.
+    async fn js(&self, script: &str) -> Value {
+        self.cmd(
+            "POST",
+            "/execute/sync",
+            Some(json!({ "script": script, "args": [] })),
+        )
+        .await
+    }
+
+    async fn element(&self, css: &str) -> String {
+        let v = self
+            .cmd(
+                "POST",
+                "/element",
+                Some(json!({ "using": "css selector", "value": css })),
+            )
+            .await;
+        v.as_object()
+            .and_then(|o| o.values().next())
+            .and_then(Value::as_str)
+            .unwrap_or_else(|| panic!("no element {css}: {v}"))
+            .to_owned()
+    }
+
+    async fn click(&self, css: &str) {
+        let e = self.element(css).await;
+        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})))
+            .await;
+    }
+
+    async fn type_into(&self, css: &str, text: &str) {
+        let e = self.element(css).await;
+        self.cmd(
+            "POST",
+            &format!("/element/{e}/value"),
+            Some(json!({ "text": text })),
+        )
+        .await;
+    }
+
+    async fn accept_alert(&self) {
+        self.cmd("POST", "/alert/accept", Some(json!({}))).await;
+    }
+
+    /// The browser's console entries at level SEVERE (errors, failed loads) since the last call.
+    async fn console_errors(&self) -> Vec<String> {
+        let v = self
+            .cmd("POST", "/se/log", Some(json!({ "type": "browser" })))
+            .await;
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|e| e["level"] == "SEVERE")
+            .map(|e| e["message"].to_string())
+            .collect()
+    }
+
+    /// Waits up to `within` for `script` to return true; how long it took.
+    async fn until(&self, script: &str, within: Duration) -> Option<Duration> {
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if self.js(script).await == Value::Bool(true) {
+                return Some(start.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The driver is killed with it; ask it to close the browser first, best effort.
+        let _ = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-X",
+                "DELETE",
+                &format!("{}/session/{}", self.base, self.session),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn chromium() -> &'static str {
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).exists())
+    .unwrap_or("/usr/bin/chromium")
+}
+
+/// One WebDriver call; its `value`, or `None` if the driver did not answer.
+async fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> Option<Value> {
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("{base}{path}"))
+        .header("content-type", "application/json")
+        .body(body.map_or_else(empty, |b| full(b.to_string())))
+        .unwrap();
+    let resp = tokio::time::timeout(Duration::from_secs(60), h1_client().request(req))
+        .await
+        .ok()?
+        .ok()?;
+    let status = resp.status();
+    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .ok()?
+        .to_bytes();
+    let v: Value = serde_json::from_slice(&bytes).ok()?;
+    assert!(status.is_success(), "WebDriver {method} {path}: {status} {v}");
+    Some(v["value"].clone())
+}
+
+async fn tripped(proxy: &Proxy) -> bool {
+    let (_, body) = get(&h1_client(), &proxy.admin_url("/api/routes/web")).await;
+    serde_json::from_slice::<Value>(&body).unwrap()["tripped"] == true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver (.ci/run installs them)"]
+async fn the_dashboard_shows_live_numbers_and_trips_and_its_buttons_need_the_token() {
+    // Upstreams that fail on demand (the demo's).
+    let blue = switchyard::demo::start_upstream("blue").await.unwrap();
+    let canary = switchyard::demo::start_upstream("canary").await.unwrap();
+    // The token the admin API wants, from the environment, as in production. (The only test in
+    // this binary: nothing else reads the environment meanwhile.)
+    std::env::set_var(TOKEN_VAR, TOKEN);
+    let cfg = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"{TOKEN_VAR}\"\n[log]\naccess = false\n\
+         [identity]\nfrom = [\"header:x-user-id\"]\n\
+         [pools.blue]\nendpoints = [\"{blue}\"]\n[pools.canary]\nendpoints = [\"{canary}\"]\n\
+         [[routes]]\nname = \"web\"\nsplit = {{ blue = 50, canary = 50 }}\n\
+         guard = {{ baseline = \"blue\", min_requests = 20 }}\n\
+         [[flags]]\nname = \"new_checkout\"\npercent = 30\n"
+    );
+    let proxy = Proxy::start(&cfg).await;
+
+    // Steady load from 4 clients over 1,000 users.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for c in 0..4 {
+        let (stop, url) = (stop.clone(), proxy.url("/"));
+        load.push(tokio::spawn(async move {
+            let client = h1_client();
+            let mut i = c;
+            while !stop.load(Ordering::Relaxed) {
+                i += 4;
+                let req = Request::get(&url)
+                    .header("x-user-id", format!("u{}", i % 1000))
+                    .body(empty())
+                    .unwrap();
+                let _ = client.request(req).await.map(|r| drop(r.into_body()));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+
+    let browser = Browser::start().await;
+    browser.go(&proxy.admin_url("/")).await;
+    // The route's pools show live requests per second (from the 2 s history), the guard's
+    // window, and the flag's decisions.
+    let rps = |pool: &str| {
+        format!(
+            "const e = document.querySelector('.card[data-route=\"web\"] .pool[data-pool=\"{pool}\"] .rps'); return !!e && parseFloat(e.textContent) > 5;"
+        )
+    };
+    assert!(
+        browser
+            .until(&rps("blue"), Duration::from_secs(15))
+            .await
+            .is_some(),
+        "no live numbers for blue"
+    );
+    assert!(
+        browser
+            .until(&rps("canary"), Duration::from_secs(5))
+            .await
+            .is_some(),
+        "no live numbers for canary"
+    );
+    let text = browser.js("return document.body.innerText").await;
+    let text = text.as_str().unwrap();
+    assert!(text.contains("guard window 30s:"), "{text}");
+    assert!(text.contains("new_checkout"), "{text}");
+    assert!(
+        text.contains("GUARDED → BLUE") || text.contains("guarded → blue"),
+        "{text}"
+    );
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors on load: {errors:?}");
+
+    // The canary starts failing: the guard trips it; the page shows it within 2 s.
+    let (parts, _) = send(
+        &h1_client(),
+        Request::post(format!("http://{canary}/_demo/fail?percent=100"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !tripped(&proxy).await {
+        assert!(Instant::now() < deadline, "the guard did not trip");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let shown = browser
+        .until(
+            "const c = document.querySelector('.card[data-route=\"web\"]'); return !!c && c.classList.contains('tripped') && c.innerText.includes('canary tripped');",
+            Duration::from_secs(5),
+        )
+        .await;
+    let shown = shown.expect("the trip never showed");
+    eprintln!("the trip showed {shown:?} after the admin API had it");
+    assert!(shown < Duration::from_secs(2), "{shown:?}");
+
+    // Heal, and reset through the API with the token.
+    send(
+        &h1_client(),
+        Request::post(format!("http://{canary}/_demo/fail?percent=0"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    let reset = Request::post(proxy.admin_url("/api/routes/web/reset"))
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&h1_client(), reset).await.0.status, 200);
+    assert!(browser
+        .until("const c = document.querySelector('.card[data-route=\"web\"]'); return !!c && !c.classList.contains('tripped');", Duration::from_secs(5))
+        .await
+        .is_some());
+
+    // Rollback without the token: refused, and the page says why; nothing changed.
+    browser
+        .click(".card[data-route=\"web\"] button[data-action=\"rollback\"]")
+        .await;
+    browser.accept_alert().await;
+    assert!(browser
+        .until("const m = document.querySelector('#message [data-status]'); return !!m && m.dataset.status === '401';", Duration::from_secs(5))
+        .await
+        .is_some());
+    let said = browser
+        .js("return document.querySelector('#message').innerText")
+        .await;
+    assert!(said.as_str().unwrap().contains(TOKEN_VAR), "{said}");
+    assert!(!tripped(&proxy).await);
+
+    // With the token: done.
+    browser.type_into("#token", TOKEN).await;
+    browser
+        .click(".card[data-route=\"web\"] button[data-action=\"rollback\"]")
+        .await;
+    browser.accept_alert().await;
+    assert!(browser
+        .until("const m = document.querySelector('#message [data-status]'); return !!m && m.dataset.status === '200';", Duration::from_secs(5))
+        .await
+        .is_some());
+    assert!(tripped(&proxy).await);
+    assert!(browser
+        .until("const c = document.querySelector('.card[data-route=\"web\"]'); return !!c && c.innerText.includes('canary rolled back');", Duration::from_secs(5))
+        .await
+        .is_some());
+
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    drop(browser);
+    proxy.shutdown().await;
+}
