@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use switchyard::app::StartError;
 use switchyard::config::{self, LoadError};
 use switchyard::logging::{self, LogFormat};
@@ -134,6 +134,25 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Exit 0 when the proxy's admin API says it is ready (GET /readyz), 1 otherwise: a
+    /// container's HEALTHCHECK or an exec probe, with no HTTP client in the image.
+    Healthcheck {
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Print a shell completion script (e.g. `switchyard completions bash >
+    /// /etc/bash_completion.d/switchyard`).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), or write it and one page per command into a directory
+    /// (`switchyard man --out /usr/local/share/man/man1`).
+    Man {
+        /// Write switchyard.1 and switchyard-COMMAND.1 here instead of printing switchyard.1.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Start built-in blue, green and canary upstreams and the proxy in front of them.
     Demo {
         /// Where the demo proxy listens.
@@ -186,6 +205,36 @@ fn main() -> ExitCode {
             let _guard = logging::init(cli.log_format);
             report(runtime(workers).and_then(|rt| rt.block_on(run(&config))))
         }
+        Command::Healthcheck { admin } => report(admin.target().and_then(|t| {
+            runtime(Some(1))?.block_on(async {
+                let v = t.get("/readyz").await?;
+                cli::print(&format!("{}\n", v["status"].as_str().unwrap_or("ready")))?;
+                Ok(())
+            })
+        })),
+        Command::Completions { shell } => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "switchyard", &mut out);
+            report(cli::print(&String::from_utf8_lossy(&out)).map_err(Into::into))
+        }
+        Command::Man { out } => report(match out {
+            Some(dir) => std::fs::create_dir_all(&dir)
+                .and_then(|()| clap_mangen::generate_to(Cli::command(), &dir))
+                .map_err(Into::into)
+                .map(|()| {
+                    println!(
+                        "wrote switchyard.1 and a page per command (switchyard-run.1, ...) to {}",
+                        dir.display()
+                    )
+                }),
+            None => {
+                let mut page = Vec::new();
+                clap_mangen::Man::new(Cli::command())
+                    .render(&mut page)
+                    .map_err(Into::into)
+                    .and_then(|()| cli::print(&String::from_utf8_lossy(&page)).map_err(Into::into))
+            }
+        }),
         Command::Demo {
             listen,
             admin,
@@ -591,6 +640,31 @@ async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::MI_OPTION_PURGE_DELAY;
+    use clap::CommandFactory;
+
+    /// Every command and every argument of every command says what it is in `--help` (and so in
+    /// the man pages).
+    #[test]
+    fn every_command_and_argument_is_described() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            cmd.clone().debug_assert();
+            if cmd.get_about().is_none() {
+                missing.push(format!("{path}: no about"));
+            }
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id != "help" && id != "version" && arg.get_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "switchyard", &mut missing);
+        assert!(missing.is_empty(), "undescribed: {missing:?}");
+    }
 
     #[test]
     fn the_purge_delay_option_is_the_one_set() {

@@ -381,6 +381,17 @@ async fn the_demo_serves_the_dashboard_drives_traffic_and_its_canary_trips() {
         String::from_utf8_lossy(&runs.stderr)
     );
     assert!(String::from_utf8_lossy(&runs.stdout).contains("web"));
+    // The container health check's command.
+    let ready = Command::new(BIN)
+        .args(["healthcheck", "--admin", &admin])
+        .output()
+        .unwrap();
+    assert!(
+        ready.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ready.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&ready.stdout), "ready\n");
 
     // Its own traffic reaches the canary; then the canary fails and the guard trips.
     let fail = banner.lines().find(|l| l.contains("percent=50")).unwrap();

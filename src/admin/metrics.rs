@@ -188,6 +188,14 @@ impl Metrics {
                 ));
             }
             h.routes.push(per_pool);
+            // A guarded route's trip counters exist from the start at 0, so `increase()` sees
+            // the first trip.
+            if let Some(g) = &route.guard {
+                for (pool, _) in route.split.weights().filter(|&(p, _)| p != g.baseline) {
+                    self.guard_trips
+                        .with_label_values(&[&*route.name, &*snap.pools[pool].name]);
+                }
+            }
             h.overrides_ignored
                 .push(self.overrides_ignored.with_label_values(&[&*route.name]));
             self.route_gauges(snap, route);
