@@ -27,7 +27,12 @@ pub const POOLS: [&str; 3] = ["blue", "green", "canary"];
 /// `x-switchyard-*` headers it received, one per line. `POST /_demo/fail?percent=N` makes it
 /// answer `500` to N% of the requests that follow (0 heals it). Returns its address.
 pub async fn start_upstream(name: &'static str) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    start_upstream_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+}
+
+/// [`start_upstream`] on `addr` (`switchyard echo`).
+pub async fn start_upstream_on(name: &'static str, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
     let addr = listener.local_addr()?;
     let failing = Arc::new(AtomicU32::new(0));
     tokio::spawn(async move {

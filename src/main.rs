@@ -153,6 +153,16 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// A stand-in upstream for trying configs and for the examples: answers every request with
+    /// NAME and the x-switchyard-* headers it got; `POST /_demo/fail?percent=N` makes N% of
+    /// its answers 500s.
+    Echo {
+        /// The name it answers with (a pool's name, say).
+        name: String,
+        /// Where it listens.
+        #[arg(long, default_value = "127.0.0.1:7001")]
+        listen: SocketAddr,
+    },
     /// Start built-in blue, green and canary upstreams and the proxy in front of them.
     Demo {
         /// Where the demo proxy listens.
@@ -209,6 +219,17 @@ fn main() -> ExitCode {
             runtime(Some(1))?.block_on(async {
                 let v = t.get("/readyz").await?;
                 cli::print(&format!("{}\n", v["status"].as_str().unwrap_or("ready")))?;
+                Ok(())
+            })
+        })),
+        Command::Echo { name, listen } => report(runtime(Some(1)).and_then(|rt| {
+            rt.block_on(async {
+                let name: &'static str = Box::leak(name.into_boxed_str());
+                let addr = demo::start_upstream_on(name, listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen}"))?;
+                println!("{name} answering on http://{addr}/");
+                shutdown_signal().await;
                 Ok(())
             })
         })),

@@ -24,7 +24,15 @@ fn check(path: &std::path::Path) -> std::process::Output {
 #[test]
 fn check_passes_on_every_shipped_config() {
     let mut files = Vec::new();
-    for dir in ["config", "benches/peer"] {
+    let examples = std::fs::read_dir("examples")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_dir());
+    for dir in ["config".into(), "benches/peer".into()]
+        .into_iter()
+        .chain(examples)
+    {
+        let dir: std::path::PathBuf = dir;
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.extension().is_some_and(|e| e == "toml") {
@@ -32,7 +40,7 @@ fn check_passes_on_every_shipped_config() {
             }
         }
     }
-    assert!(files.len() >= 2, "{files:?}");
+    assert!(files.len() >= 6, "{files:?}");
     for f in files {
         let out = check(&f);
         assert!(

@@ -184,7 +184,11 @@ pub fn render(view: &View, now: SystemTime) -> String {
                 text(&p["pool"]),
                 f["requests"].as_u64().unwrap_or(0),
                 f["errors"].as_u64().unwrap_or(0),
-                f["p99"].as_f64().map_or("-".to_owned(), |v| format!("{v:.0}ms")),
+                f["p99"].as_f64().map_or("-".to_owned(), |v| if v < 10.0 {
+                    format!("{v:.2}ms")
+                } else {
+                    format!("{v:.0}ms")
+                }),
             );
         }
     }
