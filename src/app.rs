@@ -107,6 +107,7 @@ impl App {
             rx,
         ));
         tokio::spawn(crate::guard::run(state.clone(), outcomes_rx, tx.clone()));
+        tokio::spawn(crate::fleet::run(Arc::downgrade(&state), tx.clone()));
         tokio::spawn(crate::upstream::sweep_idle(Arc::downgrade(&state.snapshot)));
         let triggers = Some(tx);
         let admin = match admin_settings {

@@ -482,6 +482,16 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
                 .map_or(String::new(), |v| format!(", signed with ${v}"))
         );
     }
+    if let Some(f) = &snap.fleet {
+        let _ = writeln!(
+            s,
+            "fleet: {} every {:?}{}{}: replicas agree on trips and rollout steps, and guards judge the fleet's numbers too",
+            f.prometheus,
+            f.interval,
+            if f.selector.is_empty() { String::new() } else { format!(", series {{{}}}", f.selector) },
+            f.token_env.as_deref().map_or(String::new(), |v| format!(", token ${v}"))
+        );
+    }
     if !snap.flags.is_empty() {
         let _ = writeln!(s, "flags ({}):", snap.flags.len());
         for f in snap.flags.iter() {

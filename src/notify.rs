@@ -105,7 +105,7 @@ pub struct Counters {
     pub dropped: IntCounter,
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+pub(crate) type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 impl Notifier {
     pub fn new(counters: Counters) -> Notifier {
@@ -182,8 +182,8 @@ impl Notifier {
     }
 }
 
-/// The HTTP(S) client for webhooks: Mozilla's roots, HTTP/1.1.
-fn client() -> HttpsClient {
+/// The HTTP(S) client for webhooks (and the fleet's Prometheus): Mozilla's roots, HTTP/1.1.
+pub(crate) fn client() -> HttpsClient {
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .expect("ring supports the default versions")

@@ -30,6 +30,8 @@ pub struct State {
     pub outcomes: Option<mpsc::Sender<Outcome>>,
     /// Where webhook notifications go (`[[notify]]`).
     pub notifier: crate::notify::Notifier,
+    /// `[fleet]`: whether Prometheus answers, and what it showed last.
+    pub fleet: ArcSwap<crate::fleet::FleetStatus>,
     ready: AtomicBool,
 }
 
@@ -122,6 +124,7 @@ impl State {
             config: ArcSwap::from_pointee(config),
             overlay: ArcSwap::from_pointee(Overlay::default()),
             guard: ArcSwap::from_pointee(Report::default()),
+            fleet: ArcSwap::from_pointee(crate::fleet::FleetStatus::default()),
             outcomes,
             ready: AtomicBool::new(false),
         })

@@ -33,7 +33,10 @@ async fn every_metric_the_dashboards_and_alerts_name_is_exported() {
     let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
     let cfg = config(
         &[("blue", &[blue.addr]), ("canary", &[canary.addr])],
-        "[admin]\nlisten = \"127.0.0.1:0\"\n[[flags]]\nname = \"f\"\npercent = 50\n",
+        &format!(
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[flags]]\nname = \"f\"\npercent = 50\n[fleet]\nprometheus = \"http://{}\"\n",
+            dead_port().await
+        ),
     )
     .replacen(
         "split = { blue = 100 }",
@@ -42,7 +45,16 @@ async fn every_metric_the_dashboards_and_alerts_name_is_exported() {
     );
     let proxy = Proxy::start(&cfg).await;
     get(&h1_client(), &proxy.url("/")).await;
-    let (_, text) = get(&h1_client(), &proxy.admin_url("/metrics")).await;
+    // The fleet's gauges appear once its (absent) Prometheus has been asked.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let text = loop {
+        let (_, text) = get(&h1_client(), &proxy.admin_url("/metrics")).await;
+        if String::from_utf8_lossy(&text).contains("switchyard_fleet_up{") {
+            break text;
+        }
+        assert!(std::time::Instant::now() < deadline, "no switchyard_fleet_up");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
     let exported: BTreeSet<String> = String::from_utf8_lossy(&text)
         .lines()
         .filter(|l| !l.starts_with('#'))
@@ -141,4 +153,119 @@ fn the_systemd_unit_verifies() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success() && said.trim().is_empty(), "{said}");
+}
+
+/// The switchyard.toml inside the ConfigMap (a `|` block, indented).
+fn configmap_toml() -> String {
+    let yaml = std::fs::read_to_string("deploy/kubernetes/configmap.yaml").unwrap();
+    let start =
+        yaml.find("switchyard.toml: |\n").expect("a switchyard.toml key") + "switchyard.toml: |\n".len();
+    yaml[start..]
+        .lines()
+        .map(|l| l.strip_prefix("    ").unwrap_or(l.trim()))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_kubernetes_manifests_agree_with_each_other_and_the_config_checks() {
+    let dir = std::path::Path::new("deploy/kubernetes");
+    let kustomization = std::fs::read_to_string(dir.join("kustomization.yaml")).unwrap();
+    let mut files: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|f| f.ends_with(".yaml") && f != "kustomization.yaml")
+        .collect();
+    files.sort();
+    for f in &files {
+        assert!(
+            kustomization.contains(&format!("  - {f}\n")),
+            "kustomization.yaml does not list {f}"
+        );
+    }
+    // The ConfigMap's config is one `check` accepts (its token variable set, as the Deployment
+    // sets it from the Secret).
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("switchyard.toml");
+    let toml = configmap_toml();
+    std::fs::write(&path, &toml).unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .env("SWITCHYARD_ADMIN_TOKEN", "t")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{toml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        summary.contains("fleet: http://prometheus-operated.monitoring.svc:9090"),
+        "{summary}"
+    );
+    // What the manifests name, the config and each other have.
+    let deployment = std::fs::read_to_string(dir.join("deployment.yaml")).unwrap();
+    assert!(toml.contains("listen = \"0.0.0.0:9901\"") && deployment.contains("containerPort: 9901"));
+    assert!(toml.contains("http = \"0.0.0.0:8080\"") && deployment.contains("containerPort: 8080"));
+    assert!(
+        toml.contains("token_env = \"SWITCHYARD_ADMIN_TOKEN\"")
+            && deployment.contains("- name: SWITCHYARD_ADMIN_TOKEN")
+    );
+    assert!(
+        toml.contains("path = \"/var/lib/switchyard/state.json\"")
+            && deployment.contains("mountPath: /var/lib/switchyard")
+    );
+    assert!(
+        deployment.contains("mountPath: /etc/switchyard") && deployment.contains("name: switchyard-config")
+    );
+    assert!(deployment.contains("path: /readyz") && deployment.contains("path: /healthz"));
+    let podmonitor = std::fs::read_to_string(dir.join("podmonitor.yaml")).unwrap();
+    assert!(podmonitor.contains("port: admin") && podmonitor.contains("name: switchyard\n"));
+    // The PodMonitor's job label is namespace/name, which the fleet selector names.
+    assert!(
+        kustomization.contains("namespace: switchyard")
+            && toml.contains("selector = 'job=\"switchyard/switchyard\"'")
+    );
+    // The drain fits the grace period: the preStop wait plus drain_timeout.
+    assert!(
+        deployment.contains("terminationGracePeriodSeconds: 45")
+            && deployment.contains("command: [\"sleep\", \"10\"]")
+    );
+    assert!(toml.contains("drain_timeout = \"30s\""));
+}
+
+#[test]
+#[ignore = "needs kubernetes-validate from PyPI (in target/ci-venv): .ci/run installs it and runs this test"]
+fn the_kubernetes_manifests_validate_against_the_schemas() {
+    let validator = std::env::var("KUBERNETES_VALIDATE")
+        .unwrap_or_else(|_| "target/ci-venv/bin/kubernetes-validate".into());
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir("deploy/kubernetes")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    let out = Command::new(&validator)
+        .args(["--strict", "-k", "1.33.0"])
+        .args(&files)
+        .output()
+        .unwrap_or_else(|e| panic!("{validator}: {e}"));
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{said}");
+    // Every built-in kind passed against its schema; only the two custom kinds have none here.
+    assert_eq!(
+        said.matches(" passed for resource ").count(),
+        files.len() - 2,
+        "{said}"
+    );
+    assert!(
+        said.contains("PodMonitor") && said.contains("Kustomization"),
+        "{said}"
+    );
 }

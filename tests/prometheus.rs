@@ -148,7 +148,12 @@ async fn prometheus_scrapes_the_request_counter() {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
-    // The alert rules load and evaluate.
+    // The alert rules load and evaluate, every one of them.
+    let written = std::fs::read_to_string("deploy/prometheus/alerts.yml")
+        .unwrap()
+        .matches("- alert: ")
+        .count();
+    assert!(written >= 7, "{written}");
     let started = Instant::now();
     loop {
         let answer = ask_path(&client, port, "/api/v1/rules").await;
@@ -158,7 +163,7 @@ async fn prometheus_scrapes_the_request_counter() {
             .flatten()
             .flat_map(|g| g["rules"].as_array().unwrap())
             .collect();
-        if rules.len() == 6
+        if rules.len() == written
             && rules
                 .iter()
                 .all(|r| r["health"] == "ok" && r["lastEvaluation"] != "0001-01-01T00:00:00Z")

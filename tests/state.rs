@@ -55,6 +55,7 @@ async fn shown_status(proxy: &Proxy, config: &serde_json::Value) -> String {
         config: config.clone(),
         routes: json(&proxy.admin_url("/api/routes")).await,
         pools: json(&proxy.admin_url("/api/pools")).await,
+        fleet: json(&proxy.admin_url("/api/fleet")).await,
     };
     switchyard::cli::status::render(&view, std::time::SystemTime::now())
 }

@@ -64,6 +64,11 @@ pub struct Metrics {
     guard_trips: IntCounterVec,
     route_tripped: IntGaugeVec,
     rollout_step: IntGaugeVec,
+    rollout_step_index: IntGaugeVec,
+    pool_tripped: IntGaugeVec,
+    route_changed: GaugeVec,
+    fleet_up: IntGaugeVec,
+    fleet_replicas: IntGaugeVec,
     endpoint_healthy: IntGaugeVec,
     state_save_errors: IntCounter,
     state_load_errors: IntCounter,
@@ -139,6 +144,26 @@ impl Metrics {
                 opts("switchyard_rollout_step", "The percent of traffic at a route's current rollout step."),
                 &["route"],
             )),
+            rollout_step_index: register(&r, IntGaugeVec::new(
+                opts("switchyard_rollout_step_index", "The index (from 0) of a route's current rollout step."),
+                &["route"],
+            )),
+            pool_tripped: register(&r, IntGaugeVec::new(
+                opts("switchyard_pool_tripped", "Per guarded route's non-baseline pool: 0 in use, 1 tripped by the guard, 2 rolled back by an operator."),
+                &["route", "pool"],
+            )),
+            route_changed: register(&r, GaugeVec::new(
+                opts("switchyard_route_changed_timestamp_seconds", "When a route's trips or rollout step last changed (Unix time; 0: never), with the fingerprint of its split and pools: replicas with [fleet] converge on the latest."),
+                &["route", "fingerprint"],
+            )),
+            fleet_up: register(&r, IntGaugeVec::new(
+                opts("switchyard_fleet_up", "1 while [fleet]'s Prometheus answers, 0 when it does not (the guard judges local numbers only); absent without [fleet]."),
+                &["prometheus"],
+            )),
+            fleet_replicas: register(&r, IntGaugeVec::new(
+                opts("switchyard_fleet_replicas", "Replicas of this fleet seen in Prometheus at its last answer."),
+                &["prometheus"],
+            )),
             endpoint_healthy: register(&r, IntGaugeVec::new(
                 opts("switchyard_endpoint_healthy", "1 while an endpoint takes requests (not ejected, passing its health checks)."),
                 &["pool", "endpoint"],
@@ -174,6 +199,9 @@ impl Metrics {
         self.route_weight.reset();
         self.route_tripped.reset();
         self.rollout_step.reset();
+        self.rollout_step_index.reset();
+        self.pool_tripped.reset();
+        self.route_changed.reset();
         self.endpoint_healthy.reset();
         for route in &snap.routes {
             let mut per_pool = Vec::new();
@@ -242,6 +270,43 @@ impl Metrics {
             self.rollout_step
                 .with_label_values(&[&*route.name])
                 .set(i64::from(r.steps[step]));
+            self.rollout_step_index
+                .with_label_values(&[&*route.name])
+                .set(step as i64);
+        }
+        // What the other replicas of a fleet read to converge on this route's state.
+        if route.guard.is_some() || route.rollout.is_some() || !route.runtime.tripped.is_empty() {
+            let baseline = route.baseline();
+            for (pool, _) in route.split.weights().filter(|&(p, _)| p != baseline) {
+                let state = if route.runtime.rolled_back.contains(&pool) {
+                    2
+                } else {
+                    i64::from(route.runtime.tripped.contains(&pool))
+                };
+                self.pool_tripped
+                    .with_label_values(&[&*route.name, &*snap.pools[pool].name])
+                    .set(state);
+            }
+            let fingerprint =
+                crate::guard::overlay::fingerprint_label(&crate::guard::overlay::fingerprint(snap, route));
+            self.route_changed
+                .with_label_values(&[&*route.name, &fingerprint])
+                .set(route.runtime.changed_ms as f64 / 1000.0);
+        }
+    }
+
+    /// The fleet's Prometheus at `prometheus` answered (`Some(replicas)`) or not; `None`
+    /// for `prometheus`: no `[fleet]` (the series go away).
+    pub fn fleet(&self, prometheus: Option<&str>, replicas: Option<usize>) {
+        self.fleet_up.reset();
+        self.fleet_replicas.reset();
+        if let Some(p) = prometheus {
+            self.fleet_up
+                .with_label_values(&[p])
+                .set(i64::from(replicas.is_some()));
+            if let Some(n) = replicas {
+                self.fleet_replicas.with_label_values(&[p]).set(n as i64);
+            }
         }
     }
 

@@ -198,6 +198,7 @@ impl Admin {
             .route("/api/state", get(live_state))
             .route("/api/pools", get(pools))
             .route("/api/flags", get(flags))
+            .route("/api/fleet", get(fleet))
             .route("/api/history", get(history_view))
             .route("/api/reload", post(reload))
             .route(
@@ -340,6 +341,12 @@ async fn history_view(
     axum::extract::Query(q): axum::extract::Query<Since>,
 ) -> Json<history::HistoryView> {
     Json(a.history.view(&a.state, q.since.unwrap_or(0)))
+}
+
+/// `[fleet]`: whether its Prometheus answers, how many replicas it shows, which numbers the
+/// guard judges.
+async fn fleet(Extract(a): Extract<Admin>) -> Json<crate::fleet::FleetStatus> {
+    Json((**a.state.fleet.load()).clone())
 }
 
 /// How often each flag decided each of its values since the proxy started.

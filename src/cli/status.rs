@@ -15,6 +15,8 @@ pub struct View {
     pub config: Value,
     pub routes: Value,
     pub pools: Value,
+    /// `GET /api/fleet`.
+    pub fleet: Value,
 }
 
 impl View {
@@ -23,11 +25,12 @@ impl View {
             config: admin.get("/api/config").await?,
             routes: admin.get("/api/routes").await?,
             pools: admin.get("/api/pools").await?,
+            fleet: admin.get("/api/fleet").await?,
         })
     }
 
     pub fn json(&self) -> Value {
-        serde_json::json!({ "config": self.config, "routes": self.routes, "pools": self.pools })
+        serde_json::json!({ "config": self.config, "routes": self.routes, "pools": self.pools, "fleet": self.fleet })
     }
 }
 
@@ -118,6 +121,21 @@ pub fn render(view: &View, now: SystemTime) -> String {
             text(&err["at"]),
             text(&err["error"])
         );
+    }
+    let fleet = &view.fleet;
+    if let Some(prometheus) = fleet["prometheus"].as_str() {
+        let line = match fleet["up"].as_bool() {
+            Some(true) => format!(
+                "{prometheus}: {} replicas; judging fleet and local numbers",
+                fleet["replicas"]
+            ),
+            Some(false) => format!(
+                "{prometheus} DOES NOT ANSWER ({}); judging local numbers only",
+                text(&fleet["error"])
+            ),
+            None => format!("{prometheus}: not asked yet"),
+        };
+        let _ = writeln!(s, "fleet     {line}");
     }
     let _ = writeln!(
         s,

@@ -11,14 +11,17 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 use toml::Spanned;
 
-use super::raw::{RawConfig, RawFlag, RawGuard, RawListen, RawNotify, RawPool, RawRollout, RawRoute};
+use super::raw::{
+    RawConfig, RawFlag, RawFleet, RawGuard, RawListen, RawNotify, RawPool, RawRollout, RawRoute,
+};
 use super::{error_at, ConfigError};
 use crate::guard::{GuardConfig, RolloutConfig};
 use crate::notify::{Event, NotifyConfig};
 use crate::routing::flags::{is_key, is_token};
 use crate::routing::identity::KeyFrom;
 use crate::routing::{
-    AdminSettings, Flag, HeaderSettings, Identity, Listen, Override, Route, RouteTable, Snapshot, Split,
+    AdminSettings, Flag, FleetSettings, HeaderSettings, Identity, Listen, Override, Route, RouteTable,
+    Snapshot, Split,
 };
 use crate::upstream::{Balance, Endpoint, HealthCheck, Pool};
 
@@ -278,6 +281,10 @@ pub fn compile(
             }
             Some(base.join(p.get_ref()))
         });
+    let fleet = raw
+        .fleet
+        .as_ref()
+        .and_then(|f| compile_fleet(&mut errs, f.get_ref()));
     let headers = compile_headers(&mut errs, raw);
     let mut flags: Vec<Flag> = Vec::new();
     let mut flag_names = HashSet::new();
@@ -348,9 +355,72 @@ pub fn compile(
         admin,
         state_path,
         notify,
+        fleet,
         metrics: None,
         table: Arc::new(table),
         connect_timeouts: Arc::new(connect_timeouts),
+    })
+}
+
+/// Whether `name` can be an environment variable's name.
+fn env_name(name: &str) -> bool {
+    !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+fn compile_fleet(errs: &mut Errors<'_>, f: &RawFleet) -> Option<FleetSettings> {
+    let before = errs.list.len();
+    let url = f.prometheus.get_ref().trim().trim_end_matches('/').to_owned();
+    match url.parse::<http::Uri>() {
+        Ok(u)
+            if matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some()
+                && u.query().is_none() => {}
+        _ => errs.at(
+            &f.prometheus,
+            "fleet.prometheus",
+            format!("`{}` is not an http:// or https:// URL", f.prometheus.get_ref()),
+            "write Prometheus's base URL, such as \"http://prometheus:9090\"",
+        ),
+    }
+    let selector = f
+        .selector
+        .as_ref()
+        .map_or(String::new(), |s| s.get_ref().trim().to_owned());
+    if let Some(s) = &f.selector {
+        let t = s.get_ref();
+        // Matchers go between braces in every query: braces or a metric name would break out.
+        let ok = t.contains(['=', '~']) && !t.contains(['{', '}', '\n']);
+        if !ok {
+            errs.at(
+                s,
+                "fleet.selector",
+                "not a list of label matchers",
+                "write matchers as inside PromQL braces, such as 'job=\"switchyard\", namespace=\"shop\"'",
+            );
+        }
+    }
+    let interval = errs.duration(f.interval.as_ref(), "fleet.interval", Duration::from_secs(5));
+    let query_timeout = errs.duration(
+        f.query_timeout.as_ref(),
+        "fleet.query_timeout",
+        Duration::from_secs(2),
+    );
+    if let Some(t) = &f.token_env {
+        if !env_name(t.get_ref()) {
+            errs.at(
+                t,
+                "fleet.token_env",
+                "not an environment variable name",
+                "name the variable that holds Prometheus's bearer token, such as PROMETHEUS_TOKEN",
+            );
+        }
+    }
+    (errs.list.len() == before).then(|| FleetSettings {
+        prometheus: url,
+        selector,
+        interval,
+        query_timeout,
+        token_env: f.token_env.as_ref().map(|t| t.get_ref().clone()),
     })
 }
 

@@ -28,6 +28,16 @@ pub struct RawConfig {
     pub state: Option<Spanned<RawState>>,
     #[serde(default)]
     pub notify: Vec<Spanned<RawNotify>>,
+    pub fleet: Option<Spanned<RawFleet>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawFleet {
+    pub prometheus: Spanned<String>,
+    pub selector: Option<Spanned<String>>,
+    pub interval: Option<Spanned<String>>,
+    pub query_timeout: Option<Spanned<String>>,
+    pub token_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

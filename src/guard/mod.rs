@@ -221,7 +221,11 @@ impl Guard {
             verdict: None,
         });
         for (pool, f) in judged {
-            let v = verdict::judge(g, &base, &f);
+            let mut v = verdict::judge(g, &base, &f);
+            if let (Verdict::Fail(reason), Some(_)) = (&mut v, &snap.fleet) {
+                // With a fleet, every reason says which numbers were judged.
+                *reason = format!("local numbers: {reason}");
+            }
             let name = snap.pools[pool].name.to_string();
             self.act(route, g, &name, &v, f, now, triggers).await;
             self.step_rollout(route, pool, &v, now, triggers).await;

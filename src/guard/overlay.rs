@@ -32,6 +32,22 @@ pub struct RouteOverlay {
     pub trips: Vec<Trip>,
     #[serde(default)]
     pub rollout: Option<Progress>,
+    /// When this entry last changed by a trip, a step or a command, Unix ms (0: never). With
+    /// `[fleet]`, the replicas converge on the most recent change of each route.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub changed_ms: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
+}
+
+/// A fingerprint short enough for a metric label: replicas compare routes by it.
+pub fn fingerprint_label(fingerprint: &str) -> String {
+    format!(
+        "{:08x}",
+        crate::routing::bucket::murmur3_32(fingerprint.as_bytes(), 0)
+    )
 }
 
 /// A pool taken out of a route.
@@ -106,6 +122,7 @@ impl Overlay {
                             step: 0,
                             since: now.to_owned(),
                         }),
+                        changed_ms: 0,
                     },
                 );
             }
@@ -121,6 +138,7 @@ impl Overlay {
                 fingerprint: fingerprint(snap, route),
                 trips: Vec::new(),
                 rollout: None,
+                changed_ms: 0,
             })
     }
 
@@ -138,6 +156,16 @@ impl Overlay {
         let tripped: Vec<usize> = entry
             .map(|e| e.trips.iter().filter_map(|t| snap.pool_index(&t.pool)).collect())
             .unwrap_or_default();
+        let rolled_back: Vec<usize> = entry
+            .map(|e| {
+                e.trips
+                    .iter()
+                    .filter(|t| t.manual)
+                    .filter_map(|t| snap.pool_index(&t.pool))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let changed_ms = entry.map_or(0, |e| e.changed_ms);
         let route = &snap.routes[i];
         let step = route
             .rollout
@@ -147,11 +175,15 @@ impl Overlay {
         if route.effective != effective
             || route.runtime.tripped != tripped
             || route.runtime.rollout_step != step
+            || route.runtime.rolled_back != rolled_back
+            || route.runtime.changed_ms != changed_ms
         {
             let route = std::sync::Arc::make_mut(&mut snap.routes[i]);
             route.effective = effective;
             route.runtime.tripped = tripped;
             route.runtime.rollout_step = step;
+            route.runtime.rolled_back = rolled_back;
+            route.runtime.changed_ms = changed_ms;
         }
     }
 

@@ -17,7 +17,7 @@ mod watch;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -57,6 +57,16 @@ pub enum Trigger {
     },
     /// Answered once every state file write asked so far is done (at shutdown).
     Flush(oneshot::Sender<()>),
+    /// Another replica of the fleet changed `route` more recently than this one: take its
+    /// trips and rollout step.
+    Adopt(crate::fleet::Adopt),
+}
+
+/// Now, in Unix milliseconds.
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The operator's commands on a route.
@@ -264,6 +274,7 @@ impl Control {
                 });
             }
             Trigger::Flush(done) => self.saver.flush(done),
+            Trigger::Adopt(a) => self.adopt(a),
         }
     }
 
@@ -335,6 +346,7 @@ impl Control {
         }
         let at = timestamp(SystemTime::now());
         let entry = self.overlay.entry(&snap, r);
+        entry.changed_ms = unix_ms();
         entry.trips.push(Trip {
             pool: pool.to_owned(),
             reason: reason.to_owned(),
@@ -404,6 +416,7 @@ impl Control {
         progress.step += 1;
         progress.since = timestamp(SystemTime::now());
         let step = progress.step;
+        entry.changed_ms = unix_ms();
         tracing::info!(route, pool = %snap.pools[rollout.pool].name, percent = rollout.steps[step], "rollout: next step after the guard passed for {:?}", rollout.every);
         let moves = self.republish(route);
         self.notify_step(
@@ -532,6 +545,9 @@ impl Control {
                 format!("{route}: {} now gets {pct}%", snap.pools[rollout.pool].name)
             }
         };
+        if let Some(entry) = self.overlay.routes.get_mut(route) {
+            entry.changed_ms = unix_ms();
+        }
         let moves = self.republish(route);
         let snap = self.state.snapshot.load_full();
         match action {
@@ -567,6 +583,70 @@ impl Control {
             }
         }
         Ok(message)
+    }
+
+    /// Takes another replica's more recent state of a route (trips, rollout step), as
+    /// Prometheus showed it. Not notified: the replica where it happened did that.
+    fn adopt(&mut self, a: crate::fleet::Adopt) {
+        let snap = self.state.snapshot.load_full();
+        let Some(r) = snap.route_by_name(&a.route) else {
+            return;
+        };
+        let fingerprint =
+            crate::guard::overlay::fingerprint_label(&crate::guard::overlay::fingerprint(&snap, r));
+        if fingerprint != a.fingerprint {
+            return;
+        }
+        let at = timestamp(UNIX_EPOCH + Duration::from_millis(a.changed_ms));
+        let entry = self.overlay.entry(&snap, r);
+        if entry.changed_ms >= a.changed_ms {
+            return;
+        }
+        let before: Vec<(String, bool)> = entry.trips.iter().map(|t| (t.pool.clone(), t.manual)).collect();
+        entry
+            .trips
+            .retain(|t| a.tripped.iter().any(|(p, m)| *p == t.pool && *m == t.manual));
+        for (pool, manual) in &a.tripped {
+            if snap.pool_index(pool).is_none() || entry.trips.iter().any(|t| t.pool == *pool) {
+                continue;
+            }
+            entry.trips.push(Trip {
+                pool: pool.clone(),
+                reason: if *manual {
+                    format!("rolled back by an operator on replica {}", a.from)
+                } else {
+                    format!(
+                        "tripped on replica {} (seen through the fleet's Prometheus)",
+                        a.from
+                    )
+                },
+                at: at.clone(),
+                manual: *manual,
+                requests: 0,
+                errors: 0,
+                p99_ms: None,
+            });
+        }
+        if let (Some(ro), Some(step)) = (&r.rollout, a.step) {
+            if step < ro.steps.len() {
+                entry.rollout = Some(Progress {
+                    step,
+                    since: at.clone(),
+                });
+            }
+        }
+        entry.changed_ms = a.changed_ms;
+        let after: Vec<(String, bool)> = entry.trips.iter().map(|t| (t.pool.clone(), t.manual)).collect();
+        tracing::info!(
+            route = %a.route,
+            from = %a.from,
+            tripped = ?after,
+            was = ?before,
+            step = ?a.step,
+            "fleet: replica {} changed this route at {at}; taking its state",
+            a.from
+        );
+        self.republish(&a.route);
     }
 
     /// Starts a reload, or queues one behind the reload compiling now.

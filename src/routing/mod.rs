@@ -59,6 +59,8 @@ pub struct Snapshot {
     pub state_path: Option<std::path::PathBuf>,
     /// `[[notify]]` entries: where webhooks go.
     pub notify: Vec<crate::notify::NotifyConfig>,
+    /// `[fleet]`: judge and agree with the other replicas through Prometheus.
+    pub fleet: Option<FleetSettings>,
     /// Metric series of this snapshot, attached before it is published.
     pub metrics: Option<Arc<crate::admin::metrics::Handles>>,
     pub(crate) table: Arc<RouteTable>,
@@ -85,6 +87,19 @@ pub struct Listen {
     pub backlog: u32,
     /// HTTP/1 connections are served by switchyard's own HTTP/1 path; `false`: by hyper's.
     pub fast_path: bool,
+}
+
+/// The `[fleet]` table: the replicas' shared view through Prometheus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetSettings {
+    /// Prometheus's base URL, without a trailing slash.
+    pub prometheus: String,
+    /// Label matchers that select this fleet's series (`job="switchyard"`), or empty.
+    pub selector: String,
+    pub interval: Duration,
+    pub query_timeout: Duration,
+    /// The environment variable holding a bearer token for Prometheus.
+    pub token_env: Option<String>,
 }
 
 /// The `[admin]` table.
@@ -138,6 +153,10 @@ pub struct Override {
 pub struct RouteRuntime {
     /// Pools taken out by a trip or a rollback.
     pub tripped: Vec<usize>,
+    /// Those of `tripped` taken out by an operator's rollback.
+    pub rolled_back: Vec<usize>,
+    /// When the route's live state (trips, rollout step) last changed, Unix ms; 0: never.
+    pub changed_ms: u64,
     /// The rollout's current step, if the route has a rollout.
     pub rollout_step: Option<usize>,
 }

@@ -1,0 +1,493 @@
+//! `[fleet]` with a real Prometheus scraping three replicas of the same config on loopback,
+//! each with its own state file: the fleet's numbers trip a canary that no replica sees enough
+//! of alone; a trip on the one replica with traffic reaches the other two; a rollback on one
+//! moves all; a replica restarted with no state file comes up tripped; with Prometheus stopped,
+//! each replica says so and keeps judging its own traffic; a rollout across three replicas
+//! keeps their steps within one of each other. Needs the `prometheus` binary: `.ci/run`
+//! installs it and runs these tests; `cargo test` alone skips them as ignored.
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use serde_json::Value;
+use support::*;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Replica {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    proxy: Proxy,
+}
+
+impl Replica {
+    async fn start(config: &str) -> Replica {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchyard.toml");
+        std::fs::write(&path, config).unwrap();
+        let proxy = Proxy::start_file(&path).await;
+        Replica {
+            _dir: dir,
+            path,
+            proxy,
+        }
+    }
+
+    async fn api(&self, path: &str) -> Value {
+        let (_, body) = get(&h1_client(), &self.proxy.admin_url(path)).await;
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    async fn post(&self, path: &str) -> Value {
+        let (parts, body) = send(
+            &h1_client(),
+            Request::post(self.proxy.admin_url(path)).body(empty()).unwrap(),
+        )
+        .await;
+        assert!(
+            parts.status.is_success(),
+            "{path}: {:?}",
+            String::from_utf8_lossy(&body)
+        );
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    async fn web(&self) -> Value {
+        self.api("/api/routes/web").await
+    }
+
+    /// `n` requests of new users, or forced to `pool` by the override header.
+    async fn traffic(&self, n: usize, pool: Option<&str>) {
+        let client = h1_client();
+        for i in 0..n {
+            let mut req = Request::get(self.proxy.url("/"))
+                .header("x-user-id", format!("t{}", fastrand::u64(..) ^ i as u64));
+            if let Some(p) = pool {
+                req = req.header("x-switchyard-pool", p);
+            }
+            let _ = client
+                .request(req.body(empty()).unwrap())
+                .await
+                .map(|r| drop(r.into_body()));
+        }
+    }
+}
+
+/// Waits up to `within` for `check` on each replica; how long each took.
+async fn until_all<F, Fut>(replicas: &[&Replica], within: Duration, what: &str, check: F) -> Vec<Duration>
+where
+    F: Fn(Value) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    let mut took = vec![None; replicas.len()];
+    while took.iter().any(Option::is_none) {
+        for (i, r) in replicas.iter().enumerate() {
+            if took[i].is_none() && check(r.web().await).await {
+                took[i] = Some(start.elapsed());
+            }
+        }
+        if start.elapsed() > within {
+            let mut shown = Vec::new();
+            for r in replicas {
+                shown.push(r.web().await);
+            }
+            panic!("{what}: not on every replica within {within:?}: {took:?}\n{shown:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    took.into_iter().map(Option::unwrap).collect()
+}
+
+fn config(prometheus: u16, blue: SocketAddr, canary: SocketAddr, route_extra: &str) -> String {
+    format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = false\n\
+         [identity]\nfrom = [\"header:x-user-id\"]\n\
+         [fleet]\nprometheus = \"http://127.0.0.1:{prometheus}\"\nselector = 'job=\"fleet\"'\ninterval = \"500ms\"\n\
+         [pools.blue]\nendpoints = [\"{blue}\"]\n[pools.canary]\nendpoints = [\"{canary}\"]\n\
+         [[routes]]\nname = \"web\"\nsplit = {{ blue = 50, canary = 50 }}\noverride = {{ header = \"x-switchyard-pool\" }}\n{route_extra}"
+    )
+}
+
+/// Starts Prometheus on `port`, scraping `targets` every second as job "fleet".
+fn prometheus(port: u16, dir: &std::path::Path, targets: &[SocketAddr]) -> Killed {
+    let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fleet\n    static_configs:\n      - targets: [{}]\n",
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    Killed(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("the prometheus binary (apt-get install prometheus)"),
+    )
+}
+
+async fn fail(canary: SocketAddr, percent: u32) {
+    let url = format!("http://{canary}/_demo/fail?percent={percent}");
+    assert_eq!(
+        send(&h1_client(), Request::post(url).body(empty()).unwrap())
+            .await
+            .0
+            .status,
+        200
+    );
+}
+
+fn tripped(v: &Value) -> bool {
+    v["tripped"] == true
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the prometheus binary: .ci/run installs it and runs this test"]
+async fn three_replicas_trip_together_through_prometheus() {
+    let blue = switchyard::demo::start_upstream("blue").await.unwrap();
+    let canary = switchyard::demo::start_upstream("canary").await.unwrap();
+    let port = free_port();
+    let text = config(
+        port,
+        blue,
+        canary,
+        "guard = { baseline = \"blue\", min_requests = 20 }\n",
+    );
+    let (a, b, c) = (
+        Replica::start(&text).await,
+        Replica::start(&text).await,
+        Replica::start(&text).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let mut prom = Some(prometheus(
+        port,
+        dir.path(),
+        &[
+            a.proxy.admin.unwrap(),
+            b.proxy.admin.unwrap(),
+            c.proxy.admin.unwrap(),
+        ],
+    ));
+    let all = [&a, &b, &c];
+    // Every replica sees the fleet of three.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for r in all {
+        loop {
+            let f = r.api("/api/fleet").await;
+            if f["up"] == true && f["replicas"] == 3 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the fleet never showed three replicas: {f}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // 1. The fleet's numbers: 12 failing canary requests on each replica are under each one's
+    //    min_requests (20), but 36 for the fleet: the fleet trips the canary.
+    fail(canary, 100).await;
+    for r in all {
+        r.traffic(12, Some("canary")).await;
+    }
+    until_all(
+        &all,
+        Duration::from_secs(15),
+        "a trip on the fleet's numbers",
+        |v| async move { tripped(&v) },
+    )
+    .await;
+    let reasons: Vec<String> = {
+        let mut v = Vec::new();
+        for r in all {
+            v.push(r.web().await["trips"][0]["reason"].as_str().unwrap().to_owned());
+        }
+        v
+    };
+    assert!(
+        reasons.iter().any(|r| r.starts_with("fleet numbers (3 replicas")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.starts_with("fleet numbers") || r.contains("tripped on replica")),
+        "{reasons:?}"
+    );
+    eprintln!("fleet numbers: {reasons:?}");
+
+    // 2. Reset on one replica resets all.
+    fail(canary, 0).await;
+    a.post("/api/routes/web/reset").await;
+    until_all(&all, Duration::from_secs(10), "a reset", |v| async move {
+        !tripped(&v)
+    })
+    .await;
+    // Nothing trips again on the errors that caused the trip.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for r in all {
+        assert!(!tripped(&r.web().await), "tripped again after the reset");
+    }
+
+    // 3. Only replica A has traffic; the canary fails; A trips on its own numbers and the others
+    //    follow within two scrape intervals and a judgement.
+    fail(canary, 50).await;
+    let load = {
+        let url = a.proxy.url("/");
+        tokio::spawn(async move {
+            let client = h1_client();
+            let start = Instant::now();
+            while start.elapsed() < Duration::from_secs(20) {
+                let req = Request::get(&url)
+                    .header("x-user-id", format!("u{}", fastrand::u32(..)))
+                    .body(empty())
+                    .unwrap();
+                let _ = client.request(req).await.map(|r| drop(r.into_body()));
+            }
+        })
+    };
+    until_all(
+        &[&a],
+        Duration::from_secs(15),
+        "a local trip on A",
+        |v| async move { tripped(&v) },
+    )
+    .await;
+    let took = until_all(
+        &[&b, &c],
+        Duration::from_secs(10),
+        "B and C following A",
+        |v| async move { tripped(&v) },
+    )
+    .await;
+    eprintln!("A tripped on its own numbers; B and C followed {took:?} later");
+    assert!(took.iter().all(|t| *t < Duration::from_secs(4)), "{took:?}");
+    let reason = a.web().await["trips"][0]["reason"].as_str().unwrap().to_owned();
+    assert!(reason.starts_with("local numbers: "), "{reason}");
+    // B took A's trip, or judged the fleet's numbers (A's among them) first: either way, the
+    //    reason says which.
+    let reason = b.web().await["trips"][0]["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("tripped on replica") || reason.starts_with("fleet numbers (3 replicas"),
+        "{reason}"
+    );
+    load.abort();
+    fail(canary, 0).await;
+
+    // 4. A rollback on B moves every replica; reset it first everywhere.
+    c.post("/api/routes/web/reset").await;
+    until_all(&all, Duration::from_secs(10), "a reset", |v| async move {
+        !tripped(&v)
+    })
+    .await;
+    b.post("/api/routes/web/rollback").await;
+    until_all(&all, Duration::from_secs(10), "a rollback", |v| async move {
+        tripped(&v) && v["trips"][0]["manual"] == true && v["effective"][0]["share"] == 1.0
+    })
+    .await;
+
+    // 5. C restarts with an empty state volume: it comes up rolled back, as the fleet is.
+    let config_path = c.path.clone();
+    let state_file = config_path.with_file_name("switchyard.toml.state.json");
+    c.proxy.shutdown().await;
+    std::fs::remove_file(&state_file).unwrap();
+    let c2 = Replica {
+        proxy: Proxy::start_file(&config_path).await,
+        path: config_path,
+        _dir: c._dir,
+    };
+    let took = until_all(
+        &[&c2],
+        Duration::from_secs(10),
+        "the restarted replica joining in",
+        |v| async move { tripped(&v) },
+    )
+    .await;
+    eprintln!("a replica restarted with no state file came up rolled back {took:?} after start");
+
+    // 6. Prometheus stops: every replica says so, in the API, the metric and status, and keeps
+    //    judging its own traffic.
+    drop(prom.take());
+    for r in [&a, &b, &c2] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let f = r.api("/api/fleet").await;
+            if f["up"] == false {
+                assert!(
+                    f["judging"].as_str().unwrap().starts_with("local numbers only"),
+                    "{f}"
+                );
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "Prometheus stopped and the replica did not say so: {f}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (_, metrics) = get(&h1_client(), &r.proxy.admin_url("/metrics")).await;
+        let metrics = String::from_utf8_lossy(&metrics);
+        assert!(
+            metrics.contains(&format!(
+                "switchyard_fleet_up{{prometheus=\"http://127.0.0.1:{port}\"}} 0"
+            )),
+            "{metrics}"
+        );
+    }
+    let view = switchyard::cli::status::View {
+        config: a.api("/api/config").await,
+        routes: a.api("/api/routes").await,
+        pools: a.api("/api/pools").await,
+        fleet: a.api("/api/fleet").await,
+    };
+    let shown = switchyard::cli::status::render(&view, std::time::SystemTime::now());
+    assert!(
+        shown.contains("DOES NOT ANSWER") && shown.contains("judging local numbers only"),
+        "{shown}"
+    );
+    a.post("/api/routes/web/reset").await;
+    assert!(!tripped(&a.web().await));
+    fail(canary, 50).await;
+    let load = {
+        let url = a.proxy.url("/");
+        tokio::spawn(async move {
+            let client = h1_client();
+            loop {
+                let req = Request::get(&url)
+                    .header("x-user-id", format!("u{}", fastrand::u32(..)))
+                    .body(empty())
+                    .unwrap();
+                let _ = client.request(req).await.map(|r| drop(r.into_body()));
+            }
+        })
+    };
+    until_all(
+        &[&a],
+        Duration::from_secs(15),
+        "a local trip without Prometheus",
+        |v| async move {
+            tripped(&v)
+                && v["trips"][0]["reason"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with("local numbers: ")
+        },
+    )
+    .await;
+    load.abort();
+    a.proxy.shutdown().await;
+    b.proxy.shutdown().await;
+    c2.proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the prometheus binary: .ci/run installs it and runs this test"]
+async fn a_rollout_across_three_replicas_keeps_their_steps_within_one() {
+    let blue = switchyard::demo::start_upstream("blue").await.unwrap();
+    let canary = switchyard::demo::start_upstream("canary").await.unwrap();
+    let port = free_port();
+    let text = config(
+        port,
+        blue,
+        canary,
+        "guard = { baseline = \"blue\", min_requests = 5 }\nrollout = { pool = \"canary\", steps = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100], every = \"3s\" }\n",
+    )
+    .replace("blue = 50, canary = 50", "blue = 100, canary = 0");
+    let (a, b, c) = (
+        Replica::start(&text).await,
+        Replica::start(&text).await,
+        Replica::start(&text).await,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let _prom = prometheus(
+        port,
+        dir.path(),
+        &[
+            a.proxy.admin.unwrap(),
+            b.proxy.admin.unwrap(),
+            c.proxy.admin.unwrap(),
+        ],
+    );
+    // Traffic on A and B, whose guards pass the canary and step the rollout; C has none, so
+    //    its own guard would hold it at the first step forever: it follows the fleet.
+    let mut load = Vec::new();
+    for r in [&a, &b] {
+        let url = r.proxy.url("/");
+        load.push(tokio::spawn(async move {
+            let client = h1_client();
+            loop {
+                let req = Request::get(&url)
+                    .header("x-user-id", format!("u{}", fastrand::u32(..)))
+                    .body(empty())
+                    .unwrap();
+                let _ = client.request(req).await.map(|r| drop(r.into_body()));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    let start = Instant::now();
+    let mut widest = 0;
+    let mut seen = Vec::new();
+    loop {
+        let mut steps = Vec::new();
+        for r in [&a, &b, &c] {
+            steps.push(r.web().await["rollout"]["step"].as_u64().unwrap());
+        }
+        let spread = steps.iter().max().unwrap() - steps.iter().min().unwrap();
+        widest = widest.max(spread);
+        assert!(
+            spread <= 1,
+            "replicas' steps {steps:?} after {:?}",
+            start.elapsed()
+        );
+        if seen.last() != Some(&steps) {
+            seen.push(steps.clone());
+        }
+        if steps.iter().all(|&s| s == 9) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(90),
+            "the rollout did not finish: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "rollout done in {:?}; widest spread {widest}; states {seen:?}",
+        start.elapsed()
+    );
+    for l in load {
+        l.abort();
+    }
+    for r in [a, b, c] {
+        r.proxy.shutdown().await;
+    }
+}
