@@ -31,14 +31,6 @@ async fn run(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     )
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A guarded route over blue and canary (50/50) with an admin API on a port of its own, and
 /// `extra` at the end of the route.
 fn guarded(blue: &Upstream, canary: &Upstream, admin: u16, route_extra: &str, top: &str) -> String {

@@ -18,23 +18,6 @@ use support::*;
 const TOKEN_VAR: &str = "SY_DASHBOARD_TEST_TOKEN";
 const TOKEN: &str = "s3cret-dashboard-token";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A WebDriver session on a headless Chromium.
 struct Browser {
     base: String,

@@ -1,7 +1,11 @@
 //! Every `examples/*/run.sh` runs as a user would run it (with `PACE=fast`, ports of its own,
 //! and this build's binary) and finishes with its own checks passed.
 
+mod support;
+
 use std::process::Command;
+
+use support::free_port;
 
 const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
 
@@ -17,14 +21,6 @@ fn free_run() -> u16 {
             return base;
         }
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 #[test]

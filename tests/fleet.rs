@@ -17,23 +17,6 @@ use http::Request;
 use serde_json::Value;
 use support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 struct Replica {
     _dir: tempfile::TempDir,
     path: PathBuf,
@@ -91,6 +74,24 @@ impl Replica {
                 .map(|r| drop(r.into_body()));
         }
     }
+}
+
+/// Requests of random users to `r`, one after another with `pause` between, until aborted.
+fn load(r: &Replica, pause: Duration) -> tokio::task::JoinHandle<()> {
+    let url = r.proxy.url("/");
+    tokio::spawn(async move {
+        let client = h1_client();
+        loop {
+            let req = Request::get(&url)
+                .header("x-user-id", format!("u{}", fastrand::u32(..)))
+                .body(empty())
+                .unwrap();
+            let _ = client.request(req).await.map(|r| drop(r.into_body()));
+            if !pause.is_zero() {
+                tokio::time::sleep(pause).await;
+            }
+        }
+    })
 }
 
 /// Waits up to `within` for `check` on each replica; how long each took.
@@ -153,6 +154,17 @@ fn prometheus(port: u16, dir: &std::path::Path, targets: &[SocketAddr]) -> Kille
     )
 }
 
+/// Three replicas on `text`, and Prometheus on `port` scraping them.
+async fn three(text: &str, port: u16, dir: &std::path::Path) -> ([Replica; 3], Killed) {
+    let replicas = [
+        Replica::start(text).await,
+        Replica::start(text).await,
+        Replica::start(text).await,
+    ];
+    let targets: Vec<SocketAddr> = replicas.iter().map(|r| r.proxy.admin.unwrap()).collect();
+    (replicas, prometheus(port, dir, &targets))
+}
+
 async fn fail(canary: SocketAddr, percent: u32) {
     let url = format!("http://{canary}/_demo/fail?percent={percent}");
     assert_eq!(
@@ -180,21 +192,9 @@ async fn three_replicas_trip_together_through_prometheus() {
         canary,
         "guard = { baseline = \"blue\", min_requests = 20 }\n",
     );
-    let (a, b, c) = (
-        Replica::start(&text).await,
-        Replica::start(&text).await,
-        Replica::start(&text).await,
-    );
     let dir = tempfile::tempdir().unwrap();
-    let mut prom = Some(prometheus(
-        port,
-        dir.path(),
-        &[
-            a.proxy.admin.unwrap(),
-            b.proxy.admin.unwrap(),
-            c.proxy.admin.unwrap(),
-        ],
-    ));
+    let ([a, b, c], prom) = three(&text, port, dir.path()).await;
+    let mut prom = Some(prom);
     let all = [&a, &b, &c];
     // Every replica sees the fleet of three.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -260,20 +260,7 @@ async fn three_replicas_trip_together_through_prometheus() {
     // 3. Only replica A has traffic; the canary fails; A trips on its own numbers and the others
     //    follow within two scrape intervals and a judgement.
     fail(canary, 50).await;
-    let load = {
-        let url = a.proxy.url("/");
-        tokio::spawn(async move {
-            let client = h1_client();
-            let start = Instant::now();
-            while start.elapsed() < Duration::from_secs(20) {
-                let req = Request::get(&url)
-                    .header("x-user-id", format!("u{}", fastrand::u32(..)))
-                    .body(empty())
-                    .unwrap();
-                let _ = client.request(req).await.map(|r| drop(r.into_body()));
-            }
-        })
-    };
+    let busy = load(&a, Duration::ZERO);
     until_all(
         &[&a],
         Duration::from_secs(15),
@@ -299,7 +286,7 @@ async fn three_replicas_trip_together_through_prometheus() {
         reason.contains("tripped on replica") || reason.starts_with("fleet numbers (3 replicas"),
         "{reason}"
     );
-    load.abort();
+    busy.abort();
     fail(canary, 0).await;
 
     // 4. A rollback on B moves every replica; reset it first everywhere.
@@ -376,19 +363,7 @@ async fn three_replicas_trip_together_through_prometheus() {
     a.post("/api/routes/web/reset").await;
     assert!(!tripped(&a.web().await));
     fail(canary, 50).await;
-    let load = {
-        let url = a.proxy.url("/");
-        tokio::spawn(async move {
-            let client = h1_client();
-            loop {
-                let req = Request::get(&url)
-                    .header("x-user-id", format!("u{}", fastrand::u32(..)))
-                    .body(empty())
-                    .unwrap();
-                let _ = client.request(req).await.map(|r| drop(r.into_body()));
-            }
-        })
-    };
+    let busy = load(&a, Duration::ZERO);
     until_all(
         &[&a],
         Duration::from_secs(15),
@@ -402,7 +377,7 @@ async fn three_replicas_trip_together_through_prometheus() {
         },
     )
     .await;
-    load.abort();
+    busy.abort();
     a.proxy.shutdown().await;
     b.proxy.shutdown().await;
     c2.proxy.shutdown().await;
@@ -421,37 +396,13 @@ async fn a_rollout_across_three_replicas_keeps_their_steps_within_one() {
         "guard = { baseline = \"blue\", min_requests = 5 }\nrollout = { pool = \"canary\", steps = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100], every = \"3s\" }\n",
     )
     .replace("blue = 50, canary = 50", "blue = 100, canary = 0");
-    let (a, b, c) = (
-        Replica::start(&text).await,
-        Replica::start(&text).await,
-        Replica::start(&text).await,
-    );
     let dir = tempfile::tempdir().unwrap();
-    let _prom = prometheus(
-        port,
-        dir.path(),
-        &[
-            a.proxy.admin.unwrap(),
-            b.proxy.admin.unwrap(),
-            c.proxy.admin.unwrap(),
-        ],
-    );
+    let ([a, b, c], _prom) = three(&text, port, dir.path()).await;
     // Traffic on A and B, whose guards pass the canary and step the rollout; C has none, so
     //    its own guard would hold it at the first step forever: it follows the fleet.
-    let mut load = Vec::new();
+    let mut busy = Vec::new();
     for r in [&a, &b] {
-        let url = r.proxy.url("/");
-        load.push(tokio::spawn(async move {
-            let client = h1_client();
-            loop {
-                let req = Request::get(&url)
-                    .header("x-user-id", format!("u{}", fastrand::u32(..)))
-                    .body(empty())
-                    .unwrap();
-                let _ = client.request(req).await.map(|r| drop(r.into_body()));
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
+        busy.push(load(r, Duration::from_millis(5)));
     }
     let start = Instant::now();
     let mut widest = 0;
@@ -484,7 +435,7 @@ async fn a_rollout_across_three_replicas_keeps_their_steps_within_one() {
         "rollout done in {:?}; widest spread {widest}; states {seen:?}",
         start.elapsed()
     );
-    for l in load {
+    for l in busy {
         l.abort();
     }
     for r in [a, b, c] {

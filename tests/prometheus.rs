@@ -10,23 +10,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[tokio::test]
 #[ignore = "needs the prometheus binary: .ci/run installs it and runs this test"]
 async fn prometheus_scrapes_the_request_counter() {
