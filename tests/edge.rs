@@ -326,25 +326,36 @@ async fn upstream_answers_are_cleaned_on_the_way_out() {
     proxy.shutdown().await;
 }
 
+/// Reads from `s` into `buf` until `buf` holds a whole request head; where the head ends (the
+/// blank line's start), or `None` at the end of the connection.
+async fn head_end(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(end);
+        }
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// A raw upstream that reads a whole request (head and `Content-Length` body), then writes
 /// `answer`.
 async fn answering_after_body(answer: &'static [u8]) -> std::net::SocketAddr {
     scripted(move |mut s| async move {
         let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
         loop {
-            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-                continue;
+            let Some(end) = head_end(&mut s, &mut buf).await else {
+                return;
             };
             let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
             let len: usize = head
                 .lines()
                 .find_map(|l| l.strip_prefix("content-length: "))
                 .map_or(0, |v| v.trim().parse().unwrap());
+            let mut chunk = [0u8; 4096];
             while buf.len() < end + 4 + len {
                 match s.read(&mut chunk).await {
                     Ok(0) | Err(_) => return,
@@ -571,14 +582,9 @@ async fn a_clients_broken_upload_is_the_clients_fault() {
 async fn catalogue() -> std::net::SocketAddr {
     scripted(|mut s| async move {
         let mut buf = Vec::new();
-        let mut chunk = [0u8; 4096];
         loop {
-            let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                match s.read(&mut chunk).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-                continue;
+            let Some(end) = head_end(&mut s, &mut buf).await else {
+                return;
             };
             let head = String::from_utf8_lossy(&buf[..end]).into_owned();
             buf.drain(..end + 4);
