@@ -296,6 +296,22 @@ async fn the_dashboard_shows_live_numbers_and_trips_and_its_buttons_need_the_tok
     eprintln!("the trip showed {shown:?} after the admin API had it");
     assert!(shown < Duration::from_secs(2), "{shown:?}");
 
+    // The filter asks the admin API for matching routes only.
+    browser.type_into("#filter", "zzz").await;
+    assert!(browser
+        .until("return !document.querySelector('.card[data-route=\"web\"]') && document.querySelector('#count').textContent === '0 routes';", Duration::from_secs(5))
+        .await
+        .is_some());
+    let e = browser.element("#filter").await;
+    browser
+        .cmd("POST", &format!("/element/{e}/clear"), Some(json!({})))
+        .await;
+    browser.type_into("#filter", "WE").await;
+    assert!(browser
+        .until("return !!document.querySelector('.card[data-route=\"web\"]') && document.querySelector('#count').textContent === '1 route';", Duration::from_secs(5))
+        .await
+        .is_some());
+
     // Heal, and reset through the API with the token.
     send(
         &h1_client(),

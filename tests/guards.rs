@@ -723,8 +723,12 @@ async fn p99_is_measured_not_rounded_to_a_bucket() {
         } else {
             r["guard"]["pools"][1]["figures"]["p99"].as_f64().unwrap()
         };
+        // Measured, not a bucket's bound (700 ms or 800 ms with the old buckets): the delay
+        // plus the proxy's own time, which a loaded 2-core machine can stretch by a few
+        // percent, never below the delay itself (less 2%, the histogram's resolution).
+        let ratio = p99 / delay as f64;
         assert!(
-            (p99 / delay as f64 - 1.0).abs() < 0.02,
+            (0.98..1.06).contains(&ratio),
             "{delay} ms answers have a p99 of {p99} ms"
         );
         proxy.shutdown().await;

@@ -643,9 +643,67 @@ async fn the_dashboard_page_and_its_history_and_flag_counts() {
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert!(v["series"][0]["samples"].as_array().unwrap().is_empty(), "{v}");
 
+    // What a page with a filter asks for: only that route's history, only matching routes.
+    let (_, body) = get(&client, &proxy.admin_url("/api/history?routes=nothing,else")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(v["series"].as_array().unwrap().is_empty(), "{v}");
+    let (_, body) = get(&client, &proxy.admin_url("/api/history?routes=blue")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v["series"][0]["route"], "blue", "{v}");
+
     let (_, body) = get(&client, &proxy.admin_url("/api/flags")).await;
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v[0]["name"], "beta");
     assert_eq!(v[0]["decisions"], serde_json::json!([["off", 0], ["on", 20]]));
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn routes_can_be_asked_for_by_filter_and_limit_tripped_first() {
+    let up = Upstream::start("up").await;
+    let mut extra = String::from("[admin]\nlisten = \"127.0.0.1:0\"\n");
+    for i in 0..120 {
+        extra.push_str(&format!(
+            "[[routes]]\nname = \"shop-{i}\"\npath_prefix = \"/shop/{i}/\"\nsplit = {{ a = 50, b = 50 }}\n"
+        ));
+    }
+    let cfg = config(&[("a", &[up.addr]), ("b", &[up.addr])], &extra);
+    let proxy = Proxy::start(&cfg).await;
+    let client = h1_client();
+    // The last route rolled back: it comes first in a limited answer.
+    let (parts, _) = send(
+        &client,
+        http::Request::post(proxy.admin_url("/api/routes/shop-119/rollback"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    let (parts, body) = get(&client, &proxy.admin_url("/api/routes?limit=50")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(parts.headers["x-switchyard-total"], "122");
+    assert_eq!(v.as_array().unwrap().len(), 50);
+    assert_eq!(v[0]["name"], "shop-119");
+    assert_eq!(v[1]["name"], "a");
+    // A filter on name, host or path, case-insensitive.
+    let (parts, body) = get(&client, &proxy.admin_url("/api/routes?q=SHOP/11&limit=50")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let names: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(parts.headers["x-switchyard-total"], "11");
+    assert_eq!(names[0], "shop-119");
+    assert!(
+        names.contains(&"shop-11") && names.contains(&"shop-110") && !names.contains(&"shop-1"),
+        "{names:?}"
+    );
+    // Without parameters: every route, in written order.
+    let (_, body) = get(&client, &proxy.admin_url("/api/routes")).await;
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 122);
+    assert_eq!(v[0]["name"], "a");
     proxy.shutdown().await;
 }

@@ -197,11 +197,21 @@ impl History {
     }
 
     /// The samples newer than `since` (Unix ms), by route and pool, in the snapshot's order.
-    pub fn view(&self, state: &State, since: u64) -> HistoryView {
+    /// With `only`, the series of those routes alone.
+    pub fn view(
+        &self,
+        state: &State,
+        since: u64,
+        only: Option<&std::collections::HashSet<&str>>,
+    ) -> HistoryView {
         let snap = state.snapshot.load();
         let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let mut series = Vec::new();
-        for route in &snap.routes {
+        for route in snap
+            .routes
+            .iter()
+            .filter(|r| only.is_none_or(|o| o.contains(&*r.name)))
+        {
             for (p, _) in route.split.weights() {
                 let pool = &snap.pools[p].name;
                 if let Some(s) = inner.series.get(&(route.name.clone(), pool.clone())) {

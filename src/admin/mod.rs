@@ -267,14 +267,44 @@ async fn metrics_text(Extract(a): Extract<Admin>) -> Response {
         .into_response()
 }
 
-async fn routes(Extract(a): Extract<Admin>) -> Json<Vec<RouteStatus>> {
+#[derive(serde::Deserialize)]
+struct RouteQuery {
+    /// Only routes whose name, host or path prefix contains this (case-insensitive).
+    q: Option<String>,
+    /// At most this many, tripped routes first, then in written order.
+    limit: Option<usize>,
+}
+
+/// Every route, or with `q` and `limit` the ones a page shows (the dashboard of a config with
+/// 10,000 routes asks for 50). `x-switchyard-total` counts the routes that matched.
+async fn routes(
+    Extract(a): Extract<Admin>,
+    axum::extract::Query(q): axum::extract::Query<RouteQuery>,
+) -> Response {
     let snap = a.state.snapshot.load();
-    Json(
-        snap.routes
-            .iter()
-            .map(|r| route_status(&a.state, &snap, r))
-            .collect(),
-    )
+    let needle = q.q.as_deref().map(str::to_lowercase).filter(|n| !n.is_empty());
+    let mut matched: Vec<&Arc<Route>> = snap
+        .routes
+        .iter()
+        .filter(|r| {
+            needle.as_deref().is_none_or(|n| {
+                r.name.to_lowercase().contains(n)
+                    || r.host.as_deref().is_some_and(|h| h.to_lowercase().contains(n))
+                    || r.path_prefix.to_lowercase().contains(n)
+            })
+        })
+        .collect();
+    let total = matched.len();
+    if let Some(limit) = q.limit {
+        // A stable sort: tripped first, the written order kept within each.
+        matched.sort_by_key(|r| r.runtime.tripped.is_empty());
+        matched.truncate(limit);
+    }
+    let list: Vec<RouteStatus> = matched
+        .into_iter()
+        .map(|r| route_status(&a.state, &snap, r))
+        .collect();
+    ([("x-switchyard-total", total.to_string())], Json(list)).into_response()
 }
 
 async fn route(Extract(a): Extract<Admin>, Path(name): Path<String>) -> Result<Json<RouteStatus>, ApiError> {
@@ -333,6 +363,8 @@ async fn dashboard() -> Response {
 struct Since {
     /// Unix milliseconds; only newer samples are sent.
     since: Option<u64>,
+    /// Comma-separated route names: only their series (what a page shows).
+    routes: Option<String>,
 }
 
 /// Each route's pools over the last 15 minutes, one sample per 2 s with requests.
@@ -340,7 +372,8 @@ async fn history_view(
     Extract(a): Extract<Admin>,
     axum::extract::Query(q): axum::extract::Query<Since>,
 ) -> Json<history::HistoryView> {
-    Json(a.history.view(&a.state, q.since.unwrap_or(0)))
+    let only: Option<std::collections::HashSet<&str>> = q.routes.as_deref().map(|r| r.split(',').collect());
+    Json(a.history.view(&a.state, q.since.unwrap_or(0), only.as_ref()))
 }
 
 /// `[fleet]`: whether its Prometheus answers, how many replicas it shows, which numbers the
