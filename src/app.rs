@@ -36,7 +36,8 @@ pub enum StartError {
     #[error("cannot watch the config file's directory: {0}")]
     Watch(#[from] notify::Error),
     #[error("{0}")]
-    Notify(String),
+    /// An environment variable the config names (a secret, a token) is not set.
+    Env(String),
 }
 
 /// Outcomes waiting for the guard task; past this, new ones are dropped (and the guard judges
@@ -77,7 +78,8 @@ impl App {
         let (outcomes_tx, outcomes_rx) = mpsc::channel(OUTCOME_QUEUE);
         let notify = snap.notify.clone();
         let state = State::new(snap, path.clone(), Some(outcomes_tx));
-        state.notifier.configure(&notify).map_err(StartError::Notify)?;
+        state.notifier.configure(&notify).map_err(StartError::Env)?;
+        crate::fleet::check_env(state.snapshot.load().fleet.as_ref()).map_err(StartError::Env)?;
         let server = Server::bind(state.clone()).await?;
         let (tx, rx) = mpsc::channel(64);
         let watcher = match &path {

@@ -72,6 +72,17 @@ pub struct FleetStatus {
     pub replicas: usize,
 }
 
+/// `Err` when `[fleet] token_env` names a variable that is not set: `run` refuses to start and
+/// a reload is refused, as for a webhook's secret, rather than every query failing later.
+pub fn check_env(fleet: Option<&FleetSettings>) -> Result<(), String> {
+    match fleet.and_then(|f| f.token_env.as_deref()) {
+        Some(var) if std::env::var(var).map_or(true, |t| t.is_empty()) => Err(format!(
+            "fleet.token_env names {var}, but {var} is not set — export it, or remove token_env"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// One sample of an instant vector: its labels and value.
 struct Sample {
     labels: BTreeMap<String, String>,
@@ -556,6 +567,26 @@ mod tests {
         s.selector = "job=\"sy\"".into();
         assert_eq!(select(&s, ""), "{job=\"sy\"}");
         assert_eq!(select(&s, "class=\"5xx\""), "{class=\"5xx\", job=\"sy\"}");
+    }
+
+    #[test]
+    fn a_token_variable_that_is_not_set_is_refused() {
+        let mut f = FleetSettings {
+            prometheus: "http://p:9090".into(),
+            selector: String::new(),
+            interval: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(2),
+            token_env: None,
+        };
+        assert_eq!(check_env(None), Ok(()));
+        assert_eq!(check_env(Some(&f)), Ok(()));
+        f.token_env = Some("SWITCHYARD_TEST_NEVER_SET_7F3A".into());
+        assert!(check_env(Some(&f))
+            .unwrap_err()
+            .contains("SWITCHYARD_TEST_NEVER_SET_7F3A is not set"));
+        // PATH is set wherever tests run.
+        f.token_env = Some("PATH".into());
+        assert_eq!(check_env(Some(&f)), Ok(()));
     }
 
     #[test]

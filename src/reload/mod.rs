@@ -728,7 +728,9 @@ impl Control {
                 flags,
             } => (new, overlay, reconciled, routes, flags),
         };
-        if let Err(e) = state.notifier.configure(&new.notify) {
+        if let Err(e) =
+            crate::fleet::check_env(new.fleet.as_ref()).and_then(|()| state.notifier.configure(&new.notify))
+        {
             return failed(&state, report("error", &current.revision, Some(e), Vec::new()));
         }
         let (reconciled, routes) =
