@@ -173,7 +173,7 @@ enum Command {
         admin: SocketAddr,
         /// Requests per second the demo sends through the proxy itself, from 500 simulated
         /// users (0: none).
-        #[arg(long, default_value_t = 20)]
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(0..=10_000))]
         traffic: u32,
         /// Worker threads (default: one per core).
         #[arg(long)]

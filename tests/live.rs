@@ -707,3 +707,54 @@ async fn routes_can_be_asked_for_by_filter_and_limit_tripped_first() {
     assert_eq!(v[0]["name"], "a");
     proxy.shutdown().await;
 }
+
+/// What the other replicas of a fleet read: an unguarded route's rollback, and its reset after,
+/// are both exported with the time of the change (a reset that left no trace would never reach
+/// them).
+#[tokio::test]
+async fn a_routes_changes_are_exported_for_the_fleet_even_without_a_guard() {
+    let up = Upstream::start("up").await;
+    let cfg = config(
+        &[("a", &[up.addr]), ("b", &[up.addr])],
+        "[admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .replacen("split = { a = 100 }", "split = { a = 50, b = 50 }", 1);
+    let proxy = Proxy::start(&cfg).await;
+    let client = h1_client();
+    let metric = |text: &str, prefix: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    };
+    let (_, text) = get(&client, &proxy.admin_url("/metrics")).await;
+    assert_eq!(
+        metric(
+            &String::from_utf8_lossy(&text),
+            "switchyard_route_changed_timestamp_seconds{fingerprint="
+        ),
+        None
+    );
+    let mut last = 0.0;
+    for (action, tripped) in [("rollback", 2.0), ("reset", 0.0)] {
+        let url = proxy.admin_url(&format!("/api/routes/a/{action}"));
+        assert_eq!(
+            send(&client, http::Request::post(url).body(empty()).unwrap())
+                .await
+                .0
+                .status,
+            200
+        );
+        let (_, text) = get(&client, &proxy.admin_url("/metrics")).await;
+        let text = String::from_utf8_lossy(&text);
+        let changed =
+            metric(&text, "switchyard_route_changed_timestamp_seconds{fingerprint=").expect("exported");
+        assert!(changed > 1.7e9 && changed >= last, "{changed}");
+        last = changed;
+        assert_eq!(
+            metric(&text, r#"switchyard_pool_tripped{pool="b",route="a"}"#),
+            Some(tripped),
+            "{text}"
+        );
+    }
+    proxy.shutdown().await;
+}

@@ -275,7 +275,9 @@ impl Metrics {
                 .set(step as i64);
         }
         // What the other replicas of a fleet read to converge on this route's state.
-        if route.guard.is_some() || route.rollout.is_some() || !route.runtime.tripped.is_empty() {
+        // (Once a route has changed, it stays exported: a reset after a rollback must reach
+        // the other replicas too.)
+        if route.guard.is_some() || route.rollout.is_some() || route.runtime.changed_ms > 0 {
             let baseline = route.baseline();
             for (pool, _) in route.split.weights().filter(|&(p, _)| p != baseline) {
                 let state = if route.runtime.rolled_back.contains(&pool) {
