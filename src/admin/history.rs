@@ -264,6 +264,35 @@ mod tests {
         v
     }
 
+    proptest::proptest! {
+        /// For any counts: the quantile lies in the bucket that holds its rank (by counting
+        /// requests one by one), and a higher quantile is never lower.
+        #[test]
+        fn quantiles_fall_in_the_bucket_that_holds_their_rank(
+            counts in proptest::collection::vec(0u64..50, DURATION_BOUNDS.len() + 1),
+            q in 0.01f64..1.0,
+        ) {
+            let zero = vec![0; DURATION_BOUNDS.len() + 1];
+            let after = cumulative(&counts);
+            let total: u64 = counts.iter().sum();
+            let got = quantile_ms(&zero, &after, q);
+            if total == 0 {
+                proptest::prop_assert_eq!(got, None);
+                return Ok(());
+            }
+            let got = got.unwrap();
+            // The bucket of the request at rank ceil(q * total).
+            let rank = ((q * total as f64).ceil() as u64).max(1);
+            let mut seen = 0;
+            let bucket = counts.iter().position(|&c| { seen += c; seen >= rank }).unwrap();
+            let lower = if bucket == 0 { 0.0 } else { DURATION_BOUNDS[bucket - 1] * 1000.0 };
+            let upper = DURATION_BOUNDS.get(bucket).map_or(DURATION_BOUNDS[DURATION_BOUNDS.len() - 1] * 1000.0, |b| b * 1000.0);
+            proptest::prop_assert!(got >= lower - 1e-9 && got <= upper + 1e-9, "{got} not in [{lower}, {upper}]");
+            let higher = quantile_ms(&zero, &after, (q + 0.2).min(1.0)).unwrap();
+            proptest::prop_assert!(higher >= got - 1e-9);
+        }
+    }
+
     #[test]
     fn quantiles_interpolate_within_buckets_like_histogram_quantile() {
         let zero = cumulative(&[]);
