@@ -620,11 +620,16 @@ async fn the_dashboard_page_and_its_history_and_flag_counts() {
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["interval_s"], 2);
         assert_eq!(v["keep_s"], 900);
-        if let Some(s) = v["series"]
-            .as_array()
-            .and_then(|s| s.first())
-            .filter(|s| !s["samples"].as_array().unwrap().is_empty())
-        {
+        // The requests may straddle a sample: wait for all 20.
+        if let Some(s) = v["series"].as_array().and_then(|s| s.first()).filter(|s| {
+            s["samples"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x["requests"].as_u64().unwrap())
+                .sum::<u64>()
+                >= 20
+        }) {
             break s.clone();
         }
         assert!(std::time::Instant::now() < deadline, "no history: {v}");

@@ -173,6 +173,8 @@ impl Admin {
         token: Option<(String, String)>,
     ) -> Admin {
         let history = Arc::new(history::History::default());
+        // The baseline, before the listeners serve anything: every request after it counts.
+        history.sample(&state, std::time::SystemTime::now());
         tokio::spawn(history::run(Arc::downgrade(&state), history.clone()));
         Admin {
             state,
