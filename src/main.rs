@@ -482,6 +482,13 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
                 .map_or(String::new(), |v| format!(", signed with ${v}"))
         );
     }
+    if snap.ofrep {
+        let _ = writeln!(
+            s,
+            "ofrep: POST /ofrep/v1/evaluate/flags[/KEY] on the proxy's listeners ({} flags)",
+            snap.flags.len()
+        );
+    }
     if let Some(f) = &snap.fleet {
         let _ = writeln!(
             s,

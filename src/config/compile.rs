@@ -356,6 +356,11 @@ pub fn compile(
         state_path,
         notify,
         fleet,
+        ofrep: raw
+            .ofrep
+            .as_ref()
+            .and_then(|o| o.get_ref().enabled.as_ref())
+            .is_some_and(|e| *e.get_ref()),
         metrics: None,
         table: Arc::new(table),
         connect_timeouts: Arc::new(connect_timeouts),

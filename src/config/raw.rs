@@ -29,6 +29,12 @@ pub struct RawConfig {
     #[serde(default)]
     pub notify: Vec<Spanned<RawNotify>>,
     pub fleet: Option<Spanned<RawFleet>>,
+    pub ofrep: Option<Spanned<RawOfrep>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawOfrep {
+    pub enabled: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]

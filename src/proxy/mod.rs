@@ -27,6 +27,7 @@ pub mod error;
 pub mod explain;
 pub mod h1;
 pub mod headers;
+pub mod ofrep;
 pub mod server;
 pub mod tls;
 pub mod watchdog;
@@ -191,6 +192,16 @@ impl Proxy {
                     .or_else(|| find(&parts.headers, &X_REQUEST_ID).cloned()),
             })
         });
+        if snap.ofrep && ofrep::is_ofrep(parts.uri.path()) {
+            // Answered here, from the flags: no route, no upstream.
+            let Request { parts, body, .. } = request;
+            return Handling {
+                busy: Some(busy),
+                phase: Phase::Local {
+                    future: Box::pin(async move { ofrep::answer(&snap, &parts, body).await }),
+                },
+            };
+        }
         let mut names = Names {
             http2: parts.version == Version::HTTP_2,
             ..Names::default()
@@ -822,6 +833,8 @@ pin_project_lite::pin_project! {
     enum Phase<F> {
         Done { response: Option<Response<ProxyBody>> },
         Upstream { #[pin] future: F },
+        // A request the proxy answers itself after reading it (OFREP): rare, so boxed.
+        Local { future: Pin<Box<dyn Future<Output = Response<ProxyBody>> + Send>> },
     }
 }
 
@@ -835,6 +848,7 @@ impl<F: Future<Output = Response<ProxyBody>>> Future for Handling<F> {
                 .take()
                 .expect("a request's future polled after it finished"),
             PhaseProj::Upstream { future } => ready!(future.poll(cx)),
+            PhaseProj::Local { future } => ready!(future.as_mut().poll(cx)),
         };
         if let Some(busy) = this.busy.take() {
             response.body_mut().hold(busy);

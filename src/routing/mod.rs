@@ -61,6 +61,8 @@ pub struct Snapshot {
     pub notify: Vec<crate::notify::NotifyConfig>,
     /// `[fleet]`: judge and agree with the other replicas through Prometheus.
     pub fleet: Option<FleetSettings>,
+    /// `[ofrep] enabled`: the proxy's listeners answer OFREP evaluations.
+    pub ofrep: bool,
     /// Metric series of this snapshot, attached before it is published.
     pub metrics: Option<Arc<crate::admin::metrics::Handles>>,
     pub(crate) table: Arc<RouteTable>,

@@ -1,0 +1,268 @@
+//! The OpenFeature Remote Evaluation Protocol (OFREP) on the proxy's listener, with `[ofrep]
+//! enabled = true`: `POST /ofrep/v1/evaluate/flags/{key}` evaluates one flag and `POST
+//! /ofrep/v1/evaluate/flags` every flag, for the user the request's body names
+//! (`{"context": {"targetingKey": "..."}}`) or else the request's own identity (its
+//! `[identity] from` header, cookie or query, or the anonymous-id cookie), with the same code
+//! that fills `x-switchyard-flags`: a browser or mobile OpenFeature SDK sees exactly the values
+//! the proxy sends upstream for that user. The bulk answer has an `ETag`; `If-None-Match` with
+//! it is answered `304`.
+//!
+//! Values: an on/off flag is a boolean (`variant` "on" or "off"); a flag with variants is the
+//! variant's name, or "off" (a string). Reasons: `TARGETING_MATCH` (the user list),
+//! `SPLIT` (a percentage between 0 and 100, or variants), `STATIC` (0% or 100% with no user
+//! list), `DISABLED` (another environment, or outside the time window).
+
+use std::time::SystemTime;
+
+use bytes::Bytes;
+use http::{header, Method, Response, StatusCode};
+use serde_json::{json, Value as Json};
+
+use super::body::ProxyBody;
+use crate::routing::flags::{Flag, Reason, Value};
+use crate::routing::identity::KeySource;
+use crate::routing::Snapshot;
+use crate::upstream::client::RequestBody;
+
+/// Where the endpoints are.
+pub const PREFIX: &str = "/ofrep/v1/evaluate/flags";
+/// The largest request body read: a context is a few hundred bytes.
+const MAX_BODY: usize = 64 * 1024;
+
+/// Whether `path` is one of OFREP's.
+pub fn is_ofrep(path: &str) -> bool {
+    path == PREFIX
+        || path
+            .strip_prefix(PREFIX)
+            .is_some_and(|rest| rest.starts_with('/'))
+}
+
+fn json_response(status: StatusCode, body: &Json, etag: Option<&str>) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        header::HeaderValue::from_static("no-cache"),
+    );
+    if let Some(tag) = etag.and_then(|t| header::HeaderValue::from_str(t).ok()) {
+        h.insert(header::ETAG, tag);
+    }
+    r
+}
+
+fn error(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> Response<ProxyBody> {
+    let mut body = json!({ "errorCode": code, "errorDetails": details });
+    if let Some(k) = key {
+        body["key"] = k.into();
+    }
+    json_response(status, &body, None)
+}
+
+/// Whether `flag` gives every user the same value (then no targeting key is needed).
+fn static_flag(flag: &Flag) -> bool {
+    flag.users.is_empty()
+        && (flag.percent == 0 || flag.percent == 100)
+        && flag.variants.iter().filter(|(_, w)| *w > 0).count() <= 1
+}
+
+/// One flag's evaluation for `key`, as OFREP shows it.
+pub fn evaluation(flag: &Flag, key: &str, now: SystemTime) -> Json {
+    let (value, reason) = flag.evaluate(key, now);
+    let reason = match reason {
+        Reason::OtherEnvironment | Reason::OutsideWindow => "DISABLED",
+        Reason::Listed => "TARGETING_MATCH",
+        Reason::Rollout { .. } if static_flag(flag) => "STATIC",
+        Reason::Rollout { .. } => "SPLIT",
+    };
+    let variant = flag.token(value).to_owned();
+    let value: Json = if flag.variants.is_empty() {
+        Json::Bool(value == Value::On)
+    } else {
+        Json::String(variant.clone())
+    };
+    json!({ "key": &*flag.name, "value": value, "reason": reason, "variant": variant, "metadata": {} })
+}
+
+/// Reads the request body, at most [`MAX_BODY`] bytes.
+async fn read_body(body: Option<RequestBody>) -> Result<Vec<u8>, Response<ProxyBody>> {
+    let mut out = Vec::new();
+    let Some(mut body) = body else { return Ok(out) };
+    loop {
+        match std::future::poll_fn(|cx| body.poll_frame(cx)).await {
+            None => return Ok(out),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if out.len() + data.len() > MAX_BODY {
+                        return Err(error(
+                            StatusCode::PAYLOAD_TOO_LARGE,
+                            None,
+                            "PARSE_ERROR",
+                            "the request body is over 64 KiB: an evaluation context is a few hundred bytes",
+                        ));
+                    }
+                    out.extend_from_slice(&data);
+                }
+            }
+            Some(Err(e)) => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    "PARSE_ERROR",
+                    &format!("{e}"),
+                ));
+            }
+        }
+    }
+}
+
+/// Answers an OFREP request (its path passed [`is_ofrep`]).
+pub async fn answer(
+    snap: &Snapshot,
+    parts: &http::request::Parts,
+    body: Option<RequestBody>,
+) -> Response<ProxyBody> {
+    if parts.method != Method::POST {
+        let mut r = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            None,
+            "GENERAL",
+            "OFREP evaluations are POST requests",
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
+        return r;
+    }
+    let raw = match read_body(body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let context: Json = if raw.iter().all(u8::is_ascii_whitespace) {
+        json!({})
+    } else {
+        match serde_json::from_slice::<Json>(&raw) {
+            Ok(v) if v.is_object() => v["context"].clone(),
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    None,
+                    "PARSE_ERROR",
+                    "the body is not a JSON object such as {\"context\": {\"targetingKey\": \"user-1\"}}",
+                )
+            }
+        }
+    };
+    if !(context.is_null() || context.is_object()) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            None,
+            "INVALID_CONTEXT",
+            "context must be an object",
+        );
+    }
+    // The context's targetingKey, else the request's own identity.
+    let key: Option<String> = match &context["targetingKey"] {
+        Json::String(k) if !k.is_empty() => Some(k.clone()),
+        Json::Null => {
+            let (k, source) = snap.identity.key(&parts.headers, parts.uri.query());
+            (!matches!(source, KeySource::New)).then(|| k.into_owned())
+        }
+        _ => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                None,
+                "INVALID_CONTEXT",
+                "targetingKey must be a string",
+            )
+        }
+    };
+    let now = SystemTime::now();
+    let one = parts
+        .uri
+        .path()
+        .strip_prefix(PREFIX)
+        .and_then(|r| r.strip_prefix('/'));
+    match one {
+        Some(name) => {
+            let name = percent_decode(name);
+            let Some(flag) = snap.flags.iter().find(|f| *f.name == *name) else {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    Some(&name),
+                    "FLAG_NOT_FOUND",
+                    "no flag of this name",
+                );
+            };
+            match &key {
+                Some(k) => json_response(StatusCode::OK, &evaluation(flag, k, now), None),
+                None if static_flag(flag) => json_response(StatusCode::OK, &evaluation(flag, "", now), None),
+                None => error(
+                    StatusCode::BAD_REQUEST,
+                    Some(&name),
+                    "TARGETING_KEY_MISSING",
+                    "this flag differs by user: give context.targetingKey, or send the user's identity as the proxy reads it",
+                ),
+            }
+        }
+        None => {
+            let flags: Vec<Json> = snap
+                .flags
+                .iter()
+                .map(|f| match &key {
+                    Some(k) => evaluation(f, k, now),
+                    None if static_flag(f) => evaluation(f, "", now),
+                    None => json!({ "key": &*f.name, "errorCode": "TARGETING_KEY_MISSING", "errorDetails": "this flag differs by user" }),
+                })
+                .collect();
+            let body = json!({ "flags": flags });
+            // The same on every replica for the same config and answer.
+            let text = format!("{}\n{body}", snap.revision);
+            let etag = format!(
+                "\"{:08x}{:08x}\"",
+                crate::routing::bucket::murmur3_32(text.as_bytes(), 0),
+                crate::routing::bucket::murmur3_32(text.as_bytes(), 1)
+            );
+            let matches = parts
+                .headers
+                .get_all(header::IF_NONE_MATCH)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .any(|t| t.trim() == etag || t.trim() == "*");
+            if matches {
+                let mut r = Response::new(ProxyBody::empty());
+                *r.status_mut() = StatusCode::NOT_MODIFIED;
+                if let Ok(v) = header::HeaderValue::from_str(&etag) {
+                    r.headers_mut().insert(header::ETAG, v);
+                }
+                return r;
+            }
+            json_response(StatusCode::OK, &body, Some(&etag))
+        }
+    }
+}
+
+/// `%XX` escapes decoded (flag names are RFC 8941 keys: nothing else needs it).
+fn percent_decode(s: &str) -> String {
+    form_urlencoded::parse(format!("k={}", s.replace('+', "%2B")).as_bytes())
+        .next()
+        .map_or_else(|| s.to_owned(), |(_, v)| v.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_ofreps_paths_are_taken() {
+        assert!(is_ofrep("/ofrep/v1/evaluate/flags"));
+        assert!(is_ofrep("/ofrep/v1/evaluate/flags/new_checkout"));
+        assert!(!is_ofrep("/ofrep/v1/evaluate/flagsx"));
+        assert!(!is_ofrep("/ofrep/v1/evaluate"));
+        assert!(!is_ofrep("/"));
+    }
+}
