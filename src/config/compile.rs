@@ -285,6 +285,29 @@ pub fn compile(
         .fleet
         .as_ref()
         .and_then(|f| compile_fleet(&mut errs, f.get_ref()));
+    if let Some(f) = &fleet {
+        // Replicas take a step from the one that took it first: to stay within one step of
+        // each other, a step must last longer than it takes to see it (a scrape and a query).
+        for (i, r) in raw.routes.iter().enumerate() {
+            let Some(ro) = &r.get_ref().rollout else { continue };
+            let every = routes
+                .iter()
+                .find(|c| *c.name == **r.get_ref().name.get_ref())
+                .and_then(|c| c.rollout.as_ref())
+                .map(|c| c.every);
+            if every.is_some_and(|e| e < f.interval * 4) {
+                errs.at(
+                    &ro.get_ref().every,
+                    format!("routes[{i}].rollout.every"),
+                    format!(
+                        "with [fleet], a rollout step must last at least 4 × fleet.interval ({:?})",
+                        f.interval * 4
+                    ),
+                    "lengthen every, or shorten fleet.interval, so the replicas see each step before the next",
+                );
+            }
+        }
+    }
     let headers = compile_headers(&mut errs, raw);
     let mut flags: Vec<Flag> = Vec::new();
     let mut flag_names = HashSet::new();

@@ -322,6 +322,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn with_a_fleet_a_rollout_step_outlasts_four_fleet_intervals() {
+        let src = |every: &str| {
+            format!(
+                "[listen]\nhttp = \"127.0.0.1:0\"\n[fleet]\nprometheus = \"http://p:9090\"\ninterval = \"5s\"\n\
+                 [pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n\
+                 [[routes]]\nname = \"web\"\nsplit = {{ blue = 100, canary = 0 }}\nguard = {{ baseline = \"blue\" }}\n\
+                 rollout = {{ pool = \"canary\", steps = [10, 100], every = \"{every}\" }}\n"
+            )
+        };
+        let Err(LoadError::Invalid(Diagnostics { errors, .. })) =
+            load_str(&src("19s"), Path::new("t.toml"), None)
+        else {
+            panic!("19 s steps with a 5 s fleet interval were accepted");
+        };
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert_eq!(errors[0].path, "routes[0].rollout.every");
+        assert!(
+            errors[0].message.contains("4 × fleet.interval (20s)"),
+            "{errors:?}"
+        );
+        assert!(load_str(&src("20s"), Path::new("t.toml"), None).is_ok());
+        // Without [fleet], any step length.
+        let alone = src("1s").replace("[fleet]\nprometheus = \"http://p:9090\"\ninterval = \"5s\"\n", "");
+        assert!(load_str(&alone, Path::new("t.toml"), None).is_ok());
+    }
+
+    #[test]
     fn positions_are_one_based_lines_and_char_columns() {
         let src = "a = 1\nb = \"é\" x\n";
         assert_eq!(position(src, 0), (1, 1));
