@@ -154,6 +154,15 @@ fn prometheus(port: u16, dir: &std::path::Path, targets: &[SocketAddr]) -> Kille
     )
 }
 
+/// Upstreams for blue and a canary that fails on demand, a port for Prometheus, and the
+/// replicas' config with `route_extra` on its route: (canary, Prometheus's port, config).
+async fn setup(route_extra: &str) -> (SocketAddr, u16, String) {
+    let blue = switchyard::demo::start_upstream("blue").await.unwrap();
+    let canary = switchyard::demo::start_upstream("canary").await.unwrap();
+    let port = free_port();
+    (canary, port, config(port, blue, canary, route_extra))
+}
+
 /// Three replicas on `text`, and Prometheus on `port` scraping them.
 async fn three(text: &str, port: u16, dir: &std::path::Path) -> ([Replica; 3], Killed) {
     let replicas = [
@@ -183,15 +192,7 @@ fn tripped(v: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the prometheus binary: .ci/run installs it and runs this test"]
 async fn three_replicas_trip_together_through_prometheus() {
-    let blue = switchyard::demo::start_upstream("blue").await.unwrap();
-    let canary = switchyard::demo::start_upstream("canary").await.unwrap();
-    let port = free_port();
-    let text = config(
-        port,
-        blue,
-        canary,
-        "guard = { baseline = \"blue\", min_requests = 20 }\n",
-    );
+    let (canary, port, text) = setup("guard = { baseline = \"blue\", min_requests = 20 }\n").await;
     let dir = tempfile::tempdir().unwrap();
     let ([a, b, c], prom) = three(&text, port, dir.path()).await;
     let mut prom = Some(prom);
@@ -386,16 +387,11 @@ async fn three_replicas_trip_together_through_prometheus() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the prometheus binary: .ci/run installs it and runs this test"]
 async fn a_rollout_across_three_replicas_keeps_their_steps_within_one() {
-    let blue = switchyard::demo::start_upstream("blue").await.unwrap();
-    let canary = switchyard::demo::start_upstream("canary").await.unwrap();
-    let port = free_port();
-    let text = config(
-        port,
-        blue,
-        canary,
+    let (_, port, text) = setup(
         "guard = { baseline = \"blue\", min_requests = 5 }\nrollout = { pool = \"canary\", steps = [10, 20, 30, 40, 50, 60, 70, 80, 90, 100], every = \"3s\" }\n",
     )
-    .replace("blue = 50, canary = 50", "blue = 100, canary = 0");
+    .await;
+    let text = text.replace("blue = 50, canary = 50", "blue = 100, canary = 0");
     let dir = tempfile::tempdir().unwrap();
     let ([a, b, c], _prom) = three(&text, port, dir.path()).await;
     // Traffic on A and B, whose guards pass the canary and step the rollout; C has none, so
