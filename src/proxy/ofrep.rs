@@ -257,6 +257,20 @@ fn percent_decode(s: &str) -> String {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any path is decided without a panic, and a flag name percent-encoded as an SDK
+        /// sends it decodes to itself.
+        #[test]
+        fn paths_and_names_decode(path in "\\PC{0,80}", name in "[a-z*][a-z0-9_.*-]{0,30}") {
+            let _ = is_ofrep(&path);
+            let _ = percent_decode(&path);
+            let encoded: String = form_urlencoded::byte_serialize(name.as_bytes()).collect();
+            proptest::prop_assert_eq!(percent_decode(&encoded), name.clone());
+            let path = format!("{}/{}", PREFIX, encoded);
+            proptest::prop_assert!(is_ofrep(&path));
+        }
+    }
+
     #[test]
     fn only_ofreps_paths_are_taken() {
         assert!(is_ofrep("/ofrep/v1/evaluate/flags"));
