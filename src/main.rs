@@ -318,6 +318,11 @@ fn check(path: &Path) -> ExitCode {
     match config::load(path, None) {
         Ok(snap) => {
             print!("{}", summary(path, &snap));
+            // The file is valid; `run` also needs the variables it names, which may be set
+            // only where it runs. Said here, so no one learns it at the restart.
+            for warning in unset_variables(&snap) {
+                eprintln!("warning: {warning}");
+            }
             ExitCode::SUCCESS
         }
         Err(LoadError::Invalid(d)) => {
@@ -331,6 +336,31 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The environment variables `snap` names that are not set here: `run` would refuse to start
+/// without them.
+fn unset_variables(snap: &switchyard::routing::Snapshot) -> Vec<String> {
+    let named = snap
+        .admin
+        .iter()
+        .filter_map(|a| a.token_env.as_deref().map(|v| (v, "admin.token_env")))
+        .chain(
+            snap.notify
+                .iter()
+                .filter_map(|n| n.secret_env.as_deref().map(|v| (v, "notify secret_env"))),
+        )
+        .chain(
+            snap.fleet
+                .iter()
+                .filter_map(|f| f.token_env.as_deref().map(|v| (v, "fleet.token_env"))),
+        );
+    named
+        .filter(|(var, _)| std::env::var(var).map_or(true, |v| v.is_empty()))
+        .map(|(var, key)| {
+            format!("{key} names {var}, which is not set here: `run` refuses to start without it")
+        })
+        .collect()
 }
 
 fn explain(

@@ -442,3 +442,43 @@ async fn the_demo_serves_the_dashboard_drives_traffic_and_its_canary_trips() {
     }
     child.kill().await.unwrap();
 }
+
+/// `check` passes a valid file, and warns of each variable it names that is not set where it
+/// runs (`run` would refuse to start without them).
+#[test]
+fn check_warns_of_variables_run_would_need() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.toml");
+    std::fs::write(
+        &path,
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"SY_CHECK_TOKEN\"\n\
+         [fleet]\nprometheus = \"http://p:9090\"\ntoken_env = \"SY_CHECK_PROM\"\n\
+         [pools.a]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"a\"\nsplit = { a = 100 }\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .env_remove("SY_CHECK_TOKEN")
+        .env_remove("SY_CHECK_PROM")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("admin.token_env names SY_CHECK_TOKEN, which is not set here"),
+        "{err}"
+    );
+    assert!(
+        err.contains("fleet.token_env names SY_CHECK_PROM, which is not set here"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .env("SY_CHECK_TOKEN", "t")
+        .env("SY_CHECK_PROM", "p")
+        .output()
+        .unwrap();
+    assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("warning"));
+}
