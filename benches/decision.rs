@@ -1,7 +1,8 @@
 //! The whole per-request decision — route match, user key, bucket, split, flags and the
-//! decision header values — on the peer job's shape (1 route, 1 flag) and on configs of 10 and
-//! 1,000 routes with 10 flags. Inputs are built outside the
-//! timed loop.
+//! decision header values — on the peer job's shape (1 route, 1 flag), on configs of 10 and
+//! 1,000 routes with 10 flags, and with 10 flags of two constraints each on request headers
+//! (Unleash's model: flexibleRollout, IN and SEMVER_GT, three with variants and payloads).
+//! Inputs are built outside the timed loop.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -42,6 +43,27 @@ fn config(routes: usize, flags: usize) -> Snapshot {
     switchyard::config::load_str(&t, Path::new("bench.toml"), None).unwrap()
 }
 
+/// 10 flags, each a 50% flexibleRollout with two constraints (country IN, app version
+/// SEMVER_GT) read from headers; every third has variants with payloads.
+fn constrained() -> Snapshot {
+    let mut t = String::from(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[context]\ncountry = \"header:x-country\"\napp_version = \"header:x-app-version\"\n\
+         [pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n\
+         [[routes]]\nname = \"web\"\nsplit = { blue = 90, canary = 10 }\n",
+    );
+    for f in 0..10 {
+        t.push_str(&format!(
+            "[[flags]]\nname = \"flag{f}\"\nstrategies = [{{ name = \"flexibleRollout\", parameters = {{ rollout = \"50\" }}, constraints = [\
+             {{ contextName = \"country\", operator = \"IN\", values = [\"se\", \"no\", \"dk\"] }}, \
+             {{ contextName = \"app_version\", operator = \"SEMVER_GT\", value = \"1.2.0\" }}] }}]\n"
+        ));
+        if f % 3 == 0 {
+            t.push_str("variants = [{ name = \"a\", weight = 500, payload = { type = \"string\", value = \"x\" } }, { name = \"b\", weight = 500 }]\n");
+        }
+    }
+    switchyard::config::load_str(&t, Path::new("bench.toml"), None).unwrap()
+}
+
 fn decide_all(
     snap: &Snapshot,
     view: &RequestView<'_>,
@@ -69,6 +91,8 @@ fn bench(c: &mut Criterion) {
             path: "/api/v2/cart",
             query: None,
             headers: &headers,
+            method: &http::Method::GET,
+            peer: None,
         };
         assert!(snap.decide(&view, None, now).is_some());
         c.bench_function(&format!("decision/{routes}_routes_{flags}_flags"), |b| {
@@ -77,5 +101,28 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+fn bench_constraints(c: &mut Criterion) {
+    let now = SystemTime::now();
+    let snap = constrained();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-user-id", HeaderValue::from_static("user-123456"));
+    headers.insert("x-country", HeaderValue::from_static("se"));
+    headers.insert("x-app-version", HeaderValue::from_static("1.3.0"));
+    headers.insert("accept", HeaderValue::from_static("*/*"));
+    let view = RequestView {
+        host: "shop.example.com",
+        path: "/api/v2/cart",
+        query: None,
+        headers: &headers,
+        method: &http::Method::GET,
+        peer: None,
+    };
+    let d = snap.decide(&view, None, now).unwrap();
+    assert_eq!(d.flags.len(), 10);
+    c.bench_function("decision/10_flags_2_constraints", |b| {
+        b.iter(|| decide_all(black_box(&snap), black_box(&view), now))
+    });
+}
+
+criterion_group!(benches, bench, bench_constraints);
 criterion_main!(benches);

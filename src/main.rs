@@ -76,6 +76,11 @@ enum Command {
         /// A request cookie, `name=value` (repeatable).
         #[arg(long = "cookie")]
         cookies: Vec<String>,
+        /// The client's address (the socket's peer), for remoteAddress constraints and
+        /// strategies; x-forwarded-for is believed as the proxy would (`[context]
+        /// trusted_proxies`).
+        #[arg(long)]
+        client_ip: Option<std::net::IpAddr>,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -191,11 +196,12 @@ fn main() -> ExitCode {
             user,
             headers,
             cookies,
+            client_ip,
             json,
             offline,
             request,
         } => report(explain(
-            &config, user, &headers, &cookies, json, offline, &request,
+            &config, user, &headers, &cookies, client_ip, json, offline, &request,
         )),
         Command::Diff {
             old,
@@ -363,11 +369,13 @@ fn unset_variables(snap: &switchyard::routing::Snapshot) -> Vec<String> {
         .collect()
 }
 
+#[allow(clippy::too_many_arguments)]
 fn explain(
     path: &Path,
     user: Option<String>,
     headers: &[String],
     cookies: &[String],
+    client: Option<std::net::IpAddr>,
     json: bool,
     offline: bool,
     request: &[String],
@@ -408,6 +416,7 @@ fn explain(
         uri,
         headers: map,
         user,
+        client,
     };
     let answer = runtime(Some(1))?.block_on(cli::explain(path, &q, offline))?;
     if json {
@@ -532,22 +541,23 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
     if !snap.flags.is_empty() {
         let _ = writeln!(s, "flags ({}):", snap.flags.len());
         for f in snap.flags.iter() {
-            let variants: Vec<String> = f.variants.iter().map(|(n, w)| format!("{n}={w}")).collect();
+            let variants: Vec<String> = f
+                .def
+                .variants
+                .iter()
+                .map(|v| format!("{}={}", v.name, v.weight))
+                .collect();
             let _ = writeln!(
                 s,
-                "  {:<20} {}%{}{}",
+                "  {:<20} {}{}{}",
                 f.name,
-                f.percent,
-                if f.users.is_empty() {
-                    String::new()
-                } else {
-                    format!(", {} users", f.users.len())
-                },
+                f.summary(),
                 if variants.is_empty() {
                     String::new()
                 } else {
                     format!(", variants {}", variants.join(" "))
-                }
+                },
+                if f.from_file { " (flags_from)" } else { "" }
             );
         }
     }

@@ -32,6 +32,8 @@ fn decide(snap: &Snapshot, key: &str) -> (String, Option<String>) {
         path: "/",
         query: None,
         headers: &headers,
+        method: &http::Method::GET,
+        peer: None,
     };
     let d = snap.decide(&view, Some(key), SystemTime::now()).unwrap();
     (snap.pools[d.pool].name.to_string(), d.flags_header(snap))

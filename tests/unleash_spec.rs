@@ -13,10 +13,16 @@ use serde_json::Value as Json;
 use switchyard::routing::unleash::{self, Context, Field, Schema};
 
 fn spec_dir() -> PathBuf {
-    let d = std::env::var_os("UNLEASH_SPEC_DIR").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-npm/package/specifications")
-    });
-    assert!(d.join("index.json").exists(), "{} has no index.json: run .ci/run, or set UNLEASH_SPEC_DIR", d.display());
+    let d = std::env::var_os("UNLEASH_SPEC_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-npm/package/specifications")
+        });
+    assert!(
+        d.join("index.json").exists(),
+        "{} has no index.json: run .ci/run, or set UNLEASH_SPEC_DIR",
+        d.display()
+    );
     d
 }
 
@@ -58,7 +64,10 @@ fn context(j: &Json, schema: &Schema) -> Ctx {
             }
         }
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     Ctx { fixed, now }
 }
 
@@ -74,7 +83,13 @@ fn every_case_of_the_client_specification_agrees() {
         let state: unleash::model::ClientFeatures = serde_json::from_value(doc["state"].clone()).unwrap();
         let state = state.resolve_events();
         let mut schema = Schema::default();
-        let compiled = unleash::compile(&state, &mut schema, &unleash::Env { hostname: "switchyard-spec-host" });
+        let compiled = unleash::compile(
+            &state,
+            &mut schema,
+            &unleash::Env {
+                hostname: "switchyard-spec-host",
+            },
+        );
         let toggles = &compiled.toggles[..];
         let find = |n: &str| toggles.iter().find(|t| t.name == n);
         let (mut ok, mut bad) = (0, 0);
@@ -129,6 +144,11 @@ fn every_case_of_the_client_specification_agrees() {
         disagreed += bad;
     }
     eprintln!("total: {agreed} agreed, {disagreed} disagreed, 0 skipped");
-    assert!(failures.is_empty(), "{} disagreements:\n{}", failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} disagreements:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
     assert!(agreed >= 279, "only {agreed} cases ran");
 }

@@ -14,7 +14,6 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::routing::flags::Value;
 use crate::routing::Snapshot;
 
 /// Response classes of `switchyard_requests_total`.
@@ -237,7 +236,7 @@ impl Metrics {
                 self.flag_decisions.with_label_values(&[&*flag.name, "off"]),
                 self.flag_decisions.with_label_values(&[&*flag.name, "on"]),
             ];
-            for (v, _) in &flag.variants {
+            for v in &flag.variant_names {
                 values.push(self.flag_decisions.with_label_values(&[&*flag.name, v]));
             }
             h.flags.push(values);
@@ -386,12 +385,9 @@ impl Handles {
         }
     }
 
-    pub fn flag(&self, flag: usize, value: Value) {
-        let i = match value {
-            Value::Off => 0,
-            Value::On => 1,
-            Value::Variant(v) => 2 + v,
-        };
+    /// Counts a decision of `flag`: `label` from [`crate::routing::Flag::label`].
+    pub fn flag(&self, flag: usize, label: usize) {
+        let i = label;
         if let Some(c) = self.flags.get(flag).and_then(|f| f.get(i)) {
             c.inc();
         }

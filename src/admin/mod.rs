@@ -399,11 +399,18 @@ async fn flags(Extract(a): Extract<Admin>) -> Json<Vec<FlagStatus>> {
                     .unwrap_or_default();
                 let names = ["off", "on"]
                     .into_iter()
-                    .chain(f.variants.iter().map(|(v, _)| v.as_str()));
+                    .chain(f.variant_names.iter().map(String::as_str));
                 FlagStatus {
                     name: f.name.to_string(),
                     percent: f.percent,
-                    variants: f.variants.iter().map(|(v, w)| (v.clone(), *w)).collect(),
+                    summary: f.summary(),
+                    from_file: f.from_file,
+                    variants: f
+                        .def
+                        .variants
+                        .iter()
+                        .map(|v| (v.name.clone(), v.weight.max(0) as u32))
+                        .collect(),
                     decisions: names
                         .zip(counts.into_iter().chain(std::iter::repeat(0)))
                         .map(|(v, n)| (v.to_string(), n))
@@ -417,8 +424,13 @@ async fn flags(Extract(a): Extract<Admin>) -> Json<Vec<FlagStatus>> {
 #[derive(Debug, Serialize)]
 pub struct FlagStatus {
     pub name: String,
-    pub percent: u32,
-    /// `(name, weight)`, empty for an on/off flag.
+    /// The shorthand's percentage; `None` for a flag written with strategies or from a file.
+    pub percent: Option<u32>,
+    /// How it decides: its strategies, or `25%`.
+    pub summary: String,
+    /// Loaded from `flags_from`.
+    pub from_file: bool,
+    /// `(name, weight)` of the flag's own variants, empty for an on/off flag.
     pub variants: Vec<(String, u32)>,
     /// `(value, count)`: off, on, then each variant.
     pub decisions: Vec<(String, u64)>,

@@ -11,17 +11,15 @@ use http::uri::Authority;
 use http::{HeaderName, HeaderValue};
 use toml::Spanned;
 
-use super::raw::{
-    RawConfig, RawFlag, RawFleet, RawGuard, RawListen, RawNotify, RawPool, RawRollout, RawRoute,
-};
+use super::raw::{RawConfig, RawFleet, RawGuard, RawListen, RawNotify, RawPool, RawRollout, RawRoute};
 use super::{error_at, ConfigError};
 use crate::guard::{GuardConfig, RolloutConfig};
 use crate::notify::{Event, NotifyConfig};
-use crate::routing::flags::{is_key, is_token};
+use crate::routing::flags::is_token;
 use crate::routing::identity::KeyFrom;
 use crate::routing::{
-    AdminSettings, Flag, FleetSettings, HeaderSettings, Identity, Listen, Override, Route, RouteTable,
-    Snapshot, Split,
+    AdminSettings, FleetSettings, HeaderSettings, Identity, Listen, Override, Route, RouteTable, Snapshot,
+    Split,
 };
 use crate::upstream::{Balance, Endpoint, HealthCheck, Pool};
 
@@ -49,18 +47,24 @@ const MAX_CONNECTIONS: usize = 1_000_000;
 const MAX_COUNT: u64 = 1_000_000_000;
 
 /// Collects errors against one source text.
-struct Errors<'a> {
-    src: &'a str,
-    list: Vec<ConfigError>,
+pub(super) struct Errors<'a> {
+    pub(super) src: &'a str,
+    pub(super) list: Vec<ConfigError>,
 }
 
 impl Errors<'_> {
-    fn at<T>(&mut self, value: &Spanned<T>, path: impl Into<String>, message: impl Into<String>, fix: &str) {
+    pub(super) fn at<T>(
+        &mut self,
+        value: &Spanned<T>,
+        path: impl Into<String>,
+        message: impl Into<String>,
+        fix: &str,
+    ) {
         self.list
             .push(error_at(self.src, value.span().start, path.into(), message, fix));
     }
 
-    fn top(&mut self, path: &str, message: &str, fix: &str) {
+    pub(super) fn top(&mut self, path: &str, message: &str, fix: &str) {
         self.list
             .push(error_at(self.src, 0, path.to_owned(), message, fix));
     }
@@ -163,6 +167,8 @@ pub fn compile(
         pools.push(Arc::new(compiled));
     }
 
+    let mut context = super::targeting::context(&mut errs, raw);
+    let segments = super::targeting::segments(&mut errs, raw);
     let mut routes = Vec::new();
     let mut names = HashSet::new();
     let mut matchers = HashSet::new();
@@ -177,7 +183,7 @@ pub fn compile(
                 "give every route a unique name",
             );
         }
-        if let Some(r) = compile_route(&mut errs, &path, route, &pool_index) {
+        if let Some(r) = compile_route(&mut errs, &path, route, &pool_index, &mut context, &segments) {
             let mut hdrs: Vec<_> = r
                 .headers
                 .iter()
@@ -309,33 +315,17 @@ pub fn compile(
         }
     }
     let headers = compile_headers(&mut errs, raw);
-    let mut flags: Vec<Flag> = Vec::new();
-    let mut flag_names = HashSet::new();
-    for (i, f) in raw.flags.iter().enumerate() {
-        let path = format!("flags[{i}]");
-        let name = &f.get_ref().name;
-        if !flag_names.insert(name.get_ref().clone()) {
-            errs.at(
-                name,
-                format!("{path}.name"),
-                format!("a flag named `{}` is already defined", name.get_ref()),
-                "give every flag a unique name",
-            );
-        }
-        if let Some(flag) = compile_flag(&mut errs, &path, f.get_ref(), &names, env.as_deref()) {
-            flags.push(flag);
-        }
-    }
+    let (flags, flags_from) = super::targeting::flags(
+        &mut errs,
+        raw,
+        base,
+        env.as_deref(),
+        &names,
+        &mut context,
+        &segments,
+    );
     // A flag depends on the user unless it is on or off for everyone.
-    let depends: Vec<bool> = flags
-        .iter()
-        .map(|f| {
-            f.env_enabled
-                && ((1..100).contains(&f.percent)
-                    || !f.users.is_empty()
-                    || (f.percent > 0 && f.variants.iter().filter(|(_, w)| *w > 0).count() > 1))
-        })
-        .collect();
+    let depends: Vec<bool> = flags.iter().map(|f| !f.toggle.is_static()).collect();
     // Routes in scope of the same flags (all of them, most often) share one list.
     let mut lists: HashMap<Vec<usize>, (Arc<[usize]>, bool)> = HashMap::new();
     for (i, route) in routes.iter_mut().enumerate() {
@@ -384,6 +374,8 @@ pub fn compile(
             .as_ref()
             .and_then(|o| o.get_ref().enabled.as_ref())
             .is_some_and(|e| *e.get_ref()),
+        context: Arc::new(context),
+        flags_from,
         metrics: None,
         table: Arc::new(table),
         connect_timeouts: Arc::new(connect_timeouts),
@@ -560,6 +552,7 @@ fn compile_headers(errs: &mut Errors<'_>, raw: &RawConfig) -> HeaderSettings {
     };
     for (value, slot, path) in [
         (&h.flags, &mut set.flags, "headers.flags"),
+        (&h.flag_payloads, &mut set.flag_payloads, "headers.flag_payloads"),
         (&h.pool, &mut set.pool, "headers.pool"),
         (&h.bucket, &mut set.bucket, "headers.bucket"),
     ] {
@@ -588,168 +581,6 @@ fn compile_headers(errs: &mut Errors<'_>, raw: &RawConfig) -> HeaderSettings {
         }
     }
     set
-}
-
-fn compile_flag(
-    errs: &mut Errors<'_>,
-    path: &str,
-    raw: &RawFlag,
-    routes: &HashSet<String>,
-    env: Option<&str>,
-) -> Option<Flag> {
-    let before = errs.list.len();
-    let name = raw.name.get_ref();
-    if !is_key(name) {
-        errs.at(
-            &raw.name,
-            format!("{path}.name"),
-            format!("`{name}` is not a valid flag name"),
-            "use lower-case letters, digits, `_`, `-`, `.`, starting with a letter (an RFC 8941 key)",
-        );
-    }
-    let users: HashSet<String> = raw.users.iter().flatten().map(|u| u.get_ref().clone()).collect();
-    let percent = match &raw.percent {
-        // Without a percentage a flag is on for everyone, unless it lists users: then for them.
-        None => {
-            if users.is_empty() {
-                100
-            } else {
-                0
-            }
-        }
-        Some(p) => match u32::try_from(*p.get_ref()) {
-            Ok(v) if v <= 100 => v,
-            _ => {
-                errs.at(
-                    p,
-                    format!("{path}.percent"),
-                    "must be between 0 and 100",
-                    "write a whole percentage such as 25",
-                );
-                0
-            }
-        },
-    };
-    let group = match &raw.group {
-        Some(g) if g.get_ref().is_empty() => {
-            errs.at(
-                g,
-                format!("{path}.group"),
-                "must not be empty",
-                "remove it to use the flag's name",
-            );
-            String::new()
-        }
-        Some(g) => g.get_ref().clone(),
-        None => name.clone(),
-    };
-    let mut time = |v: &Option<Spanned<String>>, field: &str| {
-        v.as_ref()
-            .and_then(|t| match humantime::parse_rfc3339_weak(t.get_ref()) {
-                Ok(at) => Some(at),
-                Err(e) => {
-                    errs.at(
-                        t,
-                        format!("{path}.{field}"),
-                        format!("`{}` is not a time ({e})", t.get_ref()),
-                        "write a UTC time such as \"2026-12-01T00:00:00Z\"",
-                    );
-                    None
-                }
-            })
-    };
-    let start = time(&raw.start, "start");
-    let end = time(&raw.end, "end");
-    if let (Some(s), Some(e), Some(spanned)) = (start, end, &raw.end) {
-        if e <= s {
-            errs.at(
-                spanned,
-                format!("{path}.end"),
-                "ends before it starts",
-                "make end later than start",
-            );
-        }
-    }
-    for (i, r) in raw.routes.iter().flatten().enumerate() {
-        if !routes.contains(r.get_ref()) {
-            errs.at(
-                r,
-                format!("{path}.routes[{i}]"),
-                format!("there is no route `{}`", r.get_ref()),
-                "name a route defined in [[routes]]",
-            );
-        }
-    }
-    let env_enabled = match &raw.environments {
-        None => true,
-        Some(envs) => {
-            if env.is_none() {
-                if let Some(first) = envs.first() {
-                    errs.at(
-                        first,
-                        format!("{path}.environments"),
-                        "environments are listed but this config has no [env] name",
-                        "add [env] with name = \"production\" (or whatever this deployment is)",
-                    );
-                }
-            }
-            envs.iter().any(|e| Some(e.get_ref().as_str()) == env)
-        }
-    };
-    let mut variants = Vec::new();
-    if let Some(v) = &raw.variants {
-        for (vname, w) in v.get_ref() {
-            if !is_token(vname) || vname == "on" || vname == "off" {
-                errs.at(
-                    w,
-                    format!("{path}.variants.{vname}"),
-                    format!("`{vname}` cannot be a variant name"),
-                    "use a name starting with a letter (an RFC 8941 token), other than on/off",
-                );
-            }
-            match u32::try_from(*w.get_ref()) {
-                Ok(x) if u64::from(x) <= crate::routing::split::MAX_WEIGHT => {
-                    variants.push((vname.clone(), x))
-                }
-                Ok(_) => errs.at(
-                    w,
-                    format!("{path}.variants.{vname}"),
-                    format!("weights are at most {}", crate::routing::split::MAX_WEIGHT),
-                    "weights are relative: { a = 1, b = 1 } splits as { a = 500, b = 500 } does",
-                ),
-                Err(_) => errs.at(
-                    w,
-                    format!("{path}.variants.{vname}"),
-                    "weights cannot be negative",
-                    "use 0 to turn the variant off",
-                ),
-            }
-        }
-        if variants.iter().map(|(_, w)| *w as u64).sum::<u64>() == 0 {
-            errs.at(
-                v,
-                format!("{path}.variants"),
-                "the variant weights add up to 0",
-                "give at least one variant a positive weight",
-            );
-        }
-    }
-    let variant_total = variants.iter().map(|(_, w)| *w).sum();
-    (errs.list.len() == before).then(|| Flag {
-        name: name.as_str().into(),
-        group,
-        percent,
-        users,
-        env_enabled,
-        start,
-        end,
-        variants,
-        variant_total,
-        routes: raw
-            .routes
-            .as_ref()
-            .map(|r| r.iter().map(|n| n.get_ref().clone()).collect()),
-    })
 }
 
 /// Whether two listen addresses would take the same port (an unspecified address takes it on
@@ -1019,6 +850,8 @@ fn compile_route(
     path: &str,
     route: &Spanned<RawRoute>,
     pool_index: &HashMap<String, usize>,
+    context: &mut crate::routing::ContextSpec,
+    segments: &[crate::routing::unleash::model::Segment],
 ) -> Option<Route> {
     let raw = route.get_ref();
     let before = errs.list.len();
@@ -1128,7 +961,21 @@ fn compile_route(
             "add [routes.guard] with a baseline",
         );
     }
+    let rules = super::targeting::rules(
+        errs,
+        path,
+        &raw.rules,
+        &|p| {
+            pool_index
+                .get(p)
+                .copied()
+                .filter(|&i| in_split(split.as_ref(), i))
+        },
+        context,
+        segments,
+    );
     (errs.list.len() == before).then(|| Route {
+        rules: rules.into(),
         index: 0,
         name: name.as_str().into(),
         host,

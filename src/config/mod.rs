@@ -7,6 +7,7 @@
 
 mod compile;
 pub mod raw;
+mod targeting;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 pub use compile::{compile, revision};
+pub use targeting::{parse_features, FlagsFrom};
 
 use crate::routing::Snapshot;
 

@@ -30,6 +30,27 @@ pub struct RawConfig {
     pub notify: Vec<Spanned<RawNotify>>,
     pub fleet: Option<Spanned<RawFleet>>,
     pub ofrep: Option<Spanned<RawOfrep>>,
+    /// Request attributes flags and rules read: `name = "header:x-country"` (or `cookie:`,
+    /// `query:`), and `trusted_proxies = [...]` for the client address.
+    pub context: Option<Spanned<SpannedMap<toml::Value>>>,
+    #[serde(default)]
+    pub segments: Vec<Spanned<RawSegment>>,
+    /// An Unleash feature file (`"features.json"`), or `{ url, token_env, interval }`.
+    pub flags_from: Option<Spanned<toml::Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawSegment {
+    pub name: Spanned<String>,
+    pub constraints: Spanned<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawRule {
+    pub name: Option<Spanned<String>>,
+    pub constraints: Option<Spanned<toml::Value>>,
+    pub segments: Option<Vec<Spanned<String>>>,
+    pub pool: Spanned<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -69,6 +90,11 @@ pub struct RawIdentity {
 #[derive(Debug, Deserialize)]
 pub struct RawFlag {
     pub name: Spanned<String>,
+    pub description: Option<Spanned<String>>,
+    pub enabled: Option<Spanned<bool>>,
+    /// Unleash's strategies, with Unleash's field names.
+    pub strategies: Option<Spanned<toml::Value>>,
+    pub dependencies: Option<Spanned<toml::Value>>,
     pub percent: Option<Spanned<i64>>,
     pub group: Option<Spanned<String>>,
     pub users: Option<Vec<Spanned<String>>>,
@@ -76,17 +102,21 @@ pub struct RawFlag {
     pub environments: Option<Vec<Spanned<String>>>,
     pub start: Option<Spanned<String>>,
     pub end: Option<Spanned<String>>,
-    pub variants: Option<Spanned<SpannedMap<i64>>>,
+    /// `{ name = weight, ... }`, or Unleash's variants as an array of tables.
+    pub variants: Option<Spanned<toml::Value>>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct RawEnv {
     pub name: Spanned<String>,
+    /// Unleash's `appName` in the flags' context.
+    pub app_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
 pub struct RawHeaders {
     pub flags: Option<Spanned<String>>,
+    pub flag_payloads: Option<Spanned<String>>,
     pub pool: Option<Spanned<String>>,
     pub bucket: Option<Spanned<String>>,
     pub forwarded: Option<Spanned<bool>>,
@@ -152,6 +182,9 @@ pub struct RawRoute {
     pub overrides: Option<Spanned<RawOverride>>,
     pub guard: Option<Spanned<RawGuard>>,
     pub rollout: Option<Spanned<RawRollout>>,
+    /// Targeted routing, before the split: the first rule whose constraints hold picks the pool.
+    #[serde(default)]
+    pub rules: Vec<Spanned<RawRule>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -24,6 +24,8 @@ pub struct Question {
     pub headers: HeaderMap,
     /// Replaces the request's own user key.
     pub user: Option<String>,
+    /// The socket's peer address, if given.
+    pub client: Option<std::net::IpAddr>,
 }
 
 /// The answer, as `--json` prints it.
@@ -84,6 +86,56 @@ pub struct FlagFacts {
     pub why: String,
 }
 
+/// Why a flag has its value, in words.
+fn flag_why(flag: &crate::routing::Flag, value: Value, reason: Reason, key: &str) -> String {
+    let shorthand_bucket = || {
+        let group = flag
+            .def
+            .strategies
+            .iter()
+            .find_map(|s| s.parameters.get("groupId"))
+            .map_or(&*flag.name, String::as_str);
+        bucket::flag_bucket(group, key)
+    };
+    let why = match reason {
+        Reason::Disabled => "disabled (enabled = false)".to_owned(),
+        Reason::OutsideWindow => "outside its start/end window".to_owned(),
+        Reason::OtherEnvironment => "not enabled in this environment".to_owned(),
+        Reason::Dependency(i) => {
+            let d = &flag.def.dependencies[i as usize];
+            match (d.enabled, &d.variants) {
+                (Some(false), _) => format!("needs `{}` off, and it is not", d.feature),
+                (_, Some(v)) if !v.is_empty() => format!(
+                    "needs `{}` on with variant {}, and it is not",
+                    d.feature,
+                    v.join(" or ")
+                ),
+                _ => format!("needs `{}` on, and it is not", d.feature),
+            }
+        }
+        Reason::NoStrategies => "on for everyone (no strategies)".to_owned(),
+        Reason::NoStrategy => match flag.percent {
+            Some(0) => "0% rollout".to_owned(),
+            Some(p) => format!("user bucket {} > {p}%", shorthand_bucket()),
+            None => "no strategy admits the request".to_owned(),
+        },
+        Reason::Strategy { index, bucket } => {
+            let label = flag.toggle.strategy_label(index);
+            match (flag.percent, bucket) {
+                (Some(p), Some(b)) => format!("user bucket {b} <= {p}%"),
+                (Some(_), None) if label == "userWithId" => "the user is in its users list".to_owned(),
+                (Some(_), None) => "on for everyone".to_owned(),
+                (None, Some(b)) => format!("strategy {} ({label}) admits it, bucket {b}", index + 1),
+                (None, None) => format!("strategy {} ({label}) admits it", index + 1),
+            }
+        }
+    };
+    match value {
+        Value::Variant(_) => format!("{why}; variant by weight"),
+        _ => why,
+    }
+}
+
 /// Explains `q` against `snap` (with the live state in `overlay` applied to it, if given), at
 /// time `now`.
 pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime, overlay: Option<&Overlay>) -> Explanation {
@@ -115,6 +167,8 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime, overlay: Option<&
         path: filtered.path.as_ref().map_or(q.uri.path(), |p| p.path()),
         query: q.uri.query(),
         headers: &q.headers,
+        method: &q.method,
+        peer: q.client,
     };
     let route = snap.decide(&view, q.user.as_deref(), now).map(|d| {
         let route = d.route;
@@ -144,26 +198,24 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime, overlay: Option<&
                 route.overrides.cookie.as_deref().unwrap_or("")
             ),
             Why::Split => split_why(snap, route, d.point, d.pool, &bucket, overlay),
+            Why::Rule(i) => {
+                let rule = &route.rules[i as usize];
+                if rule.pool == d.pool {
+                    format!("{}: its constraints hold", rule.name)
+                } else {
+                    format!(
+                        "{}: its constraints hold, but {} is tripped: its baseline",
+                        rule.name, snap.pools[rule.pool].name
+                    )
+                }
+            }
         };
         let flags = d
             .flags
             .iter()
             .map(|&(f, value, reason)| {
                 let flag = &snap.flags[f];
-                let why = match reason {
-                    Reason::OutsideWindow => "outside its start/end window".to_owned(),
-                    Reason::OtherEnvironment => "not enabled in this environment".to_owned(),
-                    Reason::Listed => "the user is in its users list".to_owned(),
-                    Reason::Rollout { percent: 0, .. } => "0% rollout".to_owned(),
-                    Reason::Rollout { bucket, percent } => {
-                        let cmp = if bucket <= percent { "<=" } else { ">" };
-                        format!("user bucket {bucket} {cmp} {percent}%")
-                    }
-                };
-                let why = match value {
-                    Value::Variant(_) => format!("{why}; variant by weight"),
-                    _ => why,
-                };
+                let why = flag_why(flag, value, reason, &d.key);
                 FlagFacts {
                     name: flag.name.to_string(),
                     value: flag.token(value).to_owned(),

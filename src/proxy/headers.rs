@@ -179,6 +179,7 @@ pub struct DecisionFields<'a> {
     pub pool: &'a HeaderValue,
     pub bucket: &'a [u8],
     pub flags: Option<&'a str>,
+    pub payloads: Option<&'a str>,
 }
 
 /// A request's header fields as they go upstream (DESIGN §3 "Headers sent upstream"), read
@@ -244,7 +245,7 @@ impl UpstreamFields<'_> {
                 || (set.forwarded
                     && (name == X_FORWARDED_PROTO || (name == X_FORWARDED_HOST && self.host.is_some())))
                 || name.as_str().starts_with(INTERNAL_PREFIX)
-                || [&set.flags, &set.pool, &set.bucket]
+                || [&set.flags, &set.flag_payloads, &set.pool, &set.bucket]
                     .into_iter()
                     .any(|n| n.as_ref() == Some(name))
             {
@@ -283,6 +284,9 @@ impl UpstreamFields<'_> {
         }
         if let (Some(name), Some(flags)) = (&set.flags, d.flags) {
             f(name.as_str().as_bytes(), flags.as_bytes());
+        }
+        if let (Some(name), Some(payloads)) = (&set.flag_payloads, d.payloads) {
+            f(name.as_str().as_bytes(), payloads.as_bytes());
         }
     }
 
@@ -460,6 +464,7 @@ mod tests {
                 pool: &pool,
                 bucket: b"0.1234",
                 flags: Some("a=on"),
+                payloads: None,
             },
         }
         .to_map()
@@ -533,6 +538,7 @@ mod tests {
                 pool: &pool,
                 bucket: b"0",
                 flags: None,
+                payloads: None,
             },
         }
         .to_map();
@@ -560,6 +566,7 @@ mod tests {
             ("x-decision", "spoofed"),
         ]);
         let settings = HeaderSettings {
+            flag_payloads: None,
             flags: Some(HeaderName::from_static("x-decision")),
             pool: None,
             bucket: None,

@@ -195,10 +195,11 @@ impl Proxy {
         if snap.ofrep && ofrep::is_ofrep(parts.uri.path()) {
             // Answered here, from the flags: no route, no upstream.
             let Request { parts, body, .. } = request;
+            let client = peer.addr.ip();
             return Handling {
                 busy: Some(busy),
                 phase: Phase::Local {
-                    future: Box::pin(async move { ofrep::answer(&snap, &parts, body).await }),
+                    future: Box::pin(async move { ofrep::answer(&snap, &parts, body, client).await }),
                 },
             };
         }
@@ -207,7 +208,7 @@ impl Proxy {
             ..Names::default()
         };
         let ready = self
-            .route(&snap, request, &mut names)
+            .route(&snap, request, peer.addr.ip(), &mut names)
             .and_then(|routed| prepare(&snap, routed, &peer, request_id.as_ref(), start));
         // Used in place by the future below (not moved into its locals), so it is held once.
         let mut ready = match ready {
@@ -344,7 +345,13 @@ impl Proxy {
     }
 
     /// Phases request_filter, route and decide, and the request's parts for upstream_request.
-    fn route(&self, snap: &Snapshot, request: Request, names: &mut Names) -> Result<Routed, ProxyError> {
+    fn route(
+        &self,
+        snap: &Snapshot,
+        request: Request,
+        client: std::net::IpAddr,
+        names: &mut Names,
+    ) -> Result<Routed, ProxyError> {
         let Request {
             parts,
             body,
@@ -361,6 +368,8 @@ impl Proxy {
             path: routed_path,
             query: parts.uri.query(),
             headers: &parts.headers,
+            method: &parts.method,
+            peer: Some(client),
         };
         // Phase: decide. Only owned values leave this block, so the request is free to change.
         let (pool, decided) = {
@@ -394,7 +403,7 @@ impl Proxy {
             names.pool = Some(pool);
             if let Some(m) = snap.metrics.as_deref() {
                 for &(f, value, _) in &d.flags {
-                    m.flag(f, value);
+                    m.flag(f, snap.flags[f].label(value));
                 }
                 if d.ignored_override {
                     m.override_ignored(d.route.index);
@@ -681,6 +690,7 @@ fn respond(
 struct Decided {
     bucket: [u8; 6],
     flags: Option<String>,
+    payloads: Option<String>,
     set_cookie: Option<String>,
 }
 
@@ -689,6 +699,7 @@ impl Decided {
         Decided {
             bucket: bucket::format_point(d.point),
             flags: d.flags_header(snap),
+            payloads: d.payloads_header(snap),
             set_cookie: d.sets_cookie().then(|| snap.identity.set_cookie(&d.key)),
         }
     }
@@ -720,6 +731,7 @@ impl Decided {
                 pool: &pool.name_header,
                 bucket: &self.bucket,
                 flags: self.flags.as_deref(),
+                payloads: self.payloads.as_deref(),
             },
         }
     }

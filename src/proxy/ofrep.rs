@@ -19,9 +19,12 @@ use http::{header, Method, Response, StatusCode};
 use serde_json::{json, Value as Json};
 
 use super::body::ProxyBody;
+use std::collections::HashMap;
+
 use crate::routing::flags::{Flag, Reason, Value};
 use crate::routing::identity::KeySource;
-use crate::routing::Snapshot;
+use crate::routing::unleash::{Context, Field};
+use crate::routing::{RequestContext, RequestView, Snapshot};
 use crate::upstream::client::RequestBody;
 
 /// Where the endpoints are.
@@ -63,29 +66,56 @@ fn error(status: StatusCode, key: Option<&str>, code: &str, details: &str) -> Re
     json_response(status, &body, None)
 }
 
-/// Whether `flag` gives every user the same value (then no targeting key is needed).
-fn static_flag(flag: &Flag) -> bool {
-    flag.users.is_empty()
-        && (flag.percent == 0 || flag.percent == 100)
-        && flag.variants.iter().filter(|(_, w)| *w > 0).count() <= 1
+/// The evaluation context of an OFREP request: the body's fields (by Unleash's names, and
+/// `targetingKey` as the userId), else what the request itself carries.
+struct OfrepContext<'a> {
+    request: RequestContext<'a>,
+    given: HashMap<Field, String>,
 }
 
-/// One flag's evaluation for `key`, as OFREP shows it.
-pub fn evaluation(flag: &Flag, key: &str, now: SystemTime) -> Json {
-    let (value, reason) = flag.evaluate(key, now);
-    let reason = match reason {
-        Reason::OtherEnvironment | Reason::OutsideWindow => "DISABLED",
-        Reason::Listed => "TARGETING_MATCH",
-        Reason::Rollout { .. } if static_flag(flag) => "STATIC",
-        Reason::Rollout { .. } => "SPLIT",
+impl Context for OfrepContext<'_> {
+    fn get(&self, field: Field) -> Option<&str> {
+        match self.given.get(&field) {
+            Some(v) => Some(v),
+            None => self.request.get(field),
+        }
+    }
+    fn now_ms(&self) -> i64 {
+        self.request.now_ms()
+    }
+    fn random(&self) -> u32 {
+        self.request.random()
+    }
+}
+
+/// One flag's evaluation, as OFREP shows it.
+fn evaluation<C: Context + ?Sized>(snap: &Snapshot, flag: &Flag, ctx: &C) -> Json {
+    let (value, reason) = flag.evaluate(&snap.flags, ctx);
+    let reason = if flag.toggle.is_static() {
+        "STATIC"
+    } else {
+        match reason {
+            Reason::Disabled | Reason::OtherEnvironment | Reason::OutsideWindow => "DISABLED",
+            Reason::Strategy { bucket: Some(_), .. } => "SPLIT",
+            Reason::NoStrategy if flag.percent.is_some() => "SPLIT",
+            Reason::Strategy { .. } if matches!(value, Value::Variant(_)) => "SPLIT",
+            Reason::Strategy { .. } => "TARGETING_MATCH",
+            Reason::NoStrategies => "STATIC",
+            Reason::NoStrategy | Reason::Dependency(_) => "DEFAULT",
+        }
     };
     let variant = flag.token(value).to_owned();
-    let value: Json = if flag.variants.is_empty() {
-        Json::Bool(value == Value::On)
-    } else {
+    let json_value: Json = if flag.has_variants() {
         Json::String(variant.clone())
+    } else {
+        Json::Bool(value == Value::On)
     };
-    json!({ "key": &*flag.name, "value": value, "reason": reason, "variant": variant, "metadata": {} })
+    let mut metadata = serde_json::Map::new();
+    if let Some(p) = flag.payload(value) {
+        metadata.insert("payload".into(), Json::String(p.value.clone()));
+        metadata.insert("payloadType".into(), Json::String(p.kind.clone()));
+    }
+    json!({ "key": &*flag.name, "value": json_value, "reason": reason, "variant": variant, "metadata": metadata })
 }
 
 /// Reads the request body, at most [`MAX_BODY`] bytes.
@@ -125,6 +155,7 @@ pub async fn answer(
     snap: &Snapshot,
     parts: &http::request::Parts,
     body: Option<RequestBody>,
+    client: std::net::IpAddr,
 ) -> Response<ProxyBody> {
     if parts.method != Method::POST {
         let mut r = error(
@@ -165,12 +196,33 @@ pub async fn answer(
         );
     }
     // The context's targetingKey, else the request's own identity.
-    let key: Option<String> = match &context["targetingKey"] {
-        Json::String(k) if !k.is_empty() => Some(k.clone()),
-        Json::Null => {
-            let (k, source) = snap.identity.key(&parts.headers, parts.uri.query());
-            (!matches!(source, KeySource::New)).then(|| k.into_owned())
+    let mut given: HashMap<Field, String> = HashMap::new();
+    let text = |v: &Json| match v {
+        Json::String(s) => Some(s.clone()),
+        Json::Number(n) => Some(n.to_string()),
+        Json::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    for (k, v) in context.as_object().into_iter().flatten() {
+        let fields = if k == "properties" { v.as_object() } else { None };
+        for (k, v) in fields
+            .into_iter()
+            .flatten()
+            .chain(std::iter::once((k, v)).filter(|_| fields.is_none()))
+        {
+            if k == "targetingKey" {
+                continue;
+            }
+            if let (Some(f), Some(t)) = (snap.context.schema.lookup(k), text(v)) {
+                given.insert(f, t);
+            }
         }
+    }
+    match &context["targetingKey"] {
+        Json::String(k) if !k.is_empty() => {
+            given.insert(Field::UserId, k.clone());
+        }
+        Json::Null | Json::String(_) => {}
         _ => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -179,8 +231,43 @@ pub async fn answer(
                 "targetingKey must be a string",
             )
         }
+    }
+    let (key, source) = snap.identity.key(&parts.headers, parts.uri.query());
+    let (user_id, session_id) = match source {
+        KeySource::New => (None, None),
+        KeySource::AnonymousCookie => (None, Some(&*key)),
+        _ => (
+            Some(&*key),
+            crate::routing::identity::cookie(&parts.headers, &snap.identity.cookie),
+        ),
     };
-    let now = SystemTime::now();
+    let host = crate::routing::normalize_host(
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or(""),
+    );
+    let view = RequestView {
+        host: &host,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        method: &parts.method,
+        peer: Some(client),
+    };
+    let ctx = OfrepContext {
+        request: RequestContext::new(
+            &snap.context,
+            view,
+            user_id,
+            session_id,
+            snap.env.as_deref(),
+            SystemTime::now(),
+        ),
+        given,
+    };
+    let keyed = ctx.get(Field::UserId).is_some() || ctx.get(Field::SessionId).is_some();
     let one = parts
         .uri
         .path()
@@ -197,10 +284,9 @@ pub async fn answer(
                     "no flag of this name",
                 );
             };
-            match &key {
-                Some(k) => json_response(StatusCode::OK, &evaluation(flag, k, now), None),
-                None if static_flag(flag) => json_response(StatusCode::OK, &evaluation(flag, "", now), None),
-                None => error(
+            match keyed || !flag.toggle.sticky() {
+                true => json_response(StatusCode::OK, &evaluation(snap, flag, &ctx), None),
+                false => error(
                     StatusCode::BAD_REQUEST,
                     Some(&name),
                     "TARGETING_KEY_MISSING",
@@ -212,10 +298,9 @@ pub async fn answer(
             let flags: Vec<Json> = snap
                 .flags
                 .iter()
-                .map(|f| match &key {
-                    Some(k) => evaluation(f, k, now),
-                    None if static_flag(f) => evaluation(f, "", now),
-                    None => json!({ "key": &*f.name, "errorCode": "TARGETING_KEY_MISSING", "errorDetails": "this flag differs by user" }),
+                .map(|f| match keyed || !f.toggle.sticky() {
+                    true => evaluation(snap, f, &ctx),
+                    false => json!({ "key": &*f.name, "errorCode": "TARGETING_KEY_MISSING", "errorDetails": "this flag differs by user" }),
                 })
                 .collect();
             let body = json!({ "flags": flags });

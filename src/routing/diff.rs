@@ -22,6 +22,7 @@ use std::time::SystemTime;
 use serde::Serialize;
 
 use super::flags::Flag;
+use super::unleash::model::{Strategy, Variant};
 use super::{Route, Snapshot, Split};
 
 /// Keys sampled for a flag's flips.
@@ -137,21 +138,79 @@ enum Flips {
 }
 
 fn how_flips(f: &Flag, n: &Flag, now: SystemTime) -> Flips {
-    if f.decides_like(n) {
+    if f.decides_like(n) && f.toggle.dependencies().next().is_none() {
         return Flips::None;
     }
-    let mut only_percent = n.clone();
-    only_percent.percent = f.percent;
-    if f.decides_like(&only_percent) {
-        // The same flag but for its percentage: off for all, or for the bucket difference.
-        let open = f.env_enabled && f.start.is_none_or(|s| now >= s) && f.end.is_none_or(|e| now < e);
-        return Flips::Exactly(if open {
-            f64::from(f.percent.abs_diff(n.percent)) / 100.0
-        } else {
-            0.0
-        });
+    // The same shorthand flag but for its percentage: off for all, or the bucket difference.
+    #[allow(clippy::type_complexity)]
+    fn shape(
+        x: &Flag,
+    ) -> (
+        Option<Strategy>,
+        Option<String>,
+        &Vec<Variant>,
+        bool,
+        bool,
+        (Option<i64>, Option<i64>),
+        bool,
+    ) {
+        let users = x.def.strategies.iter().find(|s| s.name == "userWithId").cloned();
+        let group = x
+            .def
+            .strategies
+            .iter()
+            .find_map(|s| s.parameters.get("groupId").cloned());
+        (
+            users,
+            group,
+            &x.def.variants,
+            x.def.enabled,
+            x.env_enabled,
+            x.toggle.window,
+            x.def.dependencies.is_empty(),
+        )
+    }
+    if let (Some(fp), Some(np)) = (f.percent, n.percent) {
+        let (fs, ns) = (shape(f), shape(n));
+        // A percentage of 0 or 100 has no groupId to compare: the group is the name then.
+        let same_group = fs.1 == ns.1 || fs.1.is_none() || ns.1.is_none();
+        if fs.0 == ns.0 && same_group && fs.2 == ns.2 && (fs.3, fs.4, fs.5, fs.6) == (ns.3, ns.4, ns.5, true)
+        {
+            let now_ms = now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let (s, e) = f.toggle.window;
+            let open = f.env_enabled
+                && f.def.enabled
+                && s.is_none_or(|s| now_ms >= s)
+                && e.is_none_or(|e| now_ms < e);
+            return Flips::Exactly(if open {
+                f64::from(fp.abs_diff(np)) / 100.0
+            } else {
+                0.0
+            });
+        }
     }
     Flips::Sample
+}
+
+/// A sampled user: a user id, and nothing else of a request.
+struct SampleUser<'a> {
+    key: &'a str,
+    now_ms: i64,
+}
+
+impl super::unleash::Context for SampleUser<'_> {
+    fn get(&self, field: super::unleash::Field) -> Option<&str> {
+        (field == super::unleash::Field::UserId).then_some(self.key)
+    }
+    fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+    fn random(&self) -> u32 {
+        // Random stickiness would count as flips: hash the key instead, the same on both sides.
+        super::bucket::hash("diff", self.key, 0)
+    }
 }
 
 /// The flags' part of [`diff`].
@@ -179,7 +238,7 @@ fn diff_flags(old: &Snapshot, new: &Snapshot, now: SystemTime, budget: usize) ->
                 let flipped = match how_flips(f, n, now) {
                     Flips::None => 0.0,
                     Flips::Exactly(share) => share,
-                    Flips::Sample => flips(f, n, now, sample),
+                    Flips::Sample => flips(f, old, n, new, now, sample),
                 };
                 FlagDiff {
                     name: f.name.to_string(),
@@ -204,14 +263,18 @@ fn diff_flags(old: &Snapshot, new: &Snapshot, now: SystemTime, budget: usize) ->
 }
 
 /// The share of `sample` keys whose value differs between `f` and `n`.
-fn flips(f: &Flag, n: &Flag, now: SystemTime, sample: usize) -> f64 {
+fn flips(f: &Flag, old: &Snapshot, n: &Flag, new: &Snapshot, now: SystemTime, sample: usize) -> f64 {
     use std::fmt::Write;
     let mut key = String::with_capacity(24);
+    let now_ms = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
     let flips = (0..sample)
         .filter(|i| {
             key.clear();
             let _ = write!(key, "diff-sample-{i}");
-            f.token(f.evaluate(&key, now).0) != n.token(n.evaluate(&key, now).0)
+            let user = SampleUser { key: &key, now_ms };
+            f.token(f.evaluate(&old.flags, &user).0) != n.token(n.evaluate(&new.flags, &user).0)
         })
         .count();
     flips as f64 / sample as f64
@@ -353,7 +416,7 @@ mod tests {
     #[test]
     fn the_closed_form_agrees_with_the_sample() {
         let (a, b) = (snap("{ blue = 1 }", 10, "s"), snap("{ blue = 1 }", 37, "s"));
-        let sampled = flips(&a.flags[0], &b.flags[0], SystemTime::now(), FLAG_SAMPLE);
+        let sampled = flips(&a.flags[0], &a, &b.flags[0], &b, SystemTime::now(), FLAG_SAMPLE);
         assert!((sampled - 0.27).abs() < 0.006, "{sampled}");
         // Unchanged: nothing flips, and nothing is sampled.
         let d = diff(&a, &a, SystemTime::now());
@@ -363,10 +426,8 @@ mod tests {
     #[test]
     fn other_changes_are_sampled_within_the_budget() {
         let a = snap("{ blue = 1 }", 50, "s");
-        let mut b = a.clone();
-        let mut flags = b.flags.to_vec();
-        flags[0].group = "another".into();
-        b.flags = flags.into();
+        let text = "[listen]\nhttp = \"127.0.0.1:0\"\n[identity]\nsalt = \"s\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"web\"\nsplit = { blue = 1 }\n[[flags]]\nname = \"f\"\npercent = 50\ngroup = \"another\"\n";
+        let b = crate::config::load_str(text, Path::new("t.toml"), None).unwrap();
         // A new group reshuffles the buckets: about half of a 50% flag's users flip.
         let d = diff_within(&a, &b, SystemTime::now(), 1);
         assert!((d.flags[0].flipped - 0.5).abs() < 0.02, "{:?}", d.flags);

@@ -1,33 +1,42 @@
-//! Feature flags, evaluated per request and sent upstream as one RFC 8941 dictionary header
-//! (`new_checkout=on, dark_mode=off, search=treatment`), so services read flags from the request
-//! instead of calling a flag service. The formulas are Unleash's (see [`super::bucket`]), so an
-//! app using an Unleash SDK with the same flag name (group) and user id gets the same answer.
+//! Feature flags, evaluated per request with Unleash's model ([`super::unleash`]) and sent
+//! upstream as one RFC 8941 dictionary header (`new_checkout=on, dark_mode=off,
+//! search=treatment`), with the payloads of the variants that have one in a second header, so
+//! services read flags from the request instead of calling a flag service. The formulas are
+//! Unleash's (see [`super::bucket`]), so an app using an Unleash SDK with the same flag and
+//! user id gets the same answer.
+//!
+//! A flag comes from `[[flags]]` (the shorthand `percent`/`users`/`variants`, or Unleash's
+//! strategies written in TOML) or from an Unleash feature file (`flags_from`); both compile to
+//! the same [`Toggle`].
 
-use std::collections::HashSet;
+use std::fmt::Write;
 use std::sync::Arc;
-use std::time::SystemTime;
 
-use super::bucket;
+use super::unleash::model::{Feature, Payload};
+use super::unleash::{Context, Toggle, Toggles, Why};
 
-/// One compiled `[[flags]]` entry.
+/// One compiled flag.
 #[derive(Debug, Clone)]
 pub struct Flag {
+    /// The flag's name (Unleash's feature name).
     pub name: Arc<str>,
-    /// Hash group (Unleash's groupId); the name unless set.
-    pub group: String,
-    /// Sticky rollout percentage, 0..=100.
-    pub percent: u32,
-    /// Keys for which the flag is always on.
-    pub users: HashSet<String>,
+    /// Its key in the flags header: the name if it is an RFC 8941 key, else [`header_key`]'s.
+    pub key: Arc<str>,
+    /// The definition in Unleash's form, as compiled (what `diff` compares).
+    pub def: Feature,
+    pub toggle: Toggle,
     /// False when `environments` is set and does not name this deployment's `[env] name`.
     pub env_enabled: bool,
-    pub start: Option<SystemTime>,
-    pub end: Option<SystemTime>,
-    /// `(variant name, weight)` in written order; empty for an on/off flag.
-    pub variants: Vec<(String, u32)>,
-    pub(crate) variant_total: u32,
     /// Route names this flag is limited to; `None`: every route.
     pub routes: Option<Vec<String>>,
+    /// Loaded from `flags_from` rather than written in the TOML.
+    pub from_file: bool,
+    /// The shorthand's percentage, when the flag is written that way (for display).
+    pub percent: Option<u32>,
+    /// Distinct variant names, in order of first appearance.
+    pub variant_names: Vec<String>,
+    /// For each of `toggle.outputs`, its index in `variant_names`.
+    labels: Vec<u16>,
 }
 
 /// What a flag evaluated to.
@@ -35,84 +44,219 @@ pub struct Flag {
 pub enum Value {
     On,
     Off,
-    /// Index into [`Flag::variants`].
-    Variant(usize),
+    /// Index into the toggle's outputs.
+    Variant(u16),
 }
 
-/// Why, for `switchyard explain`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    /// Outside `start`..`end`.
-    OutsideWindow,
-    /// `environments` does not name this deployment.
-    OtherEnvironment,
-    /// The key is in `users`.
-    Listed,
-    /// The user's bucket (1..=100) against the percentage.
-    Rollout { bucket: u32, percent: u32 },
-}
+/// Why, for `switchyard explain` and OFREP.
+pub type Reason = Why;
 
 impl Flag {
-    /// Evaluates the flag for a user key at time `now`.
-    pub fn evaluate(&self, key: &str, now: SystemTime) -> (Value, Reason) {
+    pub fn new(
+        def: Feature,
+        mut toggle: Toggle,
+        env_enabled: bool,
+        routes: Option<Vec<String>>,
+        from_file: bool,
+    ) -> Flag {
+        toggle.enabled &= env_enabled;
+        let mut variant_names: Vec<String> = Vec::new();
+        let labels = toggle
+            .outputs
+            .iter()
+            .map(|o| match variant_names.iter().position(|n| *n == o.name) {
+                Some(i) => i as u16,
+                None => {
+                    variant_names.push(o.name.clone());
+                    (variant_names.len() - 1) as u16
+                }
+            })
+            .collect();
+        Flag {
+            key: header_key(&def.name).into(),
+            name: def.name.as_str().into(),
+            def,
+            toggle,
+            env_enabled,
+            routes,
+            from_file,
+            percent: None,
+            variant_names,
+            labels,
+        }
+    }
+
+    /// Evaluates the flag for a request (`all`: every flag, for dependencies).
+    pub fn evaluate<C: Context + ?Sized>(&self, all: &[Flag], ctx: &C) -> (Value, Reason) {
         if !self.env_enabled {
-            return (Value::Off, Reason::OtherEnvironment);
+            return (Value::Off, Why::OtherEnvironment);
         }
-        if self.start.is_some_and(|s| now < s) || self.end.is_some_and(|e| now >= e) {
-            return (Value::Off, Reason::OutsideWindow);
-        }
-        let (on, reason) = if !self.users.is_empty() && self.users.contains(key) {
-            (true, Reason::Listed)
-        } else {
-            let b = if self.percent == 0 {
-                0
-            } else {
-                bucket::flag_bucket(&self.group, key)
-            };
-            (
-                self.percent > 0 && b <= self.percent,
-                Reason::Rollout {
-                    bucket: b,
-                    percent: self.percent,
-                },
-            )
+        let e = self.toggle.evaluate(all, ctx);
+        let value = match (e.enabled, e.variant) {
+            (false, _) => Value::Off,
+            (true, None) => Value::On,
+            (true, Some(v)) => Value::Variant(v),
         };
-        if !on {
-            return (Value::Off, reason);
-        }
-        if self.variants.is_empty() {
-            return (Value::On, reason);
-        }
-        let target = bucket::variant_target(&self.group, key, self.variant_total);
-        let mut sum = 0;
-        for (i, (_, w)) in self.variants.iter().enumerate() {
-            sum += w;
-            if sum >= target {
-                return (Value::Variant(i), reason);
-            }
-        }
-        (Value::Variant(self.variants.len() - 1), reason)
+        (value, e.why)
     }
 
-    /// The value as an RFC 8941 token.
-    /// Whether `other` gives every key the value this flag gives it (the same definition; the
-    /// routes a flag is limited to do not change its value).
+    /// Whether `other` gives every request the value this flag gives it (the same definition;
+    /// the routes a flag is limited to do not change its value).
     pub fn decides_like(&self, other: &Flag) -> bool {
-        self.group == other.group
-            && self.percent == other.percent
-            && self.users == other.users
+        self.def == other.def
             && self.env_enabled == other.env_enabled
-            && self.start == other.start
-            && self.end == other.end
-            && self.variants == other.variants
+            && self.toggle.window == other.toggle.window
     }
 
+    /// The value's name: `on`, `off`, or the variant's.
     pub fn token(&self, value: Value) -> &str {
         match value {
             Value::On => "on",
             Value::Off => "off",
-            Value::Variant(i) => &self.variants[i].0,
+            Value::Variant(i) => &self.toggle.outputs[i as usize].name,
         }
+    }
+
+    pub fn payload(&self, value: Value) -> Option<&Payload> {
+        match value {
+            Value::Variant(i) => self.toggle.outputs[i as usize].payload.as_ref(),
+            _ => None,
+        }
+    }
+
+    /// The value's position among `off`, `on` and [`Flag::variant_names`] (metrics' order).
+    pub fn label(&self, value: Value) -> usize {
+        match value {
+            Value::Off => 0,
+            Value::On => 1,
+            Value::Variant(i) => 2 + self.labels[i as usize] as usize,
+        }
+    }
+
+    /// Whether the flag has variants (its value is a name, not on/off).
+    pub fn has_variants(&self) -> bool {
+        !self.toggle.outputs.is_empty()
+    }
+
+    /// A line about how the flag decides, for `status` and the API.
+    pub fn summary(&self) -> String {
+        if !self.env_enabled {
+            return "off (other environment)".into();
+        }
+        if !self.toggle.enabled {
+            return "disabled".into();
+        }
+        let mut s = String::new();
+        if let Some(p) = self.percent {
+            let _ = write!(s, "{p}%");
+            let users = self.def.strategies.iter().find(|x| x.name == "userWithId");
+            if let Some(ids) = users.and_then(|u| u.parameters.get("userIds")) {
+                let _ = write!(s, ", {} users", ids.split(',').count());
+            }
+        } else if self.def.strategies.is_empty() {
+            s.push_str("on for everyone");
+        } else {
+            for (i, _) in self.def.strategies.iter().enumerate() {
+                if i > 0 {
+                    s.push_str(" | ");
+                }
+                s.push_str(self.toggle.strategy_label(i as u16));
+            }
+        }
+        for (d, _) in self.toggle.dependencies() {
+            let _ = write!(s, ", needs {d}");
+        }
+        s
+    }
+}
+
+impl Toggles for [Flag] {
+    fn toggle(&self, index: usize) -> &Toggle {
+        &self[index].toggle
+    }
+}
+
+/// The flags-header key of a flag name: the name itself when it is an RFC 8941 key; else
+/// lower-cased, each character outside `a-z 0-9 _ - . *` replaced by `_`, and `f_` put in
+/// front unless it then starts with a letter (`Feature.A` → `feature.a`, `2fa` → `f_2fa`,
+/// `Nouveau café` → `nouveau_caf_`). Two names that give one key: the later gets `-2`, `-3`...
+/// (by [`unique_keys`]).
+pub fn header_key(name: &str) -> String {
+    if is_key(name) {
+        return name.to_owned();
+    }
+    let mut k: String = name
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-' | '.' | '*') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if !k.starts_with(|c: char| c.is_ascii_lowercase()) {
+        k.insert_str(0, "f_");
+    }
+    k
+}
+
+/// Makes the flags' header keys unique, in order: a key already taken gets `-2`, `-3`...
+pub fn unique_keys(flags: &mut [Flag]) {
+    let mut seen = std::collections::HashSet::new();
+    for f in flags {
+        if seen.insert(f.key.clone()) {
+            continue;
+        }
+        for n in 2.. {
+            let k: Arc<str> = format!("{}-{n}", f.key).into();
+            if seen.insert(k.clone()) {
+                f.key = k;
+                break;
+            }
+        }
+    }
+}
+
+/// Appends `s` as an RFC 8941 bare item: a token when it is one, a string when it is printable
+/// ASCII, else an RFC 9651 display string (`%"caf%c3%a9"`).
+pub fn push_item(out: &mut String, s: &str) {
+    if is_token(s) {
+        out.push_str(s);
+        return;
+    }
+    if s.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        out.push('"');
+        for c in s.chars() {
+            if c == '"' || c == '\\' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out.push('"');
+        return;
+    }
+    out.push_str("%\"");
+    for b in s.bytes() {
+        if (0x20..0x7f).contains(&b) && b != b'%' && b != b'"' {
+            out.push(b as char);
+        } else {
+            let _ = write!(out, "%{b:02x}");
+        }
+    }
+    out.push('"');
+}
+
+/// Appends `s` as an RFC 8941 string (a display string if it is not printable ASCII), never a
+/// token: payloads stay strings whatever their text.
+pub fn push_item_string(out: &mut String, s: &str) {
+    if is_token(s) {
+        out.push('"');
+        out.push_str(s);
+        out.push('"');
+    } else {
+        push_item(out, s);
     }
 }
 
@@ -133,70 +277,33 @@ pub fn is_token(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
-
-    pub(crate) fn flag(name: &str, percent: u32) -> Flag {
-        Flag {
-            name: name.into(),
-            group: name.to_owned(),
-            percent,
-            users: HashSet::new(),
-            env_enabled: true,
-            start: None,
-            end: None,
-            variants: Vec::new(),
-            variant_total: 0,
-            routes: None,
-        }
-    }
-
-    #[test]
-    fn percent_follows_the_unleash_bucket() {
-        // flag_bucket("new_checkout", "alice") = 21, ("new_checkout", "bob") = 86.
-        let now = SystemTime::now();
-        let f = flag("new_checkout", 21);
-        assert_eq!(f.evaluate("alice", now).0, Value::On);
-        assert_eq!(f.evaluate("bob", now).0, Value::Off);
-        assert_eq!(flag("new_checkout", 20).evaluate("alice", now).0, Value::Off);
-        assert_eq!(flag("new_checkout", 0).evaluate("alice", now).0, Value::Off);
-        assert_eq!(flag("new_checkout", 100).evaluate("bob", now).0, Value::On);
-    }
-
-    #[test]
-    fn users_windows_and_environments() {
-        let now = SystemTime::now();
-        let mut f = flag("beta", 0);
-        f.users.insert("qa-1".into());
-        assert_eq!(f.evaluate("qa-1", now), (Value::On, Reason::Listed));
-        assert_eq!(f.evaluate("qa-2", now).0, Value::Off);
-        f.start = Some(now + Duration::from_secs(60));
-        assert_eq!(f.evaluate("qa-1", now), (Value::Off, Reason::OutsideWindow));
-        f.start = Some(now - Duration::from_secs(60));
-        f.end = Some(now);
-        assert_eq!(
-            f.evaluate("qa-1", now).1,
-            Reason::OutsideWindow,
-            "end is exclusive"
-        );
-        f.end = None;
-        f.env_enabled = false;
-        assert_eq!(f.evaluate("qa-1", now), (Value::Off, Reason::OtherEnvironment));
-    }
-
-    #[test]
-    fn variants_walk_in_written_order() {
-        // variant_target("new_checkout", "alice", 1000) = 175, ("new_checkout", "bob", 1000) = 226.
-        let now = SystemTime::now();
-        let mut f = flag("new_checkout", 100);
-        f.variants = vec![("control".into(), 200), ("treatment".into(), 800)];
-        f.variant_total = 1000;
-        assert_eq!(f.token(f.evaluate("alice", now).0), "control");
-        assert_eq!(f.token(f.evaluate("bob", now).0), "treatment");
-    }
 
     #[test]
     fn sf_keys_and_tokens() {
         assert!(is_key("new_checkout") && is_key("a.b-c*") && !is_key("New") && !is_key("1a") && !is_key(""));
         assert!(is_token("treatment") && is_token("B/2") && !is_token("2b") && !is_token("a b"));
+    }
+
+    #[test]
+    fn header_keys_follow_the_documented_rule() {
+        assert_eq!(header_key("new_checkout"), "new_checkout");
+        assert_eq!(header_key("Feature.A"), "feature.a");
+        assert_eq!(header_key("2fa"), "f_2fa");
+        assert_eq!(header_key("Nouveau café"), "nouveau_caf_");
+        assert_eq!(header_key("ünïcode"), "f__n_code");
+        assert!(is_key(&header_key("ünïcode")) && is_key(&header_key("_x")) && is_key(&header_key("")));
+    }
+
+    #[test]
+    fn items_are_tokens_strings_or_display_strings() {
+        let item = |s: &str| {
+            let mut o = String::new();
+            push_item(&mut o, s);
+            o
+        };
+        assert_eq!(item("treatment"), "treatment");
+        assert_eq!(item("variant 1"), "\"variant 1\"");
+        assert_eq!(item(r#"{"a":"\"}"#), r#""{\"a\":\"\\\"}""#);
+        assert_eq!(item("café 100%"), "%\"caf%c3%a9 100%25\"");
     }
 }

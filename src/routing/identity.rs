@@ -102,7 +102,7 @@ pub fn cookie<'r>(headers: &'r HeaderMap, name: &str) -> Option<&'r str> {
         .and_then(|c| c.value_raw())
 }
 
-fn query_param<'r>(query: &'r str, name: &str) -> Option<Cow<'r, str>> {
+pub fn query_param<'r>(query: &'r str, name: &str) -> Option<Cow<'r, str>> {
     form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == name)
         .map(|(_, v)| v)

@@ -8,12 +8,14 @@
 //! both call [`Snapshot::decide`], so what explain prints is what the proxy does.
 
 pub mod bucket;
+pub mod context;
 pub mod diff;
 pub mod flags;
 pub mod identity;
 pub mod split;
 pub mod table;
 pub mod target;
+pub mod unleash;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -23,6 +25,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+pub use context::{ContextSpec, RequestContext, Rule, Source};
 pub use flags::Flag;
 pub use identity::{Identity, KeySource};
 pub use split::Split;
@@ -63,6 +66,10 @@ pub struct Snapshot {
     pub fleet: Option<FleetSettings>,
     /// `[ofrep] enabled`: the proxy's listeners answer OFREP evaluations.
     pub ofrep: bool,
+    /// `[context]`: the request attributes flags and rules read.
+    pub context: Arc<ContextSpec>,
+    /// `flags_from`: where the feature file comes from (watched like the config).
+    pub flags_from: Option<crate::config::FlagsFrom>,
     /// Metric series of this snapshot, attached before it is published.
     pub metrics: Option<Arc<crate::admin::metrics::Handles>>,
     pub(crate) table: Arc<RouteTable>,
@@ -120,6 +127,8 @@ pub struct AdminSettings {
 pub struct HeaderSettings {
     /// Names of the decision headers; `None` (configured as `""`): not sent.
     pub flags: Option<HeaderName>,
+    /// The payloads of the flags whose variant has one.
+    pub flag_payloads: Option<HeaderName>,
     pub pool: Option<HeaderName>,
     pub bucket: Option<HeaderName>,
     /// `x-forwarded-for` (appended), `x-forwarded-proto` and `x-forwarded-host`.
@@ -134,6 +143,7 @@ impl Default for HeaderSettings {
     fn default() -> HeaderSettings {
         HeaderSettings {
             flags: Some(HeaderName::from_static("x-switchyard-flags")),
+            flag_payloads: Some(HeaderName::from_static("x-switchyard-flag-payloads")),
             pool: Some(HeaderName::from_static("x-switchyard-pool")),
             bucket: Some(HeaderName::from_static("x-switchyard-bucket")),
             forwarded: true,
@@ -185,6 +195,8 @@ pub struct Route {
     pub overrides: Override,
     /// Indices into [`Snapshot::flags`] of the flags in scope here, in config order.
     pub flags: Arc<[usize]>,
+    /// `[[routes.rules]]`: audiences sent to a pool before the split.
+    pub rules: Arc<[Rule]>,
     /// Whether any decision on this route depends on who the user is (a split over several
     /// pools, or a flag that is neither fully on nor off). Only then does an anonymous user get
     /// the id cookie.
@@ -217,6 +229,9 @@ pub struct RequestView<'r> {
     pub path: &'r str,
     pub query: Option<&'r str>,
     pub headers: &'r HeaderMap,
+    pub method: &'r http::Method,
+    /// The socket's peer (the client, or a proxy in front).
+    pub peer: Option<std::net::IpAddr>,
 }
 
 /// Why a request went to its pool.
@@ -228,6 +243,9 @@ pub enum Why {
     OverrideCookie,
     /// The user's bucket fell in the pool's range of the split.
     Split,
+    /// The route's rule at this index matched (to its pool, or to the baseline when that pool
+    /// is tripped).
+    Rule(u16),
 }
 
 /// What the proxy decided for one request.
@@ -254,7 +272,7 @@ impl Decision<'_, '_> {
         self.key_source == KeySource::New && self.route.uses_key
     }
 
-    /// The flags header value, `name=value, ...`; `None` when no flag is in scope.
+    /// The flags header value, `key=value, ...`; `None` when no flag is in scope.
     pub fn flags_header(&self, snap: &Snapshot) -> Option<String> {
         if self.flags.is_empty() {
             return None;
@@ -265,11 +283,32 @@ impl Decision<'_, '_> {
             if i > 0 {
                 out.push_str(", ");
             }
-            out.push_str(&flag.name);
+            out.push_str(&flag.key);
             out.push('=');
-            out.push_str(flag.token(value));
+            flags::push_item(&mut out, flag.token(value));
         }
         Some(out)
+    }
+
+    /// The payloads header value, `key="payload";type=json, ...`, for the flags whose variant
+    /// has a payload; `None` when none has.
+    pub fn payloads_header(&self, snap: &Snapshot) -> Option<String> {
+        let mut out: Option<String> = None;
+        for &(f, value, _) in &self.flags {
+            let flag = &snap.flags[f];
+            if let Some(p) = flag.payload(value) {
+                let o = out.get_or_insert_with(String::new);
+                if !o.is_empty() {
+                    o.push_str(", ");
+                }
+                o.push_str(&flag.key);
+                o.push('=');
+                flags::push_item_string(o, &p.value);
+                o.push_str(";type=");
+                flags::push_item(o, &p.kind);
+            }
+        }
+        out
     }
 }
 
@@ -295,15 +334,34 @@ impl Snapshot {
         };
         let point = bucket::pool_point(&self.identity.salt, &key);
         let (found, ignored_override) = self.override_pool(route, req.headers);
-        let (pool, why) = found.unwrap_or_else(|| (route.effective.pick(point), Why::Split));
+        // Unleash's userId is a key the request gives (or --user); an anonymous id is its
+        // sessionId. Stickiness "default" takes the first, so both hash the same key.
+        let (user_id, session_id) = match key_source {
+            KeySource::AnonymousCookie | KeySource::New => (None, Some(&*key)),
+            _ => (Some(&*key), identity::cookie(req.headers, &self.identity.cookie)),
+        };
+        let ctx = RequestContext::new(&self.context, *req, user_id, session_id, self.env.as_deref(), now);
+        let (pool, why) = found.unwrap_or_else(|| match route.rules.iter().position(|r| r.matches(&ctx)) {
+            Some(i) => {
+                let p = route.rules[i].pool;
+                let p = if route.runtime.tripped.contains(&p) {
+                    route.baseline()
+                } else {
+                    p
+                };
+                (p, Why::Rule(i as u16))
+            }
+            None => (route.effective.pick(point), Why::Split),
+        });
         let flags = route
             .flags
             .iter()
             .map(|&f| {
-                let (value, reason) = self.flags[f].evaluate(&key, now);
+                let (value, reason) = self.flags[f].evaluate(&self.flags, &ctx);
                 (f, value, reason)
             })
             .collect();
+        drop(ctx);
         Some(Decision {
             route,
             key,

@@ -84,6 +84,7 @@ mod tests {
 
     fn route(name: &str, host: Option<&str>, prefix: &str, headers: &[(&str, &str)]) -> Route {
         Route {
+            rules: std::sync::Arc::from([]),
             index: 0,
             name: name.into(),
             host: host.map(str::to_owned),

@@ -55,7 +55,12 @@ impl Schema {
 
     /// The field `name` denotes, if it is built in or already numbered.
     pub fn lookup(&self, name: &str) -> Option<Field> {
-        builtin(name).or_else(|| self.names.iter().position(|n| &**n == name).map(|i| Field::Prop(i as u16)))
+        builtin(name).or_else(|| {
+            self.names
+                .iter()
+                .position(|n| &**n == name)
+                .map(|i| Field::Prop(i as u16))
+        })
     }
 
     pub fn names(&self) -> &[Box<str>] {
@@ -191,7 +196,13 @@ impl Cond {
         let strs = |values: &[String]| -> Box<[Box<str>]> {
             values
                 .iter()
-                .map(|v| if ci { v.to_lowercase().into() } else { v.as_str().into() })
+                .map(|v| {
+                    if ci {
+                        v.to_lowercase().into()
+                    } else {
+                        v.as_str().into()
+                    }
+                })
                 .collect()
         };
         let op = match c.operator.as_str() {
@@ -203,13 +214,20 @@ impl Cond {
             "DATE_AFTER" | "DATE_BEFORE" => {
                 let at = value.and_then(ops::date_ms);
                 if at.is_none() {
-                    warn.push(format!("DATE constraint on `{}`: `{}` is not a date", c.context_name, value.unwrap_or("")));
+                    warn.push(format!(
+                        "DATE constraint on `{}`: `{}` is not a date",
+                        c.context_name,
+                        value.unwrap_or("")
+                    ));
                 }
                 Op::Date(c.operator == "DATE_AFTER", at)
             }
             "REGEX" => {
                 let pattern = value.unwrap_or("");
-                let built = regex::RegexBuilder::new(pattern).case_insensitive(ci).size_limit(1 << 20).build();
+                let built = regex::RegexBuilder::new(pattern)
+                    .case_insensitive(ci)
+                    .size_limit(1 << 20)
+                    .build();
                 if let Err(e) = &built {
                     warn.push(format!("REGEX constraint on `{}`: {e}", c.context_name));
                 }
@@ -222,7 +240,10 @@ impl Cond {
                     .filter_map(|v| {
                         let r = Cidr::parse(v);
                         if r.is_none() {
-                            warn.push(format!("IN_CIDR constraint on `{}`: `{v}` is not an address range", c.context_name));
+                            warn.push(format!(
+                                "IN_CIDR constraint on `{}`: `{v}` is not an address range",
+                                c.context_name
+                            ));
                         }
                         r
                     })
@@ -233,14 +254,22 @@ impl Cond {
                 Some(("NUM", k)) if cmp(k).is_some() => {
                     let v = value.and_then(ops::number);
                     if v.is_none() {
-                        warn.push(format!("{other} constraint on `{}`: `{}` is not a number", c.context_name, value.unwrap_or("")));
+                        warn.push(format!(
+                            "{other} constraint on `{}`: `{}` is not a number",
+                            c.context_name,
+                            value.unwrap_or("")
+                        ));
                     }
                     Op::Num(cmp(k).unwrap_or(Cmp::Eq), v)
                 }
                 Some(("SEMVER", k)) if cmp(k).is_some() => {
                     let v = value.and_then(Version::parse);
                     if v.is_none() {
-                        warn.push(format!("{other} constraint on `{}`: `{}` is not a version", c.context_name, value.unwrap_or("")));
+                        warn.push(format!(
+                            "{other} constraint on `{}`: `{}` is not a version",
+                            c.context_name,
+                            value.unwrap_or("")
+                        ));
                     }
                     Op::Semver(cmp(k).unwrap_or(Cmp::Eq), v)
                 }
@@ -250,7 +279,11 @@ impl Cond {
                 }
             },
         };
-        Cond { field, op, inverted: c.inverted }
+        Cond {
+            field,
+            op,
+            inverted: c.inverted,
+        }
     }
 
     pub fn holds<C: Context + ?Sized>(&self, ctx: &C) -> bool {
@@ -407,13 +440,18 @@ pub struct Toggle {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Why {
     Disabled,
+    /// switchyard's `environments` does not name this deployment.
+    OtherEnvironment,
     OutsideWindow,
     /// The dependency at this index (into [`Toggle::dependencies`]) is not satisfied.
     Dependency(u16),
     /// No strategy admitted the context.
     NoStrategy,
     /// The strategy at `index` admitted it; `bucket` is the rollout bucket (1..=100) if it had one.
-    Strategy { index: u16, bucket: Option<u8> },
+    Strategy {
+        index: u16,
+        bucket: Option<u8>,
+    },
     /// No strategies: on for everyone.
     NoStrategies,
 }
@@ -457,7 +495,10 @@ impl Toggle {
     ) -> Toggle {
         let mut outputs: Vec<Output> = Vec::new();
         let out_index = |v: &Variant, outputs: &mut Vec<Output>| -> u16 {
-            let o = Output { name: v.name.clone(), payload: v.payload.clone() };
+            let o = Output {
+                name: v.name.clone(),
+                payload: v.payload.clone(),
+            };
             match outputs.iter().position(|x| *x == o) {
                 Some(i) => i as u16,
                 None => {
@@ -466,24 +507,35 @@ impl Toggle {
                 }
             }
         };
-        let variant_set = |list: &[Variant], group: &str, stick: Stick, schema: &mut Schema, outputs: &mut Vec<Output>| {
-            if list.is_empty() {
-                return None;
-            }
-            let mut overrides = Vec::new();
-            let entries: Vec<(u16, u32)> = list
-                .iter()
-                .map(|v| {
-                    let i = out_index(v, outputs);
-                    for o in &v.overrides {
-                        overrides.push((schema.field(&o.context_name), Set::new(o.values.iter().cloned()), i));
-                    }
-                    (i, u32::try_from(v.weight.max(0)).unwrap_or(u32::MAX))
+        let variant_set =
+            |list: &[Variant], group: &str, stick: Stick, schema: &mut Schema, outputs: &mut Vec<Output>| {
+                if list.is_empty() {
+                    return None;
+                }
+                let mut overrides = Vec::new();
+                let entries: Vec<(u16, u32)> = list
+                    .iter()
+                    .map(|v| {
+                        let i = out_index(v, outputs);
+                        for o in &v.overrides {
+                            overrides.push((
+                                schema.field(&o.context_name),
+                                Set::new(o.values.iter().cloned()),
+                                i,
+                            ));
+                        }
+                        (i, u32::try_from(v.weight.max(0)).unwrap_or(u32::MAX))
+                    })
+                    .collect();
+                let total = entries.iter().fold(0u32, |a, (_, w)| a.saturating_add(*w));
+                Some(VariantSet {
+                    group: group.into(),
+                    stick,
+                    total,
+                    list: entries.into(),
+                    overrides: overrides.into(),
                 })
-                .collect();
-            let total = entries.iter().fold(0u32, |a, (_, w)| a.saturating_add(*w));
-            Some(VariantSet { group: group.into(), stick, total, list: entries.into(), overrides: overrides.into() })
-        };
+            };
         // Feature-level variants first, so that their outputs keep their written order.
         let variants = variant_set(
             &f.variants,
@@ -498,7 +550,10 @@ impl Toggle {
             .map(|s| {
                 let mut strat = Strat::compile(s, &f.name, segments, schema, env, warn);
                 let stick = Stick::parse(s.parameters.get("stickiness").map(String::as_str), schema);
-                let group = s.parameters.get("groupId").map_or(f.name.as_str(), String::as_str);
+                let group = s
+                    .parameters
+                    .get("groupId")
+                    .map_or(f.name.as_str(), String::as_str);
                 strat.variants = variant_set(&s.variants, group, stick, schema, &mut outputs);
                 strat
             })
@@ -510,10 +565,30 @@ impl Toggle {
                 parent: d.feature.clone(),
                 index: None,
                 enabled: d.enabled.unwrap_or(true),
-                variants: d.variants.as_ref().filter(|v| !v.is_empty()).map(|v| Set::new(v.iter().cloned())),
+                variants: d
+                    .variants
+                    .as_ref()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| Set::new(v.iter().cloned())),
             })
             .collect();
-        Toggle { name: f.name.clone(), enabled: f.enabled, strategies, variants, deps, outputs, window: (None, None) }
+        Toggle {
+            name: f.name.clone(),
+            enabled: f.enabled,
+            strategies,
+            variants,
+            deps,
+            outputs,
+            window: (None, None),
+        }
+    }
+
+    /// Hashes feature-level variants in `group` instead of the feature's name (switchyard's
+    /// shorthand flags keep their `group` for variants too).
+    pub fn set_variant_group(&mut self, group: &str) {
+        if let Some(v) = &mut self.variants {
+            v.group = group.into();
+        }
     }
 
     /// Resolves dependencies by name; unresolved ones leave the toggle off (as in Unleash).
@@ -535,15 +610,35 @@ impl Toggle {
     /// Whether the toggle gives everyone the same answer (on for all with one variant at most,
     /// or off): then it needs no user key.
     pub fn is_static(&self) -> bool {
-        let one_variant = |v: &Option<VariantSet>| v.as_ref().is_none_or(|v| v.list.iter().filter(|(_, w)| *w > 0).count() <= 1 && v.overrides.is_empty());
+        let one_variant = |v: &Option<VariantSet>| {
+            v.as_ref()
+                .is_none_or(|v| v.list.iter().filter(|(_, w)| *w > 0).count() <= 1 && v.overrides.is_empty())
+        };
         !self.enabled
             || (self.deps.is_empty()
                 && self.window == (None, None)
                 && one_variant(&self.variants)
                 && match self.strategies.first() {
                     None => true,
-                    Some(s) => matches!(s.kind, Kind::Always) && s.conds.is_empty() && one_variant(&s.variants),
+                    Some(s) => {
+                        matches!(s.kind, Kind::Always) && s.conds.is_empty() && one_variant(&s.variants)
+                    }
                 })
+    }
+
+    /// Whether the answer depends on who the user is (a rollout, a user list, or a choice
+    /// among variants), so that it needs a user or session id to be sticky.
+    pub fn sticky(&self) -> bool {
+        let several = |v: &Option<VariantSet>| {
+            v.as_ref()
+                .is_some_and(|v| v.list.iter().filter(|(_, w)| *w > 0).count() > 1)
+        };
+        self.enabled
+            && (several(&self.variants)
+                || self.strategies.iter().any(|s| {
+                    several(&s.variants)
+                        || matches!(s.kind, Kind::Rollout { .. } | Kind::Users(_) | Kind::Random(_))
+                }))
     }
 
     /// Whether evaluating reads request attributes beyond the user and session ids.
@@ -558,7 +653,11 @@ impl Toggle {
 
     /// Evaluates the toggle: enabled, and which variant.
     pub fn evaluate<C: Context + ?Sized, T: Toggles + ?Sized>(&self, all: &T, ctx: &C) -> Eval {
-        let off = |why| Eval { enabled: false, variant: None, why };
+        let off = |why| Eval {
+            enabled: false,
+            variant: None,
+            why,
+        };
         if !self.enabled {
             return off(Why::Disabled);
         }
@@ -579,7 +678,13 @@ impl Toggle {
             let mut found = None;
             for (i, s) in self.strategies.iter().enumerate() {
                 if let Some(bucket) = s.admits(ctx) {
-                    found = Some((Why::Strategy { index: i as u16, bucket }, s.variants.as_ref()));
+                    found = Some((
+                        Why::Strategy {
+                            index: i as u16,
+                            bucket,
+                        },
+                        s.variants.as_ref(),
+                    ));
                     break;
                 }
             }
@@ -592,7 +697,11 @@ impl Toggle {
             Some(v) => v.choose(ctx),
             None => self.variants.as_ref().and_then(|v| v.choose(ctx)),
         };
-        Eval { enabled: true, variant, why }
+        Eval {
+            enabled: true,
+            variant,
+            why,
+        }
     }
 }
 
@@ -630,7 +739,8 @@ impl Strat {
         let p = |k: &str| s.parameters.get(k).map(String::as_str);
         let pct = |k: &str| p(k).and_then(ops::number);
         let list = |k: &str| -> Vec<String> {
-            p(k).map(|v| v.split(',').map(|x| x.trim().to_owned()).collect()).unwrap_or_default()
+            p(k).map(|v| v.split(',').map(|x| x.trim().to_owned()).collect())
+                .unwrap_or_default()
         };
         let mut label = s.name.clone();
         let mut kind = match s.name.as_str() {
@@ -651,7 +761,11 @@ impl Strat {
             }
             "gradualRolloutUserId" | "gradualRolloutSessionId" => Kind::Rollout {
                 percent: pct("percentage"),
-                stick: Stick::Field(if s.name == "gradualRolloutUserId" { Field::UserId } else { Field::SessionId }),
+                stick: Stick::Field(if s.name == "gradualRolloutUserId" {
+                    Field::UserId
+                } else {
+                    Field::SessionId
+                }),
                 group: p("groupId").unwrap_or("").into(),
                 strict: true,
             },
@@ -659,7 +773,11 @@ impl Strat {
             "remoteAddress" => match p("IPs") {
                 Some(_) => {
                     let l = list("IPs");
-                    let cidrs: Vec<Cidr> = l.iter().filter(|x| x.contains('/')).filter_map(|x| Cidr::parse(x)).collect();
+                    let cidrs: Vec<Cidr> = l
+                        .iter()
+                        .filter(|x| x.contains('/'))
+                        .filter_map(|x| Cidr::parse(x))
+                        .collect();
                     Kind::Addresses(l.into_iter().map(Into::into).collect(), cidrs.into())
                 }
                 None => Kind::Never,
@@ -673,27 +791,45 @@ impl Strat {
                 }
             }
             other => {
-                warn.push(format!("`{other}` is not a built-in strategy (custom strategies are off)"));
+                warn.push(format!(
+                    "`{other}` is not a built-in strategy (custom strategies are off)"
+                ));
                 Kind::Never
             }
         };
-        let mut conds: Vec<Cond> = s.constraints.iter().map(|c| Cond::compile(c, schema, warn)).collect();
+        let mut conds: Vec<Cond> = s
+            .constraints
+            .iter()
+            .map(|c| Cond::compile(c, schema, warn))
+            .collect();
         for r in &s.segments {
             match segments(r) {
                 Some(cs) => conds.extend(cs.iter().map(|c| Cond::compile(c, schema, warn))),
                 None => {
-                    warn.push(format!("segment {} does not exist (the strategy is off)", match r {
-                        SegmentRef::Id(i) => i.to_string(),
-                        SegmentRef::Name(n) => format!("`{n}`"),
-                    }));
+                    warn.push(format!(
+                        "segment {} does not exist (the strategy is off)",
+                        match r {
+                            SegmentRef::Id(i) => i.to_string(),
+                            SegmentRef::Name(n) => format!("`{n}`"),
+                        }
+                    ));
                     kind = Kind::Never;
                 }
             }
         }
         if !conds.is_empty() {
-            label.push_str(&format!(" with {} constraint{}", conds.len(), if conds.len() == 1 { "" } else { "s" }));
+            label.push_str(&format!(
+                " with {} constraint{}",
+                conds.len(),
+                if conds.len() == 1 { "" } else { "s" }
+            ));
         }
-        Strat { kind, conds: conds.into(), variants: None, label }
+        Strat {
+            kind,
+            conds: conds.into(),
+            variants: None,
+            label,
+        }
     }
 
     /// `None` if the strategy does not admit the context; else the rollout bucket, if any.
@@ -701,10 +837,21 @@ impl Strat {
         let r = match &self.kind {
             Kind::Always => Some(None),
             Kind::Never => None,
-            Kind::Users(set) => ctx.get(Field::UserId).is_some_and(|u| set.contains(u)).then_some(None),
-            Kind::Rollout { percent, stick, group, strict } => {
+            Kind::Users(set) => ctx
+                .get(Field::UserId)
+                .is_some_and(|u| set.contains(u))
+                .then_some(None),
+            Kind::Rollout {
+                percent,
+                stick,
+                group,
+                strict,
+            } => {
                 let seed = match stick {
-                    Stick::Default => ctx.get(Field::UserId).filter(|s| !s.is_empty()).or_else(|| ctx.get(Field::SessionId).filter(|s| !s.is_empty())),
+                    Stick::Default => ctx
+                        .get(Field::UserId)
+                        .filter(|s| !s.is_empty())
+                        .or_else(|| ctx.get(Field::SessionId).filter(|s| !s.is_empty())),
                     Stick::Random => None,
                     Stick::Field(f) => match ctx.get(*f).filter(|s| !s.is_empty()) {
                         Some(s) => Some(s),
@@ -718,7 +865,9 @@ impl Strat {
                     Some(s) => bucket::flag_bucket(group, s),
                     None => ctx.random() % 100 + 1,
                 };
-                percent.is_some_and(|p| p > 0.0 && f64::from(b) <= p).then_some(Some(b as u8))
+                percent
+                    .is_some_and(|p| p > 0.0 && f64::from(b) <= p)
+                    .then_some(Some(b as u8))
             }
             Kind::Random(percent) => {
                 let r = ctx.random() % 100 + 1;
@@ -727,7 +876,8 @@ impl Strat {
             Kind::Addresses(exact, cidrs) => {
                 let a = ctx.get(Field::RemoteAddress)?;
                 let ip = a.trim().parse().ok();
-                (exact.iter().any(|e| &**e == a) || ip.is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip)))).then_some(None)
+                (exact.iter().any(|e| &**e == a) || ip.is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip))))
+                    .then_some(None)
             }
         };
         r.filter(|_| self.conds.iter().all(|c| c.holds(ctx)))
@@ -745,7 +895,10 @@ impl VariantSet {
             }
         }
         let seed = match self.stick {
-            Stick::Default => ctx.get(Field::UserId).filter(|s| !s.is_empty()).or_else(|| ctx.get(Field::SessionId).filter(|s| !s.is_empty())),
+            Stick::Default => ctx
+                .get(Field::UserId)
+                .filter(|s| !s.is_empty())
+                .or_else(|| ctx.get(Field::SessionId).filter(|s| !s.is_empty())),
             Stick::Random => None,
             Stick::Field(f) => ctx.get(f).filter(|s| !s.is_empty()),
         };
@@ -775,8 +928,11 @@ pub struct Compiled {
 /// its own toggles.
 pub fn compile(doc: &ClientFeatures, schema: &mut Schema, env: &Env<'_>) -> Compiled {
     let by_id: HashMap<i64, &model::Segment> = doc.segments.iter().map(|s| (s.id, s)).collect();
-    let by_name: HashMap<&str, &model::Segment> =
-        doc.segments.iter().filter_map(|s| Some((s.name.as_deref()?, s))).collect();
+    let by_name: HashMap<&str, &model::Segment> = doc
+        .segments
+        .iter()
+        .filter_map(|s| Some((s.name.as_deref()?, s)))
+        .collect();
     let lookup = |r: &SegmentRef| -> Option<Vec<Constraint>> {
         match r {
             SegmentRef::Id(i) => by_id.get(i),
@@ -795,7 +951,11 @@ pub fn compile(doc: &ClientFeatures, schema: &mut Schema, env: &Env<'_>) -> Comp
             t
         })
         .collect();
-    let index: HashMap<String, usize> = toggles.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
+    let index: HashMap<String, usize> = toggles
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.clone(), i))
+        .collect();
     for t in &mut toggles {
         t.link(&|n| index.get(n).copied());
     }

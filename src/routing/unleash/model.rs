@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// A client API response, or a delta-API stream (`events`) that builds one.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct ClientFeatures {
     #[serde(default)]
     pub features: Vec<Feature>,
@@ -19,7 +19,7 @@ pub struct ClientFeatures {
     pub events: Option<Vec<DeltaEvent>>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Feature {
     pub name: String,
@@ -33,7 +33,7 @@ pub struct Feature {
     pub dependencies: Vec<Dependency>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Strategy {
     pub name: String,
@@ -55,7 +55,7 @@ pub enum SegmentRef {
     Name(String),
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Constraint {
     pub context_name: String,
@@ -70,7 +70,7 @@ pub struct Constraint {
     pub case_insensitive: bool,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct Segment {
     #[serde(default)]
     pub id: i64,
@@ -111,7 +111,7 @@ pub struct Override {
     pub values: Vec<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 pub struct Dependency {
     pub feature: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -121,7 +121,7 @@ pub struct Dependency {
 }
 
 /// One event of Unleash's delta API.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "type", rename_all = "kebab-case")]
 pub enum DeltaEvent {
     Hydration {

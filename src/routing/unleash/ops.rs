@@ -34,7 +34,9 @@ pub fn number(text: &str) -> Option<f64> {
     }
     // Rust also reads "inf", "nan" and "infinity"; JavaScript does not.
     let decimal = body.starts_with(|c: char| c.is_ascii_digit() || c == '.')
-        && body.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'))
         && body.bytes().any(|b| b.is_ascii_digit());
     if !decimal {
         return None;
@@ -102,7 +104,7 @@ pub fn date_ms(text: &str) -> Option<i64> {
     let zone = &rest[i..];
     let offset_min = match zone {
         [] | [b'Z'] | [b'z'] => 0,
-        [sign @ (b'+' | b'-'), hh @ .., ] => {
+        [sign @ (b'+' | b'-'), hh @ ..] => {
             let (oh, om) = match hh {
                 [a, b, b':', c, d] | [a, b, c, d] => (num(&[*a, *b])?, num(&[*c, *d])?),
                 [a, b] => (num(&[*a, *b])?, 0),
@@ -162,7 +164,11 @@ impl Version {
         let t = text.trim();
         let (t, _build) = match t.split_once('+') {
             Some((a, b)) => {
-                if b.is_empty() || !b.split('.').all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')) {
+                if b.is_empty()
+                    || !b
+                        .split('.')
+                        .all(|p| !p.is_empty() && p.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
+                {
                     return None;
                 }
                 (a, Some(b))
@@ -180,7 +186,11 @@ impl Version {
             p.parse().ok().filter(|&v| v <= MAX_SAFE)
         };
         let mut parts = main.split('.');
-        let core = [numeric(parts.next()?)?, numeric(parts.next()?)?, numeric(parts.next()?)?];
+        let core = [
+            numeric(parts.next()?)?,
+            numeric(parts.next()?)?,
+            numeric(parts.next()?)?,
+        ];
         if parts.next().is_some() {
             return None;
         }
@@ -203,25 +213,27 @@ impl Version {
 
 impl Ord for Version {
     fn cmp(&self, other: &Version) -> Ordering {
-        self.core.cmp(&other.core).then_with(|| match (self.pre.is_empty(), other.pre.is_empty()) {
-            (true, true) => Ordering::Equal,
-            (true, false) => Ordering::Greater,
-            (false, true) => Ordering::Less,
-            (false, false) => {
-                for (a, b) in self.pre.iter().zip(&other.pre) {
-                    let o = match (a, b) {
-                        (Ident::Num(x), Ident::Num(y)) => x.cmp(y),
-                        (Ident::Num(_), Ident::Alpha(_)) => Ordering::Less,
-                        (Ident::Alpha(_), Ident::Num(_)) => Ordering::Greater,
-                        (Ident::Alpha(x), Ident::Alpha(y)) => x.cmp(y),
-                    };
-                    if o != Ordering::Equal {
-                        return o;
+        self.core
+            .cmp(&other.core)
+            .then_with(|| match (self.pre.is_empty(), other.pre.is_empty()) {
+                (true, true) => Ordering::Equal,
+                (true, false) => Ordering::Greater,
+                (false, true) => Ordering::Less,
+                (false, false) => {
+                    for (a, b) in self.pre.iter().zip(&other.pre) {
+                        let o = match (a, b) {
+                            (Ident::Num(x), Ident::Num(y)) => x.cmp(y),
+                            (Ident::Num(_), Ident::Alpha(_)) => Ordering::Less,
+                            (Ident::Alpha(_), Ident::Num(_)) => Ordering::Greater,
+                            (Ident::Alpha(x), Ident::Alpha(y)) => x.cmp(y),
+                        };
+                        if o != Ordering::Equal {
+                            return o;
+                        }
                     }
+                    self.pre.len().cmp(&other.pre.len())
                 }
-                self.pre.len().cmp(&other.pre.len())
-            }
-        })
+            })
     }
 }
 
@@ -306,7 +318,9 @@ mod tests {
         assert!(v("1.0.0-beta.2") < v("1.0.0-beta.11"));
         assert!(v("1.0.0-rc.1") < v("1.0.0"));
         assert_eq!(v("1.2.3+build.5"), v("1.2.3"));
-        for bad in ["v1.2.3", "1.2", "01.2.3", "1.2.3-", "1.2.3.4", "a.b.c", "1.2.3-01"] {
+        for bad in [
+            "v1.2.3", "1.2", "01.2.3", "1.2.3-", "1.2.3.4", "a.b.c", "1.2.3-01",
+        ] {
             assert_eq!(Version::parse(bad), None, "{bad}");
         }
     }
@@ -317,8 +331,12 @@ mod tests {
         assert!(c.contains("10.200.3.4".parse().unwrap()));
         assert!(!c.contains("11.0.0.1".parse().unwrap()));
         assert!(c.contains("::ffff:10.1.2.3".parse().unwrap()));
-        assert!(Cidr::parse("2001:db8::/32").unwrap().contains("2001:db8::1".parse().unwrap()));
-        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert!(Cidr::parse("2001:db8::/32")
+            .unwrap()
+            .contains("2001:db8::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0")
+            .unwrap()
+            .contains("1.2.3.4".parse().unwrap()));
         assert_eq!(Cidr::parse("10.0.0.0/33"), None);
     }
 }

@@ -1,0 +1,196 @@
+//! A request as Unleash's context sees it: the user and session ids, the client's address, the
+//! environment, and the properties `[context]` names (headers, cookies, query parameters) beside
+//! the request's host, path and method. Values are read on first use and kept for the request,
+//! so a route whose flags read none of them pays nothing.
+
+use std::borrow::Cow;
+use std::cell::OnceCell;
+use std::net::IpAddr;
+
+use http::HeaderName;
+
+use super::identity;
+use super::unleash::ops::Cidr;
+use super::unleash::{Cond, Context, Field, Schema};
+use super::RequestView;
+
+/// Where a property's value comes from in a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+    Host,
+    Path,
+    Method,
+}
+
+/// The compiled `[context]`: property names and their sources.
+#[derive(Debug, Clone, Default)]
+pub struct ContextSpec {
+    pub schema: Schema,
+    /// By property index; `None` for names only an OFREP body can give (fields of a feature
+    /// file that no `[context]` entry names).
+    pub sources: Vec<Option<Source>>,
+    /// Proxies whose `x-forwarded-for` is believed for `remoteAddress`.
+    pub trusted: Vec<Cidr>,
+    /// `[env] app_name`: Unleash's `appName`.
+    pub app_name: Option<String>,
+}
+
+/// One `[[routes.rules]]` entry: when every constraint holds, the request goes to `pool`.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub name: String,
+    pub conds: Box<[Cond]>,
+    pub pool: usize,
+}
+
+impl Rule {
+    pub fn matches<C: Context + ?Sized>(&self, ctx: &C) -> bool {
+        self.conds.iter().all(|c| c.holds(ctx))
+    }
+}
+
+/// The client's address: the socket's peer, or, when the peer is a trusted proxy, the last
+/// address of `x-forwarded-for` that is not a trusted proxy's.
+pub fn client_address(peer: Option<IpAddr>, headers: &http::HeaderMap, trusted: &[Cidr]) -> Option<IpAddr> {
+    let peer = peer?;
+    let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
+        return Some(peer);
+    }
+    let mut hops: Vec<IpAddr> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let Ok(v) = v.to_str() else { return Some(peer) };
+        for part in v.split(',') {
+            match part.trim().parse() {
+                Ok(ip) => hops.push(ip),
+                // A malformed list is not believed at all.
+                Err(_) => return Some(peer),
+            }
+        }
+    }
+    let mut found = peer;
+    for ip in hops.into_iter().rev() {
+        found = ip;
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    Some(found)
+}
+
+/// A property's value, read on first use.
+type Lazy<'a> = OnceCell<Option<Cow<'a, str>>>;
+
+/// The [`Context`] of one request.
+pub struct RequestContext<'a> {
+    spec: &'a ContextSpec,
+    view: RequestView<'a>,
+    user_id: Option<&'a str>,
+    session_id: Option<&'a str>,
+    environment: Option<&'a str>,
+    now_ms: i64,
+    props: OnceCell<Box<[Lazy<'a>]>>,
+    remote: OnceCell<Option<String>>,
+}
+
+impl<'a> RequestContext<'a> {
+    pub fn new(
+        spec: &'a ContextSpec,
+        view: RequestView<'a>,
+        user_id: Option<&'a str>,
+        session_id: Option<&'a str>,
+        environment: Option<&'a str>,
+        now: std::time::SystemTime,
+    ) -> RequestContext<'a> {
+        RequestContext {
+            spec,
+            view,
+            user_id,
+            session_id,
+            environment,
+            now_ms: now
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64),
+            props: OnceCell::new(),
+            remote: OnceCell::new(),
+        }
+    }
+
+    fn prop(&self, i: usize) -> Option<&str> {
+        let cells = self
+            .props
+            .get_or_init(|| (0..self.spec.sources.len()).map(|_| OnceCell::new()).collect());
+        let cell = cells.get(i)?;
+        cell.get_or_init(|| {
+            let v = self.view;
+            match self.spec.sources.get(i)?.as_ref()? {
+                Source::Header(h) => super::header(v.headers, h)
+                    .and_then(|x| x.to_str().ok())
+                    .map(Cow::Borrowed),
+                Source::Cookie(c) => identity::cookie(v.headers, c).map(Cow::Borrowed),
+                Source::Query(q) => v.query.and_then(|query| identity::query_param(query, q)),
+                Source::Host => Some(Cow::Borrowed(v.host)),
+                Source::Path => Some(Cow::Borrowed(v.path)),
+                Source::Method => Some(Cow::Borrowed(v.method.as_str())),
+            }
+        })
+        .as_deref()
+    }
+}
+
+impl Context for RequestContext<'_> {
+    fn get(&self, field: Field) -> Option<&str> {
+        match field {
+            Field::UserId => self.user_id,
+            Field::SessionId => self.session_id,
+            Field::Environment => self.environment,
+            Field::AppName => self.spec.app_name.as_deref(),
+            // Date constraints then compare the request's time.
+            Field::CurrentTime => None,
+            Field::RemoteAddress => self
+                .remote
+                .get_or_init(|| {
+                    client_address(self.view.peer, self.view.headers, &self.spec.trusted)
+                        .map(|ip| ip.to_string())
+                })
+                .as_deref(),
+            Field::Prop(i) => self.prop(i as usize),
+        }
+    }
+
+    fn now_ms(&self) -> i64 {
+        self.now_ms
+    }
+
+    fn random(&self) -> u32 {
+        fastrand::u32(..)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forwarded_addresses_are_believed_only_from_trusted_proxies() {
+        let trusted = vec![Cidr::parse("10.0.0.0/8").unwrap()];
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            "203.0.113.9, 198.51.100.7, 10.1.1.1".parse().unwrap(),
+        );
+        let ip = |s: &str| Some(s.parse::<IpAddr>().unwrap());
+        // A trusted peer: the last hop that is not a trusted proxy.
+        assert_eq!(client_address(ip("10.0.0.2"), &h, &trusted), ip("198.51.100.7"));
+        // An untrusted peer is the client, whatever it claims.
+        assert_eq!(client_address(ip("192.0.2.1"), &h, &trusted), ip("192.0.2.1"));
+        // No trusted proxies: the socket.
+        assert_eq!(client_address(ip("10.0.0.2"), &h, &[]), ip("10.0.0.2"));
+        // A malformed list is not believed.
+        h.insert("x-forwarded-for", "203.0.113.9, junk".parse().unwrap());
+        assert_eq!(client_address(ip("10.0.0.2"), &h, &trusted), ip("10.0.0.2"));
+    }
+}
