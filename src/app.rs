@@ -56,8 +56,33 @@ pub struct App {
 impl App {
     /// Loads the config, binds every listener, and starts the reloader for a file source.
     pub async fn start(source: Source) -> Result<App, StartError> {
+        let mut asked = None;
         let (mut snap, path) = match source {
-            Source::File(p) => (config::load(&p, None)?, Some(p)),
+            Source::File(p) => {
+                let mut snap = config::load(&p, None)?;
+                // An Unleash server not asked yet: ask it once before serving, so the first
+                // requests see its flags (a server that does not answer leaves them absent
+                // until it does; the poll goes on).
+                if let Some(config::FlagsFrom::Server(src)) = &snap.flags_from.clone() {
+                    if let Some(var) = &src.token_env {
+                        if std::env::var(var).map_or(true, |t| t.is_empty()) {
+                            return Err(StartError::Env(format!(
+                                "flags_from.token_env names {var}, but {var} is not set: export it, or remove token_env"
+                            )));
+                        }
+                    }
+                    if !src.cache.exists() {
+                        match crate::flagsync::poll(&crate::notify::client(), src, None).await {
+                            Ok(tag) => {
+                                asked = Some((src.url.clone(), tag));
+                                snap = config::load(&p, None)?
+                            }
+                            Err(e) => tracing::warn!("flags_from: {e}; starting without the server's flags"),
+                        }
+                    }
+                }
+                (snap, Some(p))
+            }
             Source::Text { text, name } => (config::load_str(&text, &name, None)?, None),
         };
         let admin_settings = snap.admin.clone();
@@ -111,6 +136,13 @@ impl App {
         tokio::spawn(crate::guard::run(state.clone(), outcomes_rx, tx.clone()));
         tokio::spawn(crate::fleet::run(Arc::downgrade(&state), tx.clone()));
         tokio::spawn(crate::upstream::sweep_idle(Arc::downgrade(&state.snapshot)));
+        if path.is_some() {
+            tokio::spawn(crate::flagsync::run(
+                Arc::downgrade(&state.snapshot),
+                tx.clone(),
+                asked,
+            ));
+        }
         let triggers = Some(tx);
         let admin = match admin_settings {
             Some(a) => {

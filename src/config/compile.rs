@@ -118,6 +118,7 @@ pub fn compile(
     src: &str,
     raw: &RawConfig,
     base: &Path,
+    config_name: &str,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, Vec<ConfigError>> {
     let mut errs = Errors {
@@ -323,6 +324,7 @@ pub fn compile(
         &names,
         &mut context,
         &segments,
+        config_name,
     );
     // A flag depends on the user unless it is on or off for everyone.
     let depends: Vec<bool> = flags.iter().map(|f| !f.toggle.is_static()).collect();
@@ -355,7 +357,10 @@ pub fn compile(
     }
     let table = RouteTable::build(&routes);
     Ok(Snapshot {
-        revision: revision(src),
+        revision: match &flags_from {
+            Some((_, file)) => super::targeting::combined_revision(src, file),
+            None => revision(src),
+        },
         listen,
         access_log,
         tls,
@@ -375,7 +380,7 @@ pub fn compile(
             .and_then(|o| o.get_ref().enabled.as_ref())
             .is_some_and(|e| *e.get_ref()),
         context: Arc::new(context),
-        flags_from,
+        flags_from: flags_from.map(|(f, _)| f),
         metrics: None,
         table: Arc::new(table),
         connect_timeouts: Arc::new(connect_timeouts),
@@ -1232,7 +1237,7 @@ mod tests {
 
     fn errors(src: &str) -> Vec<ConfigError> {
         let raw = parse(src).0.expect("parses");
-        match super::compile(src, &raw, Path::new("."), None) {
+        match super::compile(src, &raw, Path::new("."), "t.toml", None) {
             Ok(_) => Vec::new(),
             Err(e) => e,
         }
@@ -1256,7 +1261,7 @@ split = { blue = 100 }
     #[test]
     fn a_good_file_compiles() {
         let raw = parse(GOOD).0.unwrap();
-        let snap = super::compile(GOOD, &raw, Path::new("."), None).unwrap();
+        let snap = super::compile(GOOD, &raw, Path::new("."), "t.toml", None).unwrap();
         assert_eq!(snap.routes[0].host.as_deref(), Some("*.example.com"));
         assert_eq!(snap.pools[0].timeout, std::time::Duration::from_secs(5));
         assert_eq!(
@@ -1394,7 +1399,9 @@ split = { blue = -5 }
         let src =
             format!("{base}[headers]\nflags = \"x-flags\"\npool = \"\"\nforwarded = false\nvia = false\n");
         let raw = parse(&src).0.unwrap();
-        let h = super::compile(&src, &raw, Path::new("."), None).unwrap().headers;
+        let h = super::compile(&src, &raw, Path::new("."), "t.toml", None)
+            .unwrap()
+            .headers;
         assert_eq!(h.flags.as_ref().map(|n| n.as_str()), Some("x-flags"));
         assert_eq!(h.pool, None);
         assert_eq!(h.bucket.as_ref().map(|n| n.as_str()), Some("x-switchyard-bucket"));

@@ -16,7 +16,7 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 pub use compile::{compile, revision};
-pub use targeting::{parse_features, FlagsFrom};
+pub use targeting::{combined_revision, parse_features, FlagsFrom, ServerSource};
 
 use crate::routing::Snapshot;
 
@@ -105,7 +105,10 @@ pub fn load_str(src: &str, path: &Path, previous: Option<&Snapshot>) -> Result<S
         return Err(invalid(errors));
     };
     let base = path.parent().unwrap_or(Path::new("."));
-    match compile(src, &raw, base, previous) {
+    let name = path
+        .file_name()
+        .map_or_else(|| "switchyard.toml".into(), |n| n.to_string_lossy());
+    match compile(src, &raw, base, &name, previous) {
         Ok(snap) if errors.is_empty() => Ok(snap),
         Ok(_) => Err(invalid(errors)),
         Err(more) => {

@@ -218,7 +218,8 @@ pub(super) fn flags(
     routes: &std::collections::HashSet<String>,
     ctx: &mut ContextSpec,
     segs: &[Segment],
-) -> (Vec<Flag>, Option<FlagsFrom>) {
+    config_name: &str,
+) -> (Vec<Flag>, Option<(FlagsFrom, String)>) {
     let host = hostname();
     let env = Env { hostname: &host };
     let lookup = |r: &SegmentRef| -> Option<Vec<Constraint>> {
@@ -312,10 +313,15 @@ pub(super) fn flags(
     }
     // Dependencies of TOML flags must name flags.
     let toml_count = out.len();
-    let from = raw.flags_from.as_ref().and_then(|v| flags_from(errs, v, base));
+    let from = raw
+        .flags_from
+        .as_ref()
+        .and_then(|v| flags_from(errs, v, base, config_name));
+    let mut file_revision = None;
     if let Some(src) = &from {
         match src.load() {
-            Ok(doc) => {
+            Ok((doc, rev)) => {
+                file_revision = Some(rev);
                 let mut file = unleash::compile(&doc, &mut ctx.schema, &env);
                 for (t, feature) in file.toggles.drain(..).zip(doc.features) {
                     if out[..toml_count].iter().any(|o| *o.name == feature.name) {
@@ -359,7 +365,7 @@ pub(super) fn flags(
         }
     }
     flags::unique_keys(&mut out);
-    (out, from)
+    (out, from.zip(file_revision))
 }
 
 /// A flag written in the TOML, in Unleash's form: the definition, the shorthand's percentage,
@@ -582,22 +588,68 @@ fn definition(
     (errs.list.len() == before).then_some((def, percent_out, group, (start, end)))
 }
 
-/// Where `flags_from` reads: a file (relative to the config's directory), or an Unleash server.
+/// Where `flags_from` reads: a file (relative to the config's directory), or an Unleash
+/// server, polled into a cache file beside the config (which is what compiling reads, so a
+/// restart while the server is down starts from the last answer).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlagsFrom {
     File(PathBuf),
+    Server(ServerSource),
 }
 
+/// `flags_from = { url, token_env, interval }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerSource {
+    /// The client API's URL (`https://unleash.example.com/api/client/features`).
+    pub url: String,
+    /// The variable that holds the client token (sent as `Authorization`).
+    pub token_env: Option<String>,
+    pub interval: std::time::Duration,
+    /// The last document the server sent.
+    pub cache: PathBuf,
+}
+
+/// Unleash's SDKs poll every 15 seconds.
+pub const DEFAULT_POLL: std::time::Duration = std::time::Duration::from_secs(15);
+
 impl FlagsFrom {
-    /// Reads and parses the document.
-    pub fn load(&self) -> Result<ClientFeatures, String> {
+    /// The file compiling reads.
+    pub fn file(&self) -> &Path {
         match self {
-            FlagsFrom::File(p) => {
-                let text = std::fs::read(p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-                parse_features(&text).map_err(|e| format!("{}: {e}", p.display()))
-            }
+            FlagsFrom::File(p) => p,
+            FlagsFrom::Server(s) => &s.cache,
         }
     }
+
+    /// Reads and parses the document, with the revision of its bytes. A server whose cache
+    /// does not exist yet has no flags (until its first answer).
+    pub fn load(&self) -> Result<(ClientFeatures, String), String> {
+        let p = self.file();
+        let text = match std::fs::read(p) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && matches!(self, FlagsFrom::Server(_)) => {
+                return Ok((ClientFeatures::default(), "none".into()))
+            }
+            Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
+        };
+        let rev = super::revision(&String::from_utf8_lossy(&text));
+        let doc = parse_features(&text).map_err(|e| format!("{}: {e}", p.display()))?;
+        Ok((doc, rev))
+    }
+
+    /// The revision of the config `text` with this document: what a reload compares.
+    pub fn revision_with(&self, text: &str) -> String {
+        let file = match std::fs::read(self.file()) {
+            Ok(t) => super::revision(&String::from_utf8_lossy(&t)),
+            Err(_) => "none".into(),
+        };
+        combined_revision(text, &file)
+    }
+}
+
+/// The revision of a config text and its feature file's.
+pub fn combined_revision(text: &str, file: &str) -> String {
+    super::revision(&format!("{}+{file}", super::revision(text)))
 }
 
 /// Parses an Unleash client API document (or delta-API events) into plain state.
@@ -607,15 +659,90 @@ pub fn parse_features(text: &[u8]) -> Result<ClientFeatures, String> {
     Ok(doc.resolve_events())
 }
 
-fn flags_from(errs: &mut Errors<'_>, v: &Spanned<toml::Value>, base: &Path) -> Option<FlagsFrom> {
+fn flags_from(
+    errs: &mut Errors<'_>,
+    v: &Spanned<toml::Value>,
+    base: &Path,
+    config_name: &str,
+) -> Option<FlagsFrom> {
+    const FIX: &str = "write flags_from = \"features.json\", or { url = \"https://unleash.example.com/api/client/features\", token_env = \"UNLEASH_TOKEN\" }";
     match v.get_ref() {
         toml::Value::String(s) if !s.trim().is_empty() => Some(FlagsFrom::File(base.join(s))),
+        toml::Value::Table(t) => {
+            let before = errs.list.len();
+            for k in t.keys() {
+                if !matches!(k.as_str(), "url" | "token_env" | "interval") {
+                    errs.at(
+                        v,
+                        format!("flags_from.{k}"),
+                        "is not a setting of flags_from",
+                        FIX,
+                    );
+                }
+            }
+            let url = t.get("url").and_then(|u| u.as_str()).unwrap_or("");
+            let ok_url = url
+                .parse::<http::Uri>()
+                .is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+            if !ok_url {
+                errs.at(v, "flags_from.url", format!("`{url}` is not an http(s) URL"), FIX);
+            }
+            let token_env = match t.get("token_env") {
+                None => None,
+                Some(toml::Value::String(s))
+                    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+                {
+                    Some(s.clone())
+                }
+                Some(_) => {
+                    errs.at(
+                        v,
+                        "flags_from.token_env",
+                        "must name an environment variable",
+                        "write token_env = \"UNLEASH_TOKEN\"",
+                    );
+                    None
+                }
+            };
+            let interval = match t.get("interval") {
+                None => DEFAULT_POLL,
+                Some(toml::Value::String(s)) => match humantime::parse_duration(s) {
+                    Ok(d) if d >= std::time::Duration::from_secs(1) && d <= super::compile::MAX_DURATION => d,
+                    _ => {
+                        errs.at(
+                            v,
+                            "flags_from.interval",
+                            format!("`{s}` is not a duration of 1s or more"),
+                            "write interval = \"15s\"",
+                        );
+                        DEFAULT_POLL
+                    }
+                },
+                Some(_) => {
+                    errs.at(
+                        v,
+                        "flags_from.interval",
+                        "must be a duration",
+                        "write interval = \"15s\"",
+                    );
+                    DEFAULT_POLL
+                }
+            };
+            (errs.list.len() == before).then(|| {
+                FlagsFrom::Server(ServerSource {
+                    url: url.to_owned(),
+                    token_env,
+                    interval,
+                    cache: base.join(format!("{config_name}.flags.json")),
+                })
+            })
+        }
         _ => {
             errs.at(
                 v,
                 "flags_from",
-                "must be the path of an Unleash feature file",
-                "write flags_from = \"features.json\"",
+                "must be the path of an Unleash feature file, or a table with its server's url",
+                FIX,
             );
             None
         }

@@ -21,6 +21,7 @@ use serde_json::{json, Value as Json};
 use super::body::ProxyBody;
 use std::collections::HashMap;
 
+use crate::routing::context::Session;
 use crate::routing::flags::{Flag, Reason, Value};
 use crate::routing::identity::KeySource;
 use crate::routing::unleash::{Context, Field};
@@ -233,13 +234,10 @@ pub async fn answer(
         }
     }
     let (key, source) = snap.identity.key(&parts.headers, parts.uri.query());
-    let (user_id, session_id) = match source {
-        KeySource::New => (None, None),
-        KeySource::AnonymousCookie => (None, Some(&*key)),
-        _ => (
-            Some(&*key),
-            crate::routing::identity::cookie(&parts.headers, &snap.identity.cookie),
-        ),
+    let (user_id, session) = match source {
+        KeySource::New => (None, Session::None),
+        KeySource::AnonymousCookie => (None, Session::Id(&key)),
+        _ => (Some(&*key), Session::Cookie(&snap.identity.cookie)),
     };
     let host = crate::routing::normalize_host(
         parts
@@ -261,7 +259,7 @@ pub async fn answer(
             &snap.context,
             view,
             user_id,
-            session_id,
+            session,
             snap.env.as_deref(),
             SystemTime::now(),
         ),

@@ -787,7 +787,11 @@ fn compile(path: &Path, force: bool, base: &Snapshot, mut overlay: Overlay) -> O
         Ok(t) => t,
         Err(e) => return Outcome::Failed(format!("cannot read {}: {e}", path.display())),
     };
-    if !force && config::revision(&text) == base.revision {
+    let revision = match &base.flags_from {
+        Some(f) => f.revision_with(&text),
+        None => config::revision(&text),
+    };
+    if !force && revision == base.revision {
         return Outcome::Unchanged;
     }
     let mut new = match config::load_str(&text, path, Some(base)) {

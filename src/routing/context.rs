@@ -84,12 +84,23 @@ pub fn client_address(peer: Option<IpAddr>, headers: &http::HeaderMap, trusted: 
 /// A property's value, read on first use.
 type Lazy<'a> = OnceCell<Option<Cow<'a, str>>>;
 
+/// Where a request's Unleash sessionId is.
+#[derive(Debug, Clone, Copy)]
+pub enum Session<'a> {
+    /// Known already (the anonymous id the user key came from).
+    Id(&'a str),
+    /// In this cookie, read only if a flag asks for it.
+    Cookie(&'a str),
+    None,
+}
+
 /// The [`Context`] of one request.
 pub struct RequestContext<'a> {
     spec: &'a ContextSpec,
     view: RequestView<'a>,
     user_id: Option<&'a str>,
-    session_id: Option<&'a str>,
+    session: Session<'a>,
+    session_id: OnceCell<Option<&'a str>>,
     environment: Option<&'a str>,
     now_ms: i64,
     props: OnceCell<Box<[Lazy<'a>]>>,
@@ -101,7 +112,7 @@ impl<'a> RequestContext<'a> {
         spec: &'a ContextSpec,
         view: RequestView<'a>,
         user_id: Option<&'a str>,
-        session_id: Option<&'a str>,
+        session: Session<'a>,
         environment: Option<&'a str>,
         now: std::time::SystemTime,
     ) -> RequestContext<'a> {
@@ -109,7 +120,8 @@ impl<'a> RequestContext<'a> {
             spec,
             view,
             user_id,
-            session_id,
+            session,
+            session_id: OnceCell::new(),
             environment,
             now_ms: now
                 .duration_since(std::time::UNIX_EPOCH)
@@ -145,7 +157,11 @@ impl Context for RequestContext<'_> {
     fn get(&self, field: Field) -> Option<&str> {
         match field {
             Field::UserId => self.user_id,
-            Field::SessionId => self.session_id,
+            Field::SessionId => *self.session_id.get_or_init(|| match self.session {
+                Session::Id(id) => Some(id),
+                Session::Cookie(name) => identity::cookie(self.view.headers, name),
+                Session::None => None,
+            }),
             Field::Environment => self.environment,
             Field::AppName => self.spec.app_name.as_deref(),
             // Date constraints then compare the request's time.

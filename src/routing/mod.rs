@@ -336,11 +336,11 @@ impl Snapshot {
         let (found, ignored_override) = self.override_pool(route, req.headers);
         // Unleash's userId is a key the request gives (or --user); an anonymous id is its
         // sessionId. Stickiness "default" takes the first, so both hash the same key.
-        let (user_id, session_id) = match key_source {
-            KeySource::AnonymousCookie | KeySource::New => (None, Some(&*key)),
-            _ => (Some(&*key), identity::cookie(req.headers, &self.identity.cookie)),
+        let (user_id, session) = match key_source {
+            KeySource::AnonymousCookie | KeySource::New => (None, context::Session::Id(&key)),
+            _ => (Some(&*key), context::Session::Cookie(&self.identity.cookie)),
         };
-        let ctx = RequestContext::new(&self.context, *req, user_id, session_id, self.env.as_deref(), now);
+        let ctx = RequestContext::new(&self.context, *req, user_id, session, self.env.as_deref(), now);
         let (pool, why) = found.unwrap_or_else(|| match route.rules.iter().position(|r| r.matches(&ctx)) {
             Some(i) => {
                 let p = route.rules[i].pool;
