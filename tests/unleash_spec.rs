@@ -1,7 +1,8 @@
 //! Unleash's client specification (`@unleash/client-specification` from npm, pinned in
 //! `.ci/run`), every file, through `flags_from`: each file's `state` is written to disk and
-//! loaded by the config's `flags_from`, exactly as `switchyard run` loads it, and each `tests`
-//! and `variantTests` case is evaluated by the code the proxy runs. Reports agreed / disagreed /
+//! loaded by a config's `flags_from`, exactly as `switchyard run` loads it, and each `tests`
+//! and `variantTests` case is evaluated by the code the proxy runs (`Flag::evaluate` on the
+//! snapshot's flags). Reports agreed / disagreed /
 //! skipped per file; every case must agree.
 //!
 //! Ignored by plain `cargo test` (it needs the package); `.ci/run` downloads it and runs it.
@@ -10,13 +11,15 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 
 use serde_json::Value as Json;
-use switchyard::routing::unleash::{self, Context, Field, Schema};
+use switchyard::routing::flags::Value;
+use switchyard::routing::unleash::{Context, Field, Schema};
+use switchyard::routing::Snapshot;
 
 fn spec_dir() -> PathBuf {
     let d = std::env::var_os("UNLEASH_SPEC_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-npm/package/specifications")
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/ci-npm/6.1.0/package/specifications")
         });
     assert!(
         d.join("index.json").exists(),
@@ -80,23 +83,25 @@ fn every_case_of_the_client_specification_agrees() {
     let mut failures = Vec::new();
     for file in &index {
         let doc: Json = serde_json::from_slice(&std::fs::read(dir.join(file)).unwrap()).unwrap();
-        let state: unleash::model::ClientFeatures = serde_json::from_value(doc["state"].clone()).unwrap();
-        let state = state.resolve_events();
-        let mut schema = Schema::default();
-        let compiled = unleash::compile(
-            &state,
-            &mut schema,
-            &unleash::Env {
-                hostname: "switchyard-spec-host",
-            },
-        );
-        let toggles = &compiled.toggles[..];
-        let find = |n: &str| toggles.iter().find(|t| t.name == n);
+        // The file's state as a feature file, loaded by a config's flags_from.
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("features.json"), doc["state"].to_string()).unwrap();
+        let config = tmp.path().join("switchyard.toml");
+        std::fs::write(
+            &config,
+            "flags_from = \"features.json\"\n[listen]\nhttp = \"127.0.0.1:0\"\n[pools.app]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"web\"\nsplit = { app = 1 }\n",
+        )
+        .unwrap();
+        let snap: Snapshot =
+            switchyard::config::load(&config, None).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let schema = &snap.context.schema;
+        let flags = &snap.flags[..];
+        let find = |n: &str| flags.iter().find(|f| &*f.name == n);
         let (mut ok, mut bad) = (0, 0);
         for case in doc["tests"].as_array().into_iter().flatten() {
-            let ctx = context(&case["context"], &schema);
+            let ctx = context(&case["context"], schema);
             let name = case["toggleName"].as_str().unwrap();
-            let got = find(name).is_some_and(|t| t.evaluate(toggles, &ctx).enabled);
+            let got = find(name).is_some_and(|f| f.evaluate(flags, &ctx).0 != Value::Off);
             if Json::Bool(got) == case["expectedResult"] {
                 ok += 1;
             } else {
@@ -105,17 +110,17 @@ fn every_case_of_the_client_specification_agrees() {
             }
         }
         for case in doc["variantTests"].as_array().into_iter().flatten() {
-            let ctx = context(&case["context"], &schema);
+            let ctx = context(&case["context"], schema);
             let name = case["toggleName"].as_str().unwrap();
             let got = match find(name) {
-                Some(t) => {
-                    let e = t.evaluate(toggles, &ctx);
+                Some(f) => {
+                    let (value, _) = f.evaluate(flags, &ctx);
                     let mut v = serde_json::json!({
-                        "name": unleash::variant_name(t, &e),
-                        "enabled": e.variant.is_some(),
-                        "feature_enabled": e.enabled,
+                        "name": if matches!(value, Value::Variant(_)) { f.token(value) } else { "disabled" },
+                        "enabled": matches!(value, Value::Variant(_)),
+                        "feature_enabled": value != Value::Off,
                     });
-                    if let Some(p) = e.variant.and_then(|i| t.outputs[i as usize].payload.as_ref()) {
+                    if let Some(p) = f.payload(value) {
                         v["payload"] = serde_json::json!({"type": p.kind, "value": p.value});
                     }
                     v

@@ -307,7 +307,11 @@ impl Cond {
                 })
             }),
             Op::Num(cmp, want) => match (v.and_then(ops::number), want) {
-                (Some(a), Some(b)) => a.partial_cmp(b).is_some_and(|o| cmp.holds(o)),
+                // Equality within f64::EPSILON, as yggdrasil compares.
+                (Some(a), Some(b)) => match cmp {
+                    Cmp::Eq => (a - b).abs() < f64::EPSILON,
+                    _ => a.partial_cmp(b).is_some_and(|o| cmp.holds(o)),
+                },
                 _ => false,
             },
             Op::Date(after, at) => {
