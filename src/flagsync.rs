@@ -23,8 +23,11 @@ pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// The longest a poll of the server may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// What identifies a version of a file without reading it: size, modification time, inode.
+type Signature = (u64, std::time::SystemTime, u64);
+
 /// What identifies a version of a file without reading it.
-fn signature(path: &Path) -> Option<(u64, std::time::SystemTime, u64)> {
+fn signature(path: &Path) -> Option<Signature> {
     use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
     Some((m.len(), m.modified().ok()?, m.ino()))
@@ -40,7 +43,7 @@ pub async fn run(
     let client = crate::notify::client();
     let mut tick = tokio::time::interval(LOOK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen: Option<(std::path::PathBuf, Option<(u64, std::time::SystemTime, u64)>)> = None;
+    let mut seen: Option<(std::path::PathBuf, Option<Signature>)> = None;
     let mut next_poll = Instant::now();
     let mut etag: Option<(String, String)> = None;
     if let Some((url, tag)) = asked {
@@ -87,13 +90,9 @@ pub async fn run(
         }
         let path = from.file().to_owned();
         let now = signature(&path);
-        match &seen {
-            Some((p, s)) if *p == path && *s != now => {
-                if triggers.send(Trigger::File).await.is_err() {
-                    return;
-                }
-            }
-            _ => {}
+        let changed = matches!(&seen, Some((p, s)) if *p == path && *s != now);
+        if changed && triggers.send(Trigger::File).await.is_err() {
+            return;
         }
         seen = Some((path, now));
     }

@@ -208,6 +208,7 @@ fn report(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 /// Compiles `[[flags]]` and `flags_from`'s file. TOML flags come first; a file flag with the
 /// name of a TOML flag is left out (the TOML wins), with a warning in `notes`.
 pub(super) fn flags(
