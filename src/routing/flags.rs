@@ -37,6 +37,8 @@ pub struct Flag {
     pub variant_names: Vec<String>,
     /// For each of `toggle.outputs`, its index in `variant_names`.
     labels: Vec<u16>,
+    /// For each of `toggle.outputs`, its name as the flags header writes it ([`push_item`]).
+    items: Vec<Box<str>>,
 }
 
 /// What a flag evaluated to.
@@ -72,7 +74,17 @@ impl Flag {
                 }
             })
             .collect();
+        let items = toggle
+            .outputs
+            .iter()
+            .map(|o| {
+                let mut s = String::new();
+                push_item(&mut s, &o.name);
+                s.into()
+            })
+            .collect();
         Flag {
+            items,
             key: header_key(&def.name).into(),
             name: def.name.as_str().into(),
             def,
@@ -114,6 +126,15 @@ impl Flag {
             Value::On => "on",
             Value::Off => "off",
             Value::Variant(i) => &self.toggle.outputs[i as usize].name,
+        }
+    }
+
+    /// The value as the flags header writes it: a token, or a (display) string.
+    pub fn item(&self, value: Value) -> &str {
+        match value {
+            Value::On => "on",
+            Value::Off => "off",
+            Value::Variant(i) => &self.items[i as usize],
         }
     }
 

@@ -285,7 +285,7 @@ impl Decision<'_, '_> {
             }
             out.push_str(&flag.key);
             out.push('=');
-            flags::push_item(&mut out, flag.token(value));
+            out.push_str(flag.item(value));
         }
         Some(out)
     }

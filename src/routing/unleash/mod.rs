@@ -851,6 +851,9 @@ impl Strat {
                 group,
                 strict,
             } => {
+                if !percent.is_some_and(|p| p > 0.0) {
+                    return None;
+                }
                 let seed = match stick {
                     Stick::Default => ctx
                         .get(Field::UserId)
