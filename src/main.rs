@@ -360,7 +360,13 @@ fn unset_variables(snap: &switchyard::routing::Snapshot) -> Vec<String> {
             snap.fleet
                 .iter()
                 .filter_map(|f| f.token_env.as_deref().map(|v| (v, "fleet.token_env"))),
-        );
+        )
+        .chain(match &snap.flags_from {
+            Some(switchyard::config::FlagsFrom::Server(s)) => {
+                s.token_env.as_deref().map(|v| (v, "flags_from.token_env"))
+            }
+            _ => None,
+        });
     named
         .filter(|(var, _)| std::env::var(var).map_or(true, |v| v.is_empty()))
         .map(|(var, key)| {

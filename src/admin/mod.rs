@@ -61,6 +61,8 @@ pub struct RouteStatus {
     /// The split requests get now (rollout step applied, tripped pools at 0).
     pub effective: Vec<PoolShare>,
     pub flags: Vec<String>,
+    /// `[[routes.rules]]`: `(name, pool)`, in the order they are tried.
+    pub rules: Vec<(String, String)>,
     pub tripped: bool,
     /// Why each tripped pool was taken out, when, and the numbers that did it.
     pub trips: Vec<crate::guard::overlay::Trip>,
@@ -148,6 +150,11 @@ pub fn route_status(state: &State, snap: &Snapshot, route: &Route) -> RouteStatu
         }
     });
     RouteStatus {
+        rules: route
+            .rules
+            .iter()
+            .map(|r| (r.name.clone(), snap.pools[r.pool].name.to_string()))
+            .collect(),
         name: route.name.to_string(),
         host: route.host.clone(),
         path_prefix: route.path_prefix.clone(),
