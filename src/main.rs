@@ -486,6 +486,17 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
             headers.concat(),
             split.join(" ")
         );
+        for rule in r.rules.iter() {
+            let _ = writeln!(
+                s,
+                "  {:<12} rule \"{}\": {} constraint{} -> {}",
+                "",
+                rule.name,
+                rule.conds.len(),
+                if rule.conds.len() == 1 { "" } else { "s" },
+                snap.pools[rule.pool].name
+            );
+        }
         if let Some(g) = &r.guard {
             let p99 = [("p99", g.max_p99), ("p50", g.max_p50)]
                 .iter()
@@ -573,7 +584,12 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
 /// The headers the proxy adds, as `[headers]` sets them, and those it leaves out.
 fn headers_summary(h: &switchyard::routing::HeaderSettings) -> String {
     let (mut sent, mut left_out) = (Vec::new(), Vec::new());
-    for (what, name) in [("pool", &h.pool), ("bucket", &h.bucket), ("flags", &h.flags)] {
+    for (what, name) in [
+        ("pool", &h.pool),
+        ("bucket", &h.bucket),
+        ("flags", &h.flags),
+        ("flag payloads", &h.flag_payloads),
+    ] {
         match name {
             Some(n) => sent.push(format!("{what} {n}")),
             None => left_out.push(what.to_owned()),

@@ -61,7 +61,7 @@ fn check_passes_on_every_shipped_config() {
     );
     let out = String::from_utf8(check("config/switchyard.toml".as_ref()).stdout).unwrap();
     assert!(
-        out.contains("headers added: pool x-switchyard-pool, bucket x-switchyard-bucket, flags x-switchyard-flags, x-forwarded-*, via, x-request-id\n"),
+        out.contains("headers added: pool x-switchyard-pool, bucket x-switchyard-bucket, flags x-switchyard-flags, flag payloads x-switchyard-flag-payloads, x-forwarded-*, via, x-request-id\n"),
         "{out}"
     );
 }

@@ -225,7 +225,7 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime, overlay: Option<&
             .collect();
         let decided = Decided::new(&d, snap);
         let peer = Peer::new(
-            SocketAddr::from(([127, 0, 0, 1], 0)),
+            SocketAddr::new(q.client.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), 0),
             q.uri.scheme_str() == Some("https"),
         );
         let request_id = q
