@@ -55,7 +55,7 @@ fn check_passes_on_every_shipped_config() {
     let out = String::from_utf8(check("benches/peer/switchyard.toml".as_ref()).stdout).unwrap();
     assert!(
         out.contains(
-            "headers added: flags x-flags (left out: pool, bucket, x-forwarded-*, via, x-request-id)\n"
+            "headers added: flags x-flags, flag payloads x-switchyard-flag-payloads (left out: pool, bucket, x-forwarded-*, via, x-request-id)\n"
         ),
         "{out}"
     );
