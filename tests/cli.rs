@@ -338,3 +338,67 @@ async fn commands_refuse_a_config_that_does_not_validate_and_name_the_tokens_var
     }
     setup.proxy.shutdown().await;
 }
+
+/// `explain` names the rule that picked the pool (or that its pool is tripped), the strategy
+/// that admitted a flag, and shows the payloads header; `--client-ip` is the request's peer.
+#[tokio::test]
+async fn explain_names_rules_strategies_and_payloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &path,
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[context]\ncountry = \"header:x-country\"\ntrusted_proxies = [\"10.0.0.0/8\"]\n\
+         [pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n\
+         [[routes]]\nname = \"web\"\nsplit = { blue = 100, canary = 0 }\n\
+         [[routes.rules]]\nname = \"employees\"\npool = \"canary\"\n\
+         constraints = [{ contextName = \"remoteAddress\", operator = \"IN_CIDR\", values = [\"192.0.2.0/24\"] }]\n\
+         [[flags]]\nname = \"Nordic.Banner\"\nstrategies = [{ name = \"default\", constraints = [{ contextName = \"country\", operator = \"IN\", values = [\"se\"] }] }]\n\
+         variants = [{ name = \"big banner\", weight = 1, payload = { type = \"json\", value = '{\"size\":3}' } }]\n",
+    )
+    .unwrap();
+    let explain = |ip: &'static str| {
+        let path = path.clone();
+        async move {
+            run(
+                &[
+                    "explain",
+                    "--offline",
+                    "-c",
+                    s(&path),
+                    "--client-ip",
+                    ip,
+                    "-H",
+                    "x-forwarded-for: 192.0.2.44",
+                    "-H",
+                    "x-country: se",
+                    "http://shop/",
+                ],
+                &[],
+            )
+            .await
+        }
+    };
+    // Behind a trusted proxy, the forwarded address is the client's: the rule holds.
+    let (ok, out, err) = explain("10.1.1.1").await;
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("pool:     canary — employees: its constraints hold"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Nordic.Banner        = big banner   (strategy 1 (default with 1 constraint) admits it"),
+        "{out}"
+    );
+    assert!(
+        out.contains("x-switchyard-flags: nordic.banner=\"big banner\""),
+        "{out}"
+    );
+    assert!(
+        out.contains("x-switchyard-flag-payloads: nordic.banner=\"{\\\"size\\\":3}\";type=json"),
+        "{out}"
+    );
+    // From an untrusted peer, x-forwarded-for is not believed.
+    let (ok, out, _) = explain("198.51.100.1").await;
+    assert!(ok);
+    assert!(out.contains("pool:     blue — "), "{out}");
+}
