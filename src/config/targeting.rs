@@ -70,6 +70,15 @@ pub(super) fn context(errs: &mut Errors<'_>, raw: &RawConfig) -> ContextSpec {
                 }
                 continue;
             }
+            if name == "flags_from" {
+                errs.at(
+                    v,
+                    &path,
+                    "flags_from is a top-level key, but here it is read as part of [context]",
+                    "move flags_from above the first [table] of the file",
+                );
+                continue;
+            }
             if REQUEST_FIELDS.iter().any(|(n, _)| n == name) || unleash_builtin(name) {
                 errs.at(
                     v,
@@ -934,6 +943,11 @@ mod tests {
             "",
             "[context]\nuserId = \"header:x-user\"\n",
             "`userId` is built in",
+        );
+        refused(
+            "",
+            "[context]\nflags_from = \"f.json\"\n",
+            "move flags_from above the first [table]",
         );
         refused(
             "",
