@@ -87,6 +87,12 @@ impl Context for OfrepContext<'_> {
     fn random(&self) -> u32 {
         self.request.random()
     }
+    fn sticky_fallback(&self) -> Option<&str> {
+        self.given
+            .get(&Field::UserId)
+            .map(String::as_str)
+            .or_else(|| self.request.sticky_fallback())
+    }
 }
 
 /// One flag's evaluation, as OFREP shows it.

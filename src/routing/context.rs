@@ -101,6 +101,8 @@ pub struct RequestContext<'a> {
     user_id: Option<&'a str>,
     session: Session<'a>,
     session_id: OnceCell<Option<&'a str>>,
+    /// The request's user key, whatever its source: stickiness `default`'s last resort.
+    key: Option<&'a str>,
     environment: Option<&'a str>,
     now_ms: i64,
     props: OnceCell<Box<[Lazy<'a>]>>,
@@ -120,6 +122,10 @@ impl<'a> RequestContext<'a> {
             spec,
             view,
             user_id,
+            key: user_id.or(match session {
+                Session::Id(id) => Some(id),
+                _ => None,
+            }),
             session,
             session_id: OnceCell::new(),
             environment,
@@ -183,6 +189,10 @@ impl Context for RequestContext<'_> {
 
     fn random(&self) -> u32 {
         fastrand::u32(..)
+    }
+
+    fn sticky_fallback(&self) -> Option<&str> {
+        self.key
     }
 }
 

@@ -99,6 +99,21 @@ pub trait Context {
     fn now_ms(&self) -> i64;
     /// A uniformly random number, for `random` stickiness and `gradualRolloutRandom`.
     fn random(&self) -> u32;
+    /// What stickiness `default` hashes when there is no userId or sessionId (Unleash: a random
+    /// number). The proxy always has a user key, even an empty one: it hashes that, so one
+    /// request's answer is the next one's.
+    fn sticky_fallback(&self) -> Option<&str> {
+        None
+    }
+}
+
+/// Stickiness `default`: userId, else sessionId (empty ones do not count, as in Unleash), else
+/// the context's fallback; `None`: random.
+fn default_seed<C: Context + ?Sized>(ctx: &C) -> Option<&str> {
+    ctx.get(Field::UserId)
+        .filter(|s| !s.is_empty())
+        .or_else(|| ctx.get(Field::SessionId).filter(|s| !s.is_empty()))
+        .or_else(|| ctx.sticky_fallback())
 }
 
 /// A list of strings to look a value up in.
@@ -855,10 +870,7 @@ impl Strat {
                     return None;
                 }
                 let seed = match stick {
-                    Stick::Default => ctx
-                        .get(Field::UserId)
-                        .filter(|s| !s.is_empty())
-                        .or_else(|| ctx.get(Field::SessionId).filter(|s| !s.is_empty())),
+                    Stick::Default => default_seed(ctx),
                     Stick::Random => None,
                     Stick::Field(f) => match ctx.get(*f).filter(|s| !s.is_empty()) {
                         Some(s) => Some(s),
@@ -902,10 +914,7 @@ impl VariantSet {
             }
         }
         let seed = match self.stick {
-            Stick::Default => ctx
-                .get(Field::UserId)
-                .filter(|s| !s.is_empty())
-                .or_else(|| ctx.get(Field::SessionId).filter(|s| !s.is_empty())),
+            Stick::Default => default_seed(ctx),
             Stick::Random => None,
             Stick::Field(f) => ctx.get(f).filter(|s| !s.is_empty()),
         };
