@@ -31,6 +31,7 @@ pub mod fleet;
 pub mod guard;
 pub mod http1;
 pub mod logging;
+pub mod mirror;
 pub mod notify;
 pub mod proxy;
 pub mod reload;

@@ -245,6 +245,47 @@ async fn a_gib_streams_each_way_without_growing_memory() {
     );
 }
 
+/// A GiB uploaded on a route that mirrors POSTs with `max_body = "64KiB"`: the copy stops at
+/// 64 KiB and is let go, the primary gets every byte, and the proxy's memory stays within the
+/// same few MiB as an unmirrored upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mirrored_gib_upload_is_not_buffered() {
+    let (blue, shadow) = (Upstream::start("blue").await, Upstream::start("shadow").await);
+    let cfg = format!(
+        "{}[pools.shadow]\nendpoints = [\"{}\"]\n\
+         [routes.mirror]\npool = \"shadow\"\nmethods = [\"POST\"]\nmax_body = \"64KiB\"\n",
+        config(&[("blue", &[blue.addr])], ""),
+        shadow.addr
+    );
+    let proxy = Running::start(&cfg);
+    let client = h1_client();
+    let req = Request::post(format!("http://{}/upload", proxy.addr))
+        .body(generated(64 << 20))
+        .unwrap();
+    send(&client, req).await;
+    let base = proxy.rss_kib();
+    let upload = async {
+        let req = Request::post(format!("http://{}/upload", proxy.addr))
+            .body(generated(GIB))
+            .unwrap();
+        let (parts, body) = send(&client, req).await;
+        assert_eq!(parts.status, 200);
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()["len"]
+            .as_u64()
+            .unwrap()
+    };
+    let (len, peak) = peak_rss_during(&proxy, upload).await;
+    assert_eq!(len, GIB);
+    let grew = peak.saturating_sub(base);
+    eprintln!("proxy RSS: base {base} KiB, peak mirrored upload {peak} KiB");
+    assert!(
+        grew < 64 + 8 * 1024,
+        "the proxy's memory grew by {grew} KiB during a mirrored GiB upload"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(shadow.hits(), 0, "a body over max_body is not mirrored");
+}
+
 #[tokio::test]
 async fn sighup_reloads_and_status_shows_the_routes() {
     let blue = Upstream::start("blue").await;

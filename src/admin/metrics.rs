@@ -72,6 +72,7 @@ pub struct Metrics {
     state_save_errors: IntCounter,
     state_load_errors: IntCounter,
     notifications: IntCounterVec,
+    mirror: IntCounterVec,
     pub connections: IntGauge,
 }
 
@@ -179,6 +180,10 @@ impl Metrics {
                 opts("switchyard_notifications_total", "Webhook notifications by result: delivered, failed (after retries), dropped (queue full)."),
                 &["result"],
             )),
+            mirror: register(&r, IntCounterVec::new(
+                opts("switchyard_mirror_total", "Mirrored requests by route and result: match, status/header/body (the shadow's answer differs), dropped (in-flight limit), too_large (request body over max_body), shadow_error, incomplete (the primary or the client did not finish), sent (compare = false)."),
+                &["route", "result"],
+            )),
             connections: register(&r, IntGauge::new("switchyard_connections_active", "Client connections open.")),
             registry: r,
         };
@@ -225,6 +230,11 @@ impl Metrics {
             }
             h.overrides_ignored
                 .push(self.overrides_ignored.with_label_values(&[&*route.name]));
+            if route.mirror.is_some() {
+                for result in crate::mirror::RESULTS {
+                    self.mirror.with_label_values(&[&*route.name, result]);
+                }
+            }
             self.route_gauges(snap, route);
         }
         for pool in &snap.pools {
@@ -339,6 +349,11 @@ impl Metrics {
             failed: self.notifications.with_label_values(&["failed"]),
             dropped: self.notifications.with_label_values(&["dropped"]),
         }
+    }
+
+    /// Counts a mirrored request's result.
+    pub fn mirror(&self, route: &str, result: &str) {
+        self.mirror.with_label_values(&[route, result]).inc();
     }
 
     pub fn reload(&self, ok: bool) {

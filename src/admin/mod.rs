@@ -63,11 +63,31 @@ pub struct RouteStatus {
     pub flags: Vec<String>,
     /// `[[routes.rules]]`: `(name, pool)`, in the order they are tried.
     pub rules: Vec<(String, String)>,
+    /// `[routes.mirror]`: the shadow pool and how its answers compare.
+    pub mirror: Option<MirrorStatus>,
     pub tripped: bool,
     /// Why each tripped pool was taken out, when, and the numbers that did it.
     pub trips: Vec<crate::guard::overlay::Trip>,
     pub guard: Option<GuardStatus>,
     pub rollout: Option<RolloutStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MirrorStatus {
+    pub pool: String,
+    pub percent: u32,
+    pub compare: bool,
+    pub methods: Vec<String>,
+    pub ignore: Vec<String>,
+    pub max_body: usize,
+    pub max_in_flight: usize,
+    pub in_flight: usize,
+    /// Mirrored requests by result since start (kept across reloads).
+    pub counts: Vec<(&'static str, u64)>,
+    /// Mismatches over compared requests (`None` before the first comparison).
+    pub mismatch_rate: Option<f64>,
+    /// The last mismatches, oldest first.
+    pub recent: Vec<crate::mirror::Mismatch>,
 }
 
 #[derive(Debug, Serialize)]
@@ -150,6 +170,26 @@ pub fn route_status(state: &State, snap: &Snapshot, route: &Route) -> RouteStatu
         }
     });
     RouteStatus {
+        mirror: route.mirror.as_ref().map(|m| MirrorStatus {
+            pool: snap.pools[m.pool].name.to_string(),
+            percent: m.percent,
+            compare: m.compare,
+            methods: m.methods.iter().map(ToString::to_string).collect(),
+            ignore: m.ignore_text.clone(),
+            max_body: m.max_body,
+            max_in_flight: m.max_in_flight,
+            in_flight: m.stats.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+            counts: m.stats.counts(),
+            mismatch_rate: m.stats.mismatch_rate(),
+            recent: m
+                .stats
+                .recent
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .cloned()
+                .collect(),
+        }),
         rules: route
             .rules
             .iter()

@@ -170,6 +170,41 @@ pub fn render(view: &View, now: SystemTime) -> String {
                 }
             );
         }
+        if let Some(m) = r.get("mirror").filter(|v| !v.is_null()) {
+            let counts: Vec<String> = m["counts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|c| c[1].as_u64().unwrap_or(0) > 0)
+                .map(|c| format!("{} {}", text(&c[0]), c[1]))
+                .collect();
+            let _ = writeln!(
+                s,
+                "{name}: mirrors {}% to {}{}: {}",
+                m["percent"],
+                text(&m["pool"]),
+                match m["mismatch_rate"].as_f64() {
+                    Some(rate) => format!(" (mismatch rate {:.2}%)", rate * 100.0),
+                    None => String::new(),
+                },
+                if counts.is_empty() {
+                    "nothing mirrored yet".to_owned()
+                } else {
+                    counts.join(", ")
+                }
+            );
+            for x in m["recent"].as_array().into_iter().flatten().rev().take(3) {
+                let _ = writeln!(
+                    s,
+                    "    {} {} {} {}: {}",
+                    text(&x["at"]),
+                    text(&x["kind"]),
+                    text(&x["method"]),
+                    text(&x["path"]),
+                    text(&x["diff"])
+                );
+            }
+        }
         let effective = r["effective"].as_array().cloned().unwrap_or_default();
         for (i, p) in r["configured"].as_array().into_iter().flatten().enumerate() {
             // The effective split lists the same pools; matched by name, not position.

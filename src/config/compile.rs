@@ -355,6 +355,15 @@ pub fn compile(
         errs.list.sort_by_key(|e| (e.line, e.col));
         return Err(errs.list);
     }
+    // A route's mirror counts go on across reloads.
+    if let Some(prev) = previous {
+        for r in &mut routes {
+            let old = prev.route_by_name(&r.name).and_then(|o| o.mirror.as_ref());
+            if let (Some(m), Some(old)) = (r.mirror.as_mut().and_then(Arc::get_mut), old) {
+                m.stats = old.stats.clone();
+            }
+        }
+    }
     let table = RouteTable::build(&routes);
     Ok(Snapshot {
         revision: match &flags_from {
@@ -966,6 +975,24 @@ fn compile_route(
             "add [routes.guard] with a baseline",
         );
     }
+    let mirror = raw
+        .mirror
+        .as_ref()
+        .and_then(|m| super::mirror::compile(errs, path, m, pool_index));
+    if let Some(x) = raw
+        .guard
+        .as_ref()
+        .and_then(|g| g.get_ref().max_mismatch_rate.as_ref())
+    {
+        if !mirror.as_ref().is_some_and(|m| m.compare) {
+            errs.at(
+                x,
+                format!("{path}.guard.max_mismatch_rate"),
+                "judges a mirror's comparisons, and this route compares none",
+                "add [routes.mirror] with the pool under test (compare = true), or remove max_mismatch_rate",
+            );
+        }
+    }
     let rules = super::targeting::rules(
         errs,
         path,
@@ -980,6 +1007,7 @@ fn compile_route(
         segments,
     );
     (errs.list.len() == before).then(|| Route {
+        mirror,
         rules: rules.into(),
         index: 0,
         name: name.as_str().into(),
@@ -1047,6 +1075,7 @@ fn compile_guard(
     };
     let max_error_rate = fraction(&g.max_error_rate, "max_error_rate", 1.0, Some(0.05)).unwrap_or(0.05);
     let max_error_ratio = fraction(&g.max_error_ratio, "max_error_ratio", f64::MAX, None);
+    let max_mismatch_rate = fraction(&g.max_mismatch_rate, "max_mismatch_rate", 1.0, None);
     let max_p99 = g
         .max_p99
         .as_ref()
@@ -1079,6 +1108,7 @@ fn compile_guard(
         baseline,
         max_error_rate,
         max_error_ratio,
+        max_mismatch_rate,
         max_p99,
         max_p50,
         min_requests,

@@ -6,6 +6,7 @@
 //! [`Snapshot`]: crate::routing::Snapshot
 
 mod compile;
+mod mirror;
 pub mod raw;
 mod targeting;
 

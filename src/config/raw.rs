@@ -185,6 +185,19 @@ pub struct RawRoute {
     /// Targeted routing, before the split: the first rule whose constraints hold picks the pool.
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
+    pub mirror: Option<Spanned<RawMirror>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawMirror {
+    pub pool: Spanned<String>,
+    pub percent: Option<Spanned<i64>>,
+    pub max_body: Option<Spanned<String>>,
+    pub max_response: Option<Spanned<String>>,
+    pub compare: Option<Spanned<bool>>,
+    pub ignore: Option<Vec<Spanned<String>>>,
+    pub methods: Option<Vec<Spanned<String>>>,
+    pub max_in_flight: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +205,7 @@ pub struct RawGuard {
     pub baseline: Spanned<String>,
     pub max_error_rate: Option<Spanned<f64>>,
     pub max_error_ratio: Option<Spanned<f64>>,
+    pub max_mismatch_rate: Option<Spanned<f64>>,
     pub max_p99: Option<Spanned<String>>,
     pub max_p50: Option<Spanned<String>>,
     pub min_requests: Option<Spanned<i64>>,

@@ -35,6 +35,10 @@ pub struct GuardConfig {
     pub baseline: usize,
     pub max_error_rate: f64,
     pub max_error_ratio: Option<f64>,
+    /// Most share of a mirror's compared answers that may differ (over `window`, at least
+    /// `min_requests` compared) before the mirror's pool fails; until that many are compared,
+    /// its rollout holds.
+    pub max_mismatch_rate: Option<f64>,
     pub max_p99: Option<Duration>,
     pub max_p50: Option<Duration>,
     pub min_requests: u64,
@@ -143,6 +147,9 @@ struct Guard {
     /// Each guarded route's split and pools, as last seen: when a reload changes them, the
     /// windows start afresh (old endpoints' failures are no evidence against new ones).
     fingerprints: HashMap<String, String>,
+    /// Per route with `max_mismatch_rate`: `(when, compared, mismatched)` counts of its mirror,
+    /// a window's worth, oldest first.
+    mirror_samples: HashMap<String, std::collections::VecDeque<(Instant, u64, u64)>>,
 }
 
 type Windows = HashMap<(Arc<str>, Arc<str>), Window>;
@@ -220,8 +227,14 @@ impl Guard {
             figures: base,
             verdict: None,
         });
+        let mirrored = self.mirror_verdict(route, g, now);
         for (pool, f) in judged {
             let mut v = verdict::judge(g, &base, &f);
+            if let Some((shadow, mv)) = &mirrored {
+                if *shadow == pool && !matches!(v, Verdict::Fail(_)) && *mv != Verdict::Pass {
+                    v = mv.clone();
+                }
+            }
             if let (Verdict::Fail(reason), Some(_)) = (&mut v, &snap.fleet) {
                 // With a fleet, every reason says which numbers were judged.
                 *reason = format!("local numbers: {reason}");
@@ -237,6 +250,42 @@ impl Guard {
             });
         }
         rr
+    }
+
+    /// The verdict on a route's mirror comparisons over the guard's window, for its shadow
+    /// pool: fail past `max_mismatch_rate`, hold until `min_requests` were compared.
+    fn mirror_verdict(&mut self, route: &Route, g: &GuardConfig, now: Instant) -> Option<(usize, Verdict)> {
+        let limit = g.max_mismatch_rate?;
+        let m = route.mirror.as_ref()?;
+        let counts = m.stats.counts();
+        let n = |name: &str| counts.iter().find(|(r, _)| *r == name).map_or(0, |c| c.1);
+        let mismatched = n("status") + n("header") + n("body");
+        let compared = n("match") + mismatched;
+        let samples = self.mirror_samples.entry(route.name.to_string()).or_default();
+        samples.push_back((now, compared, mismatched));
+        while samples.len() > 1 && now.saturating_duration_since(samples[1].0) >= g.window {
+            samples.pop_front();
+        }
+        let (_, c0, m0) = samples[0];
+        let (compared, mismatched) = (compared.saturating_sub(c0), mismatched.saturating_sub(m0));
+        let rate = if compared == 0 {
+            0.0
+        } else {
+            mismatched as f64 / compared as f64
+        };
+        let v = if compared >= g.min_requests && rate > limit {
+            Verdict::Fail(format!(
+                "mirror mismatches: {mismatched} of {compared} compared answers differ ({:.1}% > {:.1}%) over {:?}",
+                rate * 100.0,
+                limit * 100.0,
+                g.window
+            ))
+        } else if compared < g.min_requests {
+            Verdict::Hold
+        } else {
+            Verdict::Pass
+        };
+        Some((m.pool, v))
     }
 
     /// Asks for a trip of a failing pool (at most every 2 s until the snapshot shows it), or

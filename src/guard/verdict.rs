@@ -130,6 +130,7 @@ mod tests {
 
     fn guard() -> GuardConfig {
         GuardConfig {
+            max_mismatch_rate: None,
             baseline: 0,
             max_error_rate: 0.05,
             max_error_ratio: None,

@@ -24,6 +24,8 @@ use super::watchdog::Busy;
 pub struct ProxyBody {
     kind: Kind,
     finish: Option<Finish>,
+    /// A copy of the answer for a mirrored request's comparison.
+    tap: Option<Box<crate::mirror::Tap>>,
     /// Keeps the client connection busy for its idle watchdog until the body is done.
     busy: Option<Busy>,
 }
@@ -82,6 +84,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full(Some(bytes)),
             finish: None,
+            tap: None,
             busy: None,
         }
     }
@@ -90,6 +93,7 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Full(None),
             finish: None,
+            tap: None,
             busy: None,
         }
     }
@@ -98,7 +102,17 @@ impl ProxyBody {
         ProxyBody {
             kind: Kind::Upstream(body),
             finish: None,
+            tap: None,
             busy: None,
+        }
+    }
+
+    /// Copies the answer into `tap` as it streams (for a mirrored request's comparison).
+    pub fn tap(&mut self, mut tap: crate::mirror::Tap) {
+        if self.is_end_stream() {
+            tap.end();
+        } else {
+            self.tap = Some(Box::new(tap));
         }
     }
 
@@ -145,7 +159,7 @@ impl Body for ProxyBody {
         let this = &mut *self;
         match &mut this.kind {
             Kind::Upstream(b) => {
-                let mut polled = Pin::new(b).poll_frame(cx);
+                let mut polled = Pin::new(&mut *b).poll_frame(cx);
                 match &mut polled {
                     Poll::Ready(Some(Err(_))) => {
                         if let Some(f) = this.finish.as_mut() {
@@ -156,8 +170,23 @@ impl Body for ProxyBody {
                         if let Some(trailers) = frame.trailers_mut() {
                             super::headers::clean_trailers(trailers);
                         }
+                        if let Some(tap) = this.tap.as_mut() {
+                            if let Some(data) = frame.data_ref() {
+                                tap.push(data);
+                            }
+                        }
                     }
                     _ => {}
+                }
+                if let Some(tap) = this.tap.as_mut() {
+                    let whole = match &polled {
+                        Poll::Ready(None) => true,
+                        Poll::Ready(Some(Ok(_))) => b.is_end_stream(),
+                        _ => false,
+                    };
+                    if whole {
+                        tap.end();
+                    }
                 }
                 polled
             }

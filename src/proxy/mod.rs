@@ -209,7 +209,7 @@ impl Proxy {
         };
         let ready = self
             .route(&snap, request, peer.addr.ip(), &mut names)
-            .and_then(|routed| prepare(&snap, routed, &peer, request_id.as_ref(), start));
+            .and_then(|routed| prepare(&self.state, &snap, routed, &peer, request_id.as_ref(), start));
         // Used in place by the future below (not moved into its locals), so it is held once.
         let mut ready = match ready {
             Ok(r) => r,
@@ -372,7 +372,7 @@ impl Proxy {
             peer: Some(client),
         };
         // Phase: decide. Only owned values leave this block, so the request is free to change.
-        let (pool, decided) = {
+        let (pool, decided, mirror) = {
             let d = snap
                 .decide(&view, None, SystemTime::now())
                 .ok_or_else(|| ProxyError::NoRoute {
@@ -410,12 +410,30 @@ impl Proxy {
                     tracing::debug!(route = %d.route.name, "override names no pool of this route; ignored");
                 }
             }
-            (snap.pool(pool).clone(), Decided::new(&d, snap))
+            // A mirrored request takes a slot among its route's mirrors in flight.
+            let mirror = d
+                .route
+                .mirror
+                .as_ref()
+                .filter(|m| m.wants(&parts.method, &snap.identity.salt, &d.key))
+                .and_then(|m| match m.slot() {
+                    Some(slot) => Some(MirrorStart {
+                        config: m.clone(),
+                        slot,
+                        route: d.route.name.clone(),
+                    }),
+                    None => {
+                        self.state.metrics.mirror(&d.route.name, "dropped");
+                        None
+                    }
+                });
+            (snap.pool(pool).clone(), Decided::new(&d, snap), mirror)
         };
 
         // Phase: upstream_request (the header fields are made by `Decided::fields`).
         let via = via_entry(snap, parts.version);
         Ok(Routed {
+            mirror,
             pool,
             decided,
             host,
@@ -568,6 +586,15 @@ struct Routed {
     interim: Option<Arc<dyn Interim>>,
     parts: http::request::Parts,
     body: Option<RequestBody>,
+    /// Set when the request is mirrored.
+    mirror: Option<MirrorStart>,
+}
+
+/// A mirrored request, until its copy is prepared.
+struct MirrorStart {
+    config: Arc<crate::mirror::MirrorConfig>,
+    slot: crate::mirror::Slot,
+    route: Arc<str>,
 }
 
 /// A request ready to go upstream: the phases up to upstream_request done.
@@ -594,6 +621,11 @@ struct Upstream {
 
 /// What the response phase needs of the request.
 struct Reply {
+    /// Where the answer's copy goes, for a mirrored request's comparison, and its limit.
+    mirror_tap: Option<(
+        tokio::sync::oneshot::Sender<crate::mirror::compare::Answer>,
+        usize,
+    )>,
     via: Option<&'static HeaderValue>,
     client_upgrade: Option<ClientUpgrade>,
     set_cookie: Option<String>,
@@ -602,6 +634,7 @@ struct Reply {
 /// Phase upstream_peer and the encoding of upstream_request: picks the endpoint and writes the
 /// request head for it, consuming the client's head.
 fn prepare(
+    state: &Arc<State>,
     snap: &Snapshot,
     mut routed: Routed,
     peer: &Peer,
@@ -636,7 +669,46 @@ fn prepare(
         fields: &fields,
         upgrade,
     };
-    let body = routed.body.take();
+    let mut body = routed.body.take();
+    let mut mirror_tap = None;
+    if let Some(m) = routed.mirror.take() {
+        // The copy: the same method, path and header fields the primary gets, the body teed.
+        let mut headers = HeaderMap::new();
+        fields.for_each(&mut |name, value| {
+            if let (Ok(n), Ok(v)) = (http::HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
+                headers.append(n, v);
+            }
+        });
+        let source = match body.take() {
+            Some(b) if !b.is_end_stream() => {
+                let (tee, rx) = crate::mirror::Tee::new(m.config.max_body, b.length());
+                body = Some(RequestBody::Teed(Box::new((b, tee))));
+                crate::mirror::BodySource::Teed(rx)
+            }
+            b => {
+                body = b;
+                crate::mirror::BodySource::Ready(bytes::Bytes::new())
+            }
+        };
+        let primary = m.config.compare.then(|| {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            mirror_tap = Some((tx, m.config.max_response));
+            rx
+        });
+        tokio::spawn(crate::mirror::run(crate::mirror::Job {
+            pool: snap.pools[m.config.pool].clone(),
+            config: m.config,
+            slot: m.slot,
+            route: m.route,
+            method: routed.parts.method.clone(),
+            path: path.as_str().to_owned(),
+            headers,
+            body: source,
+            primary,
+            request_id: request_id.and_then(|v| v.to_str().ok()).map(str::to_owned),
+            state: state.clone(),
+        }));
+    }
     let request = client::Prepared::new(&pool.endpoints[index], &out, body.as_ref(), now);
     Ok(Ready {
         request: Upstream {
@@ -650,6 +722,7 @@ fn prepare(
         body,
         interim: routed.interim,
         reply: Reply {
+            mirror_tap,
             via: routed.via,
             client_upgrade: routed.client_upgrade,
             set_cookie: routed.decided.set_cookie,
@@ -680,6 +753,11 @@ fn respond(
         guard,
         in_flight,
     );
+    // The copy for the comparison: the answer as the client gets it, but for its cookie.
+    if let Some((tx, limit)) = reply.mirror_tap {
+        let tap = crate::mirror::Tap::new(response.status(), response.headers().clone(), limit, tx);
+        response.body_mut().tap(tap);
+    }
     if let Some(c) = reply.set_cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
         response.headers_mut().append(header::SET_COOKIE, c);
     }

@@ -197,6 +197,8 @@ pub struct Route {
     pub flags: Arc<[usize]>,
     /// `[[routes.rules]]`: audiences sent to a pool before the split.
     pub rules: Arc<[Rule]>,
+    /// `[routes.mirror]`: a shadow pool that gets a copy of some requests.
+    pub mirror: Option<Arc<crate::mirror::MirrorConfig>>,
     /// Whether any decision on this route depends on who the user is (a split over several
     /// pools, or a flag that is neither fully on nor off). Only then does an anonymous user get
     /// the id cookie.

@@ -85,6 +85,7 @@ mod tests {
     fn route(name: &str, host: Option<&str>, prefix: &str, headers: &[(&str, &str)]) -> Route {
         Route {
             rules: std::sync::Arc::from([]),
+            mirror: None,
             index: 0,
             name: name.into(),
             host: host.map(str::to_owned),

@@ -54,6 +54,8 @@ pub enum RequestBody {
     Hyper(Incoming),
     /// Read by switchyard's own HTTP/1 path.
     Conn(Inbound),
+    /// Either, copied for a mirrored request as it is read.
+    Teed(Box<(RequestBody, crate::mirror::Tee)>),
 }
 
 /// Why a client's request body could not be read: always the client's fault, never the
@@ -78,6 +80,7 @@ impl RequestBody {
         match self {
             RequestBody::Hyper(b) => b.is_end_stream(),
             RequestBody::Conn(b) => b.is_end_stream(),
+            RequestBody::Teed(t) => t.0.is_end_stream(),
         }
     }
 
@@ -86,6 +89,7 @@ impl RequestBody {
         match self {
             RequestBody::Hyper(b) => b.size_hint().exact(),
             RequestBody::Conn(b) => b.length(),
+            RequestBody::Teed(t) => t.0.length(),
         }
     }
 
@@ -93,6 +97,23 @@ impl RequestBody {
         match self {
             RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BodyFault::Hyper),
             RequestBody::Conn(b) => b.poll_frame(cx),
+            RequestBody::Teed(t) => {
+                let (body, tee) = &mut **t;
+                let polled = body.poll_frame(cx);
+                match &polled {
+                    Poll::Ready(Some(Ok(frame))) => {
+                        if let Some(data) = frame.data_ref() {
+                            tee.push(data);
+                        }
+                        if body.is_end_stream() {
+                            tee.end();
+                        }
+                    }
+                    Poll::Ready(None) => tee.end(),
+                    _ => {}
+                }
+                polled
+            }
         }
     }
 
