@@ -9,7 +9,7 @@
 //! `cargo bench --bench idle` (the file-descriptor limit must allow twice the connections).
 
 use std::io::Write;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -62,18 +62,7 @@ fn main() {
             n + 100
         )
         .unwrap();
-        let mut proxy = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["run", "--workers", "1", "-c"])
-            .arg(cfg.path())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let started = Instant::now();
-        while TcpStream::connect(addr).await.is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "the proxy did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (mut proxy, addr) = start_proxy(cfg.path(), port).await;
         // Warm up: the allocator's and the runtime's first arenas.
         let warm: Vec<TcpStream> = futures_util::future::join_all((0..100).map(|_| open(addr)))
             .await

@@ -78,18 +78,7 @@ fn main() {
             ));
         }
         write!(cfg, "{text}").unwrap();
-        let mut proxy = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-            .args(["run", "--workers", "1", "-c"])
-            .arg(cfg.path())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-        let started = Instant::now();
-        while TcpStream::connect(addr).await.is_err() {
-            assert!(started.elapsed() < Duration::from_secs(10), "the proxy did not start");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let (mut proxy, addr) = start_proxy(cfg.path(), port).await;
         let routes = ["plain", "answers", "hangs", "down"];
         let mut conns = Vec::new();
         for _ in routes {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tokio::sync::mpsc;
 
 use crate::config::{FlagsFrom, ServerSource};
@@ -119,28 +119,13 @@ pub async fn poll(
         req = req.header(http::header::IF_NONE_MATCH, t);
     }
     let req = req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
-    let answer = async {
-        let resp = client
-            .request(req)
-            .await
-            .map_err(|e| format!("cannot reach {}: {e}", src.url))?;
-        let status = resp.status();
-        let tag = resp
-            .headers()
-            .get(http::header::ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let body = resp
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok::<_, String>((status, tag, body))
-    };
-    let (status, tag, body) = tokio::time::timeout(FETCH_TIMEOUT, answer)
-        .await
-        .map_err(|_| format!("no answer from {} in {FETCH_TIMEOUT:?}", src.url))??;
+    let (head, body) = crate::notify::exchange(client, req, FETCH_TIMEOUT, &src.url).await?;
+    let status = head.status;
+    let tag = head
+        .headers
+        .get(http::header::ETAG)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     if status == http::StatusCode::NOT_MODIFIED {
         return Ok(tag.or_else(|| etag.map(str::to_owned)));
     }

@@ -27,7 +27,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -166,27 +166,14 @@ impl Prometheus {
             }
         }
         let req = req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
-        let answer = async {
-            let resp = self.client.request(req).await.map_err(|e| format!("{e}"))?;
-            let status = resp.status();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            let value: Value = serde_json::from_slice(&body)
-                .map_err(|_| format!("{status} from {}: not Prometheus's JSON", settings.prometheus))?;
-            Ok::<_, String>(value)
-        };
-        let value = tokio::time::timeout(settings.query_timeout, answer)
-            .await
-            .map_err(|_| {
-                format!(
-                    "no answer from {} in {:?}",
-                    settings.prometheus, settings.query_timeout
-                )
-            })??;
+        let (head, body) =
+            crate::notify::exchange(&self.client, req, settings.query_timeout, &settings.prometheus).await?;
+        let value: Value = serde_json::from_slice(&body).map_err(|_| {
+            format!(
+                "{} from {}: not Prometheus's JSON",
+                head.status, settings.prometheus
+            )
+        })?;
         samples(&value)
     }
 }

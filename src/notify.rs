@@ -182,6 +182,29 @@ impl Notifier {
     }
 }
 
+/// One request with `client`: the answer's head and whole body, or why not (a transport error,
+/// or no whole answer within `timeout`, said of `what`).
+pub(crate) async fn exchange(
+    client: &HttpsClient,
+    req: http::Request<Full<Bytes>>,
+    timeout: std::time::Duration,
+    what: &str,
+) -> Result<(http::response::Parts, Bytes), String> {
+    use http_body_util::BodyExt;
+    let answer = async {
+        let resp = client
+            .request(req)
+            .await
+            .map_err(|e| format!("cannot reach {what}: {e}"))?;
+        let (parts, body) = resp.into_parts();
+        let body = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok::<_, String>((parts, body))
+    };
+    tokio::time::timeout(timeout, answer)
+        .await
+        .map_err(|_| format!("no answer from {what} in {timeout:?}"))?
+}
+
 /// The HTTP(S) client for webhooks (and the fleet's Prometheus): Mozilla's roots, HTTP/1.1.
 pub(crate) fn client() -> HttpsClient {
     let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))

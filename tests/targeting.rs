@@ -258,6 +258,18 @@ const FILE_V2: &str = r#"{"version": 2, "features": [
    "variants": [{"name": "blue_button", "weight": 1000, "payload": {"type": "string", "value": "b"}}]}
 ]}"#;
 
+/// The value of the feature file's flag for a user in the United States.
+async fn from_file_for_us(client: &Client, proxy: &Proxy) -> Option<String> {
+    let (_, seen) = echo(
+        client,
+        proxy,
+        "/echo",
+        &[("x-user-id", "u1"), ("x-country", "us")],
+    )
+    .await;
+    get_of(&dict(seen.get("x-switchyard-flags")), "from_file")
+}
+
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
     for _ in 0..100 {
         if check().await {
@@ -286,16 +298,7 @@ async fn a_feature_file_is_reloaded_when_it_changes_and_a_bad_one_changes_nothin
     .unwrap();
     let proxy = Proxy::start_file(&path).await;
     let client = h1_client();
-    let us = async |client: &Client| {
-        let (_, seen) = echo(
-            client,
-            &proxy,
-            "/echo",
-            &[("x-user-id", "u1"), ("x-country", "us")],
-        )
-        .await;
-        get_of(&dict(seen.get("x-switchyard-flags")), "from_file")
-    };
+    let us = async |client: &Client| from_file_for_us(client, &proxy).await;
     assert_eq!(us(&client).await.as_deref(), Some("off"));
     std::fs::write(dir.path().join("features.json"), FILE_V2).unwrap();
     wait_for("the new file's value", async || {
@@ -368,16 +371,7 @@ async fn an_unleash_server_is_polled_with_etag() {
     .unwrap();
     let proxy = Proxy::start_file(&path).await;
     let client = h1_client();
-    let se = async |client: &Client| {
-        let (_, seen) = echo(
-            client,
-            &proxy,
-            "/echo",
-            &[("x-user-id", "u1"), ("x-country", "us")],
-        )
-        .await;
-        get_of(&dict(seen.get("x-switchyard-flags")), "from_file")
-    };
+    let se = async |client: &Client| from_file_for_us(client, &proxy).await;
     // Asked before serving: the first request already has the server's flag.
     assert_eq!(se(&client).await.as_deref(), Some("off"));
     wait_for("a 304 to a conditional poll", async || {

@@ -44,3 +44,25 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Starts the release binary (one worker) on the config file `cfg`, and waits until it accepts
+/// on `port`.
+#[allow(dead_code)]
+pub async fn start_proxy(cfg: &std::path::Path, port: u16) -> (std::process::Child, SocketAddr) {
+    let proxy = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["run", "--workers", "1", "-c"])
+        .arg(cfg)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let started = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the proxy did not start"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    (proxy, addr)
+}
