@@ -26,6 +26,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod experiments;
 pub mod flagsync;
 pub mod fleet;
 pub mod guard;
