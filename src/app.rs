@@ -121,6 +121,22 @@ impl App {
             });
         }
         let state_path = prepared.state_file.as_ref().map(|f| f.path.clone());
+        // Experiments' counts, kept beside the state file: taken back, then kept up to date.
+        if let Some(p) = &state_path {
+            let saved = crate::experiments::saved_path(p);
+            match std::fs::read(&saved) {
+                Ok(text) => match serde_json::from_slice::<crate::experiments::Saved>(&text) {
+                    Ok(s) => s.restore(&state.snapshot.load().experiments),
+                    Err(e) => tracing::warn!(
+                        "{} is not the experiments' counts ({e}); starting from none",
+                        saved.display()
+                    ),
+                },
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("cannot read {}: {e}", saved.display()),
+            }
+            tokio::spawn(crate::experiments::keep(Arc::downgrade(&state.snapshot), saved));
+        }
         state.config.rcu(|c| {
             let mut c = (**c).clone();
             c.state.path = state_path.clone();

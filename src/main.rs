@@ -107,6 +107,19 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// Experiments' results: each arm's users, conversions, rate, interval, p-value, and the
+    /// sample-ratio check; merged from several replicas when given several --admin.
+    Experiments {
+        /// A replica's admin API base URL (repeatable: the replicas' results are merged).
+        #[arg(long = "admin")]
+        admins: Vec<String>,
+        /// The config whose `[admin] listen` and `token_env` to use, without --admin [default: config/switchyard.toml]
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Live view of routes, weights, trips, rollouts, guards and endpoints, from the admin API.
     Status {
         #[command(flatten)]
@@ -212,6 +225,19 @@ fn main() -> ExitCode {
         Command::Rollback { route, admin } => report(admin_command(&admin, &route, "rollback")),
         Command::Reset { route, admin } => report(admin_command(&admin, &route, "reset")),
         Command::Promote { route, admin } => report(admin_command(&admin, &route, "promote")),
+        Command::Experiments { admins, config, json } => report((|| {
+            let targets: Vec<cli::AdminTarget> = if admins.is_empty() {
+                vec![cli::AdminTarget::find(None, config.as_deref())?]
+            } else {
+                admins
+                    .iter()
+                    .map(|a| cli::AdminTarget::find(Some(a), config.as_deref()))
+                    .collect::<anyhow::Result<_>>()?
+            };
+            let out = runtime(Some(1))?.block_on(cli::experiments::run(&targets, json))?;
+            cli::print(&out)?;
+            Ok(())
+        })()),
         Command::Status { admin, json, watch } => report(
             admin
                 .target()

@@ -73,6 +73,7 @@ pub struct Metrics {
     state_load_errors: IntCounter,
     notifications: IntCounterVec,
     mirror: IntCounterVec,
+    experiment_users: GaugeVec,
     pub connections: IntGauge,
 }
 
@@ -179,6 +180,10 @@ impl Metrics {
             notifications: register(&r, IntCounterVec::new(
                 opts("switchyard_notifications_total", "Webhook notifications by result: delivered, failed (after retries), dropped (queue full)."),
                 &["result"],
+            )),
+            experiment_users: register(&r, GaugeVec::new(
+                opts("switchyard_experiment_users", "Distinct users of each experiment's arm (estimated, ±1%), by kind: exposed, converted."),
+                &["experiment", "variant", "kind"],
             )),
             mirror: register(&r, IntCounterVec::new(
                 opts("switchyard_mirror_total", "Mirrored requests by route and result: match, status/header/body (the shadow's answer differs), dropped (in-flight limit), too_large (request body over max_body), shadow_error, incomplete (the primary or the client did not finish), sent (compare = false)."),
@@ -348,6 +353,19 @@ impl Metrics {
             delivered: self.notifications.with_label_values(&["delivered"]),
             failed: self.notifications.with_label_values(&["failed"]),
             dropped: self.notifications.with_label_values(&["dropped"]),
+        }
+    }
+
+    /// Sets the experiments' user counts (read when Prometheus scrapes).
+    pub fn experiments(&self, snap: &Snapshot) {
+        for e in snap.experiments.iter() {
+            for (arm, a) in e.arms.iter().zip(&e.results.arms) {
+                for (kind, sketch) in [("exposed", &a.exposed), ("converted", &a.converted)] {
+                    self.experiment_users
+                        .with_label_values(&[&e.name, arm, kind])
+                        .set(sketch.count() as f64);
+                }
+            }
         }
     }
 

@@ -247,6 +247,7 @@ impl Admin {
             .route("/api/state", get(live_state))
             .route("/api/pools", get(pools))
             .route("/api/flags", get(flags))
+            .route("/api/experiments", get(experiments))
             .route("/api/fleet", get(fleet))
             .route("/api/history", get(history_view))
             .route("/api/reload", post(reload))
@@ -309,6 +310,7 @@ async fn readyz(Extract(a): Extract<Admin>) -> Response {
 }
 
 async fn metrics_text(Extract(a): Extract<Admin>) -> Response {
+    a.state.metrics.experiments(&a.state.snapshot.load());
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
         a.state.metrics.render(),
@@ -429,6 +431,35 @@ async fn history_view(
 /// guard judges.
 async fn fleet(Extract(a): Extract<Admin>) -> Json<crate::fleet::FleetStatus> {
     Json((**a.state.fleet.load()).clone())
+}
+
+#[derive(serde::Deserialize)]
+struct ExperimentsQuery {
+    /// Include each arm's sketches (base64), for merging replicas.
+    #[serde(default)]
+    sketches: bool,
+}
+
+/// Every experiment's results.
+async fn experiments(
+    Extract(a): Extract<Admin>,
+    axum::extract::Query(q): axum::extract::Query<ExperimentsQuery>,
+) -> Json<Vec<crate::experiments::Report>> {
+    let snap = a.state.snapshot.load();
+    Json(
+        snap.experiments
+            .iter()
+            .map(|e| e.report(&subject(&snap, e), q.sketches))
+            .collect(),
+    )
+}
+
+/// `flag NAME` or `route NAME`.
+pub fn subject(snap: &Snapshot, e: &crate::experiments::ExperimentConfig) -> String {
+    match e.subject {
+        crate::experiments::Subject::Flag(f) => format!("flag {}", snap.flags[f].name),
+        crate::experiments::Subject::Route(r) => format!("route {}", snap.routes[r].name),
+    }
 }
 
 /// How often each flag decided each of its values since the proxy started.

@@ -3,6 +3,7 @@
 //! its config names, and reading its live state — trips and rollout steps — for `explain` and
 //! `diff`, so that they answer for what the proxy really does and not for the file alone.
 
+pub mod experiments;
 pub mod status;
 
 use std::io::Write as _;

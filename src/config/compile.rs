@@ -351,6 +351,8 @@ pub fn compile(
         route.uses_key = route.split.active_pools() > 1 || route.rollout.is_some() || *any_depends;
     }
 
+    let experiments =
+        super::experiments::compile(&mut errs, &raw.experiments, &flags, &routes, &pools, previous);
     if !errs.list.is_empty() {
         errs.list.sort_by_key(|e| (e.line, e.col));
         return Err(errs.list);
@@ -389,6 +391,7 @@ pub fn compile(
             .and_then(|o| o.get_ref().enabled.as_ref())
             .is_some_and(|e| *e.get_ref()),
         context: Arc::new(context),
+        experiments: experiments.into(),
         flags_from: flags_from.map(|(f, _)| f),
         metrics: None,
         table: Arc::new(table),

@@ -6,6 +6,7 @@
 //! [`Snapshot`]: crate::routing::Snapshot
 
 mod compile;
+mod experiments;
 mod mirror;
 pub mod raw;
 mod targeting;

@@ -37,6 +37,23 @@ pub struct RawConfig {
     pub segments: Vec<Spanned<RawSegment>>,
     /// An Unleash feature file (`"features.json"`), or `{ url, token_env, interval }`.
     pub flags_from: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub experiments: Vec<Spanned<RawExperiment>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawExperiment {
+    pub name: Spanned<String>,
+    pub flag: Option<Spanned<String>>,
+    pub route: Option<Spanned<String>>,
+    pub goal: Spanned<RawGoal>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawGoal {
+    pub path_prefix: Spanned<String>,
+    pub method: Option<Spanned<String>>,
+    pub status: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -56,6 +56,8 @@ pub struct Finish {
     pub in_flight: Option<InFlight>,
     /// What the access-log line needs of the request, kept only when access logs are on.
     pub log: Option<Box<AccessHead>>,
+    /// Experiment goals the request may reach (counted by the status sent).
+    pub conversions: Option<Box<Vec<crate::experiments::Conversion>>>,
     /// Where a guarded route's outcome goes. Boxed: most routes have no guard, and the body
     /// carrying this is moved several times on its way out.
     pub outcome: Option<Box<OutcomeTap>>,
@@ -232,6 +234,9 @@ impl Drop for ProxyBody {
 impl Finish {
     fn done(self) {
         let elapsed = self.start.elapsed();
+        for c in self.conversions.into_iter().flat_map(|c| *c) {
+            c.done(self.sent);
+        }
         if let Some(tap) = self.outcome {
             // An error of the pool: a 5xx, an upstream that failed to answer, or a body broken
             // off. A client that went away is not one (its body was dropped, not failed).

@@ -130,6 +130,8 @@ struct Names {
     http2: bool,
     /// The endpoint whose answer is streaming, when its outcome is still to be recorded.
     endpoint: Option<usize>,
+    /// Experiment goals this request may reach, counted once its status is known.
+    conversions: Vec<crate::experiments::Conversion>,
 }
 
 impl Proxy {
@@ -214,7 +216,7 @@ impl Proxy {
         let mut ready = match ready {
             Ok(r) => r,
             Err(e) => {
-                let response = self.finish(Err(e), snap, &names, start, request_id.as_ref(), log, None);
+                let response = self.finish(Err(e), snap, &mut names, start, request_id.as_ref(), log, None);
                 return Handling {
                     busy: Some(busy),
                     phase: Phase::Done {
@@ -258,7 +260,15 @@ impl Proxy {
                         }
                         Err(e) => Err(e),
                     };
-                    this.finish(result, snap, &names, start, request_id.as_ref(), log, in_flight)
+                    this.finish(
+                        result,
+                        snap,
+                        &mut names,
+                        start,
+                        request_id.as_ref(),
+                        log,
+                        in_flight,
+                    )
                 },
             },
         }
@@ -270,12 +280,13 @@ impl Proxy {
         &self,
         result: Result<Response<ProxyBody>, ProxyError>,
         snap: Arc<Snapshot>,
-        names: &Names,
+        names: &mut Names,
         start: Instant,
         request_id: Option<&HeaderValue>,
         log: Option<Box<body::AccessHead>>,
         in_flight: Option<InFlight>,
     ) -> Response<ProxyBody> {
+        let conversions = std::mem::take(&mut names.conversions);
         let mut upstream_fault = true;
         let (mut response, error, status) = match result {
             Ok(r) => {
@@ -339,6 +350,7 @@ impl Proxy {
             failed: false,
             in_flight,
             log,
+            conversions: (!conversions.is_empty()).then(|| Box::new(conversions)),
             snap,
         });
         response
@@ -401,6 +413,9 @@ impl Proxy {
                 names.guarded = true;
             }
             names.pool = Some(pool);
+            if !snap.experiments.is_empty() {
+                expose(snap, &d, pool, &parts, &mut names.conversions);
+            }
             if let Some(m) = snap.metrics.as_deref() {
                 for &(f, value, _) in &d.flags {
                     m.flag(f, snap.flags[f].label(value));
@@ -629,6 +644,42 @@ struct Reply {
     via: Option<&'static HeaderValue>,
     client_upgrade: Option<ClientUpgrade>,
     set_cookie: Option<String>,
+}
+
+/// Counts the request's exposures in the experiments it is part of, and keeps the goals it may
+/// reach for when its status is known.
+fn expose(
+    snap: &Snapshot,
+    d: &Decision<'_, '_>,
+    pool: usize,
+    parts: &http::request::Parts,
+    conversions: &mut Vec<crate::experiments::Conversion>,
+) {
+    use crate::experiments::Subject;
+    let mut user = None;
+    for e in snap.experiments.iter() {
+        let arm = match e.subject {
+            Subject::Flag(f) => d.flags.iter().find(|x| x.0 == f).and_then(|&(_, v, _)| match v {
+                crate::routing::flags::Value::Variant(_) => Some(snap.flags[f].label(v) - 2),
+                _ => None,
+            }),
+            Subject::Route(r) if r == d.route.index => {
+                e.arms.iter().position(|n| **n == *snap.pools[pool].name)
+            }
+            Subject::Route(_) => None,
+        };
+        let Some(arm) = arm else { continue };
+        let user = *user.get_or_insert_with(|| crate::experiments::hll::hash(&d.key));
+        e.results.arms[arm].exposed.insert(user);
+        if e.goal.matches(&parts.method, parts.uri.path()) {
+            conversions.push(crate::experiments::Conversion {
+                results: e.results.clone(),
+                arm,
+                user,
+                status: e.goal.status,
+            });
+        }
+    }
 }
 
 /// Phase upstream_peer and the encoding of upstream_request: picks the endpoint and writes the

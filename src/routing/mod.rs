@@ -68,6 +68,8 @@ pub struct Snapshot {
     pub ofrep: bool,
     /// `[context]`: the request attributes flags and rules read.
     pub context: Arc<ContextSpec>,
+    /// `[[experiments]]`: what they compare, their goals and their counts.
+    pub experiments: Arc<[crate::experiments::ExperimentConfig]>,
     /// `flags_from`: where the feature file comes from (watched like the config).
     pub flags_from: Option<crate::config::FlagsFrom>,
     /// Metric series of this snapshot, attached before it is published.
