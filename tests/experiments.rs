@@ -260,3 +260,55 @@ async fn the_counts_survive_a_restart() {
     assert_eq!(before, after);
     proxy.shutdown().await;
 }
+
+/// `route = "web"` compares the route's pools: each user's pool is their arm.
+#[tokio::test]
+async fn a_route_experiment_compares_its_pools() {
+    let (blue, green) = (Upstream::start("blue").await, Upstream::start("green").await);
+    let port = admin_port();
+    let proxy = Proxy::start(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:{port}\"\n[log]\naccess = false\n\
+         [identity]\nfrom = [\"header:x-user-id\"]\n[pools.blue]\nendpoints = [\"{}\"]\n[pools.green]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"web\"\nsplit = {{ blue = 50, green = 50 }}\n\
+         [[experiments]]\nname = \"green_checkout\"\nroute = \"web\"\ngoal = {{ path_prefix = \"/done\", status = \"200\" }}\n",
+        blue.addr, green.addr
+    ))
+    .await;
+    let client = h1_client();
+    let mut truth = std::collections::HashMap::<String, (u64, u64)>::new();
+    for i in 0..400 {
+        let user = format!("user-{i}");
+        let req = Request::get(proxy.url("/"))
+            .header("x-user-id", &user)
+            .body(empty())
+            .unwrap();
+        let (parts, _) = send(&client, req).await;
+        let pool = parts.headers["x-upstream"].to_str().unwrap().to_owned();
+        let t = truth.entry(pool).or_default();
+        t.0 += 1;
+        if i % 5 == 0 {
+            let req = Request::get(proxy.url("/done"))
+                .header("x-user-id", &user)
+                .body(empty())
+                .unwrap();
+            assert_eq!(send(&client, req).await.0.status, 200);
+            t.1 += 1;
+        }
+    }
+    let api: Value =
+        serde_json::from_slice(&get(&client, &proxy.admin_url("/api/experiments")).await.1).unwrap();
+    assert_eq!(api[0]["subject"], "route web");
+    for arm in api[0]["arms"].as_array().unwrap() {
+        let (exposed, converted) = truth[arm["name"].as_str().unwrap()];
+        // Small counts: the sketch is exact to a user or two there.
+        assert!(
+            (arm["exposed"].as_i64().unwrap() - exposed as i64).abs() <= 2,
+            "{arm} vs {exposed}"
+        );
+        assert!(
+            (arm["converted"].as_i64().unwrap() - converted as i64).abs() <= 2,
+            "{arm} vs {converted}"
+        );
+    }
+    proxy.shutdown().await;
+}

@@ -257,6 +257,45 @@ impl Cidr {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 100_000, ..Default::default() })]
+
+        /// Any text: the parsers answer without a panic.
+        #[test]
+        fn any_text_parses_or_not_without_a_panic(t in "\\PC{0,40}") {
+            let _ = number(&t);
+            let _ = date_ms(&t);
+            let _ = Version::parse(&t);
+            let _ = Cidr::parse(&t);
+            let _ = crate::mirror::compare::parse_path(&t);
+        }
+
+        /// A time written as RFC 3339 reads back as itself, with or without an offset.
+        #[test]
+        fn dates_read_back(ms in 0i64..32_503_680_000_000, offset_min in -720i64..=840) {
+            let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms as u64);
+            let text = humantime::format_rfc3339_millis(t).to_string();
+            proptest::prop_assert_eq!(date_ms(&text), Some(ms));
+            // The same instant written in another zone.
+            let local = ms + offset_min * 60_000;
+            if local >= 0 {
+                let lt = humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(local as u64)).to_string();
+                let sign = if offset_min < 0 { '-' } else { '+' };
+                let zoned = format!("{}{sign}{:02}:{:02}", lt.trim_end_matches('Z'), offset_min.abs() / 60, offset_min.abs() % 60);
+                proptest::prop_assert_eq!(date_ms(&zoned), Some(ms), "{}", zoned);
+            }
+        }
+
+        /// Plain versions order as their numbers do; a pre-release comes before its release.
+        #[test]
+        fn versions_order_by_their_numbers(a in proptest::array::uniform3(0u64..1000), b in proptest::array::uniform3(0u64..1000), pre in "[a-z]{1,5}(\\.[1-9][0-9]{0,2})?") {
+            let v = |x: [u64; 3]| Version::parse(&format!("{}.{}.{}", x[0], x[1], x[2])).unwrap();
+            proptest::prop_assert_eq!(v(a).cmp(&v(b)), a.cmp(&b));
+            let p = Version::parse(&format!("{}.{}.{}-{pre}", a[0], a[1], a[2])).unwrap();
+            proptest::prop_assert!(p < v(a));
+        }
+    }
+
     #[test]
     fn numbers_read_as_yggdrasil_does() {
         assert_eq!(number("12.5"), Some(12.5));
