@@ -64,6 +64,22 @@ impl Errors<'_> {
             .push(error_at(self.src, value.span().start, path.into(), message, fix));
     }
 
+    /// A whole percentage, 0 to 100; out of range is an error at `path` (and 0).
+    pub(super) fn percent(&mut self, value: &Spanned<i64>, path: String, example: &str) -> u32 {
+        match u32::try_from(*value.get_ref()) {
+            Ok(v) if v <= 100 => v,
+            _ => {
+                self.at(
+                    value,
+                    path,
+                    "must be between 0 and 100",
+                    &format!("write a whole percentage such as {example}"),
+                );
+                0
+            }
+        }
+    }
+
     pub(super) fn top(&mut self, path: &str, message: &str, fix: &str) {
         self.list
             .push(error_at(self.src, 0, path.to_owned(), message, fix));

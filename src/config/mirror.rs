@@ -56,18 +56,7 @@ pub(super) fn compile(
     }
     let percent = match &m.percent {
         None => 100,
-        Some(p) => match u32::try_from(*p.get_ref()) {
-            Ok(v) if v <= 100 => v,
-            _ => {
-                errs.at(
-                    p,
-                    format!("{path}.percent"),
-                    "must be between 0 and 100",
-                    "write a whole percentage such as 10",
-                );
-                0
-            }
-        },
+        Some(p) => errs.percent(p, format!("{path}.percent"), "10"),
     };
     let mut size = |v: &Option<Spanned<String>>, key: &str, default: usize| match v {
         None => default,

@@ -430,18 +430,7 @@ fn definition(
                     0
                 }
             }
-            Some(p) => match u32::try_from(*p.get_ref()) {
-                Ok(v) if v <= 100 => v,
-                _ => {
-                    errs.at(
-                        p,
-                        format!("{path}.percent"),
-                        "must be between 0 and 100",
-                        "write a whole percentage such as 25",
-                    );
-                    0
-                }
-            },
+            Some(p) => errs.percent(p, format!("{path}.percent"), "25"),
         };
         percent_out = Some(percent);
         let group = match &raw.group {

@@ -360,11 +360,6 @@ impl Cond {
         };
         r != self.inverted
     }
-
-    /// Whether the constraint reads the request (anything but the user and session ids).
-    fn reads_request(&self) -> bool {
-        !matches!(self.field, Field::UserId | Field::SessionId)
-    }
 }
 
 /// Where a sticky decision takes its seed.
@@ -658,16 +653,6 @@ impl Toggle {
                     several(&s.variants)
                         || matches!(s.kind, Kind::Rollout { .. } | Kind::Users(_) | Kind::Random(_))
                 }))
-    }
-
-    /// Whether evaluating reads request attributes beyond the user and session ids.
-    pub fn reads_request(&self) -> bool {
-        self.strategies.iter().any(|s| {
-            s.conds.iter().any(Cond::reads_request)
-                || matches!(s.kind, Kind::Addresses(..))
-                || matches!(s.kind, Kind::Rollout { stick: Stick::Field(f), .. } if !matches!(f, Field::UserId | Field::SessionId))
-        }) || self.window != (None, None)
-            || !self.deps.is_empty()
     }
 
     /// Evaluates the toggle: enabled, and which variant.
