@@ -52,33 +52,59 @@ impl Rule {
     }
 }
 
-/// The client's address: the socket's peer, or, when the peer is a trusted proxy, the last
-/// address of `x-forwarded-for` that is not a trusted proxy's.
+/// The client's address as nginx's realip module reads it (`real_ip_header X-Forwarded-For;
+/// real_ip_recursive on;`): the socket's peer, unless it is a trusted proxy; then the entries of
+/// `x-forwarded-for` (all its fields, in order) are walked from the right, each one the address
+/// of whoever sent the hop to its right, until one is not a trusted proxy's. An entry that is no
+/// address ends the walk at the last address read (the peer, if it is the rightmost entry), so
+/// junk that a client wrote on the left of the list changes nothing. An entry may carry a port
+/// (`192.0.2.1:443`, `[2001:db8::1]:443`), as nginx allows.
 pub fn client_address(peer: Option<IpAddr>, headers: &http::HeaderMap, trusted: &[Cidr]) -> Option<IpAddr> {
     let peer = peer?;
     let is_trusted = |ip: IpAddr| trusted.iter().any(|c| c.contains(ip));
-    if !is_trusted(peer) {
-        return Some(peer);
+    let mut found = peer;
+    if !is_trusted(found) {
+        return Some(found);
     }
-    let mut hops: Vec<IpAddr> = Vec::new();
-    for v in headers.get_all("x-forwarded-for") {
-        let Ok(v) = v.to_str() else { return Some(peer) };
-        for part in v.split(',') {
-            match part.trim().parse() {
-                Ok(ip) => hops.push(ip),
-                // A malformed list is not believed at all.
-                Err(_) => return Some(peer),
+    let fields: Vec<&[u8]> = headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()).collect();
+    for field in fields.iter().rev() {
+        // nginx separates entries by commas and spaces, and skips runs of them.
+        for entry in field.rsplit(|&b| b == b',' || b == b' ') {
+            if entry.is_empty() {
+                continue;
+            }
+            match forwarded_ip(entry) {
+                Some(ip) => found = ip,
+                None => return Some(found),
+            }
+            if !is_trusted(found) {
+                return Some(found);
             }
         }
     }
-    let mut found = peer;
-    for ip in hops.into_iter().rev() {
-        found = ip;
-        if !is_trusted(ip) {
-            break;
-        }
-    }
     Some(found)
+}
+
+/// One `x-forwarded-for` entry: an address, with a port or not (an IPv6 one in brackets then).
+fn forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
+    let text = std::str::from_utf8(entry).ok()?;
+    if let Ok(ip) = text.parse() {
+        return Some(ip);
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        let (ip, port) = rest.split_once(']')?;
+        if !(port.is_empty() || valid_port(port.strip_prefix(':')?)) {
+            return None;
+        }
+        return ip.parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6);
+    }
+    let (ip, port) = text.rsplit_once(':')?;
+    valid_port(port).then_some(())?;
+    ip.parse::<std::net::Ipv4Addr>().ok().map(IpAddr::V4)
+}
+
+fn valid_port(p: &str) -> bool {
+    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n))
 }
 
 /// A property's value, read on first use.
@@ -215,8 +241,20 @@ mod tests {
         assert_eq!(client_address(ip("192.0.2.1"), &h, &trusted), ip("192.0.2.1"));
         // No trusted proxies: the socket.
         assert_eq!(client_address(ip("10.0.0.2"), &h, &[]), ip("10.0.0.2"));
-        // A malformed list is not believed.
+        // Junk where the trusted hops end stops the walk at the last address read.
         h.insert("x-forwarded-for", "203.0.113.9, junk".parse().unwrap());
         assert_eq!(client_address(ip("10.0.0.2"), &h, &trusted), ip("10.0.0.2"));
+        h.insert("x-forwarded-for", "203.0.113.9, junk, 10.9.9.9".parse().unwrap());
+        assert_eq!(client_address(ip("10.0.0.2"), &h, &trusted), ip("10.9.9.9"));
+        // Junk a client wrote on the left, before the hops that matter, changes nothing: the
+        // load balancer's view of the client stands (it was a hole: the peer was taken).
+        h.insert("x-forwarded-for", "junk, 198.51.100.7".parse().unwrap());
+        assert_eq!(client_address(ip("10.0.0.2"), &h, &trusted), ip("198.51.100.7"));
+        // Fields are one list, in order; ports are allowed.
+        h.insert("x-forwarded-for", "203.0.113.9".parse().unwrap());
+        h.append("x-forwarded-for", "198.51.100.7:443, 10.1.1.1".parse().unwrap());
+        assert_eq!(client_address(ip("10.0.0.2"), &h, &trusted), ip("198.51.100.7"));
+        h.insert("x-forwarded-for", "[2001:db8::7]:443".parse().unwrap());
+        assert_eq!(client_address(ip("10.0.0.2"), &h, &trusted), ip("2001:db8::7"));
     }
 }
