@@ -349,10 +349,17 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 fn check(path: &Path) -> ExitCode {
     match config::load(path, None) {
         Ok(snap) => {
-            print!("{}", summary(path, &snap));
+            // A reader that stops early (`| head -1`) has what it wanted.
+            if let Err(e) = cli::print(&summary(path, &snap)) {
+                return if e.kind() == std::io::ErrorKind::BrokenPipe {
+                    ExitCode::SUCCESS
+                } else {
+                    ExitCode::FAILURE
+                };
+            }
             // The file is valid; `run` also needs the variables it names, which may be set
             // only where it runs. Said here, so no one learns it at the restart.
-            for warning in unset_variables(&snap) {
+            for warning in snap.warnings.iter().cloned().chain(unset_variables(&snap)) {
                 eprintln!("warning: {warning}");
             }
             ExitCode::SUCCESS

@@ -36,7 +36,10 @@ fn decide(snap: &Snapshot, key: &str) -> (String, Option<String>) {
         peer: None,
     };
     let d = snap.decide(&view, Some(key), SystemTime::now()).unwrap();
-    (snap.pools[d.pool].name.to_string(), d.flags_header(snap))
+    (
+        snap.pools[d.pool].name.to_string(),
+        d.flags_header(snap, &mut false),
+    )
 }
 
 const POOLS: [&str; 4] = ["a", "b", "c", "d"];

@@ -256,3 +256,95 @@ async fn without_ofrep_its_paths_are_proxied() {
     assert_eq!(up.hits(), 1);
     proxy.shutdown().await;
 }
+
+/// The value of one series in the admin API's metrics, 0 when absent.
+async fn metric(proxy: &Proxy, series: &str) -> u64 {
+    let (_, body) = get(&h1_client(), &proxy.admin_url("/metrics")).await;
+    String::from_utf8_lossy(&body)
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// OFREP is answered by the proxy itself, but a stalled body is timed out as a proxied
+/// upload's is: with every connection slot held by an OFREP request that sent 1 byte of 100,
+/// each gets `408` after `client_body_timeout` and its slot frees, so a legitimate request
+/// is served (before, the slots were held with no end and every other client waited). Over
+/// HTTP/2 too. Host rules, metrics and the access log's record are a proxied request's.
+#[tokio::test]
+async fn ofrep_requests_get_the_edges_timeouts_and_rules() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = Upstream::start("app").await;
+    let cfg = config(&[("app", &[up.addr])], FLAGS).replace(
+        "[listen]\n",
+        "[listen]\nmax_connections = 4\nclient_body_timeout = \"700ms\"\n",
+    ) + "[ofrep]\nenabled = true\n[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let proxy = Proxy::start(&cfg).await;
+    let addr = proxy.http.unwrap();
+    let started = std::time::Instant::now();
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /ofrep/v1/evaluate/flags HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n{")
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    // The fourth slot: an HTTP/2 connection whose OFREP stream stalls the same way.
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(stream).await.unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("http://{addr}/ofrep/v1/evaluate/flags"))
+        .header("content-length", "100")
+        .body(())
+        .unwrap();
+    let (h2_response, mut h2_body) = h2.send_request(req, false).unwrap();
+    h2_body.send_data(bytes::Bytes::from_static(b"{"), false).unwrap();
+    for mut s in stalled {
+        let mut buf = vec![0u8; 4096];
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("a stalled OFREP body is timed out")
+            .unwrap();
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+        assert!(text.contains("x-switchyard-error: client_timeout"), "{text}");
+        assert!(text.to_ascii_lowercase().contains("connection: close"), "{text}");
+    }
+    let h2_status = tokio::time::timeout(std::time::Duration::from_secs(10), h2_response)
+        .await
+        .expect("a stalled OFREP stream is timed out")
+        .unwrap()
+        .status();
+    assert_eq!(h2_status, 408);
+    let took = started.elapsed();
+    assert!(took >= std::time::Duration::from_millis(600), "{took:?}");
+    // The slots are free: a legitimate request is served.
+    let client = h1_client();
+    let body = json!({"context": {"targetingKey": "u1"}}).to_string();
+    let (parts, v) = post(&client, &proxy, "/ofrep/v1/evaluate/flags", &body, &[]).await;
+    assert_eq!(parts.status, 200, "{v}");
+    // The request filter: a request with two Hosts is refused, as a proxied one is.
+    let (text, _) = raw(
+        addr,
+        b"POST /ofrep/v1/evaluate/flags HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 2\r\n\r\n{}",
+        std::time::Duration::from_secs(2),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    // Metrics: every answer counted under the ofrep handler.
+    let ok = metric(
+        &proxy,
+        "switchyard_local_requests_total{class=\"2xx\",handler=\"ofrep\"}",
+    )
+    .await;
+    let timeouts = metric(
+        &proxy,
+        "switchyard_local_requests_total{class=\"4xx\",handler=\"ofrep\"}",
+    )
+    .await;
+    assert_eq!((ok, timeouts), (1, 5), "1 answer, 4 timeouts and 1 refused");
+    assert_eq!(up.hits(), 0);
+    proxy.shutdown().await;
+}

@@ -63,7 +63,10 @@ fn nginx_says(port: u16, fields: &[String]) -> String {
 fn the_client_address_is_the_one_nginx_realip_finds() {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let trusted_lines: String = TRUSTED.iter().map(|c| format!("    set_real_ip_from {c};\n")).collect();
+    let trusted_lines: String = TRUSTED
+        .iter()
+        .map(|c| format!("    set_real_ip_from {c};\n"))
+        .collect();
     let conf = format!(
         "daemon off;\nworker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{}}\nhttp {{\n  access_log off;\n  client_body_temp_path {dir};\n  proxy_temp_path {dir};\n  fastcgi_temp_path {dir};\n  uwsgi_temp_path {dir};\n  scgi_temp_path {dir};\n  server {{\n    listen 127.0.0.1:{port};\n{trusted_lines}    real_ip_header X-Forwarded-For;\n    real_ip_recursive on;\n    location / {{ return 200 \"$remote_addr\\n\"; }}\n  }}\n}}\n",
         dir = dir.path().display(),
@@ -108,7 +111,9 @@ fn the_client_address_is_the_one_nginx_realip_finds() {
         for f in &fields {
             headers.append("x-forwarded-for", f.parse().unwrap());
         }
-        let ours = client_address(Some(peer), &headers, &trusted).unwrap().to_string();
+        let ours = client_address(Some(peer), &headers, &trusted)
+            .unwrap()
+            .to_string();
         let theirs = nginx_says(port, &fields);
         if ours == theirs {
             agreed += 1;
@@ -117,5 +122,10 @@ fn the_client_address_is_the_one_nginx_realip_finds() {
         }
     }
     println!("agreed with nginx on {agreed} of 3000 lists");
-    assert!(differed.is_empty(), "{} differ, e.g.:\n{}", differed.len(), differed[..differed.len().min(10)].join("\n"));
+    assert!(
+        differed.is_empty(),
+        "{} differ, e.g.:\n{}",
+        differed.len(),
+        differed[..differed.len().min(10)].join("\n")
+    );
 }

@@ -467,3 +467,127 @@ async fn ofrep_answers_equal_the_headers_for_the_same_user_and_request() {
     }
     proxy.shutdown().await;
 }
+
+/// 100 flags with 150-byte payloads: before, 21 KB of headers went upstream and a stock nginx
+/// answered 400 to every request. Now `check` warns of the route whose flags headers can pass
+/// `[headers] max_flag_bytes` (and refuses past the hard cap), and the proxy never sends a
+/// header past it: the flags past it are left out whole, and counted.
+#[tokio::test]
+async fn flags_headers_never_pass_their_limit() {
+    const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+    let up = Recorder::start(ok_answer).await;
+    let mut flags =
+        String::from("[identity]\nfrom = [\"header:x-user-id\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n");
+    let payload = "p".repeat(150);
+    for i in 0..100 {
+        flags.push_str(&format!(
+            "[[flags]]\nname = \"flag{i}\"\nstrategies = [{{ name = \"default\", variants = [{{ name = \"on\", weight = 1000, payload = {{ type = \"string\", value = \"{payload}\" }} }}] }}]\n"
+        ));
+    }
+    let cfg = config(&[("app", &[up.addr])], &flags);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("flags.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: route `app`: its payloads header can be")
+            && stderr.contains("over [headers] max_flag_bytes (4096)"),
+        "{stderr}"
+    );
+
+    let proxy = Proxy::start(&cfg).await;
+    let req = Request::get(proxy.url("/"))
+        .header("x-user-id", "u1")
+        .body(empty())
+        .unwrap();
+    let (parts, _) = send(&h1_client(), req).await;
+    assert_eq!(parts.status, 200);
+    let seen = up.requests().pop().unwrap();
+    let flags_header = seen.get("x-switchyard-flags").unwrap();
+    let payloads = seen.get("x-switchyard-flag-payloads").unwrap();
+    assert!(
+        flags_header.len() <= 4096 && flags_header.contains("flag99=on"),
+        "{}",
+        flags_header.len()
+    );
+    assert!(
+        payloads.len() <= 4096 && payloads.len() > 3500,
+        "{}",
+        payloads.len()
+    );
+    // Whole items only: every one parses, and the first flags are there.
+    assert!(payloads.starts_with("flag0=\"ppp"), "{payloads}");
+    assert!(
+        payloads.split(", ").all(|i| i.ends_with(";type=string")),
+        "{payloads}"
+    );
+    let (_, metrics) = get(&h1_client(), &proxy.admin_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("switchyard_flag_headers_truncated_total{route=\"app\"} 1"),
+        "{metrics}"
+    );
+    proxy.shutdown().await;
+
+    // A limit of its own is kept; past the cap, or a route that could pass it, is refused.
+    let small = cfg.replace("[admin]\n", "[headers]\nmax_flag_bytes = 1024\n[admin]\n");
+    let proxy = Proxy::start(&small).await;
+    let req = Request::get(proxy.url("/"))
+        .header("x-user-id", "u1")
+        .body(empty())
+        .unwrap();
+    send(&h1_client(), req).await;
+    let seen = up.requests().pop().unwrap();
+    assert!(seen.get("x-switchyard-flag-payloads").unwrap().len() <= 1024);
+    assert!(seen.get("x-switchyard-flags").unwrap().len() <= 1024);
+    proxy.shutdown().await;
+    let wrong = cfg.replace("[admin]\n", "[headers]\nmax_flag_bytes = 100000\n[admin]\n");
+    let err = switchyard::config::load_str(&wrong, std::path::Path::new("t.toml"), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("headers.max_flag_bytes: must be between 64 and 32768"),
+        "{err}"
+    );
+    let huge = cfg.replace(&payload, &"p".repeat(400));
+    let err = switchyard::config::load_str(&huge, std::path::Path::new("t.toml"), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("route `app`: its payloads header can be"), "{err}");
+    assert!(err.contains("over the cap of 32768"), "{err}");
+
+    // `check -c BIG | head -1` reads one line and closes the pipe: no panic, success.
+    let mut big = config(&[("app", &[up.addr])], "");
+    for i in 0..3000 {
+        big.push_str(&format!(
+            "[[routes]]\nname = \"r{i}\"\npath_prefix = \"/r{i}\"\nsplit = {{ app = 100 }}\n"
+        ));
+    }
+    let big_path = dir.path().join("big.toml");
+    std::fs::write(&big_path, &big).unwrap();
+    let out = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "'{BIN}' check -c '{}' | head -1; echo \"status ${{PIPESTATUS[0]}}\"",
+            big_path.display()
+        ))
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(
+        stdout.ends_with("status 0\n") && !stderr.contains("panicked"),
+        "{stdout}{stderr}"
+    );
+}

@@ -47,6 +47,9 @@ pub enum UpstreamError {
     Protocol = 4,
 }
 
+/// Handlers of `switchyard_local_requests_total`, by [`crate::proxy::Local`].
+const LOCAL: [&str; 2] = ["ofrep", "unrouted"];
+
 const KINDS: [&str; 5] = ["connect", "timeout", "reset", "status", "protocol"];
 
 /// Every metric of the process.
@@ -60,6 +63,9 @@ pub struct Metrics {
     revision: IntGaugeVec,
     flag_decisions: IntCounterVec,
     overrides_ignored: IntCounterVec,
+    flag_headers_truncated: IntCounterVec,
+    local_requests: IntCounterVec,
+    local_duration: HistogramVec,
     guard_trips: IntCounterVec,
     route_tripped: IntGaugeVec,
     rollout_step: IntGaugeVec,
@@ -87,6 +93,9 @@ pub struct Handles {
     /// Per flag: counters for off, on, then each variant.
     flags: Vec<Vec<IntCounter>>,
     overrides_ignored: Vec<IntCounter>,
+    flag_headers_truncated: Vec<IntCounter>,
+    /// By [`crate::proxy::Local`]: per-class counters and the duration.
+    local: Vec<([IntCounter; 6], Histogram)>,
 }
 
 /// Registers a new metric in `registry` and returns it.
@@ -135,6 +144,19 @@ impl Metrics {
             overrides_ignored: register(&r, IntCounterVec::new(
                 opts("switchyard_overrides_ignored_total", "Override header or cookie values that named no pool of the route."),
                 &["route"],
+            )),
+            flag_headers_truncated: register(&r, IntCounterVec::new(
+                opts("switchyard_flag_headers_truncated_total", "Requests whose flags or payloads header would have passed [headers] max_flag_bytes: the flags past it were left out of the header."),
+                &["route"],
+            )),
+            local_requests: register(&r, IntCounterVec::new(
+                opts("switchyard_local_requests_total", "Requests the proxy answered itself, by handler (ofrep; unrouted: refused before a route was found, such as 400 and 404) and response class."),
+                &["handler", "class"],
+            )),
+            local_duration: register(&r, HistogramVec::new(
+                HistogramOpts::new("switchyard_local_request_duration_seconds", "Time from receiving a request the proxy answered itself until its response body is done.")
+                    .buckets(DURATION_BOUNDS.to_vec()),
+                &["handler"],
             )),
             guard_trips: register(&r, IntCounterVec::new(
                 opts("switchyard_guard_trips_total", "Pools taken out of a route by its guard (manual rollbacks not included)."),
@@ -235,6 +257,8 @@ impl Metrics {
             }
             h.overrides_ignored
                 .push(self.overrides_ignored.with_label_values(&[&*route.name]));
+            h.flag_headers_truncated
+                .push(self.flag_headers_truncated.with_label_values(&[&*route.name]));
             if route.mirror.is_some() {
                 for result in crate::mirror::RESULTS {
                     self.mirror.with_label_values(&[&*route.name, result]);
@@ -245,6 +269,12 @@ impl Metrics {
         for pool in &snap.pools {
             h.upstream_errors
                 .push(KINDS.map(|k| self.upstream_errors.with_label_values(&[&*pool.name, k])));
+        }
+        for handler in LOCAL {
+            h.local.push((
+                CLASSES.map(|c| self.local_requests.with_label_values(&[handler, c])),
+                self.local_duration.with_label_values(&[handler]),
+            ));
         }
         for flag in snap.flags.iter() {
             let mut values = vec![
@@ -412,6 +442,14 @@ impl Handles {
         duration.observe(elapsed.as_secs_f64());
     }
 
+    /// Counts a request the proxy answered itself.
+    pub fn local(&self, local: crate::proxy::Local, status: u16, elapsed: Duration) {
+        if let Some((counters, duration)) = self.local.get(local as usize) {
+            counters[(status.clamp(100, 599) / 100 - 1) as usize].inc();
+            duration.observe(elapsed.as_secs_f64());
+        }
+    }
+
     pub fn upstream_error(&self, pool: usize, kind: UpstreamError) {
         if let Some(c) = self.upstream_errors.get(pool) {
             c[kind as usize].inc();
@@ -468,6 +506,12 @@ impl Handles {
         self.flags
             .get(flag)
             .map_or_else(Vec::new, |f| f.iter().map(IntCounter::get).collect())
+    }
+
+    pub fn flag_headers_truncated(&self, route: usize) {
+        if let Some(c) = self.flag_headers_truncated.get(route) {
+            c.inc();
+        }
     }
 
     pub fn override_ignored(&self, route: usize) {

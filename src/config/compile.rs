@@ -19,7 +19,7 @@ use crate::routing::flags::is_token;
 use crate::routing::identity::KeyFrom;
 use crate::routing::{
     AdminSettings, FleetSettings, HeaderSettings, Identity, Listen, Override, Route, RouteTable, Snapshot,
-    Split,
+    Split, MAX_FLAG_BYTES_CAP,
 };
 use crate::upstream::{Balance, Endpoint, HealthCheck, Pool};
 
@@ -50,6 +50,8 @@ const MAX_COUNT: u64 = 1_000_000_000;
 pub(super) struct Errors<'a> {
     pub(super) src: &'a str,
     pub(super) list: Vec<ConfigError>,
+    /// What `check` prints as warnings: the file is valid, but something will surprise.
+    pub(super) warnings: Vec<String>,
 }
 
 impl Errors<'_> {
@@ -140,6 +142,7 @@ pub fn compile(
     let mut errs = Errors {
         src,
         list: Vec::new(),
+        warnings: Vec::new(),
     };
 
     let (listen, tls) = match &raw.listen {
@@ -362,6 +365,7 @@ pub fn compile(
             .entry(list)
             .or_insert_with_key(|l| (l.as_slice().into(), l.iter().any(|&f| depends[f])));
         route.flags = shared.clone();
+        flag_header_bounds(&mut errs, &flags, route, &headers);
         // A rollout depends on the user at every step, its first included (where the file's
         // weight may still be 0).
         route.uses_key = route.split.active_pools() > 1 || route.rollout.is_some() || *any_depends;
@@ -410,6 +414,7 @@ pub fn compile(
         experiments: experiments.into(),
         flags_from: flags_from.map(|(f, _)| f),
         metrics: None,
+        warnings: errs.warnings.into(),
         table: Arc::new(table),
         connect_timeouts: Arc::new(connect_timeouts),
     })
@@ -578,6 +583,41 @@ fn compile_identity(errs: &mut Errors<'_>, raw: &RawConfig) -> Identity {
     id
 }
 
+/// A route whose flags header (or payloads header) can grow past `max_flag_bytes` is warned
+/// of: the proxy would leave flags out of it. Past [`MAX_FLAG_BYTES_CAP`] it is an error.
+fn flag_header_bounds(
+    errs: &mut Errors<'_>,
+    flags: &[crate::routing::Flag],
+    route: &Route,
+    h: &HeaderSettings,
+) {
+    let (mut longest, mut payloads) = (0usize, 0usize);
+    for &f in route.flags.iter() {
+        let (item, payload) = flags[f].longest_items();
+        longest += item + if longest > 0 { 2 } else { 0 };
+        if payload > 0 {
+            payloads += payload + if payloads > 0 { 2 } else { 0 };
+        }
+    }
+    let worst = longest.max(payloads);
+    let which = if payloads > longest { "payloads" } else { "flags" };
+    if worst > MAX_FLAG_BYTES_CAP {
+        errs.top(
+            &format!("routes[{}]", route.index),
+            &format!(
+                "route `{}`: its {which} header can be {worst} bytes, over the cap of {MAX_FLAG_BYTES_CAP}",
+                route.name
+            ),
+            "scope flags to the routes that read them (`routes = [...]` on a flag), or shorten names and payloads",
+        );
+    } else if worst > h.max_flag_bytes {
+        errs.warnings.push(format!(
+            "route `{}`: its {which} header can be {worst} bytes, over [headers] max_flag_bytes ({}): flags past it are left out of the header and counted in switchyard_flag_headers_truncated_total; scope flags to the routes that read them",
+            route.name, h.max_flag_bytes
+        ));
+    }
+}
+
 fn compile_headers(errs: &mut Errors<'_>, raw: &RawConfig) -> HeaderSettings {
     let mut set = HeaderSettings::default();
     let Some(h) = raw.headers.as_ref().map(Spanned::get_ref) else {
@@ -611,6 +651,17 @@ fn compile_headers(errs: &mut Errors<'_>, raw: &RawConfig) -> HeaderSettings {
     ] {
         if let Some(v) = value {
             *slot = *v.get_ref();
+        }
+    }
+    if let Some(v) = &h.max_flag_bytes {
+        match usize::try_from(*v.get_ref()) {
+            Ok(n) if (64..=MAX_FLAG_BYTES_CAP).contains(&n) => set.max_flag_bytes = n,
+            _ => errs.at(
+                v,
+                "headers.max_flag_bytes",
+                format!("must be between 64 and {MAX_FLAG_BYTES_CAP}"),
+                "upstreams refuse long header lines (nginx at 8 KiB by default): keep it under theirs",
+            ),
         }
     }
     set

@@ -139,6 +139,8 @@ pub struct RawHeaders {
     pub forwarded: Option<Spanned<bool>>,
     pub via: Option<Spanned<bool>>,
     pub request_id: Option<Spanned<bool>>,
+    /// The longest flags (or payloads) header a route may send.
+    pub max_flag_bytes: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

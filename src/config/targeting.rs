@@ -342,6 +342,7 @@ pub(super) fn flags(
                 }
                 for w in file.warnings {
                     tracing::warn!("flags_from: {w}");
+                    errs.warnings.push(format!("flags_from: {w}"));
                 }
             }
             Err(e) => errs.at(

@@ -39,6 +39,8 @@ enum Kind {
 pub struct Finish {
     pub start: Instant,
     pub snap: Arc<Snapshot>,
+    /// Set when no route took the request: the proxy answered it itself.
+    pub local: Option<super::Local>,
     /// Route and pool indices, once decided.
     pub route: Option<usize>,
     pub pool: Option<usize>,
@@ -255,6 +257,9 @@ impl Finish {
             // Passive health: a body broken off counts against the endpoint, as a 5xx does; one
             // done (or given up by a client that left) counts for it.
             self.snap.pools[pool].record(endpoint, !self.failed, tokio::time::Instant::now());
+        }
+        if let (Some(local), Some(m)) = (self.local, self.snap.metrics.as_deref()) {
+            m.local(local, self.sent, elapsed);
         }
         if let (Some(route), Some(pool), Some(m)) = (self.route, self.pool, self.snap.metrics.as_deref()) {
             // An upstream that breaks off its body failed the request, whatever its status.

@@ -573,6 +573,7 @@ mod tests {
             forwarded: false,
             via: false,
             request_id: false,
+            ..HeaderSettings::default()
         };
         let up = upstream_with(&client, false, &settings);
         let want = [

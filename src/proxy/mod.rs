@@ -132,6 +132,17 @@ struct Names {
     endpoint: Option<usize>,
     /// Experiment goals this request may reach, counted once its status is known.
     conversions: Vec<crate::experiments::Conversion>,
+    /// Answered by the proxy itself rather than routed.
+    local: Option<Local>,
+}
+
+/// What answered a request that no route took, for `switchyard_local_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// OFREP evaluations (`[ofrep]`).
+    Ofrep = 0,
+    /// Refused before a route was found (`400`, `404`, ...).
+    Unrouted = 1,
 }
 
 impl Proxy {
@@ -194,21 +205,40 @@ impl Proxy {
                     .or_else(|| find(&parts.headers, &X_REQUEST_ID).cloned()),
             })
         });
-        if snap.ofrep && ofrep::is_ofrep(parts.uri.path()) {
-            // Answered here, from the flags: no route, no upstream.
-            let Request { parts, body, .. } = request;
-            let client = peer.addr.ip();
-            return Handling {
-                busy: Some(busy),
-                phase: Phase::Local {
-                    future: Box::pin(async move { ofrep::answer(&snap, &parts, body, client).await }),
-                },
-            };
-        }
         let mut names = Names {
             http2: parts.version == Version::HTTP_2,
             ..Names::default()
         };
+        if snap.ofrep && ofrep::is_ofrep(parts.uri.path()) {
+            // Answered here, from the flags: no route, no upstream; but the same request
+            // filter, body timeout, access log and metrics as a proxied request.
+            names.local = Some(Local::Ofrep);
+            let Request { parts, body, .. } = request;
+            if let Err(e) = filter(&parts) {
+                let response = self.finish(Err(e), snap, &mut names, start, request_id.as_ref(), log, None);
+                return Handling {
+                    busy: Some(busy),
+                    phase: Phase::Done {
+                        response: Some(response),
+                    },
+                };
+            }
+            let client = peer.addr.ip();
+            let this = self.clone();
+            return Handling {
+                busy: Some(busy),
+                phase: Phase::Local {
+                    future: Box::pin(async move {
+                        let idle = snap.listen.client_body_timeout;
+                        let answer = ofrep::answer(&snap, &parts, body, client, idle)
+                            .await
+                            .map_err(ProxyError::ClientBody);
+                        drop(parts);
+                        this.finish(answer, snap, &mut names, start, request_id.as_ref(), log, None)
+                    }),
+                },
+            };
+        }
         let ready = self
             .route(&snap, request, peer.addr.ip(), &mut names)
             .and_then(|routed| prepare(&self.state, &snap, routed, &peer, request_id.as_ref(), start));
@@ -338,9 +368,14 @@ impl Proxy {
             })),
             _ => None,
         };
+        let local = match names.route {
+            Some(_) => None,
+            None => Some(names.local.unwrap_or(Local::Unrouted)),
+        };
         response.body_mut().set_finish(Finish {
             outcome,
             start,
+            local,
             route: names.route,
             pool: names.pool,
             endpoint: names.endpoint,
@@ -825,10 +860,19 @@ struct Decided {
 
 impl Decided {
     fn new(d: &Decision<'_, '_>, snap: &Snapshot) -> Decided {
+        let mut truncated = false;
+        let flags = d.flags_header(snap, &mut truncated);
+        let payloads = d.payloads_header(snap, &mut truncated);
+        if truncated {
+            if let Some(m) = snap.metrics.as_deref() {
+                m.flag_headers_truncated(d.route.index);
+            }
+            tracing::debug!(route = %d.route.name, limit = snap.headers.max_flag_bytes, "flags left out of a header over [headers] max_flag_bytes");
+        }
         Decided {
             bucket: bucket::format_point(d.point),
-            flags: d.flags_header(snap),
-            payloads: d.payloads_header(snap),
+            flags,
+            payloads,
             set_cookie: d.sets_cookie().then(|| snap.identity.set_cookie(&d.key)),
         }
     }

@@ -12,7 +12,7 @@
 //! `SPLIT` (a percentage between 0 and 100, or variants), `STATIC` (0% or 100% with no user
 //! list), `DISABLED` (another environment, or outside the time window).
 
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::{header, Method, Response, StatusCode};
@@ -26,7 +26,7 @@ use crate::routing::flags::{Flag, Reason, Value};
 use crate::routing::identity::KeySource;
 use crate::routing::unleash::{Context, Field};
 use crate::routing::{RequestContext, RequestView, Snapshot};
-use crate::upstream::client::RequestBody;
+use crate::upstream::client::{BodyFault, RequestBody};
 
 /// Where the endpoints are.
 pub const PREFIX: &str = "/ofrep/v1/evaluate/flags";
@@ -125,45 +125,53 @@ fn evaluation<C: Context + ?Sized>(snap: &Snapshot, flag: &Flag, ctx: &C) -> Jso
     json!({ "key": &*flag.name, "value": json_value, "reason": reason, "variant": variant, "metadata": metadata })
 }
 
-/// Reads the request body, at most [`MAX_BODY`] bytes.
-async fn read_body(body: Option<RequestBody>) -> Result<Vec<u8>, Response<ProxyBody>> {
+/// What reading the request body came to, when not a body.
+enum Unread {
+    /// Answered as OFREP answers (413).
+    Answer(Box<Response<ProxyBody>>),
+    /// The client broke it off, sent it malformed, or paused past `client_body_timeout`: the
+    /// same 400 or 408 (and closed connection) as a proxied request's.
+    Fault(BodyFault),
+}
+
+/// Reads the request body, at most [`MAX_BODY`] bytes, each wait for the client at most
+/// `idle` (`listen.client_body_timeout`, as for a proxied request's upload).
+async fn read_body(body: Option<RequestBody>, idle: Duration) -> Result<Vec<u8>, Unread> {
     let mut out = Vec::new();
     let Some(mut body) = body else { return Ok(out) };
     loop {
-        match std::future::poll_fn(|cx| body.poll_frame(cx)).await {
+        let frame = tokio::time::timeout(idle, std::future::poll_fn(|cx| body.poll_frame(cx)))
+            .await
+            .map_err(|_| Unread::Fault(BodyFault::Timeout(idle)))?;
+        match frame {
             None => return Ok(out),
             Some(Ok(frame)) => {
                 if let Ok(data) = frame.into_data() {
                     if out.len() + data.len() > MAX_BODY {
-                        return Err(error(
+                        return Err(Unread::Answer(Box::new(error(
                             StatusCode::PAYLOAD_TOO_LARGE,
                             None,
                             "PARSE_ERROR",
                             "the request body is over 64 KiB: an evaluation context is a few hundred bytes",
-                        ));
+                        ))));
                     }
                     out.extend_from_slice(&data);
                 }
             }
-            Some(Err(e)) => {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    None,
-                    "PARSE_ERROR",
-                    &format!("{e}"),
-                ));
-            }
+            Some(Err(fault)) => return Err(Unread::Fault(fault)),
         }
     }
 }
 
-/// Answers an OFREP request (its path passed [`is_ofrep`]).
+/// Answers an OFREP request (its path passed [`is_ofrep`], its head the request filter). A
+/// fault of the client's body is the caller's to answer, as for a proxied request.
 pub async fn answer(
     snap: &Snapshot,
     parts: &http::request::Parts,
     body: Option<RequestBody>,
     client: std::net::IpAddr,
-) -> Response<ProxyBody> {
+    idle: Duration,
+) -> Result<Response<ProxyBody>, BodyFault> {
     if parts.method != Method::POST {
         let mut r = error(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -173,16 +181,26 @@ pub async fn answer(
         );
         r.headers_mut()
             .insert(header::ALLOW, header::HeaderValue::from_static("POST"));
-        return r;
+        return Ok(r);
     }
-    let raw = match read_body(body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
+    match read_body(body, idle).await {
+        Ok(raw) => Ok(evaluate(snap, parts, &raw, client)),
+        Err(Unread::Answer(r)) => Ok(*r),
+        Err(Unread::Fault(f)) => Err(f),
+    }
+}
+
+/// The answer for a request whose body is read.
+fn evaluate(
+    snap: &Snapshot,
+    parts: &http::request::Parts,
+    raw: &[u8],
+    client: std::net::IpAddr,
+) -> Response<ProxyBody> {
     let context: Json = if raw.iter().all(u8::is_ascii_whitespace) {
         json!({})
     } else {
-        match serde_json::from_slice::<Json>(&raw) {
+        match serde_json::from_slice::<Json>(raw) {
             Ok(v) if v.is_object() => v["context"].clone(),
             _ => {
                 return error(

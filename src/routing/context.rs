@@ -66,7 +66,11 @@ pub fn client_address(peer: Option<IpAddr>, headers: &http::HeaderMap, trusted: 
     if !is_trusted(found) {
         return Some(found);
     }
-    let fields: Vec<&[u8]> = headers.get_all("x-forwarded-for").iter().map(|v| v.as_bytes()).collect();
+    let fields: Vec<&[u8]> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .map(|v| v.as_bytes())
+        .collect();
     for field in fields.iter().rev() {
         // nginx separates entries by commas and spaces, and skips runs of them.
         for entry in field.rsplit(|&b| b == b',' || b == b' ') {
@@ -104,7 +108,10 @@ fn forwarded_ip(entry: &[u8]) -> Option<IpAddr> {
 }
 
 fn valid_port(p: &str) -> bool {
-    !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n))
+    !p.is_empty()
+        && p.len() <= 5
+        && p.bytes().all(|b| b.is_ascii_digit())
+        && p.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n))
 }
 
 /// A property's value, read on first use.

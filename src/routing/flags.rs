@@ -154,6 +154,26 @@ impl Flag {
         }
     }
 
+    /// The longest this flag's item can be in the flags header (`key=value`), and in the
+    /// payloads header (`key="payload";type=kind`; 0 without payloads).
+    pub fn longest_items(&self) -> (usize, usize) {
+        let value = self.items.iter().map(|i| i.len()).max().unwrap_or(0).max(3);
+        let mut item = String::new();
+        let payload = self
+            .toggle
+            .outputs
+            .iter()
+            .filter_map(|o| o.payload.as_ref())
+            .map(|p| {
+                item.clear();
+                push_payload(&mut item, &self.key, p);
+                item.len()
+            })
+            .max()
+            .unwrap_or(0);
+        (self.key.len() + 1 + value, payload)
+    }
+
     /// Whether the flag has variants (its value is a name, not on/off).
     pub fn has_variants(&self) -> bool {
         !self.toggle.outputs.is_empty()
@@ -271,6 +291,15 @@ pub fn push_item(out: &mut String, s: &str) {
 
 /// Appends `s` as an RFC 8941 string (a display string if it is not printable ASCII), never a
 /// token: payloads stay strings whatever their text.
+/// One payloads-header item: `key="payload";type=kind`.
+pub fn push_payload(out: &mut String, key: &str, p: &Payload) {
+    out.push_str(key);
+    out.push('=');
+    push_item_string(out, &p.value);
+    out.push_str(";type=");
+    push_item(out, &p.kind);
+}
+
 pub fn push_item_string(out: &mut String, s: &str) {
     if is_token(s) {
         out.push('"');

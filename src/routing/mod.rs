@@ -72,6 +72,9 @@ pub struct Snapshot {
     pub experiments: Arc<[crate::experiments::ExperimentConfig]>,
     /// `flags_from`: where the feature file comes from (watched like the config).
     pub flags_from: Option<crate::config::FlagsFrom>,
+    /// What `check` warns of: valid, but surprising (flags headers that can outgrow their
+    /// limit, a feature file's constraints that can never hold).
+    pub warnings: Arc<[String]>,
     /// Metric series of this snapshot, attached before it is published.
     pub metrics: Option<Arc<crate::admin::metrics::Handles>>,
     pub(crate) table: Arc<RouteTable>,
@@ -139,7 +142,16 @@ pub struct HeaderSettings {
     pub via: bool,
     /// `x-request-id`: kept or generated, sent upstream, and returned on the response.
     pub request_id: bool,
+    /// The longest flags header, and the longest payloads header, sent upstream: flags past it
+    /// are left out of the header (whole), so an upstream's header limit never refuses the
+    /// request (nginx's default `large_client_header_buffers` is 8 KiB a line).
+    pub max_flag_bytes: usize,
 }
+
+/// `[headers] max_flag_bytes`'s default.
+pub const DEFAULT_MAX_FLAG_BYTES: usize = 4096;
+/// What `max_flag_bytes`, and a route's worst-case flags header, may not exceed.
+pub const MAX_FLAG_BYTES_CAP: usize = 32 * 1024;
 
 impl Default for HeaderSettings {
     fn default() -> HeaderSettings {
@@ -151,6 +163,7 @@ impl Default for HeaderSettings {
             forwarded: true,
             via: true,
             request_id: true,
+            max_flag_bytes: DEFAULT_MAX_FLAG_BYTES,
         }
     }
 }
@@ -276,43 +289,56 @@ impl Decision<'_, '_> {
         self.key_source == KeySource::New && self.route.uses_key
     }
 
-    /// The flags header value, `key=value, ...`; `None` when no flag is in scope.
-    pub fn flags_header(&self, snap: &Snapshot) -> Option<String> {
+    /// The flags header value, `key=value, ...`; `None` when no flag is in scope. Flags that
+    /// would take it past `[headers] max_flag_bytes` are left out (`truncated` is set).
+    pub fn flags_header(&self, snap: &Snapshot, truncated: &mut bool) -> Option<String> {
         if self.flags.is_empty() {
             return None;
         }
-        let mut out = String::with_capacity(self.flags.len() * 16);
-        for (i, &(f, value, _)) in self.flags.iter().enumerate() {
+        let limit = snap.headers.max_flag_bytes;
+        let mut out = String::with_capacity((self.flags.len() * 16).min(limit));
+        for &(f, value, _) in &self.flags {
             let flag = &snap.flags[f];
-            if i > 0 {
+            let item = flag.item(value);
+            let sep = if out.is_empty() { 0 } else { 2 };
+            if out.len() + sep + flag.key.len() + 1 + item.len() > limit {
+                *truncated = true;
+                continue;
+            }
+            if sep > 0 {
                 out.push_str(", ");
             }
             out.push_str(&flag.key);
             out.push('=');
-            out.push_str(flag.item(value));
+            out.push_str(item);
         }
         Some(out)
     }
 
     /// The payloads header value, `key="payload";type=json, ...`, for the flags whose variant
     /// has a payload; `None` when none has.
-    pub fn payloads_header(&self, snap: &Snapshot) -> Option<String> {
+    pub fn payloads_header(&self, snap: &Snapshot, truncated: &mut bool) -> Option<String> {
+        let limit = snap.headers.max_flag_bytes;
         let mut out: Option<String> = None;
+        let mut item = String::new();
         for &(f, value, _) in &self.flags {
             let flag = &snap.flags[f];
             if let Some(p) = flag.payload(value) {
+                item.clear();
+                flags::push_payload(&mut item, &flag.key, p);
                 let o = out.get_or_insert_with(String::new);
-                if !o.is_empty() {
+                let sep = if o.is_empty() { 0 } else { 2 };
+                if o.len() + sep + item.len() > limit {
+                    *truncated = true;
+                    continue;
+                }
+                if sep > 0 {
                     o.push_str(", ");
                 }
-                o.push_str(&flag.key);
-                o.push('=');
-                flags::push_item_string(o, &p.value);
-                o.push_str(";type=");
-                flags::push_item(o, &p.kind);
+                o.push_str(&item);
             }
         }
-        out
+        out.filter(|o| !o.is_empty())
     }
 }
 

@@ -12,7 +12,6 @@ pub mod ops;
 
 use std::collections::{HashMap, HashSet};
 
-
 use super::bucket;
 use model::{ClientFeatures, Constraint, Feature, Payload, SegmentRef, Strategy, Variant};
 use ops::{Cidr, Version};
@@ -1045,7 +1044,13 @@ mod tests {
         regex("(?:[a-z]|[0-9]|[a-m]){0,200}(?:[a-z]|1){200}x", false, &mut warn);
         assert!(warn.pop().unwrap().contains("size limit"), "{warn:?}");
         // Classes are ASCII (as JavaScript's), so common patterns fit the program bound.
-        for p in [r"^[\w.+-]+@[\w-]+\.[\w.]+$", r"^user\d{3}$", r"\bcat\b", r"^[[:alpha:]]+$", r"(?i)mobile|android"] {
+        for p in [
+            r"^[\w.+-]+@[\w-]+\.[\w.]+$",
+            r"^user\d{3}$",
+            r"\bcat\b",
+            r"^[[:alpha:]]+$",
+            r"(?i)mobile|android",
+        ] {
             regex(p, false, &mut warn);
             assert!(warn.is_empty(), "{p}: {warn:?}");
         }
