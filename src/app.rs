@@ -57,6 +57,7 @@ impl App {
     /// Loads the config, binds every listener, and starts the reloader for a file source.
     pub async fn start(source: Source) -> Result<App, StartError> {
         let mut asked = None;
+        let mut first_ask = None;
         let (mut snap, path) = match source {
             Source::File(p) => {
                 let mut snap = config::load(&p, None)?;
@@ -72,13 +73,17 @@ impl App {
                         }
                     }
                     if !src.cache.exists() {
-                        match crate::flagsync::poll(&crate::notify::client(), src, None).await {
+                        let timeout = crate::flagsync::START_TIMEOUT;
+                        let result =
+                            crate::flagsync::poll(&crate::notify::client(), src, None, timeout).await;
+                        match &result {
                             Ok(tag) => {
-                                asked = Some((src.url.clone(), tag));
+                                asked = Some((src.url.clone(), tag.clone()));
                                 snap = config::load(&p, None)?
                             }
-                            Err(e) => tracing::warn!("flags_from: {e}; starting without the server's flags"),
+                            Err(e) => tracing::warn!("flags_from: {e}; starting without the server's flags (waited at most {timeout:?}); polling on"),
                         }
+                        first_ask = Some((src.clone(), result.map(|_| ())));
                     }
                 }
                 (snap, Some(p))
@@ -152,12 +157,11 @@ impl App {
         tokio::spawn(crate::guard::run(state.clone(), outcomes_rx, tx.clone()));
         tokio::spawn(crate::fleet::run(Arc::downgrade(&state), tx.clone()));
         tokio::spawn(crate::upstream::sweep_idle(Arc::downgrade(&state.snapshot)));
+        if let Some((src, result)) = &first_ask {
+            crate::flagsync::report(&state, src, result.as_ref().map(|_| ()));
+        }
         if path.is_some() {
-            tokio::spawn(crate::flagsync::run(
-                Arc::downgrade(&state.snapshot),
-                tx.clone(),
-                asked,
-            ));
+            tokio::spawn(crate::flagsync::run(Arc::downgrade(&state), tx.clone(), asked));
         }
         let triggers = Some(tx);
         let admin = match admin_settings {

@@ -6,22 +6,26 @@
 //! server is down starts from the cached document.
 
 use std::path::Path;
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::Full;
 use tokio::sync::mpsc;
 
 use crate::config::{FlagsFrom, ServerSource};
+use crate::notify::{RemoteError, RemoteFailure};
 use crate::reload::Trigger;
-use crate::routing::Snapshot;
+use crate::state::{timestamp, FlagsSourceStatus, State};
 
 /// How often the file is looked at.
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);
 /// The longest a poll of the server may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest the proxy waits for the server before it starts serving, when it has no cached
+/// document: past it, it starts without the server's flags (they are absent: off) and the poll
+/// goes on every `interval`.
+pub const START_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// What identifies a version of a file without reading it: size, modification time, inode.
 type Signature = (u64, std::time::SystemTime, u64);
@@ -33,13 +37,17 @@ fn signature(path: &Path) -> Option<Signature> {
     Some((m.len(), m.modified().ok()?, m.ino()))
 }
 
-/// Runs until the snapshot is gone. `asked`: the server's URL and ETag, when the proxy asked it
+/// Runs until the state is gone. `asked`: the server's URL and ETag, when the proxy asked it
 /// just before starting (the first poll is then one interval later, and conditional).
 pub async fn run(
-    snapshot: Weak<ArcSwap<Snapshot>>,
+    state: Weak<State>,
     triggers: mpsc::Sender<Trigger>,
     asked: Option<(String, Option<String>)>,
 ) {
+    let snapshot = match state.upgrade() {
+        Some(s) => Arc::downgrade(&s.snapshot),
+        None => return,
+    };
     let client = crate::notify::client();
     let mut tick = tokio::time::interval(LOOK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -69,14 +77,15 @@ pub async fn run(
                     .as_ref()
                     .filter(|(url, _)| *url == src.url)
                     .map(|(_, t)| t.as_str());
-                match poll(&client, src, tag).await {
+                let result = poll(&client, src, tag, FETCH_TIMEOUT).await;
+                match &result {
                     Ok(new_tag) => {
                         if failing {
                             tracing::info!(url = %src.url, "flags_from: the Unleash server answers again");
                         }
                         failing = false;
                         if let Some(t) = new_tag {
-                            etag = Some((src.url.clone(), t));
+                            etag = Some((src.url.clone(), t.clone()));
                         }
                     }
                     Err(e) => {
@@ -86,6 +95,17 @@ pub async fn run(
                         failing = true;
                     }
                 }
+                let Some(st) = state.upgrade() else { return };
+                report(&st, src, result.as_ref().map(|_| ()));
+            }
+        } else if let Some(st) = state.upgrade() {
+            if st.config.load().flags_source.is_some() {
+                st.config.rcu(|c| {
+                    let mut c = (**c).clone();
+                    c.flags_source = None;
+                    c
+                });
+                st.metrics.flags_source_up(None);
             }
         }
         let path = from.file().to_owned();
@@ -98,12 +118,60 @@ pub async fn run(
     }
 }
 
+/// Keeps what `/api/config`, `switchyard status` and the metrics say of the Unleash server
+/// after a poll (or the ask before starting).
+pub fn report(st: &State, src: &ServerSource, result: Result<(), &RemoteError>) {
+    let now = timestamp(std::time::SystemTime::now());
+    if let Err(e) = result {
+        st.metrics.remote_error("unleash", e.kind);
+    }
+    st.metrics.flags_source_up(Some(result.is_ok()));
+    let cached = src.cache.exists();
+    st.config.rcu(|c| {
+        let mut c = (**c).clone();
+        let prev = c.flags_source.take().filter(|p| p.url == src.url);
+        c.flags_source = Some(match result {
+            Ok(()) => FlagsSourceStatus {
+                url: src.url.clone(),
+                up: true,
+                last_answer: Some(now.clone()),
+                failing_since: None,
+                error: None,
+                serving: "the server's latest document".into(),
+            },
+            Err(e) => FlagsSourceStatus {
+                url: src.url.clone(),
+                up: false,
+                last_answer: prev.as_ref().and_then(|p| p.last_answer.clone()),
+                failing_since: prev
+                    .as_ref()
+                    .and_then(|p| p.failing_since.clone())
+                    .or_else(|| Some(now.clone())),
+                error: Some(e.message.clone()),
+                serving: if cached {
+                    format!("the last good document ({})", src.cache.display())
+                } else {
+                    "no flags from the server (none fetched yet)".into()
+                },
+            },
+        });
+        c
+    });
+}
+
+/// The largest feature document read from an Unleash server. A large instance's document (a
+/// few thousand flags) is a few MiB; what is read is parsed and kept, so the bound keeps a
+/// broken or hostile server from taking the proxy's memory.
+pub const MAX_DOCUMENT: usize = 16 << 20;
+
 /// One poll: a new document goes to the cache file. Returns the server's ETag, if any.
 pub async fn poll(
     client: &crate::notify::HttpsClient,
     src: &ServerSource,
     etag: Option<&str>,
-) -> Result<Option<String>, String> {
+    timeout: Duration,
+) -> Result<Option<String>, RemoteError> {
+    let invalid = |m: String| RemoteError::new(RemoteFailure::Invalid, m);
     let mut req = http::Request::get(&src.url)
         .header("unleash-appname", "switchyard")
         .header("unleash-sdk", concat!("switchyard:", env!("CARGO_PKG_VERSION")))
@@ -112,14 +180,20 @@ pub async fn poll(
     if let Some(var) = &src.token_env {
         match std::env::var(var) {
             Ok(t) if !t.is_empty() => req = req.header(http::header::AUTHORIZATION, t),
-            _ => return Err(format!("flags_from.token_env names {var}, which is not set")),
+            _ => {
+                return Err(invalid(format!(
+                    "flags_from.token_env names {var}, which is not set"
+                )))
+            }
         }
     }
     if let Some(t) = etag {
         req = req.header(http::header::IF_NONE_MATCH, t);
     }
-    let req = req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
-    let (head, body) = crate::notify::exchange(client, req, FETCH_TIMEOUT, &src.url).await?;
+    let req = req
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| invalid(e.to_string()))?;
+    let (head, body) = crate::notify::exchange(client, req, timeout, &src.url, MAX_DOCUMENT).await?;
     let status = head.status;
     let tag = head
         .headers
@@ -130,16 +204,16 @@ pub async fn poll(
         return Ok(tag.or_else(|| etag.map(str::to_owned)));
     }
     if !status.is_success() {
-        return Err(format!("{} answered {status}", src.url));
+        return Err(invalid(format!("{} answered {status}", src.url)));
     }
-    crate::config::parse_features(&body).map_err(|e| format!("{} answered {e}", src.url))?;
+    crate::config::parse_features(&body).map_err(|e| invalid(format!("{} answered {e}", src.url)))?;
     if std::fs::read(&src.cache).is_ok_and(|old| old == body) {
         return Ok(tag);
     }
     let tmp = src.cache.with_extension("json.tmp");
     std::fs::write(&tmp, &body)
         .and_then(|()| std::fs::rename(&tmp, &src.cache))
-        .map_err(|e| format!("cannot write {}: {e}", src.cache.display()))?;
+        .map_err(|e| invalid(format!("cannot write {}: {e}", src.cache.display())))?;
     tracing::info!(url = %src.url, bytes = body.len(), "flags_from: a new document from the Unleash server");
     Ok(tag)
 }

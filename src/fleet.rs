@@ -22,6 +22,7 @@
 //! When Prometheus does not answer, each replica keeps judging its own traffic, and says so:
 //! `GET /api/fleet`, `switchyard status`, and `switchyard_fleet_up 0`.
 
+use crate::notify::{RemoteError, RemoteFailure};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -144,13 +145,19 @@ fn select(settings: &FleetSettings, matchers: &str) -> String {
     }
 }
 
+/// The largest Prometheus answer read: the fleet's queries return a few series per replica,
+/// route and pool (a few hundred bytes each), so 16 MiB is thousands of times what a fleet
+/// needs, and well under the shipped manifest's memory limit (256 Mi).
+pub const MAX_ANSWER: usize = 16 << 20;
+
 /// Prometheus's HTTP API.
 struct Prometheus {
     client: crate::notify::HttpsClient,
 }
 
 impl Prometheus {
-    async fn query(&self, settings: &FleetSettings, promql: &str) -> Result<Vec<Sample>, String> {
+    async fn query(&self, settings: &FleetSettings, promql: &str) -> Result<Vec<Sample>, RemoteError> {
+        let invalid = |m: String| RemoteError::new(RemoteFailure::Invalid, m);
         let url = format!(
             "{}/api/v1/query?query={}",
             settings.prometheus,
@@ -162,19 +169,27 @@ impl Prometheus {
                 Ok(t) if !t.is_empty() => {
                     req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"))
                 }
-                _ => return Err(format!("fleet.token_env names {var}, which is not set")),
+                _ => return Err(invalid(format!("fleet.token_env names {var}, which is not set"))),
             }
         }
-        let req = req.body(Full::new(Bytes::new())).map_err(|e| e.to_string())?;
-        let (head, body) =
-            crate::notify::exchange(&self.client, req, settings.query_timeout, &settings.prometheus).await?;
+        let req = req
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| invalid(e.to_string()))?;
+        let (head, body) = crate::notify::exchange(
+            &self.client,
+            req,
+            settings.query_timeout,
+            &settings.prometheus,
+            MAX_ANSWER,
+        )
+        .await?;
         let value: Value = serde_json::from_slice(&body).map_err(|_| {
-            format!(
+            invalid(format!(
                 "{} from {}: not Prometheus's JSON",
                 head.status, settings.prometheus
-            )
+            ))
         })?;
-        samples(&value)
+        samples(&value).map_err(invalid)
     }
 }
 
@@ -247,7 +262,7 @@ async fn round(
     settings: &FleetSettings,
     snap: &Snapshot,
     now_ms: u64,
-) -> Result<Round, String> {
+) -> Result<Round, RemoteError> {
     let names = "switchyard_route_changed_timestamp_seconds|switchyard_pool_tripped|switchyard_rollout_step_index|switchyard_connections_active";
     let state = p
         .query(settings, &select(settings, &format!("__name__=~\"{names}\"")))
@@ -419,6 +434,8 @@ pub async fn run(state: Weak<State>, triggers: mpsc::Sender<Trigger>) {
                     tracing::warn!(prometheus = %settings.prometheus, "fleet: {e}; judging local numbers only until it answers");
                 }
                 st.metrics.fleet(Some(&settings.prometheus), None);
+                st.metrics.remote_error("prometheus", e.kind);
+                let e = e.message;
                 FleetStatus {
                     prometheus: Some(settings.prometheus.clone()),
                     up: Some(false),

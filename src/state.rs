@@ -48,6 +48,24 @@ pub struct ConfigStatus {
     pub last_error: Option<ReloadReport>,
     /// The state file that keeps trips and rollout steps across restarts.
     pub state: StateStatus,
+    /// `flags_from`'s Unleash server, when there is one: whether it answers.
+    pub flags_source: Option<FlagsSourceStatus>,
+}
+
+/// An Unleash server's polls, as `GET /api/config` and `switchyard status` show them.
+#[derive(Debug, Clone, Serialize)]
+pub struct FlagsSourceStatus {
+    pub url: String,
+    /// Its last poll brought a good answer.
+    pub up: bool,
+    /// When it last answered well.
+    pub last_answer: Option<String>,
+    /// Since when it has been failing, while it does.
+    pub failing_since: Option<String>,
+    /// The last failure, while it lasts.
+    pub error: Option<String>,
+    /// What the flags are served from.
+    pub serving: String,
 }
 
 /// The state file, as `GET /api/config` and `switchyard status` show it.
@@ -115,6 +133,7 @@ impl State {
             last_reload: None,
             last_error: None,
             state: StateStatus::default(),
+            flags_source: None,
         };
         let notifier = crate::notify::Notifier::new(metrics.notify_counters());
         Arc::new(State {

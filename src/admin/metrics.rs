@@ -65,6 +65,8 @@ pub struct Metrics {
     overrides_ignored: IntCounterVec,
     flag_headers_truncated: IntCounterVec,
     local_requests: IntCounterVec,
+    remote_errors: IntCounterVec,
+    flags_source_up: IntGaugeVec,
     local_duration: HistogramVec,
     guard_trips: IntCounterVec,
     route_tripped: IntGaugeVec,
@@ -149,6 +151,14 @@ impl Metrics {
                 opts("switchyard_flag_headers_truncated_total", "Requests whose flags or payloads header would have passed [headers] max_flag_bytes: the flags past it were left out of the header."),
                 &["route"],
             )),
+            flags_source_up: register(&r, IntGaugeVec::new(
+                opts("switchyard_flags_source_up", "1 while flags_from's Unleash server answers its polls, 0 while it fails (the last good document is served); absent without a server."),
+                &["source"],
+            )),
+            remote_errors: register(&r, IntCounterVec::new(
+                opts("switchyard_remote_errors_total", "Failed reads of what switchyard fetches (source: prometheus, unleash), by reason: unreachable, timeout, too_large (over its size limit; not read), invalid (an error status or an answer that does not parse). The last good state is kept."),
+                &["source", "reason"],
+            )),
             local_requests: register(&r, IntCounterVec::new(
                 opts("switchyard_local_requests_total", "Requests the proxy answered itself, by handler (ofrep; unrouted: refused before a route was found, such as 400 and 404) and response class."),
                 &["handler", "class"],
@@ -216,6 +226,11 @@ impl Metrics {
         };
         for result in ["ok", "error"] {
             m.reloads.with_label_values(&[result]);
+        }
+        for source in ["prometheus", "unleash"] {
+            for kind in crate::notify::RemoteFailure::ALL {
+                m.remote_errors.with_label_values(&[source, kind.name()]);
+            }
         }
         for result in ["delivered", "failed", "dropped"] {
             m.notifications.with_label_values(&[result]);
@@ -368,6 +383,21 @@ impl Metrics {
     }
 
     /// The state file could not be written.
+    /// Whether flags_from's server answers; `None`: there is none.
+    pub fn flags_source_up(&self, up: Option<bool>) {
+        self.flags_source_up.reset();
+        if let Some(up) = up {
+            self.flags_source_up
+                .with_label_values(&["unleash"])
+                .set(up as i64);
+        }
+    }
+
+    /// Counts a failed read of `source` (`prometheus`, `unleash`).
+    pub fn remote_error(&self, source: &str, kind: crate::notify::RemoteFailure) {
+        self.remote_errors.with_label_values(&[source, kind.name()]).inc();
+    }
+
     pub fn state_save_error(&self) {
         self.state_save_errors.inc();
     }

@@ -122,6 +122,24 @@ pub fn render(view: &View, now: SystemTime) -> String {
             text(&err["error"])
         );
     }
+    if let Some(src) = config.get("flags_source").filter(|v| !v.is_null()) {
+        let line = if src["up"].as_bool() == Some(true) {
+            format!(
+                "{}: answering (last {})",
+                text(&src["url"]),
+                text(&src["last_answer"])
+            )
+        } else {
+            format!(
+                "{}: FAILING since {}: {}; serving {}",
+                text(&src["url"]),
+                text(&src["failing_since"]),
+                text(&src["error"]),
+                text(&src["serving"])
+            )
+        };
+        let _ = writeln!(s, "flags     {line}");
+    }
     let fleet = &view.fleet;
     if let Some(prometheus) = fleet["prometheus"].as_str() {
         let line = match fleet["up"].as_bool() {
