@@ -48,7 +48,7 @@ pub enum UpstreamError {
 }
 
 /// Handlers of `switchyard_local_requests_total`, by [`crate::proxy::Local`].
-const LOCAL: [&str; 2] = ["ofrep", "unrouted"];
+const LOCAL: [&str; 3] = ["ofrep", "unrouted", "resources"];
 
 const KINDS: [&str; 5] = ["connect", "timeout", "reset", "status", "protocol"];
 
@@ -66,6 +66,7 @@ pub struct Metrics {
     flag_headers_truncated: IntCounterVec,
     local_requests: IntCounterVec,
     remote_errors: IntCounterVec,
+    resource_exhausted: IntCounterVec,
     flags_source_up: IntGaugeVec,
     local_duration: HistogramVec,
     guard_trips: IntCounterVec,
@@ -155,12 +156,16 @@ impl Metrics {
                 opts("switchyard_flags_source_up", "1 while flags_from's Unleash server answers its polls, 0 while it fails (the last good document is served); absent without a server."),
                 &["source"],
             )),
+            resource_exhausted: register(&r, IntCounterVec::new(
+                opts("switchyard_resource_exhausted_total", "Times the proxy ran out of its own resources, by operation (accept, connect) and resource (emfile, enfile, enobufs, enomem, eaddrnotavail): answered 503 local_resources, never counted against a pool, never ejecting an endpoint."),
+                &["op", "resource"],
+            )),
             remote_errors: register(&r, IntCounterVec::new(
                 opts("switchyard_remote_errors_total", "Failed reads of what switchyard fetches (source: prometheus, unleash), by reason: unreachable, timeout, too_large (over its size limit; not read), invalid (an error status or an answer that does not parse). The last good state is kept."),
                 &["source", "reason"],
             )),
             local_requests: register(&r, IntCounterVec::new(
-                opts("switchyard_local_requests_total", "Requests the proxy answered itself, by handler (ofrep; unrouted: refused before a route was found, such as 400 and 404) and response class."),
+                opts("switchyard_local_requests_total", "Requests the proxy answered itself, by handler (ofrep; unrouted: refused before a route was found, such as 400 and 404; resources: routed, but the proxy ran out of file descriptors or the like) and response class."),
                 &["handler", "class"],
             )),
             local_duration: register(&r, HistogramVec::new(
@@ -383,6 +388,11 @@ impl Metrics {
     }
 
     /// The state file could not be written.
+    /// Counts the proxy's running out of `resource` in `op` (accept, connect).
+    pub fn resource_exhausted(&self, op: &str, resource: &str) {
+        self.resource_exhausted.with_label_values(&[op, resource]).inc();
+    }
+
     /// Whether flags_from's server answers; `None`: there is none.
     pub fn flags_source_up(&self, up: Option<bool>) {
         self.flags_source_up.reset();

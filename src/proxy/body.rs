@@ -39,7 +39,8 @@ enum Kind {
 pub struct Finish {
     pub start: Instant,
     pub snap: Arc<Snapshot>,
-    /// Set when no route took the request: the proxy answered it itself.
+    /// Set when the proxy answered the request itself (no route took it, or its own resources
+    /// ran out): counted as such, never in a pool's numbers.
     pub local: Option<super::Local>,
     /// Route and pool indices, once decided.
     pub route: Option<usize>,
@@ -261,7 +262,9 @@ impl Finish {
         if let (Some(local), Some(m)) = (self.local, self.snap.metrics.as_deref()) {
             m.local(local, self.sent, elapsed);
         }
-        if let (Some(route), Some(pool), Some(m)) = (self.route, self.pool, self.snap.metrics.as_deref()) {
+        if let (None, Some(route), Some(pool), Some(m)) =
+            (self.local, self.route, self.pool, self.snap.metrics.as_deref())
+        {
             // An upstream that breaks off its body failed the request, whatever its status.
             let status = if self.failed { None } else { self.status };
             m.request(route, pool, status, elapsed);

@@ -15,6 +15,9 @@ pub enum Cause {
     Upstream,
     Downstream,
     Internal,
+    /// The proxy's own resources ran out: counted in neither the pool's numbers nor its
+    /// guard's, and no endpoint is ejected for it.
+    Local,
 }
 
 /// Why the proxy answered a request itself.
@@ -62,13 +65,23 @@ pub enum ProxyError {
     /// The client's request body broke off, was malformed, or paused too long.
     #[error("{0}")]
     ClientBody(crate::upstream::client::BodyFault),
+    /// The proxy itself ran out of a resource (`resource`: file descriptors and the like)
+    /// before it could reach the upstream: no fault of the pool's.
+    #[error("switchyard ran out of {resource} connecting to pool {pool}: {detail}")]
+    LocalResource {
+        pool: String,
+        resource: &'static str,
+        detail: String,
+    },
 }
 
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoint { .. } | ProxyError::LocalResource { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Connect { .. } | ProxyError::Reset { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::UpstreamProtocol { .. } => StatusCode::BAD_GATEWAY,
@@ -87,6 +100,7 @@ impl ProxyError {
         match self {
             ProxyError::NoRoute { .. } => "no_route",
             ProxyError::NoEndpoint { .. } => "no_healthy_endpoint",
+            ProxyError::LocalResource { .. } => "local_resources",
             ProxyError::Connect { .. } => "upstream_connect",
             ProxyError::Timeout { .. } => "upstream_timeout",
             ProxyError::Reset { .. } => "upstream_reset",
@@ -111,6 +125,7 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed(_)
             | ProxyError::ClientBody(_) => Cause::Downstream,
             ProxyError::NoEndpoint { .. } => Cause::Internal,
+            ProxyError::LocalResource { .. } => Cause::Local,
             ProxyError::Connect { .. }
             | ProxyError::Timeout { .. }
             | ProxyError::Reset { .. }

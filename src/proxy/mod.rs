@@ -143,6 +143,9 @@ pub enum Local {
     Ofrep = 0,
     /// Refused before a route was found (`400`, `404`, ...).
     Unrouted = 1,
+    /// Routed, but the proxy ran out of its own resources (file descriptors, ...) sending it:
+    /// counted here, not in the pool's numbers.
+    Resources = 2,
 }
 
 impl Proxy {
@@ -341,9 +344,13 @@ impl Proxy {
                 }
                 // Upstream failures are counted as class "error", not by the status sent.
                 let counted = (e.cause() != error::Cause::Upstream).then_some(status.as_u16());
-                // A request the client broke says nothing of the pool: the guard never hears
-                // of it.
-                upstream_fault = e.cause() != error::Cause::Downstream;
+                // A request the client broke, or one the proxy could not send for want of its
+                // own resources, says nothing of the pool: the guard never hears of it.
+                upstream_fault = matches!(e.cause(), error::Cause::Upstream | error::Cause::Internal);
+                if let ProxyError::LocalResource { resource, .. } = &e {
+                    self.state.metrics.resource_exhausted("connect", resource);
+                    names.local = Some(Local::Resources);
+                }
                 let mut response = e.to_response(request_id);
                 if e.closes() && !names.http2 {
                     response
@@ -369,7 +376,7 @@ impl Proxy {
             _ => None,
         };
         let local = match names.route {
-            Some(_) => None,
+            Some(_) => names.local,
             None => Some(names.local.unwrap_or(Local::Unrouted)),
         };
         response.body_mut().set_finish(Finish {
@@ -540,6 +547,15 @@ impl Proxy {
                 }) => return Err(ProxyError::ClientBody(fault)),
                 Err(failure) => failure,
             };
+            // File descriptors and the like ran out here: the endpoint was never reached, and
+            // another would fare no better.
+            if let Some(resource) = failure.error.local_resource() {
+                return Err(ProxyError::LocalResource {
+                    pool: pool.name.to_string(),
+                    resource,
+                    detail: error_chain(&failure.error),
+                });
+            }
             // Connect errors, timeouts, resets and invalid answers count against the endpoint;
             // a failure's ejection starts now.
             pool.record(*index, false, Instant::now());

@@ -178,6 +178,9 @@ struct Accepting {
 }
 
 async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Accepting>, mut stop: watch::Receiver<bool>) {
+    // Doubles while accepting fails (from 10 ms to 1 s), so a process out of descriptors
+    // neither spins nor logs a line per try; reset by the next accepted connection.
+    let mut backoff = Duration::from_millis(10);
     loop {
         let permit = tokio::select! {
             p = ctx.limit.clone().acquire_owned() => match p {
@@ -188,11 +191,20 @@ async fn accept_loop(listener: TcpListener, tls: bool, ctx: Arc<Accepting>, mut 
         };
         let (stream, addr) = tokio::select! {
             r = listener.accept() => match r {
-                Ok(pair) => pair,
+                Ok(pair) => {
+                    backoff = Duration::from_millis(10);
+                    pair
+                }
                 Err(e) => {
                     // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::error!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    let resource = crate::upstream::client::local_resource(&e).unwrap_or("other");
+                    ctx.proxy.state().metrics.resource_exhausted("accept", resource);
+                    if backoff == Duration::from_millis(10) {
+                        tracing::error!("accept failed: {e}; backing off (up to 1 s) until it succeeds");
+                    }
+                    drop(permit);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
                     continue;
                 }
             },

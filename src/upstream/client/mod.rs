@@ -72,6 +72,15 @@ impl Error {
     pub fn is_connect(&self) -> bool {
         matches!(self, Error::Connect(_))
     }
+
+    /// The proxy's own resources ran out (file descriptors, buffers, memory, local ports): no
+    /// fault of the endpoint's, which was never reached.
+    pub fn local_resource(&self) -> Option<&'static str> {
+        match self {
+            Error::Connect(e) => local_resource(e),
+            _ => None,
+        }
+    }
 }
 
 /// A failed request, with its body handed back when none of it was read (so it can be sent
@@ -312,3 +321,16 @@ async fn exchange(
 }
 
 use response::poll_head;
+
+/// The name of a local resource an I/O error says ran out, if it says one did (Linux's errno
+/// values: `EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`, `EADDRNOTAVAIL` for ephemeral ports).
+pub fn local_resource(e: &io::Error) -> Option<&'static str> {
+    Some(match e.raw_os_error()? {
+        24 => "emfile",
+        23 => "enfile",
+        105 => "enobufs",
+        12 => "enomem",
+        99 => "eaddrnotavail",
+        _ => return None,
+    })
+}
