@@ -210,9 +210,10 @@ pub async fn poll(
     if std::fs::read(&src.cache).is_ok_and(|old| old == body) {
         return Ok(tag);
     }
-    let tmp = src.cache.with_extension("json.tmp");
-    std::fs::write(&tmp, &body)
-        .and_then(|()| std::fs::rename(&tmp, &src.cache))
+    let (cache, bytes) = (src.cache.clone(), body.clone());
+    tokio::task::spawn_blocking(move || crate::persist::write_atomic(&cache, &bytes))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))
         .map_err(|e| invalid(format!("cannot write {}: {e}", src.cache.display())))?;
     tracing::info!(url = %src.url, bytes = body.len(), "flags_from: a new document from the Unleash server");
     Ok(tag)

@@ -34,6 +34,7 @@ pub mod http1;
 pub mod logging;
 pub mod mirror;
 pub mod notify;
+pub mod persist;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

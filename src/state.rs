@@ -94,8 +94,12 @@ pub struct StateLoadError {
 /// A failed save of the state file.
 #[derive(Debug, Clone, Serialize)]
 pub struct StateSaveError {
+    /// When saving first failed (the failures since then are one).
     pub at: String,
+    /// The latest failure.
     pub error: String,
+    /// It is tried again (every 1 s, doubling to 30 s) until it is written.
+    pub retrying: bool,
 }
 
 /// One reload attempt.

@@ -207,3 +207,62 @@ async fn a_state_file_that_cannot_be_written_says_so_and_state_path_puts_it_else
     assert_eq!(canary_users(&proxy).await, 0, "still tripped after the restart");
     proxy.shutdown().await;
 }
+
+/// A save that fails is tried again until it succeeds: with the state file's directory unable
+/// to take it (a full disk, here a directory where its temporary file must go), an operator's
+/// rollback is answered `200` with `persisted: false` and shown as not saved; once the room is
+/// back, the retry writes it (no new command needed), and a restart keeps the rollback. Before,
+/// the failed save was never tried again, and the restart gave the canary its users back.
+#[tokio::test]
+async fn a_failed_save_is_retried_until_it_is_written() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let blocker = dir.path().join(".switchyard.toml.state.json.tmp");
+    std::fs::write(&path, guarded(blue.addr, canary.addr, "")).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    std::fs::create_dir(&blocker).unwrap();
+    let req = Request::post(proxy.admin_url("/api/routes/web/rollback"))
+        .body(empty())
+        .unwrap();
+    let (parts, body) = send(&h1_client(), req).await;
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(parts.status, 200, "{answer:#}");
+    assert_eq!(answer["persisted"], false, "{answer:#}");
+    assert!(answer["persist_error"].as_str().is_some(), "{answer:#}");
+    let config = json(&proxy.admin_url("/api/config")).await;
+    assert_eq!(config["state"]["save_error"]["retrying"], true, "{config:#}");
+    let shown = shown_status(&proxy, &config).await;
+    assert!(
+        shown.contains("NOT SAVED since") && shown.contains("retrying"),
+        "{shown}"
+    );
+    // Room again: the retry writes it by itself.
+    std::fs::remove_dir(&blocker).unwrap();
+    let started = Instant::now();
+    while !json(&proxy.admin_url("/api/config")).await["state"]["save_error"].is_null() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "not written within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let saved = std::fs::read_to_string(dir.path().join("switchyard.toml.state.json")).unwrap();
+    assert!(saved.contains("canary"), "{saved}");
+    proxy.shutdown().await;
+    let proxy = Proxy::start_file(&path).await;
+    assert_eq!(json(&proxy.admin_url("/api/routes/web")).await["tripped"], true);
+    assert_eq!(
+        canary_users(&proxy).await,
+        0,
+        "still rolled back after the restart"
+    );
+    // A command on a writable file says it is persisted.
+    let req = Request::post(proxy.admin_url("/api/routes/web/reset"))
+        .body(empty())
+        .unwrap();
+    let (_, body) = send(&h1_client(), req).await;
+    let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["persisted"], true, "{answer:#}");
+    proxy.shutdown().await;
+}

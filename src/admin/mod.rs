@@ -577,7 +577,20 @@ async fn command(
             let route = snap
                 .route_by_name(&name)
                 .map(|r| route_status(&a.state, &snap, r));
-            Ok(Json(serde_json::json!({ "result": message, "route": route })).into_response())
+            // The command was answered after its save was tried: whether it is on disk.
+            let config = a.state.config.load();
+            let (persisted, persist_error) = match (&config.state.path, &config.state.save_error) {
+                (None, _) => (serde_json::Value::Null, None),
+                (Some(_), None) => (true.into(), None),
+                (Some(_), Some(e)) => (false.into(), Some(e.error.clone())),
+            };
+            Ok(Json(serde_json::json!({
+                "result": message,
+                "persisted": persisted,
+                "persist_error": persist_error,
+                "route": route,
+            }))
+            .into_response())
         }
         Err(CommandError::NotFound(m)) => Err(ApiError(StatusCode::NOT_FOUND, m)),
         Err(CommandError::Conflict(m)) => Err(ApiError(StatusCode::CONFLICT, m)),

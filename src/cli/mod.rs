@@ -157,6 +157,12 @@ impl AdminTarget {
 pub async fn command(admin: &AdminTarget, route: &str, action: &str) -> anyhow::Result<()> {
     let answer = admin.post(&format!("/api/routes/{route}/{action}")).await?;
     print(&format!("{}\n", answer["result"].as_str().unwrap_or("done")))?;
+    if answer["persisted"] == false {
+        eprintln!(
+            "warning: NOT persisted: the state file cannot be written ({}); the proxy retries until it can, and until then a restart loses this",
+            answer["persist_error"].as_str().unwrap_or("unknown error")
+        );
+    }
     Ok(())
 }
 

@@ -117,9 +117,10 @@ pub fn render(view: &View, now: SystemTime) -> String {
     if let Some(err) = state.get("save_error").filter(|v| !v.is_null()) {
         let _ = writeln!(
             s,
-            "          NOT SAVED since {}: {} (trips and rollout steps will not survive a restart)",
+            "          NOT SAVED since {}: {} (trips and rollout steps will not survive a restart{})",
             text(&err["at"]),
-            text(&err["error"])
+            text(&err["error"]),
+            if err["retrying"] == true { "; retrying" } else { "" }
         );
     }
     if let Some(src) = config.get("flags_source").filter(|v| !v.is_null()) {

@@ -347,8 +347,11 @@ pub async fn keep(
         if text == last {
             continue;
         }
-        let tmp = path.with_extension("tmp");
-        match std::fs::write(&tmp, &text).and_then(|()| std::fs::rename(&tmp, &path)) {
+        let (p, bytes) = (path.clone(), text.clone());
+        let written = tokio::task::spawn_blocking(move || crate::persist::write_atomic(&p, bytes.as_bytes()))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        match written {
             Ok(()) => last = text,
             Err(e) => tracing::warn!("cannot save the experiments' counts to {}: {e}", path.display()),
         }

@@ -10,7 +10,6 @@
 //! clears its trip, as the design says).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -226,20 +225,10 @@ impl Overlay {
 
     /// Writes the state file atomically: a temporary file, fsync, rename, fsync the directory.
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let tmp = dir.join(format!(
-            ".{}.tmp",
-            path.file_name()
-                .map_or("switchyard.state".into(), |n| n.to_string_lossy())
-        ));
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(serde_json::to_string_pretty(self).unwrap_or_default().as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
+        crate::persist::write_atomic(
+            path,
+            serde_json::to_string_pretty(self).unwrap_or_default().as_bytes(),
+        )
     }
 }
 

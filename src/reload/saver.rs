@@ -5,7 +5,7 @@
 //! then, and a shutdown waits for the last one.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -70,11 +70,33 @@ impl Saver {
     }
 }
 
+/// The first wait before a failed save is tried again; it doubles up to [`RETRY_MAX`].
+pub const RETRY_FIRST: Duration = Duration::from_secs(1);
+pub const RETRY_MAX: Duration = Duration::from_secs(30);
+
 async fn write_all(state: Arc<State>, file: StateFile, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let mut waiting = Vec::new();
-    while let Some(first) = jobs.recv().await {
+    // A failed save is kept and tried again (a disk that was full may have room now) until it
+    // is written or a newer overlay replaces it.
+    let mut failed: Option<Arc<Overlay>> = None;
+    let mut backoff = RETRY_FIRST;
+    let mut open = true;
+    loop {
+        // `None`: a retry is due, or the senders are gone.
+        let first = match (&failed, open) {
+            (None, false) => return,
+            (None, true) => jobs.recv().await.ok_or(true),
+            (Some(_), true) => tokio::select! {
+                job = jobs.recv() => job.ok_or(true),
+                _ = tokio::time::sleep(backoff) => Err(false),
+            },
+            (Some(_), false) => {
+                tokio::time::sleep(backoff).await;
+                Err(false)
+            }
+        };
         // Everything queued behind it: only the newest overlay is written.
-        let mut newest = None;
+        let mut newest = failed.take();
         let mut take = |job: Job, waiting: &mut Vec<oneshot::Sender<()>>| match job {
             Job::Save(ov, done) => {
                 newest = Some(ov);
@@ -82,19 +104,34 @@ async fn write_all(state: Arc<State>, file: StateFile, mut jobs: mpsc::Unbounded
             }
             Job::Flush(done) => waiting.push(done),
         };
-        take(first, &mut waiting);
+        match first {
+            Ok(job) => take(job, &mut waiting),
+            Err(closed) => open &= !closed,
+        }
         while let Ok(job) = jobs.try_recv() {
             take(job, &mut waiting);
         }
         if let Some(ov) = newest {
-            let f = file.clone();
+            let (f, written) = (file.clone(), ov.clone());
             let result = tokio::task::spawn_blocking(move || match f.writable {
-                true => ov.save(&f.path).map_err(|e| e.to_string()),
+                true => written.save(&f.path).map_err(|e| e.to_string()),
                 false => Err("the unreadable state file found at start is left as it was".to_owned()),
             })
             .await
             .unwrap_or_else(|e| Err(format!("the writer failed: {e}")));
-            report(&state, &file, result);
+            match &result {
+                Ok(()) => backoff = RETRY_FIRST,
+                Err(_) if file.writable => {
+                    failed = Some(ov);
+                    backoff = if state.config.load().state.save_error.is_some() {
+                        (backoff * 2).min(RETRY_MAX)
+                    } else {
+                        RETRY_FIRST
+                    };
+                }
+                Err(_) => {}
+            }
+            report(&state, &file, result, failed.is_some().then_some(backoff));
         }
         for done in waiting.drain(..) {
             let _ = done.send(());
@@ -104,7 +141,7 @@ async fn write_all(state: Arc<State>, file: StateFile, mut jobs: mpsc::Unbounded
 
 /// A failure is logged, counted and shown by `/api/config` and `status` until a save succeeds
 /// (and notified when it starts).
-fn report(state: &State, f: &StateFile, result: Result<(), String>) {
+fn report(state: &State, f: &StateFile, result: Result<(), String>, retry_in: Option<Duration>) {
     let error = match result {
         Ok(()) => {
             if state.config.load().state.save_error.is_some() {
@@ -119,9 +156,10 @@ fn report(state: &State, f: &StateFile, result: Result<(), String>) {
         }
         Err(e) => e,
     };
-    tracing::error!("cannot write the state file {}: {error} — trips and rollout steps will not survive a restart; set [state] path to a writable file", f.path.display());
     state.metrics.state_save_error();
-    if state.config.load().state.save_error.is_none() {
+    let previous = state.config.load().state.save_error.clone();
+    if previous.is_none() {
+        tracing::error!("cannot write the state file {}: {error} — trips and rollout steps will not survive a restart until it is written{}; free its disk or set [state] path to a writable file", f.path.display(), if retry_in.is_some() { " (retrying)" } else { "" });
         state.notifier.send(
             Event::StateSaveFailed,
             serde_json::json!({ "path": f.path, "error": error }),
@@ -129,8 +167,9 @@ fn report(state: &State, f: &StateFile, result: Result<(), String>) {
         );
     }
     let failure = StateSaveError {
-        at: timestamp(SystemTime::now()),
+        at: previous.map_or_else(|| timestamp(SystemTime::now()), |p| p.at),
         error,
+        retrying: retry_in.is_some(),
     };
     state.config.rcu(|c| {
         let mut c = (**c).clone();
