@@ -50,6 +50,8 @@ pub struct App {
     server: Server,
     admin: Option<(TcpListener, axum::Router)>,
     triggers: Option<mpsc::Sender<Trigger>>,
+    /// Where the experiments' counts are kept, when they are.
+    experiments_file: Option<PathBuf>,
     _watcher: Option<reload::Watching>,
 }
 
@@ -126,21 +128,30 @@ impl App {
             });
         }
         let state_path = prepared.state_file.as_ref().map(|f| f.path.clone());
-        // Experiments' counts, kept beside the state file: taken back, then kept up to date.
+        // Experiments' counts, kept beside the state file: taken back, then kept up to date
+        // (unless the file found is damaged and could not be moved aside).
+        let mut experiments_file = None;
         if let Some(p) = &state_path {
             let saved = crate::experiments::saved_path(p);
-            match std::fs::read(&saved) {
-                Ok(text) => match serde_json::from_slice::<crate::experiments::Saved>(&text) {
-                    Ok(s) => s.restore(&state.snapshot.load().experiments),
-                    Err(e) => tracing::warn!(
-                        "{} is not the experiments' counts ({e}); starting from none",
-                        saved.display()
-                    ),
-                },
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => tracing::warn!("cannot read {}: {e}", saved.display()),
+            let loaded = crate::experiments::load_saved(&saved, &state.snapshot.load().experiments);
+            let problem = match &loaded {
+                Ok(problems) if problems.is_empty() => None,
+                Ok(problems) => Some(problems.join("; ")),
+                Err(e) => Some(e.clone()),
+            };
+            if let Some(problem) = problem {
+                tracing::warn!("{problem}");
+                state.metrics.state_load_error();
+                state.config.rcu(|c| {
+                    let mut c = (**c).clone();
+                    c.state.experiments_load_error = Some(problem.clone());
+                    c
+                });
             }
-            tokio::spawn(crate::experiments::keep(Arc::downgrade(&state.snapshot), saved));
+            if loaded.is_ok() {
+                tokio::spawn(crate::experiments::keep(Arc::downgrade(&state), saved.clone()));
+                experiments_file = Some(saved);
+            }
         }
         state.config.rcu(|c| {
             let mut c = (**c).clone();
@@ -185,6 +196,7 @@ impl App {
             server,
             admin,
             triggers,
+            experiments_file,
             _watcher: watcher,
         })
     }
@@ -231,6 +243,12 @@ impl App {
             if t.send(Trigger::Flush(done)).await.is_ok() {
                 let _ = tokio::time::timeout(std::time::Duration::from_secs(10), written).await;
             }
+        }
+        // And the experiments' counts, which are otherwise written every 2 s.
+        if let Some(path) = &self.experiments_file {
+            let snap = self.state.snapshot.load_full();
+            let result = crate::experiments::save(&snap.experiments, path, &mut String::new()).await;
+            crate::experiments::report_save(&self.state, path, result);
         }
         let _ = stop_admin.send(());
         if let Some(a) = admin {

@@ -77,6 +77,10 @@ pub struct StateStatus {
     pub load_error: Option<StateLoadError>,
     /// The last save failed (cleared by the next good one).
     pub save_error: Option<StateSaveError>,
+    /// The experiments' counts beside it: the last save failed (cleared by the next good one).
+    pub experiments_error: Option<StateSaveError>,
+    /// The experiments' counts found at start were damaged (kept aside, or not written over).
+    pub experiments_load_error: Option<String>,
 }
 
 /// A state file that could not be read at start.

@@ -123,6 +123,17 @@ pub fn render(view: &View, now: SystemTime) -> String {
             if err["retrying"] == true { "; retrying" } else { "" }
         );
     }
+    if let Some(err) = state.get("experiments_error").filter(|v| !v.is_null()) {
+        let _ = writeln!(
+            s,
+            "          experiments' counts NOT SAVED since {}: {}; retrying",
+            text(&err["at"]),
+            text(&err["error"])
+        );
+    }
+    if let Some(err) = state.get("experiments_load_error").filter(|v| !v.is_null()) {
+        let _ = writeln!(s, "          experiments' counts DAMAGED at start: {}", text(err));
+    }
     if let Some(src) = config.get("flags_source").filter(|v| !v.is_null()) {
         let line = if src["up"].as_bool() == Some(true) {
             format!(

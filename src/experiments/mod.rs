@@ -301,22 +301,97 @@ impl Saved {
     }
 
     /// Takes the saved counts into the live experiments (a merge: loading twice changes
-    /// nothing). Arms no longer configured are left out.
-    pub fn restore(&self, experiments: &[ExperimentConfig]) {
+    /// nothing). Arms no longer configured are left out. An experiment with an arm whose
+    /// sketch does not decode is left out whole (its arms restored without that one would show
+    /// a sample-ratio mismatch that is not there): the problems are returned.
+    pub fn restore(&self, experiments: &[ExperimentConfig]) -> Vec<String> {
+        let mut problems = Vec::new();
         for e in experiments {
             let Some(saved) = self.experiments.get(&e.name) else {
                 continue;
             };
+            let mut decoded = Vec::new();
+            let mut bad = Vec::new();
             for (n, a) in e.arms.iter().zip(&e.results.arms) {
                 if let Some([x, c]) = saved.get(n) {
-                    if let (Ok(x), Ok(c)) = (Sketch::decode(x), Sketch::decode(c)) {
-                        a.exposed.merge(&x);
-                        a.converted.merge(&c);
+                    match (Sketch::decode(x), Sketch::decode(c)) {
+                        (Ok(x), Ok(c)) => decoded.push((a, x, c)),
+                        _ => bad.push(n.as_str()),
                     }
                 }
             }
+            if !bad.is_empty() {
+                problems.push(format!(
+                    "experiment `{}`: the saved sketch of arm {} does not decode; none of its arms' counts were restored",
+                    e.name,
+                    bad.join(", ")
+                ));
+                continue;
+            }
+            for (a, x, c) in decoded {
+                a.exposed.merge(&x);
+                a.converted.merge(&c);
+            }
         }
+        problems
     }
+}
+
+/// Reads the saved counts at start into `experiments`. A file that is not the counts, or has
+/// an arm that does not decode, is moved aside (`.corrupt-<time>`) so the next save does not
+/// overwrite it; each problem is logged and returned. `Err`: the file is damaged and could not
+/// be moved: it must not be written over.
+pub fn load_saved(path: &std::path::Path, experiments: &[ExperimentConfig]) -> Result<Vec<String>, String> {
+    let text = match std::fs::read(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+    };
+    let problems = match serde_json::from_slice::<Saved>(&text) {
+        Ok(s) => s.restore(experiments),
+        Err(e) => vec![format!("{} is not the experiments' counts ({e})", path.display())],
+    };
+    if problems.is_empty() {
+        return Ok(problems);
+    }
+    for p in &problems {
+        tracing::warn!("{p}");
+    }
+    match crate::guard::overlay::keep_aside(path, std::time::SystemTime::now()) {
+        Ok(aside) => {
+            tracing::warn!("the damaged experiments' counts are kept as {}", aside.display());
+            Ok(problems
+                .into_iter()
+                .map(|p| format!("{p}; the file is kept as {}", aside.display()))
+                .collect())
+        }
+        Err(e) => Err(format!(
+            "{}; it cannot be moved aside ({e}), so it is not written over",
+            problems.join("; ")
+        )),
+    }
+}
+
+/// Writes the live experiments' counts now (off the runtime), unless they are what `last`
+/// holds; `last` is updated on success.
+pub async fn save(
+    experiments: &[ExperimentConfig],
+    path: &std::path::Path,
+    last: &mut String,
+) -> std::io::Result<()> {
+    if experiments.is_empty() {
+        return Ok(());
+    }
+    let text = serde_json::to_string(&Saved::of(experiments)).unwrap_or_default();
+    if text == *last {
+        return Ok(());
+    }
+    let (p, bytes) = (path.to_owned(), text.clone());
+    tokio::task::spawn_blocking(move || crate::persist::write_atomic(&p, bytes.as_bytes()))
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())))?;
+    *last = text;
+    Ok(())
 }
 
 /// Where the experiments' counts are kept: beside the state file.
@@ -327,33 +402,49 @@ pub fn saved_path(state_file: &std::path::Path) -> std::path::PathBuf {
 }
 
 /// Writes the live experiments' counts every [`SAVE_EVERY`] while they change, until the
-/// snapshot is gone.
-pub async fn keep(
-    snapshot: std::sync::Weak<arc_swap::ArcSwap<crate::routing::Snapshot>>,
-    path: std::path::PathBuf,
-) {
+/// state is gone; a failure is logged once, shown in `/api/config` (`state.experiments_error`)
+/// and counted in `switchyard_state_save_errors_total`, until a save succeeds.
+pub async fn keep(state: std::sync::Weak<crate::state::State>, path: std::path::PathBuf) {
     let mut tick = tokio::time::interval(SAVE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last = String::new();
     loop {
         tick.tick().await;
-        let Some(live) = snapshot.upgrade() else { return };
-        let snap = live.load_full();
-        drop(live);
-        if snap.experiments.is_empty() {
-            continue;
+        let Some(st) = state.upgrade() else { return };
+        let snap = st.snapshot.load_full();
+        let result = save(&snap.experiments, &path, &mut last).await;
+        report_save(&st, &path, result);
+    }
+}
+
+/// Keeps what the API says of the last save of the counts.
+pub fn report_save(st: &crate::state::State, path: &std::path::Path, result: std::io::Result<()>) {
+    let shown = st.config.load().state.experiments_error.clone();
+    match result {
+        Ok(()) if shown.is_some() => {
+            tracing::info!("the experiments' counts are written to {} again", path.display());
+            st.config.rcu(|c| {
+                let mut c = (**c).clone();
+                c.state.experiments_error = None;
+                c
+            });
         }
-        let text = serde_json::to_string(&Saved::of(&snap.experiments)).unwrap_or_default();
-        if text == last {
-            continue;
-        }
-        let (p, bytes) = (path.clone(), text.clone());
-        let written = tokio::task::spawn_blocking(move || crate::persist::write_atomic(&p, bytes.as_bytes()))
-            .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-        match written {
-            Ok(()) => last = text,
-            Err(e) => tracing::warn!("cannot save the experiments' counts to {}: {e}", path.display()),
+        Ok(()) => {}
+        Err(e) => {
+            st.metrics.state_save_error();
+            if shown.is_none() {
+                tracing::warn!("cannot save the experiments' counts to {}: {e}", path.display());
+            }
+            let failure = crate::state::StateSaveError {
+                at: shown.map_or_else(|| crate::state::timestamp(std::time::SystemTime::now()), |s| s.at),
+                error: format!("{}: {e}", path.display()),
+                retrying: true,
+            };
+            st.config.rcu(|c| {
+                let mut c = (**c).clone();
+                c.state.experiments_error = Some(failure.clone());
+                c
+            });
         }
     }
 }
