@@ -104,6 +104,13 @@ impl App {
                 }
             },
         };
+        if let Some(var) = &snap.overrides.secret_env {
+            if snap.overrides.key.is_none() {
+                return Err(StartError::Env(format!(
+                    "overrides.secret_env names {var}, but {var} is not set: export it, or remove secret_env"
+                )));
+            }
+        }
         // (An admin API off loopback without token_env is a config error: `check` refuses it.)
         // Trips and rollout steps from the state file apply before the first request.
         let prepared = reload::prepare(&mut snap, path.as_deref());
@@ -185,7 +192,8 @@ impl App {
                 })?;
                 Some((
                     listener,
-                    Admin::new(state.clone(), triggers.clone(), path.is_some(), token).router(),
+                    Admin::new(state.clone(), triggers.clone(), path.is_some(), token)
+                        .router(crate::admin::Gate::new(a.listen, &a.hosts)),
                 ))
             }
             None => None,

@@ -152,6 +152,18 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Print an override value that forces POOL from any client, signed with `[overrides]
+    /// secret_env`'s secret: send it as the route's override header or cookie.
+    OverrideToken {
+        /// The pool to force.
+        pool: String,
+        /// The config whose `[overrides] secret_env` names the secret.
+        #[arg(short, long, default_value = "config/switchyard.toml")]
+        config: PathBuf,
+        /// How long the value is honoured.
+        #[arg(long, default_value = "1h")]
+        ttl: humantime::Duration,
+    },
     /// Exit 0 when the proxy's admin API says it is ready (GET /readyz), 1 otherwise: a
     /// container's HEALTHCHECK or an exec probe, with no HTTP client in the image.
     Healthcheck {
@@ -247,6 +259,7 @@ fn main() -> ExitCode {
             let _guard = logging::init(cli.log_format);
             report(runtime(workers).and_then(|rt| rt.block_on(run(&config))))
         }
+        Command::OverrideToken { pool, config, ttl } => report(override_token(&config, &pool, *ttl)),
         Command::Healthcheck { admin } => report(admin.target().and_then(|t| {
             runtime(Some(1))?.block_on(async {
                 let v = t.get("/readyz").await?;
@@ -377,6 +390,32 @@ fn check(path: &Path) -> ExitCode {
     }
 }
 
+fn override_token(path: &Path, pool: &str, ttl: std::time::Duration) -> anyhow::Result<()> {
+    let snap = cli::load(path)?;
+    let policy = &snap.overrides;
+    let var = policy
+        .secret_env
+        .as_deref()
+        .context("the config has no [overrides] secret_env: name the variable holding the secret")?;
+    let key = policy
+        .key
+        .as_deref()
+        .with_context(|| format!("{var} is not set here: export the secret the proxy has"))?;
+    anyhow::ensure!(
+        snap.pools.iter().any(|p| &*p.name == pool),
+        "the config has no pool `{pool}`"
+    );
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs()
+        + ttl.as_secs();
+    cli::print(&format!(
+        "{}\n",
+        switchyard::routing::overrides::sign(key, pool, expires)
+    ))?;
+    Ok(())
+}
+
 /// The environment variables `snap` names that are not set here: `run` would refuse to start
 /// without them.
 fn unset_variables(snap: &switchyard::routing::Snapshot) -> Vec<String> {
@@ -393,6 +432,12 @@ fn unset_variables(snap: &switchyard::routing::Snapshot) -> Vec<String> {
             snap.fleet
                 .iter()
                 .filter_map(|f| f.token_env.as_deref().map(|v| (v, "fleet.token_env"))),
+        )
+        .chain(
+            snap.overrides
+                .secret_env
+                .as_deref()
+                .map(|v| (v, "overrides.secret_env")),
         )
         .chain(match &snap.flags_from {
             Some(switchyard::config::FlagsFrom::Server(s)) => {

@@ -27,6 +27,11 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Browser {
+        Browser::start_with(&[]).await
+    }
+
+    /// A browser with more command-line switches.
+    async fn start_with(extra: &[&str]) -> Browser {
         let port = free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -41,11 +46,23 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromedriver did not come up");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let mut args = vec![
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-dev-shm-usage",
+            "--window-size=1440,1000",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ];
+        args.extend_from_slice(extra);
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": chromium(),
-                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1440,1000"]
+                "args": args
             },
             "goog:loggingPrefs": {"browser": "ALL"}
         }}});
@@ -364,6 +381,116 @@ async fn the_dashboard_shows_live_numbers_and_trips_and_its_buttons_need_the_tok
     stop.store(true, Ordering::Relaxed);
     for l in load {
         l.await.unwrap();
+    }
+    drop(browser);
+    proxy.shutdown().await;
+}
+
+/// A page on another origin that the operator visits cannot change the proxy through its admin
+/// API (which, without a token, trusts loopback, where the browser is too): a `text/plain`
+/// `fetch` in `no-cors` mode and a form post are refused as cross-site, and under DNS rebinding
+/// (the browser resolves `evil.test` to 127.0.0.1) the API does not answer for that name. Before,
+/// both rolled the route back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver (.ci/run installs them)"]
+async fn a_page_on_another_origin_cannot_change_the_proxy() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let cfg = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = false\n\
+         [pools.blue]\nendpoints = [\"{}\"]\n[pools.canary]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"web\"\nsplit = {{ blue = 50, canary = 50 }}\n\
+         guard = {{ baseline = \"blue\", min_requests = 20 }}\n",
+        blue.addr, canary.addr
+    );
+    let proxy = Proxy::start(&cfg).await;
+    let admin = proxy.admin.unwrap();
+    let target = format!("http://127.0.0.1:{}/api/routes/web/rollback", admin.port());
+    let page: &'static str = Box::leak(
+        format!(
+            "<!doctype html><title>attacker</title><body>\
+             <form id=f method=POST action=\"{target}\" enctype=\"text/plain\"><input name=a value=b></form>\
+             <script>fetch(\"{target}\", {{method: \"POST\", mode: \"no-cors\", headers: {{\"content-type\": \"text/plain\"}}, body: \"{{}}\"}})\
+             .then(() => document.title = \"sent\", () => document.title = \"sent\");</script>"
+        )
+        .into_boxed_str(),
+    );
+    let (attacker, _) = scripted(move |mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        if read_head(&mut s).await {
+            let _ = s
+                .write_all(
+                    format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+                        page.len()
+                    )
+                    .as_bytes(),
+                )
+                .await;
+        }
+    })
+    .await;
+    let browser = Browser::start_with(&["--host-resolver-rules=MAP evil.test 127.0.0.1"]).await;
+    browser.go(&format!("http://{attacker}/")).await;
+    assert!(browser
+        .until("return document.title === 'sent';", Duration::from_secs(10))
+        .await
+        .is_some());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!tripped(&proxy).await, "a cross-site fetch rolled the route back");
+    browser
+        .js("document.getElementById('f').submit(); return true;")
+        .await;
+    assert!(browser
+        .until(
+            "return document.body.innerText.includes('cross-site');",
+            Duration::from_secs(10)
+        )
+        .await
+        .is_some());
+    assert!(!tripped(&proxy).await, "a cross-site form rolled the route back");
+
+    // DNS rebinding: the admin API under a name the attacker controls.
+    browser
+        .go(&format!("http://evil.test:{}/api/routes", admin.port()))
+        .await;
+    let text = browser.js("return document.body.innerText").await;
+    assert!(
+        text.as_str()
+            .unwrap()
+            .contains("does not answer for host `evil.test`"),
+        "{text}"
+    );
+    let status = browser
+        .js("const r = new XMLHttpRequest(); r.open('POST', '/api/routes/web/rollback', false); r.send('x'); return r.status;")
+        .await;
+    assert_eq!(status, 403);
+    assert!(!tripped(&proxy).await, "a rebound page rolled the route back");
+
+    // The dashboard itself, same origin, may: its Roll back button works without a token here.
+    browser.go(&proxy.admin_url("/")).await;
+    assert!(browser
+        .until(
+            "return !!document.querySelector('.card[data-route=\"web\"] button[data-action=\"rollback\"]');",
+            Duration::from_secs(10)
+        )
+        .await
+        .is_some());
+    let errors = browser.console_errors().await;
+    assert!(
+        errors.is_empty(),
+        "console errors (the CSP refusing a script?): {errors:?}"
+    );
+    browser
+        .click(".card[data-route=\"web\"] button[data-action=\"rollback\"]")
+        .await;
+    browser.accept_alert().await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !tripped(&proxy).await {
+        assert!(
+            Instant::now() < deadline,
+            "the dashboard's own rollback was refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(browser);
     proxy.shutdown().await;

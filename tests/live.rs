@@ -602,12 +602,21 @@ async fn the_dashboard_page_and_its_history_and_flag_counts() {
         .to_str()
         .unwrap()
         .starts_with("text/html"));
-    assert!(parts.headers["content-security-policy"]
+    let csp = parts.headers["content-security-policy"].to_str().unwrap();
+    assert!(csp.contains("default-src 'none'"), "{csp}");
+    // No inline script may run: the script is the API's own file.
+    assert!(csp.contains("script-src 'self';"), "{csp}");
+    let page = String::from_utf8_lossy(&page);
+    assert!(page.contains("<script src=\"/dashboard.js\"></script>"), "{page}");
+    assert!(!page.contains("https://") && !page.contains("src=\"http") && !page.contains("onsubmit="));
+    assert_eq!(page.matches("<script").count(), 1, "no inline script");
+    let (parts, script) = get(&client, &proxy.admin_url("/dashboard.js")).await;
+    assert!(parts.headers["content-type"]
         .to_str()
         .unwrap()
-        .contains("default-src 'none'"));
-    let page = String::from_utf8_lossy(&page);
-    assert!(page.contains("/api/history") && !page.contains("https://") && !page.contains("src=\"http"));
+        .starts_with("text/javascript"));
+    let script = String::from_utf8_lossy(&script);
+    assert!(script.contains("/api/history") && !script.contains("https://"));
 
     for i in 0..20 {
         let path = if i % 4 == 0 { "/status/500" } else { "/" };
@@ -761,5 +770,83 @@ async fn a_routes_changes_are_exported_for_the_fleet_even_without_a_guard() {
             "{text}"
         );
     }
+    proxy.shutdown().await;
+}
+
+/// The admin API refuses what a web page could make a browser send it: a Host that is not the
+/// API's own (DNS rebinding) and a state-changing request from another site (CSRF), even with
+/// no token configured; its own same-origin calls and command-line clients go through.
+#[tokio::test]
+async fn the_admin_api_refuses_foreign_hosts_and_cross_site_changes() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let proxy = Proxy::start(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\nhosts = [\"switchyard.internal\"]\n[log]\naccess = false\n\
+         [pools.blue]\nendpoints = [\"{}\"]\n[pools.canary]\nendpoints = [\"{}\"]\n\
+         [[routes]]\nname = \"web\"\nsplit = {{ blue = 50, canary = 50 }}\nguard = {{ baseline = \"blue\" }}\n",
+        blue.addr, canary.addr
+    ))
+    .await;
+    let admin = proxy.admin.unwrap();
+    let port = admin.port();
+    let ask = async |method: &str, host: &str, extra: &str| {
+        let (text, _) = raw(
+            admin,
+            format!("{method} /api/routes/web/rollback HTTP/1.1\r\nHost: {host}\r\n{extra}Content-Type: text/plain\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{{}}").as_bytes(),
+            Duration::from_secs(5),
+        )
+        .await;
+        text
+    };
+    let tripped = async || admin_json(&proxy.admin_url("/api/routes/web")).await["tripped"] == true;
+    // DNS rebinding: a name that is not the API's.
+    let text = ask("POST", &format!("evil.example:{port}"), "").await;
+    assert!(
+        text.starts_with("HTTP/1.1 403") && text.contains("does not answer for host"),
+        "{text}"
+    );
+    let (read, _) = raw(
+        admin,
+        format!("GET /api/routes HTTP/1.1\r\nHost: evil.example:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(read.starts_with("HTTP/1.1 403"), "reads too: {read}");
+    // CSRF: a text/plain POST from another origin, with or without Fetch Metadata.
+    for extra in [
+        "Origin: http://evil.example\r\n".to_owned(),
+        format!("Origin: http://127.0.0.1:{}\r\n", port + 1),
+        "Origin: null\r\n".to_owned(),
+        "Sec-Fetch-Site: cross-site\r\n".to_owned(),
+        "Sec-Fetch-Site: same-site\r\n".to_owned(),
+    ] {
+        let text = ask("POST", &format!("127.0.0.1:{port}"), &extra).await;
+        assert!(
+            text.starts_with("HTTP/1.1 403") && text.contains("cross-site"),
+            "{extra}: {text}"
+        );
+    }
+    assert!(!tripped().await, "nothing changed");
+    // The dashboard's own call (same origin), a configured name, and curl (no Origin) go through.
+    let text = ask(
+        "POST",
+        &format!("127.0.0.1:{port}"),
+        &format!("Origin: http://127.0.0.1:{port}\r\nSec-Fetch-Site: same-origin\r\n"),
+    )
+    .await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(tripped().await);
+    let text = ask("POST", &format!("localhost:{port}"), "").await;
+    assert!(
+        text.starts_with("HTTP/1.1 409") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
+    let (read, _) = raw(
+        admin,
+        b"GET /api/routes HTTP/1.1\r\nHost: switchyard.internal\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    )
+    .await;
+    assert!(read.starts_with("HTTP/1.1 200"), "{read}");
     proxy.shutdown().await;
 }

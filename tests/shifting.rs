@@ -334,3 +334,125 @@ async fn explain_uses_the_same_decision_as_the_proxy() {
     }
     proxy.shutdown().await;
 }
+
+/// Overrides are a tester's tool: honoured from `[overrides] from` (after `trusted_proxies`)
+/// or with a value signed by `switchyard override-token`, and never to a pool a guard tripped
+/// or an operator rolled back unless `to_tripped = true`. Before, anyone could force any pool,
+/// rolled-back ones included.
+#[tokio::test]
+async fn overrides_are_honoured_only_for_testers_and_never_to_a_rolled_back_pool() {
+    const BIN: &str = env!("CARGO_BIN_EXE_switchyard");
+    const VAR: &str = "SY_SHIFTING_TEST_OVERRIDE_SECRET";
+    // SAFETY: set before the proxy starts; no other test of this binary reads it.
+    unsafe { std::env::set_var(VAR, "tester-secret") };
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let top = format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[context]\ntrusted_proxies = [\"127.0.0.0/8\"]\n\
+         [overrides]\nfrom = [\"10.0.0.0/8\"]\nsecret_env = \"{VAR}\"\n"
+    );
+    let cfg = split_config(blue.addr, canary.addr, "").replace("[log]\n", &format!("{top}[log]\n"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, &cfg).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let url = proxy.url("");
+    // alice's bucket (0.3719) is in blue's range.
+    let pool_for = async |client: &str, value: &str| {
+        let (parts, _) = ask(
+            &url,
+            &[
+                ("x-user-id", "alice"),
+                ("x-forwarded-for", client),
+                ("x-switchyard-pool", value),
+            ],
+        )
+        .await;
+        parts.headers["x-upstream"].to_str().unwrap().to_owned()
+    };
+    assert_eq!(
+        pool_for("203.0.113.9", "canary").await,
+        "blue",
+        "not a tester's address"
+    );
+    assert_eq!(
+        pool_for("10.1.2.3", "canary").await,
+        "canary",
+        "a tester's address"
+    );
+    assert_eq!(
+        pool_for("junk, 203.0.113.9, 10.1.2.3", "canary").await,
+        "canary",
+        "the last hop before the trusted proxy is the client"
+    );
+    let token = std::process::Command::new(BIN)
+        .args(["override-token", "canary", "--ttl", "10m", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(token.status.success(), "{token:?}");
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_owned();
+    assert_eq!(
+        pool_for("203.0.113.9", &token).await,
+        "canary",
+        "a signed value, from anywhere"
+    );
+    let forged = token.replacen("canary.", "blue.", 1);
+    assert_eq!(
+        pool_for("10.1.2.3", &forged).await,
+        "blue",
+        "a forged signature is refused"
+    );
+    // An operator rolls the canary back: no override reaches it.
+    let req = Request::post(proxy.admin_url("/api/routes/web/rollback"))
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&h1_client(), req).await.0.status, 200);
+    assert_eq!(pool_for("10.1.2.3", "canary").await, "blue");
+    assert_eq!(pool_for("203.0.113.9", &token).await, "blue");
+    let (_, metrics) = get(&h1_client(), &proxy.admin_url("/metrics")).await;
+    let metrics = String::from_utf8_lossy(&metrics);
+    assert!(
+        metrics.contains("switchyard_overrides_ignored_total{route=\"web\"} 4"),
+        "{metrics}"
+    );
+    proxy.shutdown().await;
+
+    // to_tripped = true: the config says testers may reach it.
+    std::fs::write(
+        &path,
+        cfg.replace("[overrides]\n", "[overrides]\nto_tripped = true\n"),
+    )
+    .unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let url = proxy.url("");
+    let (parts, _) = ask(
+        &url,
+        &[
+            ("x-user-id", "alice"),
+            ("x-forwarded-for", "10.1.2.3"),
+            ("x-switchyard-pool", "canary"),
+        ],
+    )
+    .await;
+    assert_eq!(parts.headers["x-upstream"], "canary");
+    proxy.shutdown().await;
+    // Without the secret, run refuses to start and check warns.
+    unsafe { std::env::remove_var(VAR) };
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "overrides.secret_env names {VAR}, which is not set here"
+        )),
+        "{stderr}"
+    );
+    let err = switchyard::App::start(switchyard::Source::File(path.clone()))
+        .await
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("overrides.secret_env"), "{err}");
+}

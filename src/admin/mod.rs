@@ -232,9 +232,11 @@ impl Admin {
         }
     }
 
-    pub fn router(self) -> Router {
+    /// The API's routes, behind `gate`.
+    pub fn router(self, gate_for: Gate) -> Router {
         Router::new()
             .route("/", get(dashboard))
+            .route("/dashboard.js", get(dashboard_js))
             .route(
                 "/healthz",
                 get(|| async { Json(serde_json::json!({ "status": "ok" })) }),
@@ -265,6 +267,7 @@ impl Admin {
             )
             .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such admin endpoint".into()) })
             .with_state(self)
+            .layer(axum::middleware::from_fn_with_state(gate_for, gate))
     }
 
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
@@ -399,15 +402,105 @@ async fn dashboard() -> Response {
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
             (header::CACHE_CONTROL, "no-cache"),
-            // Nothing but itself: no external script, style, font or frame.
+            // Nothing but itself: no inline or external script, no external style, font or
+            // frame (styles inline: they cannot run).
             (
                 header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'",
+                "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; connect-src 'self'; img-src data:; frame-ancestors 'none'; form-action 'none'; base-uri 'none'",
             ),
         ],
         include_str!("dashboard.html"),
     )
         .into_response()
+}
+
+async fn dashboard_js() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/javascript; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        include_str!("dashboard.js"),
+    )
+        .into_response()
+}
+
+/// Who may ask the admin API at all, before any handler: DNS rebinding and cross-site requests
+/// from a page the operator visits are refused (the API without a token trusts loopback, and a
+/// browser is on loopback too).
+#[derive(Clone)]
+pub struct Gate {
+    /// Host names (without port) requests may carry; empty: any.
+    hosts: Arc<[String]>,
+}
+
+impl Gate {
+    /// For an admin API on `listen`: on loopback, only loopback names (`localhost`,
+    /// `127.0.0.1`, `::1`) and `extra`; elsewhere, `extra` if any is given, else any host (a
+    /// token is required off loopback).
+    pub fn new(listen: std::net::SocketAddr, extra: &[String]) -> Gate {
+        let mut hosts: Vec<String> = extra.iter().map(|h| h.to_ascii_lowercase()).collect();
+        if listen.ip().is_loopback() {
+            hosts.extend(["localhost", "127.0.0.1", "::1"].map(String::from));
+            if listen.ip().is_ipv4() {
+                hosts.push(listen.ip().to_string());
+            }
+        }
+        Gate { hosts: hosts.into() }
+    }
+
+    fn check(&self, req: &axum::extract::Request) -> Result<(), ApiError> {
+        let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok());
+        if let Some(host) = host {
+            let name = crate::routing::normalize_host(host);
+            if !self.hosts.is_empty() && !self.hosts.iter().any(|h| *h == *name) {
+                return Err(ApiError(
+                    StatusCode::FORBIDDEN,
+                    format!("the admin API does not answer for host `{name}` (a DNS rebinding page would use such a name): use one of {}, or add it to [admin] hosts", self.hosts.join(", ")),
+                ));
+            }
+        }
+        let safe = matches!(
+            *req.method(),
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        );
+        if safe {
+            return Ok(());
+        }
+        let cross_site = || {
+            ApiError(
+                StatusCode::FORBIDDEN,
+                "a cross-site request may not change the proxy: use switchyard's commands, curl, or the dashboard itself".into(),
+            )
+        };
+        let fetch_site = req.headers().get("sec-fetch-site").and_then(|v| v.to_str().ok());
+        if fetch_site.is_some_and(|s| !matches!(s, "same-origin" | "none")) {
+            return Err(cross_site());
+        }
+        if let Some(origin) = req.headers().get(header::ORIGIN) {
+            // The origin's authority must be the Host the request was sent to.
+            let authority = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.split_once("://"))
+                .map(|(_, a)| a.trim_end_matches('/'));
+            if authority.is_none_or(|a| host.is_none_or(|h| !a.eq_ignore_ascii_case(h))) {
+                return Err(cross_site());
+            }
+        }
+        Ok(())
+    }
+}
+
+async fn gate(
+    axum::extract::State(gate): axum::extract::State<Gate>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    match gate.check(&req) {
+        Ok(()) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
 }
 
 #[derive(serde::Deserialize)]

@@ -271,6 +271,12 @@ pub fn compile(
                 Some(AdminSettings {
                     listen,
                     token_env: a.token_env.as_ref().map(|t| t.get_ref().clone()),
+                    hosts: a
+                        .hosts
+                        .iter()
+                        .flatten()
+                        .map(|h| crate::routing::normalize_host(h.get_ref()).into_owned())
+                        .collect(),
                 })
             }
             Err(_) => {
@@ -335,6 +341,7 @@ pub fn compile(
         }
     }
     let headers = compile_headers(&mut errs, raw);
+    let overrides = compile_overrides(&mut errs, raw);
     let (flags, flags_from) = super::targeting::flags(
         &mut errs,
         raw,
@@ -413,6 +420,7 @@ pub fn compile(
         context: Arc::new(context),
         experiments: experiments.into(),
         flags_from: flags_from.map(|(f, _)| f),
+        overrides: Arc::new(overrides),
         metrics: None,
         warnings: errs.warnings.into(),
         table: Arc::new(table),
@@ -616,6 +624,52 @@ fn flag_header_bounds(
             route.name, h.max_flag_bytes
         ));
     }
+}
+
+/// `[overrides]`. The secret is read from the environment here: a variable that is unset
+/// leaves signed values unverifiable (`check` warns; `run` refuses to start).
+fn compile_overrides(errs: &mut Errors<'_>, raw: &RawConfig) -> crate::routing::overrides::OverridePolicy {
+    let mut policy = crate::routing::overrides::OverridePolicy::default();
+    let Some(o) = raw.overrides.as_ref().map(Spanned::get_ref) else {
+        return policy;
+    };
+    if let Some(from) = &o.from {
+        policy.from = from
+            .iter()
+            .filter_map(|c| {
+                let parsed = crate::routing::unleash::ops::Cidr::parse(c.get_ref());
+                if parsed.is_none() {
+                    errs.at(
+                        c,
+                        "overrides.from",
+                        format!("`{}` is not an address range", c.get_ref()),
+                        "write a CIDR such as \"10.0.0.0/8\" or an address",
+                    );
+                }
+                parsed
+            })
+            .collect();
+    }
+    if let Some(var) = &o.secret_env {
+        if !env_name(var.get_ref()) {
+            errs.at(
+                var,
+                "overrides.secret_env",
+                format!("`{}` is not an environment variable's name", var.get_ref()),
+                "use letters, digits and _, such as SWITCHYARD_OVERRIDE_SECRET",
+            );
+        } else {
+            policy.secret_env = Some(var.get_ref().clone());
+            policy.key = std::env::var(var.get_ref())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .map(|s| Arc::new(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, s.as_bytes())));
+        }
+    }
+    if let Some(t) = &o.to_tripped {
+        policy.to_tripped = *t.get_ref();
+    }
+    policy
 }
 
 fn compile_headers(errs: &mut Errors<'_>, raw: &RawConfig) -> HeaderSettings {

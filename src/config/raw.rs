@@ -39,6 +39,15 @@ pub struct RawConfig {
     pub flags_from: Option<Spanned<toml::Value>>,
     #[serde(default)]
     pub experiments: Vec<Spanned<RawExperiment>>,
+    /// Who may force a pool with a route's override header or cookie.
+    pub overrides: Option<Spanned<RawOverrides>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawOverrides {
+    pub from: Option<Vec<Spanned<String>>>,
+    pub secret_env: Option<Spanned<String>>,
+    pub to_tripped: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -168,6 +177,8 @@ pub struct RawListen {
 pub struct RawAdmin {
     pub listen: Spanned<String>,
     pub token_env: Option<Spanned<String>>,
+    /// Host names the API answers for, besides loopback's.
+    pub hosts: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -197,7 +197,13 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime, overlay: Option<&
                 "override: cookie {} names it",
                 route.overrides.cookie.as_deref().unwrap_or("")
             ),
-            Why::Split => split_why(snap, route, d.point, d.pool, &bucket, overlay),
+            Why::Split => {
+                let why = split_why(snap, route, d.point, d.pool, &bucket, overlay);
+                match d.ignored_override {
+                    Some(refused) => format!("{why} (the override was ignored: {})", refused.describe()),
+                    None => why,
+                }
+            }
             Why::Rule(i) => {
                 let rule = &route.rules[i as usize];
                 if rule.pool == d.pool {

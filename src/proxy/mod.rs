@@ -462,9 +462,9 @@ impl Proxy {
                 for &(f, value, _) in &d.flags {
                     m.flag(f, snap.flags[f].label(value));
                 }
-                if d.ignored_override {
+                if let Some(refused) = d.ignored_override {
                     m.override_ignored(d.route.index);
-                    tracing::debug!(route = %d.route.name, "override names no pool of this route; ignored");
+                    tracing::debug!(route = %d.route.name, "override ignored: {}", refused.describe());
                 }
             }
             // A mirrored request takes a slot among its route's mirrors in flight.

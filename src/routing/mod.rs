@@ -12,6 +12,7 @@ pub mod context;
 pub mod diff;
 pub mod flags;
 pub mod identity;
+pub mod overrides;
 pub mod split;
 pub mod table;
 pub mod target;
@@ -68,6 +69,8 @@ pub struct Snapshot {
     pub ofrep: bool,
     /// `[context]`: the request attributes flags and rules read.
     pub context: Arc<ContextSpec>,
+    /// `[overrides]`: who may force a pool with a route's override header or cookie.
+    pub overrides: Arc<overrides::OverridePolicy>,
     /// `[[experiments]]`: what they compare, their goals and their counts.
     pub experiments: Arc<[crate::experiments::ExperimentConfig]>,
     /// `flags_from`: where the feature file comes from (watched like the config).
@@ -122,6 +125,8 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// The environment variable holding the bearer token for mutating calls.
     pub token_env: Option<String>,
+    /// Host names the API answers for besides loopback's (`[admin] hosts`).
+    pub hosts: Vec<String>,
 }
 
 /// The headers the proxy adds (`[headers]`; DESIGN §3 "Headers sent upstream"). By default it
@@ -277,8 +282,8 @@ pub struct Decision<'s, 'r> {
     /// Index into [`Snapshot::pools`].
     pub pool: usize,
     pub why: Why,
-    /// An override header or cookie named no pool of the route, and was ignored.
-    pub ignored_override: bool,
+    /// An override header or cookie was given but not honoured, and why.
+    pub ignored_override: Option<overrides::Refused>,
     /// `(index into Snapshot::flags, value, reason)` for the flags in scope, in config order.
     pub flags: Vec<(usize, flags::Value, flags::Reason)>,
 }
@@ -363,7 +368,7 @@ impl Snapshot {
             None => self.identity.key(req.headers, req.query),
         };
         let point = bucket::pool_point(&self.identity.salt, &key);
-        let (found, ignored_override) = self.override_pool(route, req.headers);
+        let (found, ignored_override) = self.override_pool(route, req, now);
         // Unleash's userId is a key the request gives (or --user); an anonymous id is its
         // sessionId. Stickiness "default" takes the first, so both hash the same key.
         let (user_id, session) = match key_source {
@@ -404,9 +409,17 @@ impl Snapshot {
         })
     }
 
-    /// The pool an override header or cookie names, if it is one of the route's pools; and
-    /// whether a value was given that names no pool of the route (it is ignored).
-    fn override_pool(&self, route: &Route, headers: &HeaderMap) -> (Option<(usize, Why)>, bool) {
+    /// The pool an override header or cookie names, if it is one of the route's pools and
+    /// [`overrides::OverridePolicy`] lets this client force it; and why a value that was given
+    /// is not honoured.
+    fn override_pool(
+        &self,
+        route: &Route,
+        req: &RequestView<'_>,
+        now: SystemTime,
+    ) -> (Option<(usize, Why)>, Option<overrides::Refused>) {
+        use overrides::Refused;
+        let headers = req.headers;
         let o = &route.overrides;
         let from_header = o
             .header
@@ -420,15 +433,36 @@ impl Snapshot {
                 .and_then(|c| identity::cookie(headers, c))
                 .map(|v| (v, Why::OverrideCookie))
         };
-        let Some((name, why)) = from_header.or_else(from_cookie) else {
-            return (None, false);
+        let Some((value, why)) = from_header.or_else(from_cookie) else {
+            return (None, None);
         };
-        let found = route
+        let policy = &self.overrides;
+        let now_s = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let (name, signed) = match policy.key.as_deref().map(|k| overrides::verify(k, value, now_s)) {
+            Some(Ok(Some(pool))) => (pool, true),
+            Some(Err(refused)) => return (None, Some(refused)),
+            Some(Ok(None)) | None => (value, false),
+        };
+        if !signed {
+            let client = context::client_address(req.peer, headers, &self.context.trusted);
+            if !client.is_some_and(|ip| policy.from.iter().any(|c| c.contains(ip))) {
+                return (None, Some(Refused::NotAllowed));
+            }
+        }
+        let Some(pool) = route
             .split
             .weights()
             .map(|(p, _)| p)
-            .find(|&p| &*self.pools[p].name == name);
-        (found.map(|p| (p, why)), found.is_none())
+            .find(|&p| &*self.pools[p].name == name)
+        else {
+            return (None, Some(Refused::UnknownPool));
+        };
+        if !policy.to_tripped && route.runtime.tripped.contains(&pool) {
+            return (None, Some(Refused::Tripped));
+        }
+        (Some((pool, why)), None)
     }
 
     pub fn pool(&self, index: usize) -> &Arc<Pool> {
