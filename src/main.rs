@@ -609,7 +609,7 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
         let _ = writeln!(
             s,
             "notify: {} ({}){}",
-            n.url,
+            switchyard::notify::redact_url(&n.url),
             events.join(", "),
             n.secret_env
                 .as_deref()

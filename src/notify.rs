@@ -132,7 +132,7 @@ impl Notifier {
                     _ => {
                         return Err(format!(
                             "notify {}: secret_env names {var}, but {var} is not set — export it, or remove secret_env",
-                            e.url
+                            redact_url(&e.url)
                         ))
                     }
                 },
@@ -150,7 +150,7 @@ impl Notifier {
                 Target {
                     events: e.events.clone(),
                     tx,
-                    name: e.url.to_string(),
+                    name: redact_url(&e.url),
                 }
             })
             .collect();
@@ -359,7 +359,7 @@ async fn deliver(
             counters.delivered.inc();
         } else {
             counters.failed.inc();
-            tracing::warn!(url = %entry.url, event, "notification not delivered after {} attempts: {last_error}", BACKOFF.len() + 1);
+            tracing::warn!(url = %redact_url(&entry.url), event, "notification not delivered after {} attempts: {last_error}", BACKOFF.len() + 1);
         }
     }
 }
@@ -368,9 +368,32 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// A webhook URL as logs and `check` show it: scheme and host only. Its path, query and
+/// user info are often the credential itself (Slack's `/services/T…/B…/secret`,
+/// `user:password@`).
+pub fn redact_url(url: &Uri) -> String {
+    let scheme = url.scheme_str().unwrap_or("http");
+    let host = url.host().unwrap_or("");
+    let port = url.port_u16().map(|p| format!(":{p}")).unwrap_or_default();
+    let hidden = url
+        .path_and_query()
+        .is_some_and(|p| p.as_str() != "/" && !p.as_str().is_empty());
+    format!("{scheme}://{host}{port}/{}", if hidden { "…" } else { "" })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_credentials() {
+        let u: Uri = "https://user:pa55@hooks.slack.com/services/T0/B0/s3cr3t?x=1"
+            .parse()
+            .unwrap();
+        assert_eq!(redact_url(&u), "https://hooks.slack.com/…");
+        let u: Uri = "http://10.0.0.1:8080/".parse().unwrap();
+        assert_eq!(redact_url(&u), "http://10.0.0.1:8080/");
+    }
 
     #[test]
     fn event_names_round_trip() {

@@ -384,3 +384,72 @@ async fn the_guard_holds_a_rollout_until_compared_and_trips_a_disagreeing_shadow
     assert_eq!(step("bad"), Some(0), "its rollout never stepped");
     proxy.shutdown().await;
 }
+
+/// A raw upstream answering every request with `set-cookie: session=VALUE`.
+async fn cookie_upstream(value: &'static str) -> std::net::SocketAddr {
+    scripted(move |mut s| async move {
+        use tokio::io::AsyncWriteExt;
+        while read_head(&mut s).await {
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nset-cookie: session={value}; HttpOnly\r\ncontent-length: 2\r\n\r\nok"
+            );
+            if s.write_all(answer.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    })
+    .await
+    .0
+}
+
+/// Recent mismatches carry users' requests and answers: without the admin token, their query
+/// strings and the values of credential headers are hidden (before, `GET /api/routes/{name}`
+/// showed anyone `set-cookie: session=…` and `?reset_token=…`); with a token configured and
+/// given, they are shown whole.
+#[tokio::test]
+async fn mismatches_hide_credentials_and_query_strings_without_the_token() {
+    let (primary, shadow) = (
+        cookie_upstream("PRIMARYSECRET").await,
+        cookie_upstream("SHADOWSECRET").await,
+    );
+    // SAFETY: a variable only this test reads, set before the proxy starts.
+    unsafe { std::env::set_var("SY_MIRROR_TEST_TOKEN", "t0ken") };
+    for token in [false, true] {
+        let admin = if token {
+            "[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"SY_MIRROR_TEST_TOKEN\"\n"
+        } else {
+            "[admin]\nlisten = \"127.0.0.1:0\"\n"
+        };
+        let proxy = Proxy::start(&format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[log]\naccess = false\n{admin}\
+             [pools.primary]\nendpoints = [\"{primary}\"]\n[pools.shadow]\nendpoints = [\"{shadow}\"]\n\
+             [[routes]]\nname = \"web\"\nsplit = {{ primary = 1 }}\n[routes.mirror]\npool = \"shadow\"\n"
+        ))
+        .await;
+        let (parts, _) = get(&h1_client(), &proxy.url("/account/reset?reset_token=QUERYSECRET")).await;
+        assert_eq!(parts.status, 200);
+        until("the mismatch", || count(&proxy, "web", "header") == 1).await;
+        let read = async |bearer: Option<&str>| {
+            let mut req = Request::get(proxy.admin_url("/api/routes/web"));
+            if let Some(b) = bearer {
+                req = req.header("authorization", format!("Bearer {b}"));
+            }
+            let (_, body) = send(&h1_client(), req.body(empty()).unwrap()).await;
+            String::from_utf8_lossy(&body).into_owned()
+        };
+        for shown in [read(None).await, read(Some("wrong")).await] {
+            for secret in ["QUERYSECRET", "PRIMARYSECRET", "SHADOWSECRET"] {
+                assert!(!shown.contains(secret), "{secret} shown: {shown}");
+            }
+            assert!(shown.contains("/account/reset?(query hidden)"), "{shown}");
+            assert!(shown.contains("set-cookie: (values hidden)"), "{shown}");
+        }
+        let whole = read(Some("t0ken")).await;
+        assert_eq!(
+            token,
+            whole.contains("reset_token=QUERYSECRET") && whole.contains("SHADOWSECRET"),
+            "{whole}"
+        );
+        proxy.shutdown().await;
+    }
+}

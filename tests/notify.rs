@@ -226,3 +226,33 @@ async fn a_receiver_that_is_down_or_slow_delays_nothing() {
     );
     proxy.shutdown().await;
 }
+
+/// A webhook URL is often its own credential (Slack's path, `user:password@`): `check` shows
+/// only its scheme and host.
+#[test]
+fn check_does_not_print_webhook_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &path,
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n\
+         [[routes]]\nname = \"web\"\nsplit = { blue = 1 }\n\
+         [[notify]]\nurl = \"https://hook-user:pa55word@hooks.example.com/services/T0/B0/s3cr3tpath?sig=abc\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("notify: https://hooks.example.com/…"), "{text}");
+    for secret in ["pa55word", "hook-user", "s3cr3tpath", "sig=abc"] {
+        assert!(!text.contains(secret), "{secret}: {text}");
+    }
+}

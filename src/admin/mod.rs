@@ -123,7 +123,9 @@ pub struct PoolShare {
 }
 
 /// The status of `route` in `snap`, with the guard's and the overlay's view from `state`.
-pub fn route_status(state: &State, snap: &Snapshot, route: &Route) -> RouteStatus {
+/// `details`: show recent mirror mismatches whole (the reader gave the admin token); else
+/// their credentials and query strings are hidden.
+pub fn route_status(state: &State, snap: &Snapshot, route: &Route, details: bool) -> RouteStatus {
     let shares = |split: &crate::routing::Split| -> Vec<PoolShare> {
         split
             .shares()
@@ -187,7 +189,7 @@ pub fn route_status(state: &State, snap: &Snapshot, route: &Route) -> RouteStatu
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .iter()
-                .cloned()
+                .map(|m| if details { m.clone() } else { m.redacted() })
                 .collect(),
         }),
         rules: route
@@ -270,6 +272,12 @@ impl Admin {
             .layer(axum::middleware::from_fn_with_state(gate_for, gate))
     }
 
+    /// Whether a read may see details that can carry users' credentials: only with a token
+    /// configured, and given.
+    fn details(&self, headers: &HeaderMap) -> bool {
+        self.token.is_some() && self.authorize(headers).is_ok()
+    }
+
     fn authorize(&self, headers: &HeaderMap) -> Result<(), ApiError> {
         let Some((var, token)) = &self.token else {
             return Ok(());
@@ -334,7 +342,9 @@ struct RouteQuery {
 async fn routes(
     Extract(a): Extract<Admin>,
     axum::extract::Query(q): axum::extract::Query<RouteQuery>,
+    headers: HeaderMap,
 ) -> Response {
+    let details = a.details(&headers);
     let snap = a.state.snapshot.load();
     let needle = q.q.as_deref().map(str::to_lowercase).filter(|n| !n.is_empty());
     let mut matched: Vec<&Arc<Route>> = snap
@@ -356,17 +366,21 @@ async fn routes(
     }
     let list: Vec<RouteStatus> = matched
         .into_iter()
-        .map(|r| route_status(&a.state, &snap, r))
+        .map(|r| route_status(&a.state, &snap, r, details))
         .collect();
     ([("x-switchyard-total", total.to_string())], Json(list)).into_response()
 }
 
-async fn route(Extract(a): Extract<Admin>, Path(name): Path<String>) -> Result<Json<RouteStatus>, ApiError> {
+async fn route(
+    Extract(a): Extract<Admin>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<RouteStatus>, ApiError> {
     let snap = a.state.snapshot.load();
     let r = snap
         .route_by_name(&name)
         .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("there is no route named {name:?}")))?;
-    Ok(Json(route_status(&a.state, &snap, r)))
+    Ok(Json(route_status(&a.state, &snap, r, a.details(&headers))))
 }
 
 /// The trips and rollout steps applied to the config (what the state file holds), with the
@@ -669,7 +683,7 @@ async fn command(
             let snap = a.state.snapshot.load();
             let route = snap
                 .route_by_name(&name)
-                .map(|r| route_status(&a.state, &snap, r));
+                .map(|r| route_status(&a.state, &snap, r, a.token.is_some()));
             // The command was answered after its save was tried: whether it is on disk.
             let config = a.state.config.load();
             let (persisted, persist_error) = match (&config.state.path, &config.state.save_error) {

@@ -94,6 +94,54 @@ pub struct Mismatch {
     pub diff: String,
 }
 
+/// Header names whose values are credentials, and words that mark a JSON field or header as
+/// one: their values are not shown without the admin token.
+const SECRET_HEADERS: [&str; 5] = [
+    "cookie",
+    "set-cookie",
+    "authorization",
+    "proxy-authorization",
+    "www-authenticate",
+];
+const SECRET_WORDS: [&str; 8] = [
+    "token",
+    "secret",
+    "session",
+    "passw",
+    "auth",
+    "key",
+    "csrf",
+    "credential",
+];
+
+fn secret_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    SECRET_HEADERS.contains(&lower.as_str()) || SECRET_WORDS.iter().any(|w| lower.contains(w))
+}
+
+impl Mismatch {
+    /// As shown to whoever may read the admin API without its token: the query string gone
+    /// (`?reset_token=...`), and the values of credential headers (cookies, authorization)
+    /// and of JSON fields named like one (`$.session`, `$.api_key`) hidden.
+    pub fn redacted(&self) -> Mismatch {
+        let path = match self.path.split_once('?') {
+            Some((p, _)) => format!("{p}?(query hidden)"),
+            None => self.path.clone(),
+        };
+        let diff = match self.diff.split_once(": ") {
+            Some((name, _)) if matches!(self.kind, Kind::Header | Kind::Body) && secret_name(name) => {
+                format!("{name}: (values hidden)")
+            }
+            _ => self.diff.clone(),
+        };
+        Mismatch {
+            path,
+            diff,
+            ..self.clone()
+        }
+    }
+}
+
 impl MirrorConfig {
     /// Whether a request with this method, from this user, is mirrored.
     pub fn wants(&self, method: &Method, salt: &str, key: &str) -> bool {
@@ -303,7 +351,8 @@ pub async fn run(mut job: Job) {
             path: job.path.clone(),
             diff,
         };
-        tracing::debug!(route = %job.route, kind = kind.name(), path = %m.path, "mirror mismatch: {}", m.diff);
+        let shown = m.redacted();
+        tracing::debug!(route = %job.route, kind = kind.name(), path = %shown.path, "mirror mismatch: {}", shown.diff);
         let mut recent = job.config.stats.recent.lock().unwrap_or_else(|e| e.into_inner());
         if recent.len() == RECENT {
             recent.pop_front();
