@@ -453,3 +453,119 @@ async fn mismatches_hide_credentials_and_query_strings_without_the_token() {
         proxy.shutdown().await;
     }
 }
+
+/// A primary answer that streams on (an event stream, a long download) no longer holds the
+/// route's mirror slot: the wait for it ends at the shadow pool's timeout (`incomplete`) and the
+/// next request is mirrored again. A WebSocket upgrade is never mirrored: the shadow would have
+/// opened a real second session (and it was counted a match).
+#[tokio::test]
+async fn streams_free_their_mirror_slot_and_upgrades_are_not_mirrored() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // The primary: an event stream, one event every 200 ms for 8 s.
+    let (primary, _) = scripted(|mut s| async move {
+        if read_head(&mut s).await {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n")
+                .await;
+            for _ in 0..40 {
+                if s.write_all(b"8\r\ndata: 1\n\r\n").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    })
+    .await;
+    let shadow = Recorder::start(ok_answer).await;
+    let ws = ws_upstream().await;
+    let ws_shadow_hits = Arc::new(AtomicUsize::new(0));
+    let hits = ws_shadow_hits.clone();
+    let (ws_shadow, _) = scripted(move |mut s| {
+        hits.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let mut b = [0u8; 1024];
+            let _ = s.read(&mut b).await;
+        }
+    })
+    .await;
+    let proxy = Proxy::start(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[log]\naccess = false\n\
+         [pools.primary]\nendpoints = [\"{primary}\"]\n[pools.shadow]\nendpoints = [\"{}\"]\ntimeout = \"500ms\"\n\
+         [pools.ws]\nendpoints = [\"{ws}\"]\n[pools.ws_shadow]\nendpoints = [\"{ws_shadow}\"]\n\
+         [[routes]]\nname = \"events\"\npath_prefix = \"/events\"\nsplit = {{ primary = 1 }}\n[routes.mirror]\npool = \"shadow\"\nmax_in_flight = 1\n\
+         [[routes]]\nname = \"chat\"\npath_prefix = \"/chat\"\nsplit = {{ ws = 1 }}\n[routes.mirror]\npool = \"ws_shadow\"\n",
+        shadow.addr
+    ))
+    .await;
+    let addr = proxy.http.unwrap();
+    let mut streams = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /events HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 1024];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+        streams.push(s);
+        // Within the shadow's timeout and a little more, the slot is free again, while the
+        // primary streams on.
+        let asked = Instant::now();
+        until("the wait for the streaming primary ended", || {
+            proxy
+                .state
+                .snapshot
+                .load()
+                .route_by_name("events")
+                .unwrap()
+                .mirror
+                .as_ref()
+                .unwrap()
+                .stats
+                .in_flight
+                .load(Ordering::SeqCst)
+                == 0
+        })
+        .await;
+        assert!(asked.elapsed() < Duration::from_secs(3), "{:?}", asked.elapsed());
+    }
+    assert_eq!(
+        count(&proxy, "events", "incomplete"),
+        2,
+        "{:?}",
+        counts(&proxy, "events")
+    );
+    assert_eq!(
+        count(&proxy, "events", "dropped"),
+        0,
+        "{:?}",
+        counts(&proxy, "events")
+    );
+    assert_eq!(shadow.requests().len(), 2);
+
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut socket, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/chat"), stream)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    socket
+        .send(tokio_tungstenite::tungstenite::Message::text("hi"))
+        .await
+        .unwrap();
+    assert!(socket.next().await.unwrap().is_ok());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        ws_shadow_hits.load(Ordering::SeqCst),
+        0,
+        "the upgrade was mirrored"
+    );
+    assert!(
+        counts(&proxy, "chat").iter().all(|(_, n)| *n == 0),
+        "{:?}",
+        counts(&proxy, "chat")
+    );
+    drop(socket);
+    drop(streams);
+    proxy.shutdown().await;
+}

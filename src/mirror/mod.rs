@@ -380,7 +380,13 @@ async fn mirror(
         SHADOW_ERROR
     })?;
     let Some(primary) = primary else { return Ok(None) };
-    let primary = primary.await.map_err(|_| INCOMPLETE)?;
+    // The primary's answer comes when its body ends: a long download or an event stream would
+    // hold the route's mirror slot as long. It is waited for at most the shadow pool's timeout
+    // beyond the shadow's answer; past it, the comparison is `incomplete`.
+    let primary = tokio::time::timeout(job.pool.timeout, primary)
+        .await
+        .map_err(|_| INCOMPLETE)?
+        .map_err(|_| INCOMPLETE)?;
     Ok(compare::compare(&primary, &shadow, &job.config.ignore))
 }
 

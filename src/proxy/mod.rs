@@ -467,12 +467,13 @@ impl Proxy {
                     tracing::debug!(route = %d.route.name, "override ignored: {}", refused.describe());
                 }
             }
-            // A mirrored request takes a slot among its route's mirrors in flight.
+            // A mirrored request takes a slot among its route's mirrors in flight. An upgrade
+            // (WebSocket) is never mirrored: the shadow would open a real second session.
             let mirror = d
                 .route
                 .mirror
                 .as_ref()
-                .filter(|m| m.wants(&parts.method, &snap.identity.salt, &d.key))
+                .filter(|m| client_upgrade.is_none() && m.wants(&parts.method, &snap.identity.salt, &d.key))
                 .and_then(|m| match m.slot() {
                     Some(slot) => Some(MirrorStart {
                         config: m.clone(),
