@@ -197,3 +197,157 @@ fn tokio_stream<T: Send + 'static>(
 ) -> impl futures_util::Stream<Item = T> + Send + 'static {
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
+
+/// In front of a real app (Python's `http.server`), a health check says why it fails, where an
+/// operator looks (`/api/pools`, `switchyard status`), and a redirect passes, as nginx's and
+/// HAProxy's checks have it: before, a `301` failed silently and the pool answered
+/// `503 no_healthy_endpoint` with nothing saying why.
+#[tokio::test]
+async fn health_checks_say_why_they_fail_and_a_redirect_passes() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::create_dir(site.path().join("status")).unwrap();
+    std::fs::write(site.path().join("index.html"), "hello").unwrap();
+    let port = free_port();
+    let app = std::process::Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+        .current_dir(site.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    let _app = Killed(app);
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "http.server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let proxy = Proxy::start(&format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = false\n\
+         [pools.missing]\nendpoints = [\"127.0.0.1:{port}\"]\n\
+         [pools.missing.health]\npath = \"/healthz\"\ninterval = \"100ms\"\nfall = 2\nrise = 1\n\
+         [pools.redirects]\nendpoints = [\"127.0.0.1:{port}\"]\n\
+         [pools.redirects.health]\npath = \"/status\"\ninterval = \"100ms\"\nfall = 2\nrise = 1\n\
+         [[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nsplit = {{ missing = 1 }}\n\
+         [[routes]]\nname = \"b\"\nsplit = {{ redirects = 1 }}\n"
+    ))
+    .await;
+    let client = h1_client();
+    let pools = async || {
+        let (_, body) = get(&client, &proxy.admin_url("/api/pools")).await;
+        serde_json::from_slice::<serde_json::Value>(&body).unwrap()
+    };
+    let started = std::time::Instant::now();
+    loop {
+        let p = pools().await;
+        let missing = p
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "missing")
+            .unwrap();
+        if missing["endpoints"][0]["available"] == false {
+            assert_eq!(
+                missing["endpoints"][0]["check_error"], "GET /healthz answered 404 Not Found",
+                "{p:#}"
+            );
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{p:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (parts, _) = get(&client, &proxy.url("/a")).await;
+    assert_eq!(parts.status, 503);
+    // `/status` answers 301 (to `/status/`): passing.
+    let p = pools().await;
+    let redirects = p
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "redirects")
+        .unwrap();
+    assert_eq!(redirects["endpoints"][0]["available"], true, "{p:#}");
+    assert!(redirects["endpoints"][0]["check_error"].is_null(), "{p:#}");
+    let (parts, body) = get(&client, &proxy.url("/index.html")).await;
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"hello"[..]));
+    // `switchyard status` says it too.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["status", "--admin", &proxy.admin_url("")])
+        .output()
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("failing checks: GET /healthz answered 404 Not Found"),
+        "{text}"
+    );
+    proxy.shutdown().await;
+}
+
+/// The sample config, as a new user starts from it: in front of a plain app on loopback
+/// (Python's `http.server` on blue's address) it serves every request, with no rollout moving
+/// anyone and no health check the app cannot pass.
+#[tokio::test]
+async fn the_sample_config_serves_a_plain_app() {
+    let site = tempfile::tempdir().unwrap();
+    std::fs::write(site.path().join("index.html"), "plain app").unwrap();
+    let app_port = free_port();
+    let app = std::process::Command::new("python3")
+        .args(["-m", "http.server", &app_port.to_string(), "--bind", "127.0.0.1"])
+        .current_dir(site.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    let _app = Killed(app);
+    let dead = dead_port().await;
+    let (http, admin) = (free_port(), free_port());
+    let text = std::fs::read_to_string("config/switchyard.toml")
+        .unwrap()
+        .replace("http = \"0.0.0.0:8080\"", &format!("http = \"127.0.0.1:{http}\""))
+        .replace(
+            "listen = \"127.0.0.1:9901\"",
+            &format!("listen = \"127.0.0.1:{admin}\""),
+        )
+        .replace("127.0.0.1:9001", &format!("127.0.0.1:{app_port}"))
+        .replace("127.0.0.1:9002", &dead.to_string())
+        // Whatever health check the sample has runs fast here, so that it shows within the test.
+        .replace("interval = \"5s\"", "interval = \"100ms\"");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, text).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let client = h1_client();
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", app_port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "http.server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..200 {
+        let req = Request::get(proxy.url("/index.html"))
+            .header("x-user-id", format!("user-{i}"))
+            .body(empty())
+            .unwrap();
+        let (parts, body) = send(&client, req).await;
+        *statuses.entry(parts.status.as_u16()).or_insert(0) += 1;
+        if parts.status == 200 {
+            assert_eq!(&body[..], b"plain app");
+        }
+    }
+    // The second endpoint is down: at most the first request it got failed over to the app.
+    assert_eq!(statuses.get(&200), Some(&200), "{statuses:?}");
+    let (_, routes) = get(&client, &proxy.admin_url("/api/routes")).await;
+    let routes: serde_json::Value = serde_json::from_slice(&routes).unwrap();
+    assert!(
+        routes.as_array().unwrap().iter().all(|r| r["rollout"].is_null()),
+        "{routes:#}"
+    );
+    proxy.shutdown().await;
+}

@@ -288,7 +288,10 @@ pub fn render(view: &View, now: SystemTime) -> String {
                 } else if let Some(left) = e["ejected_for_s"].as_f64() {
                     format!("ejected {}", human(Duration::from_secs_f64(left.ceil())))
                 } else {
-                    "failing checks".to_owned()
+                    match e["check_error"].as_str() {
+                        Some(why) => format!("failing checks: {why}"),
+                        None => "failing checks".to_owned(),
+                    }
                 };
                 let _ = writeln!(
                     s,

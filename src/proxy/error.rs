@@ -25,8 +25,12 @@ pub enum Cause {
 pub enum ProxyError {
     #[error("no route matched host {host:?} and path {path:?}")]
     NoRoute { host: String, path: String },
-    #[error("pool {pool} has no endpoint to send to")]
-    NoEndpoint { pool: String },
+    #[error("pool {pool} has no endpoint to send to: {why}")]
+    NoEndpoint {
+        pool: String,
+        /// Why each endpoint is out, for the log (not for clients).
+        why: String,
+    },
     #[error("could not connect to {endpoint} of pool {pool}: {detail}")]
     Connect {
         pool: String,
@@ -165,6 +169,10 @@ impl ProxyError {
             ProxyError::UpstreamProtocol { pool, .. } => {
                 format!("switchyard: pool {pool} sent an invalid response\n")
             }
+            ProxyError::NoEndpoint { pool, .. } => {
+                format!("switchyard: pool {pool} has no endpoint to send to\n")
+            }
+            ProxyError::LocalResource { .. } => "switchyard: out of local resources; try again\n".into(),
             other => format!("switchyard: {other}\n"),
         };
         let mut resp = Response::new(ProxyBody::full(Bytes::from(body)));

@@ -750,6 +750,7 @@ fn prepare(
     let pool = routed.pool;
     let index = pool.select(None, now).ok_or_else(|| ProxyError::NoEndpoint {
         pool: pool.name.to_string(),
+        why: pool.why_unavailable(now),
     })?;
     let fields = routed.decided.fields(
         &routed.parts.headers,
@@ -1005,7 +1006,7 @@ async fn run_tunnel(client: OnUpgrade, upstream: (tokio::net::TcpStream, bytes::
 }
 
 /// An error and its causes, joined: hyper-util's top-level messages alone say little.
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {

@@ -83,13 +83,19 @@ async fn check(
     loop {
         let Some(endpoint) = ep.upgrade() else { return };
         let uri = format!("http://{}{}", endpoint.address, cfg.path);
-        let ok = match uri.parse::<http::Uri>() {
-            Ok(uri) => matches!(
-                tokio::time::timeout(cfg.timeout, client.get(uri)).await,
-                Ok(Ok(resp)) if resp.status().is_success()
-            ),
-            Err(_) => false,
+        // 2xx and 3xx pass, as nginx's and HAProxy's checks have it (an app that redirects
+        // `/healthz` to `/healthz/` is up).
+        let failure = match uri.parse::<http::Uri>() {
+            Ok(uri) => match tokio::time::timeout(cfg.timeout, client.get(uri)).await {
+                Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => None,
+                Ok(Ok(resp)) => Some(format!("GET {} answered {}", cfg.path, resp.status())),
+                Ok(Err(e)) => Some(format!("GET {}: {}", cfg.path, crate::proxy::error_chain(&e))),
+                Err(_) => Some(format!("GET {}: no answer within {:?}", cfg.path, cfg.timeout)),
+            },
+            Err(e) => Some(format!("GET {}: not a valid URL: {e}", cfg.path)),
         };
+        let ok = failure.is_none();
+        endpoint.set_check_error(failure.clone());
         if ok {
             fails = 0;
             passes += 1;
@@ -104,7 +110,7 @@ async fn check(
             if healthy && fails >= cfg.fall {
                 healthy = false;
                 endpoint.set_checked_healthy(false);
-                tracing::warn!(pool, endpoint = %endpoint.address, path = cfg.path, "health check failed {fails} times in a row: endpoint out");
+                tracing::warn!(pool, endpoint = %endpoint.address, path = cfg.path, "health check failed {fails} times in a row ({}): endpoint out", failure.as_deref().unwrap_or(""));
             }
         }
         drop(endpoint);

@@ -72,6 +72,8 @@ pub struct EndpointStatus {
     /// Seconds of passive ejection left, if ejected.
     pub ejected_for_s: Option<f64>,
     pub in_flight: usize,
+    /// Why its last active check failed, while it fails (`GET /healthz answered 301`).
+    pub check_error: Option<String>,
 }
 
 /// One upstream address of a pool.
@@ -90,6 +92,9 @@ pub struct Endpoint {
     ejected_until: AtomicU64,
     /// The active check's verdict (true without checks).
     checked_healthy: AtomicBool,
+    /// Why the last active check failed, while they fail (read by the API and error answers,
+    /// never by a request that is served).
+    check_error: std::sync::Mutex<Option<String>>,
     /// Kept-alive connections waiting for a request.
     pub idle: client::IdleConns,
 }
@@ -105,6 +110,7 @@ impl Endpoint {
             ejections: AtomicU32::new(0),
             ejected_until: AtomicU64::new(0),
             checked_healthy: AtomicBool::new(true),
+            check_error: std::sync::Mutex::new(None),
             idle: client::IdleConns::default(),
         }
     }
@@ -152,7 +158,18 @@ impl Endpoint {
             passing_checks: self.checked_healthy.load(Ordering::Relaxed),
             ejected_for_s: (until > at).then(|| Duration::from_nanos(until - at).as_secs_f64()),
             in_flight: self.in_flight(),
+            check_error: self.check_error(),
         }
+    }
+
+    /// Why the last active check failed, while they fail.
+    pub fn check_error(&self) -> Option<String> {
+        self.check_error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Keeps the last active check's failure (`None`: it passed).
+    pub fn set_check_error(&self, error: Option<String>) {
+        *self.check_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
     }
 
     /// Sets the active check's verdict.
@@ -206,6 +223,24 @@ impl Drop for InFlight {
 }
 
 impl Pool {
+    /// Why no endpoint takes requests, one clause an endpoint (for the log of a `503`).
+    pub fn why_unavailable(&self, now: Instant) -> String {
+        self.endpoints
+            .iter()
+            .map(|e| {
+                let st = e.status(now);
+                let why = match (st.ejected_for_s, st.check_error) {
+                    (_, Some(check)) if !st.passing_checks => format!("failing its health check ({check})"),
+                    (Some(left), _) => format!("ejected for {left:.1}s more after failed requests"),
+                    _ if !st.passing_checks => "failing its health check".to_owned(),
+                    _ => "available".to_owned(),
+                };
+                format!("{} {why}", e.address)
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
     pub fn new(
         name: &str,
         endpoints: Vec<Arc<Endpoint>>,
