@@ -172,6 +172,25 @@ async fn a_canary_failing_half_its_requests_trips_within_two_seconds() {
         "no request reached the canary after the trip"
     );
     assert_eq!(load.failed(), failed, "no request failed after the trip");
+    // The tripped pool's guard figures stay in view, as they were at the trip (before, the
+    // pool vanished from the guard's report just when the operator looked at it).
+    let r = route(&proxy).await;
+    let report = r["guard"]["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pool"] == "canary")
+        .unwrap_or_else(|| panic!("no guard figures for the tripped canary: {r:#}"))
+        .clone();
+    assert_eq!(report["tripped"], true, "{report}");
+    assert!(report["figures"]["errors"].as_u64().unwrap() > 0, "{report}");
+    assert!(
+        report["verdict"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("max_error_rate"),
+        "{report}"
+    );
     let (ok, failed) = load.stop().await;
     eprintln!("error trip: tripped {took:?} after the canary began failing; {failed_during} user requests failed meanwhile ({failed} of {} in all)", ok + failed);
     let (_, metrics) = get(&h1_client(), &proxy.admin_url("/metrics")).await;

@@ -569,3 +569,48 @@ async fn streams_free_their_mirror_slot_and_upgrades_are_not_mirrored() {
     drop(streams);
     proxy.shutdown().await;
 }
+
+/// Fixing an `ignore` shows at once: the counts since the mirror's settings last changed start
+/// afresh at the reload that changes them, while the counts since start keep the history.
+#[tokio::test]
+async fn a_fixed_ignore_shows_at_once() {
+    let (primary, _) = json_upstream(200, "1", 2, false).await;
+    let (shadow, _) = json_upstream(200, "2", 2, false).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let text = |ignore: &str| {
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = false\n\
+             [pools.primary]\nendpoints = [\"{primary}\"]\n[pools.shadow]\nendpoints = [\"{shadow}\"]\n\
+             [[routes]]\nname = \"web\"\nsplit = {{ primary = 1 }}\n[routes.mirror]\npool = \"shadow\"\n\
+             ignore = [\"x-request-seq\", \"$.generated_at\", \"$.items[*].id\"{ignore}]\n"
+        )
+    };
+    std::fs::write(&path, text("")).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let client = h1_client();
+    for i in 0..10 {
+        get(&client, &proxy.url(&format!("/cart?i={i}"))).await;
+    }
+    until("10 header mismatches", || count(&proxy, "web", "header") == 10).await;
+    std::fs::write(&path, text(", \"x-v\"")).unwrap();
+    let req = Request::post(proxy.admin_url("/api/reload"))
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&client, req).await.0.status, 200);
+    for i in 0..10 {
+        get(&client, &proxy.url(&format!("/cart?i={i}"))).await;
+    }
+    until("10 matches", || count(&proxy, "web", "match") == 10).await;
+    let (_, body) = get(&client, &proxy.admin_url("/api/routes/web")).await;
+    let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let m = &r["mirror"];
+    assert_eq!(m["current_mismatch_rate"], 0.0, "{m:#}");
+    assert_eq!(m["mismatch_rate"], 0.5, "{m:#}");
+    let current: Vec<(String, u64)> = serde_json::from_value(m["current_counts"].clone()).unwrap();
+    assert!(
+        current.contains(&("match".into(), 10)) && current.contains(&("header".into(), 0)),
+        "{m:#}"
+    );
+    proxy.shutdown().await;
+}

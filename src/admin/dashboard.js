@@ -141,7 +141,7 @@ function routeCard(r, now) {
     if (rep) {
       const v = rep.verdict ? rep.verdict.verdict : "baseline";
       const cls = v === "fail" ? "fail" : "";
-      window = `<div class="window">guard window ${dur(guard.window_s)}: ${rep.figures.requests} req, ${rep.figures.errors} err, p50 ${ms(rep.figures.p50)}, p99 ${ms(rep.figures.p99)} · <span class="${cls}" data-verdict>${esc(v)}</span>${rep.verdict && rep.verdict.reason ? ": " + esc(rep.verdict.reason) : ""}</div>`;
+      window = `<div class="window">${rep.tripped ? "at the trip, guard window" : "guard window"} ${dur(guard.window_s)}: ${rep.figures.requests} req, ${rep.figures.errors} err, p50 ${ms(rep.figures.p50)}, p99 ${ms(rep.figures.p99)} · <span class="${cls}" data-verdict>${esc(v)}</span>${rep.verdict && rep.verdict.reason ? ": " + esc(rep.verdict.reason) : ""}</div>`;
     }
     const eff = (r.effective.find((e) => e.pool === s.pool) || { share: 0 }).share;
     html += `<div class="pool" data-pool="${esc(s.pool)}"><h3><i style="background:${color(s.pool)}"></i>${esc(s.pool)} <span class="muted" style="font-weight:400">${pct(eff, 1)} of users</span></h3>

@@ -86,6 +86,10 @@ pub struct MirrorStatus {
     pub counts: Vec<(&'static str, u64)>,
     /// Mismatches over compared requests (`None` before the first comparison).
     pub mismatch_rate: Option<f64>,
+    /// Counts, and the rate, since the mirror's comparison settings last changed (a fixed
+    /// `ignore` shows here at once).
+    pub current_counts: Vec<(&'static str, u64)>,
+    pub current_mismatch_rate: Option<f64>,
     /// The last mismatches, oldest first.
     pub recent: Vec<crate::mirror::Mismatch>,
 }
@@ -183,6 +187,8 @@ pub fn route_status(state: &State, snap: &Snapshot, route: &Route, details: bool
             in_flight: m.stats.in_flight.load(std::sync::atomic::Ordering::Relaxed),
             counts: m.stats.counts(),
             mismatch_rate: m.stats.mismatch_rate(),
+            current_counts: m.current.counts(),
+            current_mismatch_rate: m.current.mismatch_rate(),
             recent: m
                 .stats
                 .recent

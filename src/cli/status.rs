@@ -213,9 +213,14 @@ pub fn render(view: &View, now: SystemTime) -> String {
                 "{name}: mirrors {}% to {}{}: {}",
                 m["percent"],
                 text(&m["pool"]),
-                match m["mismatch_rate"].as_f64() {
-                    Some(rate) => format!(" (mismatch rate {:.2}%)", rate * 100.0),
-                    None => String::new(),
+                match (m["mismatch_rate"].as_f64(), m["current_mismatch_rate"].as_f64()) {
+                    (Some(all), Some(now)) if all != now => format!(
+                        " (mismatch rate {:.2}% since its settings changed, {:.2}% since start)",
+                        now * 100.0,
+                        all * 100.0
+                    ),
+                    (Some(rate), _) => format!(" (mismatch rate {:.2}%)", rate * 100.0),
+                    _ => String::new(),
                 },
                 if counts.is_empty() {
                     "nothing mirrored yet".to_owned()
@@ -257,6 +262,8 @@ pub fn render(view: &View, now: SystemTime) -> String {
             let f = &p["figures"];
             let verdict = if p["baseline"].as_bool() == Some(true) {
                 "baseline".to_owned()
+            } else if p["tripped"].as_bool() == Some(true) {
+                format!("out since: {} (figures from then)", text(&p["verdict"]["reason"]))
             } else {
                 text(&p["verdict"]["verdict"])
             };

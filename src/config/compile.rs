@@ -390,6 +390,14 @@ pub fn compile(
             let old = prev.route_by_name(&r.name).and_then(|o| o.mirror.as_ref());
             if let (Some(m), Some(old)) = (r.mirror.as_mut().and_then(Arc::get_mut), old) {
                 m.stats = old.stats.clone();
+                let same = m.pool == old.pool
+                    && m.compare == old.compare
+                    && m.ignore_text == old.ignore_text
+                    && m.methods == old.methods
+                    && prev.pools[old.pool].name == pools[m.pool].name;
+                if same {
+                    m.current = old.current.clone();
+                }
             }
         }
     }

@@ -151,6 +151,7 @@ pub(super) fn compile(
             methods,
             max_in_flight,
             stats: Default::default(),
+            current: Default::default(),
         })
     })
 }

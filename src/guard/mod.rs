@@ -82,9 +82,13 @@ pub struct RouteReport {
 pub struct PoolReport {
     pub pool: String,
     pub baseline: bool,
+    /// For a tripped or rolled-back pool: its figures when it was taken out (it gets no
+    /// requests since, so its window would empty just when an operator looks at it).
     pub figures: Figures,
     /// `None` for the baseline, which is not judged.
     pub verdict: Option<Verdict>,
+    /// Taken out of the route (by the guard or an operator): `figures` are from then.
+    pub tripped: bool,
 }
 
 /// True when a rollout step that started at `started` should advance now.
@@ -147,6 +151,8 @@ struct Guard {
     /// Each guarded route's split and pools, as last seen: when a reload changes them, the
     /// windows start afresh (old endpoints' failures are no evidence against new ones).
     fingerprints: HashMap<String, String>,
+    /// Per (route, pool) taken out: its figures and verdict when it was, kept while it is out.
+    at_trip: HashMap<(String, String), (Figures, Verdict)>,
     /// Per route with `max_mismatch_rate`: `(when, compared, mismatched)` counts of its mirror,
     /// a window's worth, oldest first.
     mirror_samples: HashMap<String, std::collections::VecDeque<(Instant, u64, u64)>>,
@@ -226,7 +232,35 @@ impl Guard {
             baseline: true,
             figures: base,
             verdict: None,
+            tripped: false,
         });
+        // Pools taken out: what they showed then, kept while they are out.
+        self.at_trip.retain(|(r, p), _| {
+            *r != *route.name || route.runtime.tripped.iter().any(|&t| *snap.pools[t].name == **p)
+        });
+        for &pool in &route.runtime.tripped {
+            let name = snap.pools[pool].name.to_string();
+            let (f, v) = self
+                .at_trip
+                .entry((route.name.to_string(), name.clone()))
+                .or_insert_with(|| {
+                    let manual = route.runtime.rolled_back.contains(&pool);
+                    let why = if manual {
+                        "rolled back by an operator"
+                    } else {
+                        "tripped"
+                    };
+                    (figures(pool), Verdict::Fail(why.to_owned()))
+                })
+                .clone();
+            rr.pools.push(PoolReport {
+                pool: name,
+                baseline: false,
+                figures: f,
+                verdict: Some(v),
+                tripped: true,
+            });
+        }
         let mirrored = self.mirror_verdict(route, g, now);
         for (pool, f) in judged {
             let mut v = verdict::judge(g, &base, &f);
@@ -242,11 +276,18 @@ impl Guard {
             let name = snap.pools[pool].name.to_string();
             self.act(route, g, &name, &v, f, now, triggers).await;
             self.step_rollout(route, pool, &v, now, triggers).await;
+            if let Verdict::Fail(_) = &v {
+                if !g.dry_run {
+                    self.at_trip
+                        .insert((route.name.to_string(), name.clone()), (f, v.clone()));
+                }
+            }
             rr.pools.push(PoolReport {
                 pool: name,
                 baseline: false,
                 figures: f,
                 verdict: Some(v),
+                tripped: false,
             });
         }
         rr

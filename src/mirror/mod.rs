@@ -72,6 +72,30 @@ pub struct MirrorConfig {
     pub max_in_flight: usize,
     /// Counts and recent mismatches, kept across reloads for the same route.
     pub stats: Arc<Stats>,
+    /// Counts since the comparison's settings (pool, compare, ignore, methods) last changed: a
+    /// reload that fixes an `ignore` shows at once here, while `stats` keeps the history.
+    pub current: Arc<Counts>,
+}
+
+/// Results counted by kind, as [`RESULTS`] names them.
+#[derive(Debug, Default)]
+pub struct Counts(pub [AtomicU64; RESULTS.len()]);
+
+impl Counts {
+    pub fn counts(&self) -> Vec<(&'static str, u64)> {
+        RESULTS
+            .iter()
+            .zip(&self.0)
+            .map(|(r, c)| (*r, c.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Mismatches over compared requests.
+    pub fn mismatch_rate(&self) -> Option<f64> {
+        let c = |i: usize| self.0[i].load(Ordering::Relaxed);
+        let compared = c(MATCH) + c(1) + c(2) + c(3);
+        (compared > 0).then(|| (c(1) + c(2) + c(3)) as f64 / compared as f64)
+    }
 }
 
 /// A route's mirror counts.
@@ -157,6 +181,7 @@ impl MirrorConfig {
         if self.stats.in_flight.fetch_add(1, Ordering::AcqRel) >= self.max_in_flight {
             self.stats.in_flight.fetch_sub(1, Ordering::AcqRel);
             self.stats.counts[DROPPED].fetch_add(1, Ordering::Relaxed);
+            self.current.0[DROPPED].fetch_add(1, Ordering::Relaxed);
             return None;
         }
         Some(Slot(self.stats.clone()))
@@ -341,6 +366,7 @@ pub async fn run(mut job: Job) {
         Err(i) => (i, None),
     };
     job.config.stats.counts[index].fetch_add(1, Ordering::Relaxed);
+    job.config.current.0[index].fetch_add(1, Ordering::Relaxed);
     job.state.metrics.mirror(&job.route, RESULTS[index]);
     if let Some((kind, diff)) = mismatch {
         let m = Mismatch {
@@ -452,6 +478,7 @@ mod tests {
             methods: SAFE_METHODS.to_vec(),
             max_in_flight: 2,
             stats: Arc::default(),
+            current: Arc::default(),
         }
     }
 
