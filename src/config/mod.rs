@@ -155,21 +155,131 @@ pub fn parse(src: &str) -> (Option<raw::RawConfig>, Vec<ConfigError>) {
             )
         })
         .collect();
-    match parsed {
-        Ok(raw) => (Some(raw), errors),
-        Err(e) => {
-            let at = e.span().map_or(0, |s| s.start);
-            let path = path_at(tree.get_ref(), at);
-            let message = e.message().trim().to_owned();
-            let fix = if message.starts_with("missing field") {
+    let mut e = match parsed {
+        Ok(raw) => return (Some(raw), errors),
+        Err(e) => e,
+    };
+    // Every shape error, not only the first: the value at fault is taken out of a copy of the
+    // tree and the copy read again, until it reads (or nothing more can be taken out). A
+    // missing field that a removal caused is not reported.
+    let mut pruned = tree.clone();
+    let mut removed: Vec<Vec<Seg>> = Vec::new();
+    for _ in 0..MAX_SHAPE_ERRORS {
+        let at = e.span().map_or(0, |s| s.start);
+        let message = e.message().trim().to_owned();
+        let missing = message.starts_with("missing field");
+        let segs = find_in_table(pruned.get_ref(), at).filter(|s| !s.is_empty());
+        // A missing field: the table that lacks it goes; else the value at fault.
+        let target = match segs {
+            Some(segs) if missing => container_of(pruned.get_ref(), &segs, e.span().unwrap_or(at..at)),
+            Some(segs) => segs,
+            None => Vec::new(),
+        };
+        let caused = missing && !target.is_empty() && removed.iter().any(|r| r.starts_with(&target));
+        if !caused {
+            let fix = if missing {
                 "add the field"
             } else {
                 "give the value the type this field takes (see config/switchyard.toml)"
             };
-            errors.push(error_at(src, at, path, message, fix));
-            errors.sort_by_key(|e| (e.line, e.col));
-            (None, errors)
+            errors.push(error_at(src, at, path_at(tree.get_ref(), at), message, fix));
         }
+        if target.is_empty() || remove_at(pruned.get_mut(), &target).is_none() {
+            break;
+        }
+        removed.push(target);
+        let de = toml::de::Deserializer::from(pruned.clone());
+        match <raw::RawConfig as serde::Deserialize>::deserialize(de) {
+            Ok(_) => break,
+            Err(next) => e = next,
+        }
+    }
+    errors.sort_by_key(|e| (e.line, e.col));
+    errors.dedup();
+    (None, errors)
+}
+
+/// How many shape errors one reading reports at most.
+const MAX_SHAPE_ERRORS: usize = 100;
+
+/// The longest prefix of `segs` whose value's span covers `span` (the table a missing field
+/// belongs in).
+fn container_of(table: &DeTable<'_>, segs: &[Seg], span: std::ops::Range<usize>) -> Vec<Seg> {
+    let mut best = segs.to_vec();
+    for n in (1..=segs.len()).rev() {
+        if value_span(table, &segs[..n]).is_some_and(|s| s.start <= span.start && span.end <= s.end) {
+            best = segs[..n].to_vec();
+            break;
+        }
+    }
+    best
+}
+
+fn value_span(table: &DeTable<'_>, segs: &[Seg]) -> Option<std::ops::Range<usize>> {
+    let (Seg::Key(k), rest) = segs.split_first()? else {
+        return None;
+    };
+    let (_, value) = table.iter().find(|(key, _)| key.get_ref() == k)?;
+    let mut v = value;
+    for s in rest {
+        v = match (v.get_ref(), s) {
+            (DeValue::Table(t), Seg::Key(k)) => t.iter().find(|(key, _)| key.get_ref() == k)?.1,
+            (DeValue::Array(items), Seg::Index(i)) => items.get(*i)?,
+            _ => return None,
+        };
+    }
+    Some(v.span())
+}
+
+/// Takes the value `segs` names out of `table`; its span.
+fn remove_at(table: &mut DeTable<'_>, segs: &[Seg]) -> Option<std::ops::Range<usize>> {
+    let (Seg::Key(k), rest) = segs.split_first()? else {
+        return None;
+    };
+    if rest.is_empty() {
+        let mut span = None;
+        for (key, value) in std::mem::take(table) {
+            if span.is_none() && key.get_ref() == k {
+                span = Some(value.span());
+            } else {
+                table.insert(key, value);
+            }
+        }
+        return span;
+    }
+    let (_, value) = table.iter_mut().find(|(key, _)| key.get_ref() == k)?;
+    remove_in(value.get_mut(), rest)
+}
+
+fn remove_in(value: &mut DeValue<'_>, segs: &[Seg]) -> Option<std::ops::Range<usize>> {
+    match (value, segs.first()?) {
+        (DeValue::Table(t), Seg::Key(_)) => remove_at(t, segs),
+        (DeValue::Array(items), Seg::Index(i)) => {
+            if segs.len() == 1 {
+                if *i >= items.len() {
+                    return None;
+                }
+                let mut span = None;
+                let old = std::mem::replace(items, std::iter::empty().collect());
+                let kept: Vec<_> = old
+                    .into_iter()
+                    .enumerate()
+                    .filter_map(|(n, v)| {
+                        if n == *i {
+                            span = Some(v.span());
+                            None
+                        } else {
+                            Some(v)
+                        }
+                    })
+                    .collect();
+                *items = kept.into_iter().collect();
+                span
+            } else {
+                remove_in(items.get_mut(*i)?.get_mut(), &segs[1..])
+            }
+        }
+        _ => None,
     }
 }
 
@@ -388,6 +498,30 @@ mod tests {
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert_eq!(errs[0].line, 6);
         assert!(errs[0].path.starts_with("routes[0].split"), "{:?}", errs[0]);
+    }
+
+    #[test]
+    fn every_type_error_is_reported_at_once_and_none_that_a_report_caused() {
+        let src = "[listen]\nhttp = 8080\n[pools.blue]\nendpoints = \"127.0.0.1:1\"\n\
+                   [[routes]]\nname = \"web\"\nsplit = { blue = \"fifty\" }\n\
+                   [[routes]]\nsplit = { blue = 100 }\n";
+        let (raw, errs) = parse(src);
+        assert!(raw.is_none());
+        let shown: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 4, "{shown:?}");
+        assert!(shown[0].starts_with("2:8 listen.http: invalid type"), "{shown:?}");
+        assert!(
+            shown[1].starts_with("4:13 pools.blue.endpoints: invalid type"),
+            "{shown:?}"
+        );
+        assert!(
+            shown[2].starts_with("7:18 routes[0].split.blue: invalid type"),
+            "{shown:?}"
+        );
+        assert!(
+            shown[3].starts_with("8:1 routes[1]: missing field `name`"),
+            "{shown:?}"
+        );
     }
 
     #[test]
