@@ -127,7 +127,7 @@ async fn running_out_of_descriptors_is_the_proxys_fault_not_the_pools() {
         let text = (|| {
             let mut s = std::net::TcpStream::connect(admin).ok()?;
             s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
                 .ok()?;
             let mut out = String::new();
             s.read_to_string(&mut out).ok()?;
