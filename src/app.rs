@@ -173,7 +173,6 @@ impl App {
             rx,
         ));
         tokio::spawn(crate::guard::run(state.clone(), outcomes_rx, tx.clone()));
-        tokio::spawn(crate::fleet::run(Arc::downgrade(&state), tx.clone()));
         tokio::spawn(crate::upstream::sweep_idle(Arc::downgrade(&state.snapshot)));
         if let Some((src, result)) = &first_ask {
             crate::flagsync::report(&state, src, result.as_ref().map(|_| ()));
@@ -198,6 +197,15 @@ impl App {
             }
             None => None,
         };
+        let port = admin
+            .as_ref()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .or_else(|| server.http_addr().or(server.https_addr()))
+            .map(|a| a.port());
+        state.name_replica(port);
+        if let Some(t) = &triggers {
+            tokio::spawn(crate::fleet::run(Arc::downgrade(&state), t.clone()));
+        }
         state.set_ready();
         Ok(App {
             state,

@@ -52,8 +52,64 @@ pub struct Adopt {
     pub tripped: Vec<(String, bool)>,
     /// Its rollout step.
     pub step: Option<usize>,
-    /// The replica, as Prometheus names it (its `instance` label).
+    /// The replica where the change happened (`switchyard_fleet_info{replica}`).
     pub from: String,
+    /// Only an operator's rollbacks, from a replica on another split (during a config
+    /// rollout): a rollback is always safe to take; its trips, resets and steps are not.
+    pub rollback_only: bool,
+}
+
+/// The fleet's verdicts at its last answer, per `(route, pool)`.
+#[derive(Debug, Default)]
+pub struct FleetVerdicts {
+    pub at: Option<std::time::Instant>,
+    pub verdicts: HashMap<(String, String), Verdict>,
+}
+
+impl FleetVerdicts {
+    /// The fleet's verdict on `pool` of `route`, if the fleet answered within `fresh`.
+    pub fn get(&self, route: &str, pool: &str, fresh: Duration) -> Option<&Verdict> {
+        self.at.filter(|at| at.elapsed() <= fresh)?;
+        self.verdicts.get(&(route.to_owned(), pool.to_owned()))
+    }
+}
+
+/// This replica's name in the fleet: `SWITCHYARD_REPLICA`, else the host's name (a pod's
+/// name in Kubernetes) and the admin port (or the proxy's), so that replicas on one host
+/// differ too.
+pub fn replica_name(snap: &Snapshot, bound: Option<u16>) -> String {
+    if let Ok(n) = std::env::var("SWITCHYARD_REPLICA") {
+        let n = n.trim();
+        if !n.is_empty() {
+            return n.chars().take(128).collect();
+        }
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let port = bound.or_else(|| {
+        snap.admin
+            .as_ref()
+            .map(|a| a.listen.port())
+            .or(snap.listen.http.map(|a| a.port()))
+            .or(snap.listen.https.map(|a| a.port()))
+    });
+    let name = match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    };
+    name.chars().take(128).collect()
+}
+
+/// How long a replica started with `[fleet]` says it is not ready while it waits for the
+/// fleet's first answer: two rounds and a query, and at least 30 s. Past it the replica is
+/// ready (a Prometheus outage must not stop a deployment), its guarded routes still held at
+/// their baselines until the fleet answers.
+pub fn hold_bound(f: &FleetSettings) -> Duration {
+    (f.interval * 2 + f.query_timeout).max(Duration::from_secs(30))
 }
 
 /// What `GET /api/fleet` shows.
@@ -71,6 +127,13 @@ pub struct FleetStatus {
     pub error: Option<String>,
     /// Replicas seen at the last answer.
     pub replicas: usize,
+    /// This replica's name in the fleet.
+    pub replica: String,
+    /// The replica that sends the fleet's webhooks for automatic events, as of the last
+    /// answer; `None` while Prometheus does not answer (then each replica sends its own).
+    pub notifier: Option<String>,
+    /// Guarded routes are held at their baselines: the fleet has not answered since start.
+    pub held: bool,
 }
 
 /// `Err` when `[fleet] token_env` names a variable that is not set: `run` refuses to start and
@@ -95,17 +158,52 @@ impl Sample {
         self.labels.get(name).map_or("", String::as_str)
     }
 
-    /// The replica it comes from: its `instance` label, else all its target labels.
-    fn replica(&self) -> String {
-        if let Some(i) = self.labels.get("instance") {
-            return i.clone();
-        }
-        self.labels
+    /// The scrape target it comes from.
+    fn target(&self) -> (&str, &str) {
+        (self.label("instance"), self.label("job"))
+    }
+}
+
+/// What the state query showed: the samples, and each target's replica name.
+struct View {
+    samples: Vec<Sample>,
+    names: HashMap<(String, String), String>,
+}
+
+impl View {
+    fn new(samples: Vec<Sample>) -> View {
+        let names = samples
             .iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "__name__" | "route" | "pool" | "fingerprint"))
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect::<Vec<_>>()
-            .join(",")
+            .filter(|s| s.label("__name__") == "switchyard_fleet_info")
+            .map(|s| {
+                let (i, j) = s.target();
+                ((i.to_owned(), j.to_owned()), s.label("replica").to_owned())
+            })
+            .collect();
+        View { samples, names }
+    }
+
+    /// The replica a sample comes from: its name in `switchyard_fleet_info`.
+    fn replica(&self, s: &Sample) -> String {
+        let (i, j) = s.target();
+        self.names
+            .get(&(i.to_owned(), j.to_owned()))
+            .cloned()
+            .unwrap_or_else(|| i.to_owned())
+    }
+
+    /// The fleet's replicas by name, sorted.
+    fn replicas(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.names.values().cloned().collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    fn of<'a>(&'a self, name: &'a str, route: &'a str) -> impl Iterator<Item = &'a Sample> + 'a {
+        self.samples
+            .iter()
+            .filter(move |s| s.label("__name__") == name && s.label("route") == route)
     }
 }
 
@@ -143,6 +241,15 @@ fn select(settings: &FleetSettings, matchers: &str) -> String {
         (true, false) => format!("{{{}}}", settings.selector),
         (false, false) => format!("{{{matchers}, {}}}", settings.selector),
     }
+}
+
+/// ` and on(instance, job) switchyard_fleet_info{fleet="NAME"}`: keeps the series of this
+/// fleet's replicas only.
+fn of_fleet(settings: &FleetSettings) -> String {
+    format!(
+        " and on(instance, job) switchyard_fleet_info{}",
+        select(settings, &format!("fleet=\"{}\"", settings.name))
+    )
 }
 
 /// The largest Prometheus answer read: the fleet's queries return a few series per replica,
@@ -199,61 +306,133 @@ struct Round {
     adopt: Vec<Adopt>,
     /// `(route, pool, reason, figures)` to trip on the fleet's numbers.
     trips: Vec<(String, String, String, Figures)>,
-    pub replicas: usize,
+    /// Every judged pool's verdict on the fleet's numbers.
+    verdicts: HashMap<(String, String), Verdict>,
+    /// The fleet's replicas by name, sorted.
+    replicas: Vec<String>,
 }
 
 /// For each route of `snap`, the replica whose state of it changed last, if that is later than
-/// this one's and on the same split and pools.
-fn newer_states(snap: &Snapshot, state: &[Sample]) -> Vec<Adopt> {
-    // Per route: each replica's last change and fingerprint.
-    let mut changed: HashMap<&str, Vec<(String, u64, &str)>> = HashMap::new();
-    for s in state
-        .iter()
-        .filter(|s| s.label("__name__") == "switchyard_route_changed_timestamp_seconds")
-    {
-        let ms = (s.value * 1000.0).round().max(0.0) as u64;
-        changed
-            .entry(s.label("route"))
-            .or_default()
-            .push((s.replica(), ms, s.label("fingerprint")));
-    }
+/// this one's and on the same split and pools; else, operators' rollbacks made later on
+/// replicas on another split (a config rollout under way).
+fn newer_states(snap: &Snapshot, view: &View, me: &str) -> Vec<Adopt> {
     let mut out = Vec::new();
     for route in &snap.routes {
-        let Some(replicas) = changed.get(&*route.name) else {
-            continue;
-        };
         let ours = fingerprint_label(&fingerprint(snap, route));
-        let best = replicas
-            .iter()
-            .filter(|(_, _, fp)| *fp == ours)
-            .max_by_key(|(replica, ms, _)| (*ms, replica.clone()));
-        let Some((replica, ms, _)) = best else { continue };
-        if *ms <= route.runtime.changed_ms {
-            continue;
+        // Each other replica's last change of the route: (ms, replica, fingerprint, origin).
+        let mut seen: Vec<(u64, String, &str, &str)> = view
+            .of("switchyard_route_changed_timestamp_seconds", &route.name)
+            .map(|s| {
+                let ms = (s.value * 1000.0).round().max(0.0) as u64;
+                (ms, view.replica(s), s.label("fingerprint"), s.label("origin"))
+            })
+            .filter(|(_, replica, _, _)| replica != me)
+            .collect();
+        seen.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        let tripped_on = |replica: &str| -> Vec<(String, bool)> {
+            let mut t: Vec<(String, bool)> = view
+                .of("switchyard_pool_tripped", &route.name)
+                .filter(|s| view.replica(s) == replica && s.value >= 1.0)
+                .map(|s| (s.label("pool").to_owned(), s.value >= 2.0))
+                .collect();
+            t.sort();
+            t
+        };
+        let origin = |replica: &str, origin: &str| {
+            if origin.is_empty() {
+                replica.to_owned()
+            } else {
+                origin.to_owned()
+            }
+        };
+        let newer = |ms: u64| ms > route.runtime.changed_ms;
+        if let Some((ms, replica, _, from)) = seen.iter().rev().find(|(_, _, fp, _)| *fp == ours) {
+            if newer(*ms) {
+                let step = view
+                    .of("switchyard_rollout_step_index", &route.name)
+                    .find(|s| view.replica(s) == *replica)
+                    .map(|s| s.value.max(0.0) as usize);
+                out.push(Adopt {
+                    route: route.name.to_string(),
+                    fingerprint: ours,
+                    changed_ms: *ms,
+                    tripped: tripped_on(replica),
+                    step,
+                    from: origin(replica, from),
+                    rollback_only: false,
+                });
+                continue;
+            }
         }
-        let of_it = |name: &'static str| {
-            state.iter().filter(move |s| {
-                s.label("__name__") == name && s.label("route") == &*route.name && s.replica() == *replica
+        // Rollbacks on another split: of pools this route also has, not yet out here.
+        let baseline = route.baseline();
+        let ours_named = |pool: &str| {
+            snap.pool_index(pool).filter(|&p| {
+                p != baseline
+                    && route.split.weights().any(|(q, _)| q == p)
+                    && !route.runtime.rolled_back.contains(&p)
             })
         };
-        let mut tripped: Vec<(String, bool)> = of_it("switchyard_pool_tripped")
-            .filter(|s| s.value >= 1.0)
-            .map(|s| (s.label("pool").to_owned(), s.value >= 2.0))
-            .collect();
-        tripped.sort();
-        let step = of_it("switchyard_rollout_step_index")
-            .next()
-            .map(|s| s.value.max(0.0) as usize);
-        out.push(Adopt {
-            route: route.name.to_string(),
-            fingerprint: ours,
-            changed_ms: *ms,
-            tripped,
-            step,
-            from: replica.clone(),
-        });
+        let mut rollbacks: Vec<(String, bool)> = Vec::new();
+        let mut latest: Option<(u64, String)> = None;
+        for (ms, replica, fp, from) in &seen {
+            if *fp == ours || !newer(*ms) {
+                continue;
+            }
+            for (pool, manual) in tripped_on(replica) {
+                if manual && ours_named(&pool).is_some() && !rollbacks.iter().any(|(p, _)| *p == pool) {
+                    rollbacks.push((pool, true));
+                    latest = Some((*ms, origin(replica, from)));
+                }
+            }
+        }
+        if let Some((ms, from)) = latest {
+            rollbacks.sort();
+            out.push(Adopt {
+                route: route.name.to_string(),
+                fingerprint: ours,
+                changed_ms: ms,
+                tripped: rollbacks,
+                step: None,
+                from,
+                rollback_only: true,
+            });
+        }
     }
     out
+}
+
+/// The `q` quantile of a cumulative histogram, `(le, count)` in any order, as Prometheus's
+/// `histogram_quantile` computes it (linear within the bucket; the highest finite bound when it
+/// falls in `+Inf`). `None` without a `+Inf` bucket or without observations.
+fn quantile(q: f64, buckets: &mut [(f64, f64)]) -> Option<f64> {
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (last_le, total) = *buckets.last()?;
+    if last_le != f64::INFINITY || total <= 0.0 || buckets.len() < 2 {
+        return None;
+    }
+    // Counts must not fall with the bound (a scrape between buckets can make them): as
+    // Prometheus, take the running maximum.
+    let mut most = 0.0f64;
+    for b in buckets.iter_mut() {
+        most = most.max(b.1);
+        b.1 = most;
+    }
+    let rank = q * total;
+    let i = buckets.iter().position(|b| b.1 >= rank)?;
+    if i == buckets.len() - 1 {
+        return Some(buckets[i - 1].0);
+    }
+    if i == 0 && buckets[0].0 <= 0.0 {
+        return Some(buckets[0].0);
+    }
+    let (start, below) = if i == 0 { (0.0, 0.0) } else { buckets[i - 1] };
+    let (end, count) = buckets[i];
+    let inside = count - below;
+    if inside <= 0.0 {
+        return Some(end);
+    }
+    Some(start + (end - start) * ((rank - below) / inside))
 }
 
 /// Asks Prometheus for the fleet's state and numbers; what to adopt and what to trip.
@@ -261,96 +440,138 @@ async fn round(
     p: &Prometheus,
     settings: &FleetSettings,
     snap: &Snapshot,
+    me: &str,
     now_ms: u64,
 ) -> Result<Round, RemoteError> {
-    let names = "switchyard_route_changed_timestamp_seconds|switchyard_pool_tripped|switchyard_rollout_step_index|switchyard_connections_active";
-    let state = p
-        .query(settings, &select(settings, &format!("__name__=~\"{names}\"")))
-        .await?;
-    let mut replicas: Vec<String> = state
-        .iter()
-        .filter(|s| s.label("__name__") == "switchyard_connections_active")
-        .map(Sample::replica)
-        .collect();
-    replicas.sort();
-    replicas.dedup();
+    let names = "switchyard_route_changed_timestamp_seconds|switchyard_route_config_timestamp_seconds|switchyard_pool_tripped|switchyard_rollout_step_index|switchyard_fleet_info";
+    let view = View::new(
+        p.query(
+            settings,
+            &format!(
+                "{}{}",
+                select(settings, &format!("__name__=~\"{names}\"")),
+                of_fleet(settings)
+            ),
+        )
+        .await?,
+    );
     let mut round = Round {
-        adopt: newer_states(snap, &state),
-        replicas: replicas.len(),
+        adopt: newer_states(snap, &view, me),
+        replicas: view.replicas(),
         ..Round::default()
     };
-    // The fleet's numbers, for each guarded route, over its window or the time since it last
-    // changed (whole seconds), grouped so that routes with the same range share the queries.
+    // The fleet's numbers, for each guarded route, from the replicas on its split and pools
+    // only, over its window or the time since it last changed or since the last of those
+    // replicas took its config (whole seconds); routes with the same range share the queries.
     let least = (2 * settings.interval.as_secs()).max(3);
-    let mut ranges: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    let mut ranges: BTreeMap<u64, Vec<(usize, Vec<String>)>> = BTreeMap::new();
     for (i, route) in snap.routes.iter().enumerate() {
         let Some(g) = &route.guard else { continue };
-        if g.dry_run || route.split.weights().count() < 2 {
+        if g.dry_run || route.split.weights().count() < 2 || route.runtime.held {
             continue;
         }
-        let since_change = now_ms.saturating_sub(route.runtime.changed_ms) / 1000;
-        let range = g.window.as_secs().max(1).min(since_change);
-        if range >= least {
-            ranges.entry(range).or_default().push(i);
+        let ours = fingerprint_label(&fingerprint(snap, route));
+        let mut on_split: Vec<String> = view
+            .of("switchyard_route_changed_timestamp_seconds", &route.name)
+            .filter(|s| s.label("fingerprint") == ours)
+            .map(|s| view.replica(s))
+            .collect();
+        on_split.sort();
+        on_split.dedup();
+        let configured = view
+            .of("switchyard_route_config_timestamp_seconds", &route.name)
+            .filter(|s| s.label("fingerprint") == ours && on_split.contains(&view.replica(s)))
+            .map(|s| (s.value * 1000.0).max(0.0) as u64)
+            .chain([route.runtime.config_ms])
+            .max()
+            .unwrap_or(0);
+        let since = route.runtime.changed_ms.max(configured);
+        let range = g.window.as_secs().max(1).min(now_ms.saturating_sub(since) / 1000);
+        if range >= least && !on_split.is_empty() {
+            ranges.entry(range).or_default().push((i, on_split));
         }
     }
+    let fleet = of_fleet(settings);
     for (range, routes) in ranges {
-        let by = |q: &str| format!("sum by (route, pool) (increase({q}[{range}s]))");
+        let by = |metric: String, extra: &str| {
+            format!("sum by (instance, job, route, pool{extra}) (increase({metric}[{range}s]){fleet})")
+        };
         let requests = p
             .query(
                 settings,
-                &by(&format!("switchyard_requests_total{}", select(settings, ""))),
+                &by(format!("switchyard_requests_total{}", select(settings, "")), ""),
             )
             .await?;
         let errors = p
             .query(
                 settings,
-                &by(&format!(
-                    "switchyard_requests_total{}",
-                    select(settings, "class=~\"5xx|error\"")
-                )),
+                &by(
+                    format!(
+                        "switchyard_requests_total{}",
+                        select(settings, "class=~\"5xx|error\"")
+                    ),
+                    "",
+                ),
             )
             .await?;
-        let latency = routes.iter().any(|&i| {
-            snap.routes[i]
+        let latency = routes.iter().any(|(i, _)| {
+            snap.routes[*i]
                 .guard
                 .as_ref()
                 .is_some_and(|g| g.max_p99.is_some() || g.max_p50.is_some())
         });
-        let quantile = |q: f64| {
-            format!(
-                "histogram_quantile({q}, sum by (route, pool, le) (increase(switchyard_request_duration_seconds_bucket{}[{range}s])))",
-                select(settings, "")
+        let buckets = if latency {
+            p.query(
+                settings,
+                &by(
+                    format!(
+                        "switchyard_request_duration_seconds_bucket{}",
+                        select(settings, "")
+                    ),
+                    ", le",
+                ),
             )
-        };
-        let (p50, p99) = if latency {
-            (
-                p.query(settings, &quantile(0.5)).await?,
-                p.query(settings, &quantile(0.99)).await?,
-            )
+            .await?
         } else {
-            (Vec::new(), Vec::new())
+            Vec::new()
         };
-        let find = |list: &[Sample], route: &str, pool: &str| {
-            list.iter()
-                .find(|s| s.label("route") == route && s.label("pool") == pool)
-                .map(|s| s.value)
+        let names = |s: &Sample| {
+            let (i, j) = s.target();
+            view.names.get(&(i.to_owned(), j.to_owned())).cloned()
         };
-        for i in routes {
+        for (i, on_split) in routes {
             let route = &snap.routes[i];
             let g = route.guard.as_ref().expect("guarded");
+            let counted = |s: &&Sample, pool: &str| {
+                s.label("route") == &*route.name
+                    && s.label("pool") == pool
+                    && names(s).is_some_and(|n| on_split.contains(&n))
+            };
             let figures = |pool: usize| {
                 let name = &*snap.pools[pool].name;
-                let ms = |list: &[Sample]| {
-                    find(list, &route.name, name)
+                let sum = |list: &[Sample]| -> f64 {
+                    list.iter().filter(|s| counted(s, name)).map(|s| s.value).sum()
+                };
+                let mut by_le: BTreeMap<String, f64> = BTreeMap::new();
+                for s in buckets.iter().filter(|s| counted(s, name)) {
+                    *by_le.entry(s.label("le").to_owned()).or_default() += s.value;
+                }
+                let mut hist: Vec<(f64, f64)> = by_le
+                    .iter()
+                    .filter_map(|(le, c)| Some((le.parse::<f64>().ok()?, *c)))
+                    .collect();
+                let mut at = |q: f64| {
+                    quantile(q, &mut hist)
                         .filter(|v| v.is_finite() && *v >= 0.0)
                         .map(Duration::from_secs_f64)
                 };
+                let (p50, p99) = (at(0.5), at(0.99));
                 Figures {
-                    requests: find(&requests, &route.name, name).unwrap_or(0.0).round() as u64,
-                    errors: find(&errors, &route.name, name).unwrap_or(0.0).round() as u64,
-                    p50: ms(&p50),
-                    p99: ms(&p99),
+                    requests: sum(&requests).round() as u64,
+                    errors: sum(&errors).round() as u64,
+                    p50,
+                    p99,
+                    span: Duration::from_secs(range),
                     ..Figures::default()
                 }
             };
@@ -360,14 +581,20 @@ async fn round(
                     continue;
                 }
                 let f = figures(pool);
-                if let Verdict::Fail(reason) = judge(g, &base, &f) {
+                let verdict = judge(g, &base, &f);
+                let key = (route.name.to_string(), snap.pools[pool].name.to_string());
+                if let Verdict::Fail(reason) = &verdict {
                     round.trips.push((
-                        route.name.to_string(),
-                        snap.pools[pool].name.to_string(),
-                        format!("fleet numbers ({} replicas, {range}s): {reason}", round.replicas),
+                        key.0.clone(),
+                        key.1.clone(),
+                        format!(
+                            "fleet numbers ({} replicas on this split): {reason}",
+                            on_split.len()
+                        ),
                         f,
                     ));
                 }
+                round.verdicts.insert(key, verdict);
             }
         }
     }
@@ -394,21 +621,43 @@ pub async fn run(state: Weak<State>, triggers: mpsc::Sender<Trigger>) {
             if st.fleet.load().prometheus.is_some() {
                 st.fleet.store(Arc::new(FleetStatus::default()));
                 st.metrics.fleet(None, None);
+                st.metrics.fleet_info(None);
+                st.notifies.store(true, std::sync::atomic::Ordering::Release);
             }
             drop((st, snap));
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         };
-        let result = round(&p, &settings, &snap, unix_ms()).await;
+        st.metrics.fleet_info(Some((&settings.name, st.replica())));
+        let result = round(&p, &settings, &snap, st.replica(), unix_ms()).await;
         let previous = st.fleet.load_full();
         let status = match result {
             Ok(r) => {
                 if previous.up == Some(false) {
                     tracing::info!(prometheus = %settings.prometheus, "fleet: Prometheus answers again; judging the fleet's numbers too");
                 }
-                st.metrics.fleet(Some(&settings.prometheus), Some(r.replicas));
+                st.metrics
+                    .fleet(Some(&settings.prometheus), Some(r.replicas.len()));
+                // The fleet's first replica by name sends the webhooks of automatic events.
+                let notifier = r
+                    .replicas
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| st.replica().to_owned());
+                let notifies = notifier == st.replica();
+                if st.notifies.swap(notifies, std::sync::atomic::Ordering::AcqRel) != notifies {
+                    tracing::info!(replica = %st.replica(), notifier = %notifier, "fleet: {} sends the fleet's webhooks for trips and rollout steps", if notifies { "this replica" } else { "another replica" });
+                }
+                st.fleet_verdicts.store(Arc::new(FleetVerdicts {
+                    at: Some(std::time::Instant::now()),
+                    verdicts: r.verdicts,
+                }));
                 for a in r.adopt {
                     let _ = triggers.send(Trigger::Adopt(a)).await;
+                }
+                // After the adoptions: the fleet's state is known, a held replica follows it.
+                if snap.routes.iter().any(|r| r.runtime.held) {
+                    let _ = triggers.send(Trigger::FleetKnown).await;
                 }
                 for (route, pool, reason, figures) in r.trips {
                     let _ = triggers
@@ -426,7 +675,10 @@ pub async fn run(state: Weak<State>, triggers: mpsc::Sender<Trigger>) {
                     judging: "fleet and local numbers".into(),
                     last_answer: Some(timestamp(SystemTime::now())),
                     error: None,
-                    replicas: r.replicas,
+                    replicas: r.replicas.len(),
+                    replica: st.replica().to_owned(),
+                    notifier: Some(notifier),
+                    held: false,
                 }
             }
             Err(e) => {
@@ -435,6 +687,8 @@ pub async fn run(state: Weak<State>, triggers: mpsc::Sender<Trigger>) {
                 }
                 st.metrics.fleet(Some(&settings.prometheus), None);
                 st.metrics.remote_error("prometheus", e.kind);
+                // Alone, every replica sends its own webhooks.
+                st.notifies.store(true, std::sync::atomic::Ordering::Release);
                 let e = e.message;
                 FleetStatus {
                     prometheus: Some(settings.prometheus.clone()),
@@ -443,6 +697,9 @@ pub async fn run(state: Weak<State>, triggers: mpsc::Sender<Trigger>) {
                     last_answer: previous.last_answer.clone(),
                     error: Some(e),
                     replicas: previous.replicas,
+                    replica: st.replica().to_owned(),
+                    notifier: None,
+                    held: snap.routes.iter().any(|r| r.runtime.held),
                 }
             }
         };
@@ -479,16 +736,32 @@ mod tests {
         crate::config::load_str(text, std::path::Path::new("t.toml"), None).unwrap()
     }
 
+    /// The fleet_info series that names `instance`'s replica.
+    fn info(instance: &str, replica: &str) -> Sample {
+        let mut s = sample(
+            "switchyard_fleet_info",
+            instance,
+            "",
+            &[("replica", replica), ("fleet", "shop")],
+            1.0,
+        );
+        s.labels.remove("route");
+        s
+    }
+
     #[test]
     fn the_latest_change_on_the_same_split_wins() {
         let snap = snapshot();
         let fp = fingerprint_label(&fingerprint(&snap, &snap.routes[0]));
         let state = vec![
+            info("a:1", "ra"),
+            info("b:1", "rb"),
+            info("c:1", "rc"),
             sample(
                 "switchyard_route_changed_timestamp_seconds",
                 "a:1",
                 "web",
-                &[("fingerprint", &fp)],
+                &[("fingerprint", &fp), ("origin", "")],
                 1000.5,
             ),
             sample(
@@ -498,11 +771,12 @@ mod tests {
                 &[("pool", "canary")],
                 1.0,
             ),
+            // b adopted its state from rz, which is named as where it happened.
             sample(
                 "switchyard_route_changed_timestamp_seconds",
                 "b:1",
                 "web",
-                &[("fingerprint", &fp)],
+                &[("fingerprint", &fp), ("origin", "rz")],
                 1001.25,
             ),
             sample(
@@ -510,14 +784,14 @@ mod tests {
                 "b:1",
                 "web",
                 &[("pool", "canary")],
-                2.0,
+                1.0,
             ),
-            // Later, but another split: not ours to take.
+            // Later, but another split, and nothing rolled back there: not ours to take.
             sample(
                 "switchyard_route_changed_timestamp_seconds",
                 "c:1",
                 "web",
-                &[("fingerprint", "0000beef")],
+                &[("fingerprint", "0000beef"), ("origin", "")],
                 2000.0,
             ),
             sample(
@@ -525,41 +799,127 @@ mod tests {
                 "c:1",
                 "web",
                 &[("pool", "canary")],
-                0.0,
+                1.0,
             ),
         ];
-        let adopt = newer_states(&snap, &state);
+        let view = View::new(state);
+        let adopt = newer_states(&snap, &view, "me");
         assert_eq!(
             adopt,
             [Adopt {
                 route: "web".into(),
                 fingerprint: fp.clone(),
                 changed_ms: 1_001_250,
-                tripped: vec![("canary".into(), true)],
+                tripped: vec![("canary".into(), false)],
                 step: None,
-                from: "b:1".into(),
+                from: "rz".into(),
+                rollback_only: false,
             }]
         );
+        // This replica's own series are never taken.
+        assert!(newer_states(&snap, &view, "rb")[0].from == "ra");
         // Once this replica has it, nothing more to take.
         let mut snap = snap;
         std::sync::Arc::make_mut(&mut snap.routes[0]).runtime.changed_ms = 1_001_250;
-        assert!(newer_states(&snap, &state).is_empty());
+        assert!(newer_states(&snap, &view, "me").is_empty());
         // A reset there (nothing tripped, later) is taken too.
-        let state = vec![sample(
-            "switchyard_route_changed_timestamp_seconds",
-            "a:1",
-            "web",
-            &[("fingerprint", &fp)],
-            1002.0,
-        )];
-        let adopt = newer_states(&snap, &state);
+        let view = View::new(vec![
+            info("a:1", "ra"),
+            sample(
+                "switchyard_route_changed_timestamp_seconds",
+                "a:1",
+                "web",
+                &[("fingerprint", &fp)],
+                1002.0,
+            ),
+        ]);
+        let adopt = newer_states(&snap, &view, "me");
         assert_eq!(adopt.len(), 1);
         assert!(adopt[0].tripped.is_empty());
     }
 
     #[test]
+    fn an_operators_rollback_on_another_split_is_taken_and_nothing_else_from_there() {
+        let snap = snapshot();
+        let fp = fingerprint_label(&fingerprint(&snap, &snap.routes[0]));
+        let other = |tripped: f64, ms: f64| {
+            View::new(vec![
+                info("c:1", "rc"),
+                sample(
+                    "switchyard_route_changed_timestamp_seconds",
+                    "c:1",
+                    "web",
+                    &[("fingerprint", "0000beef"), ("origin", "")],
+                    ms,
+                ),
+                sample(
+                    "switchyard_pool_tripped",
+                    "c:1",
+                    "web",
+                    &[("pool", "canary")],
+                    tripped,
+                ),
+                sample("switchyard_rollout_step_index", "c:1", "web", &[], 1.0),
+            ])
+        };
+        let adopt = newer_states(&snap, &other(2.0, 2000.0), "me");
+        assert_eq!(
+            adopt,
+            [Adopt {
+                route: "web".into(),
+                fingerprint: fp,
+                changed_ms: 2_000_000,
+                tripped: vec![("canary".into(), true)],
+                step: None,
+                from: "rc".into(),
+                rollback_only: true,
+            }]
+        );
+        // A guard's trip there, or an older rollback, is not taken.
+        assert!(newer_states(&snap, &other(1.0, 2000.0), "me").is_empty());
+        let mut taken = snap.clone();
+        std::sync::Arc::make_mut(&mut taken.routes[0]).runtime.changed_ms = 2_000_000;
+        assert!(newer_states(&taken, &other(2.0, 2000.0), "me").is_empty());
+    }
+
+    #[test]
+    fn quantiles_are_read_as_prometheus_reads_them() {
+        let mut h = vec![(0.1, 50.0), (0.5, 90.0), (f64::INFINITY, 100.0), (0.25, 80.0)];
+        // The 50th of 100 is at the top of the first bucket.
+        assert_eq!(quantile(0.5, &mut h), Some(0.1));
+        // The 85th: halfway through (0.25, 0.5].
+        assert!((quantile(0.85, &mut h).unwrap() - 0.375).abs() < 1e-9);
+        // In +Inf: the highest finite bound.
+        assert_eq!(quantile(0.99, &mut h), Some(0.5));
+        assert_eq!(quantile(0.5, &mut [(0.1, 0.0), (f64::INFINITY, 0.0)]), None);
+        assert_eq!(quantile(0.5, &mut [(0.1, 3.0)]), None);
+        // A count that falls with the bound is taken as the one before.
+        assert_eq!(
+            quantile(0.5, &mut [(0.1, 4.0), (0.2, 3.0), (f64::INFINITY, 4.0)]),
+            Some(0.05)
+        );
+    }
+
+    #[test]
+    fn every_query_reads_this_fleets_replicas_only() {
+        let s = FleetSettings {
+            name: "shop-prod".into(),
+            prometheus: "http://p:9090".into(),
+            selector: "namespace=\"shop\"".into(),
+            interval: Duration::from_secs(5),
+            query_timeout: Duration::from_secs(2),
+            token_env: None,
+        };
+        assert_eq!(
+            of_fleet(&s),
+            " and on(instance, job) switchyard_fleet_info{fleet=\"shop-prod\", namespace=\"shop\"}"
+        );
+    }
+
+    #[test]
     fn selectors_go_inside_the_braces() {
         let mut s = FleetSettings {
+            name: "t".into(),
             prometheus: "http://p:9090".into(),
             selector: String::new(),
             interval: Duration::from_secs(5),
@@ -576,6 +936,7 @@ mod tests {
     #[test]
     fn a_token_variable_that_is_not_set_is_refused() {
         let mut f = FleetSettings {
+            name: "t".into(),
             prometheus: "http://p:9090".into(),
             selector: String::new(),
             interval: Duration::from_secs(5),

@@ -32,6 +32,17 @@ pub struct State {
     pub notifier: crate::notify::Notifier,
     /// `[fleet]`: whether Prometheus answers, and what it showed last.
     pub fleet: ArcSwap<crate::fleet::FleetStatus>,
+    /// This replica's name in the fleet (`switchyard_fleet_info{replica}`):
+    /// `SWITCHYARD_REPLICA`, else the host's name and the admin (or proxy) port.
+    replica: std::sync::OnceLock<String>,
+    /// Whether this replica sends the fleet's webhooks for automatic events (trips, rollout
+    /// steps): the fleet's first replica by name does, so one incident sends one webhook;
+    /// every replica does while Prometheus does not answer.
+    pub notifies: AtomicBool,
+    /// The fleet's verdicts on rollout pools at its last answer: a rollout steps on them when
+    /// the replica's own traffic is too thin to judge.
+    pub fleet_verdicts: ArcSwap<crate::fleet::FleetVerdicts>,
+    started: std::time::Instant,
     ready: AtomicBool,
 }
 
@@ -145,6 +156,10 @@ impl State {
         };
         let notifier = crate::notify::Notifier::new(metrics.notify_counters());
         Arc::new(State {
+            replica: std::sync::OnceLock::new(),
+            notifies: AtomicBool::new(true),
+            fleet_verdicts: ArcSwap::from_pointee(crate::fleet::FleetVerdicts::default()),
+            started: std::time::Instant::now(),
             notifier,
             snapshot: Arc::new(ArcSwap::from_pointee(snap)),
             metrics,
@@ -183,12 +198,52 @@ impl State {
         self.snapshot.swap(Arc::new(snap))
     }
 
+    /// This replica's name in the fleet; [`State::name_replica`] sets it once the listeners
+    /// are bound (their ports are part of it).
+    pub fn replica(&self) -> &str {
+        self.replica
+            .get_or_init(|| crate::fleet::replica_name(&self.snapshot.load(), None))
+    }
+
+    /// Names this replica, with the admin API's (or the proxy's) bound `port`.
+    pub fn name_replica(&self, port: Option<u16>) {
+        let _ = self
+            .replica
+            .set(crate::fleet::replica_name(&self.snapshot.load(), port));
+    }
+
     pub fn set_ready(&self) {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// Config loaded and listeners bound.
+    /// Config loaded and listeners bound, and with `[fleet]`, the fleet's state known (or
+    /// [`crate::fleet::hold_bound`] passed: then it serves, guarded routes still at their
+    /// baselines until the fleet answers). `Err` says why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        if !self.ready.load(Ordering::Acquire) {
+            return Err("listeners are not bound yet".into());
+        }
+        let snap = self.snapshot.load();
+        match &snap.fleet {
+            Some(f) if snap.routes.iter().any(|r| r.runtime.held) => {
+                let waited = self.started.elapsed();
+                let bound = crate::fleet::hold_bound(f);
+                if waited < bound {
+                    return Err(format!(
+                        "waiting for the fleet's state from {} ({}s of at most {}s); guarded routes are held at their baselines until it answers",
+                        f.prometheus,
+                        waited.as_secs(),
+                        bound.as_secs()
+                    ));
+                }
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// [`State::readiness`] is `Ok`.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.readiness().is_ok()
     }
 }

@@ -34,7 +34,7 @@ async fn every_metric_the_dashboards_and_alerts_name_is_exported() {
     let cfg = config(
         &[("blue", &[blue.addr]), ("canary", &[canary.addr])],
         &format!(
-            "[admin]\nlisten = \"127.0.0.1:0\"\n[[flags]]\nname = \"f\"\npercent = 50\n[fleet]\nprometheus = \"http://{}\"\n",
+            "[admin]\nlisten = \"127.0.0.1:0\"\n[[flags]]\nname = \"f\"\npercent = 50\n[fleet]\nname = \"t\"\nprometheus = \"http://{}\"\n",
             dead_port().await
         ),
     )

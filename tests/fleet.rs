@@ -124,7 +124,7 @@ fn config(prometheus: u16, blue: SocketAddr, canary: SocketAddr, route_extra: &s
     format!(
         "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = false\n\
          [identity]\nfrom = [\"header:x-user-id\"]\n\
-         [fleet]\nprometheus = \"http://127.0.0.1:{prometheus}\"\nselector = 'job=\"fleet\"'\ninterval = \"500ms\"\n\
+         [fleet]\nname = \"shop\"\nprometheus = \"http://127.0.0.1:{prometheus}\"\nselector = 'job=\"fleet\"'\ninterval = \"500ms\"\n\
          [pools.blue]\nendpoints = [\"{blue}\"]\n[pools.canary]\nendpoints = [\"{canary}\"]\n\
          [[routes]]\nname = \"web\"\nsplit = {{ blue = 50, canary = 50 }}\noverride = {{ header = \"x-switchyard-pool\" }}\n{route_extra}"
     )
@@ -433,6 +433,235 @@ async fn a_rollout_across_three_replicas_keeps_their_steps_within_one() {
     );
     for l in busy {
         l.abort();
+    }
+    for r in [a, b, c] {
+        r.proxy.shutdown().await;
+    }
+}
+
+/// Who served a request of a new user on `r`: the upstream's `x-served-by`.
+async fn served_by(r: &Replica, user: &str) -> String {
+    let req = Request::get(r.proxy.url("/"))
+        .header("x-user-id", user)
+        .body(empty())
+        .unwrap();
+    let (parts, _) = send(&h1_client(), req).await;
+    parts
+        .headers
+        .get("x-served-by")
+        .map_or(String::new(), |v| v.to_str().unwrap().to_owned())
+}
+
+/// Writes `text` as `r`'s config and reloads it.
+async fn reload(r: &Replica, text: &str) {
+    std::fs::write(&r.path, text).unwrap();
+    let v = r.post("/api/reload").await;
+    assert_eq!(v["result"], "ok", "{v}");
+}
+
+async fn until_true<F, Fut>(within: Duration, what: &str, check: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(start.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The issue's operator trials, each as it was found: another environment in the same
+/// Prometheus, one webhook per incident, endpoints replaced by a config change, a rollback
+/// during a config rollout, and a replica that starts with no state while Prometheus is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the prometheus binary: .ci/run installs it and runs this test"]
+async fn a_fleet_keeps_to_its_own_replicas_splits_and_incidents() {
+    let hooks = Recorder::start(ok_answer).await;
+    let (canary, port, text) = setup(&format!(
+        "guard = {{ baseline = \"blue\", min_requests = 20 }}\n[[notify]]\nurl = \"http://{}/hook\"\nevents = [\"trip\"]\n",
+        hooks.addr
+    ))
+    .await;
+    let healthy = switchyard::demo::start_upstream("canary2").await.unwrap();
+    let staging_text = text
+        .replace("name = \"shop\"", "name = \"shop-staging\"")
+        .replace(
+            &format!(
+                "[[notify]]\nurl = \"http://{}/hook\"\nevents = [\"trip\"]\n",
+                hooks.addr
+            ),
+            "",
+        );
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b, s) = (
+        Replica::start(&text).await,
+        Replica::start(&text).await,
+        Replica::start(&staging_text).await,
+    );
+    let mut targets: Vec<SocketAddr> = [&a, &b, &s].iter().map(|r| r.proxy.admin.unwrap()).collect();
+    let mut prom = Some(prometheus(port, dir.path(), &targets));
+    for r in [&a, &b] {
+        until_true(Duration::from_secs(60), "the fleet of two", || async {
+            let f = r.api("/api/fleet").await;
+            f["up"] == true && f["replicas"] == 2
+        })
+        .await;
+    }
+    let notifiers = (
+        a.api("/api/fleet").await["notifier"].clone(),
+        b.api("/api/fleet").await["notifier"].clone(),
+    );
+    assert_eq!(notifiers.0, notifiers.1, "one notifier for the fleet");
+    assert!(notifiers.0.is_string());
+
+    // 1. Staging's canary fails in the same Prometheus (same job, route and pool names):
+    //    production's replicas never count its series.
+    fail(canary, 100).await;
+    s.traffic(60, Some("canary")).await;
+    until_all(
+        &[&s],
+        Duration::from_secs(15),
+        "staging's own trip",
+        |v| async move { tripped(&v) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for r in [&a, &b] {
+        assert!(!tripped(&r.web().await), "staging's errors tripped production");
+    }
+    assert_eq!(s.api("/api/fleet").await["replicas"], 1);
+
+    // 2. One incident, one webhook: 12 failing canary requests on each production replica
+    //    are under min_requests alone and over it together; both trip, one webhook is sent.
+    a.traffic(12, Some("canary")).await;
+    b.traffic(12, Some("canary")).await;
+    until_all(
+        &[&a, &b],
+        Duration::from_secs(15),
+        "the fleet's trip",
+        |v| async move { tripped(&v) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let trips: Vec<Recorded> = hooks
+        .requests()
+        .into_iter()
+        .filter(|r| String::from_utf8_lossy(&r.body).contains("\"trip\""))
+        .collect();
+    assert_eq!(trips.len(), 1, "one webhook per incident: {:?}", hooks.text());
+    let reason = a.web().await["trips"][0]["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.starts_with("fleet numbers (2 replicas on this split)") && reason.contains("over the last "),
+        "the reason states the replicas and the range judged: {reason}"
+    );
+
+    // 3. The canary's endpoints are replaced by a config change on both: the trip ends, and
+    //    the old endpoints' errors (still within the guard's window) never trip it again.
+    let replaced = text.replace(&canary.to_string(), &healthy.to_string());
+    reload(&a, &replaced).await;
+    reload(&b, &replaced).await;
+    for r in [&a, &b] {
+        assert!(!tripped(&r.web().await));
+    }
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for r in [&a, &b] {
+        let v = r.web().await;
+        assert!(!tripped(&v), "tripped again by the old endpoints' errors: {v}");
+    }
+
+    // 4. A config rollout under way: B is on another split. An operator's rollback on A
+    //    reaches B (a rollback is always safe).
+    let other_split = replaced.replace("blue = 50, canary = 50", "blue = 60, canary = 40");
+    reload(&b, &other_split).await;
+    a.post("/api/routes/web/rollback").await;
+    until_all(
+        &[&a, &b],
+        Duration::from_secs(10),
+        "the rollback",
+        |v| async move { tripped(&v) && v["trips"][0]["manual"] == true },
+    )
+    .await;
+    let reason = b.web().await["trips"][0]["reason"].as_str().unwrap().to_owned();
+    assert!(
+        reason.contains("rolled back by an operator on replica"),
+        "{reason}"
+    );
+
+    // 5. Prometheus is down; a new replica starts with no state: it serves every user from
+    //    its baseline from the first request, and says it is not ready.
+    drop(prom.take());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let c = Replica::start(&replaced).await;
+    let mut served = std::collections::BTreeMap::<String, usize>::new();
+    for i in 0..300 {
+        *served
+            .entry(served_by(&c, &format!("new-{i}")).await)
+            .or_default() += 1;
+    }
+    assert_eq!(served.keys().collect::<Vec<_>>(), ["blue"], "{served:?}");
+    let (parts, body) = get(&h1_client(), &c.proxy.admin_url("/readyz")).await;
+    assert_eq!(parts.status, 503, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("waiting for the fleet"));
+    assert_eq!(c.web().await["held"], true);
+    // Prometheus is back (scraping C too): C takes the fleet's rollback, is ready, and
+    //    its route is no longer held.
+    targets.push(c.proxy.admin.unwrap());
+    let _prom = prometheus(port, dir.path(), &targets);
+    until_true(
+        Duration::from_secs(30),
+        "C ready with the fleet's state",
+        || async {
+            let v = c.web().await;
+            v["held"] == false && tripped(&v)
+        },
+    )
+    .await;
+    let (parts, _) = get(&h1_client(), &c.proxy.admin_url("/readyz")).await;
+    assert_eq!(parts.status, 200);
+    for r in [a, b, c, s] {
+        r.proxy.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs the prometheus binary: .ci/run installs it and runs this test"]
+async fn a_rollout_steps_on_the_fleets_numbers_when_each_replica_sees_too_few() {
+    let (_, port, text) = setup(
+        "guard = { baseline = \"blue\", min_requests = 20, window = \"5s\" }\nrollout = { pool = \"canary\", steps = [10, 50, 100], every = \"4s\" }\n",
+    )
+    .await;
+    let text = text.replace("blue = 50, canary = 50", "blue = 100, canary = 0");
+    let dir = tempfile::tempdir().unwrap();
+    let ([a, b, c], _prom) = three(&text, port, dir.path()).await;
+    // Each replica: a canary request every 300 ms, about 16 in a 5 s window (under 20); the
+    //    fleet's 3 × that is over.
+    let thin: Vec<_> = [&a, &b, &c]
+        .iter()
+        .map(|r| {
+            let url = r.proxy.url("/");
+            tokio::spawn(async move {
+                let client = h1_client();
+                loop {
+                    let req = Request::get(&url)
+                        .header("x-switchyard-pool", "canary")
+                        .body(empty())
+                        .unwrap();
+                    let _ = client.request(req).await.map(|r| drop(r.into_body()));
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+            })
+        })
+        .collect();
+    until_all(
+        &[&a, &b, &c],
+        Duration::from_secs(90),
+        "the last step on the fleet's numbers",
+        |v| async move { v["rollout"]["step"] == 2 },
+    )
+    .await;
+    for t in thin {
+        t.abort();
     }
     for r in [a, b, c] {
         r.proxy.shutdown().await;

@@ -487,7 +487,7 @@ fn check_warns_of_variables_run_would_need() {
     std::fs::write(
         &path,
         "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"SY_CHECK_TOKEN\"\n\
-         [fleet]\nprometheus = \"http://p:9090\"\ntoken_env = \"SY_CHECK_PROM\"\n\
+         [fleet]\nname = \"t\"\nprometheus = \"http://p:9090\"\ntoken_env = \"SY_CHECK_PROM\"\n\
          [pools.a]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"a\"\nsplit = { a = 100 }\n",
     )
     .unwrap();

@@ -223,7 +223,7 @@ async fn a_prometheus_answer_is_read_within_bounds() {
     let before = rss_kib();
     let proxy = Proxy::start(&config(
         &[("app", &[up.addr])],
-        &format!("[admin]\nlisten = \"127.0.0.1:0\"\n[fleet]\nprometheus = \"http://{prometheus}\"\ninterval = \"200ms\"\n"),
+        &format!("[admin]\nlisten = \"127.0.0.1:0\"\n[fleet]\nname = \"t\"\nprometheus = \"http://{prometheus}\"\ninterval = \"500ms\"\n"),
     ))
     .await;
     until("the flood refused", async || {

@@ -75,6 +75,11 @@ pub struct Metrics {
     rollout_step_index: IntGaugeVec,
     pool_tripped: IntGaugeVec,
     route_changed: GaugeVec,
+    /// The label values `route_changed` and `route_config` were last set with, per route
+    /// (a route's origin changes without a reload, and its old series must go).
+    route_labels: std::sync::Mutex<std::collections::HashMap<String, [String; 2]>>,
+    route_config: GaugeVec,
+    fleet_info: IntGaugeVec,
     fleet_up: IntGaugeVec,
     fleet_replicas: IntGaugeVec,
     endpoint_healthy: IntGaugeVec,
@@ -191,8 +196,17 @@ impl Metrics {
                 &["route", "pool"],
             )),
             route_changed: register(&r, GaugeVec::new(
-                opts("switchyard_route_changed_timestamp_seconds", "When a route's trips or rollout step last changed (Unix time; 0: never), with the fingerprint of its split and pools: replicas with [fleet] converge on the latest."),
+                opts("switchyard_route_changed_timestamp_seconds", "When a route's trips or rollout step last changed (Unix time; 0: never), with the fingerprint of its split and pools and the replica where it changed (origin; empty: here): replicas with [fleet] converge on the latest."),
+                &["route", "fingerprint", "origin"],
+            )),
+            route_labels: std::sync::Mutex::new(std::collections::HashMap::new()),
+            route_config: register(&r, GaugeVec::new(
+                opts("switchyard_route_config_timestamp_seconds", "Since when this replica has served a guarded route's current split and pools (Unix time), with their fingerprint: the fleet's numbers for the route start at the latest of its replicas'."),
                 &["route", "fingerprint"],
+            )),
+            fleet_info: register(&r, IntGaugeVec::new(
+                opts("switchyard_fleet_info", "1, with [fleet] name and this replica's name: replicas read only the series of instances that export their fleet's name."),
+                &["fleet", "replica"],
             )),
             fleet_up: register(&r, IntGaugeVec::new(
                 opts("switchyard_fleet_up", "1 while [fleet]'s Prometheus answers, 0 when it does not (the guard judges local numbers only); absent without [fleet]."),
@@ -253,6 +267,11 @@ impl Metrics {
         self.rollout_step_index.reset();
         self.pool_tripped.reset();
         self.route_changed.reset();
+        self.route_config.reset();
+        self.route_labels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         self.endpoint_healthy.reset();
         for route in &snap.routes {
             let mut per_pool = Vec::new();
@@ -355,9 +374,25 @@ impl Metrics {
             }
             let fingerprint =
                 crate::guard::overlay::fingerprint_label(&crate::guard::overlay::fingerprint(snap, route));
+            let origin = route.runtime.origin.as_deref().unwrap_or("").to_owned();
+            let mut labels = self.route_labels.lock().unwrap_or_else(|e| e.into_inner());
+            let now = [fingerprint, origin];
+            if let Some(was) = labels.insert(route.name.to_string(), now.clone()) {
+                if was != now {
+                    let _ = self
+                        .route_changed
+                        .remove_label_values(&[&*route.name, &was[0], &was[1]]);
+                    let _ = self.route_config.remove_label_values(&[&*route.name, &was[0]]);
+                }
+            }
             self.route_changed
-                .with_label_values(&[&*route.name, &fingerprint])
+                .with_label_values(&[&*route.name, &now[0], &now[1]])
                 .set(route.runtime.changed_ms as f64 / 1000.0);
+            if route.runtime.config_ms > 0 {
+                self.route_config
+                    .with_label_values(&[&*route.name, &now[0]])
+                    .set(route.runtime.config_ms as f64 / 1000.0);
+            }
         }
     }
 
@@ -373,6 +408,24 @@ impl Metrics {
             if let Some(n) = replicas {
                 self.fleet_replicas.with_label_values(&[p]).set(n as i64);
             }
+        }
+    }
+
+    /// `switchyard_fleet_info`: `Some((fleet, replica))` with `[fleet]`, else gone.
+    pub fn fleet_info(&self, info: Option<(&str, &str)>) {
+        match info {
+            Some((fleet, replica)) => {
+                if self
+                    .fleet_info
+                    .get_metric_with_label_values(&[fleet, replica])
+                    .map_or(0, |g| g.get())
+                    != 1
+                {
+                    self.fleet_info.reset();
+                    self.fleet_info.with_label_values(&[fleet, replica]).set(1);
+                }
+            }
+            None => self.fleet_info.reset(),
         }
     }
 

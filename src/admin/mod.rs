@@ -66,6 +66,8 @@ pub struct RouteStatus {
     /// `[routes.mirror]`: the shadow pool and how its answers compare.
     pub mirror: Option<MirrorStatus>,
     pub tripped: bool,
+    /// `[fleet]`: held at its baseline since start until the fleet answers.
+    pub held: bool,
     /// Why each tripped pool was taken out, when, and the numbers that did it.
     pub trips: Vec<crate::guard::overlay::Trip>,
     pub guard: Option<GuardStatus>,
@@ -214,6 +216,7 @@ pub fn route_status(state: &State, snap: &Snapshot, route: &Route, details: bool
             .map(|&f| snap.flags[f].name.to_string())
             .collect(),
         tripped: !route.runtime.tripped.is_empty(),
+        held: route.runtime.held,
         trips: entry.map(|e| e.trips.clone()).unwrap_or_default(),
         guard,
         rollout,
@@ -314,15 +317,12 @@ impl Admin {
 }
 
 async fn readyz(Extract(a): Extract<Admin>) -> Response {
-    if a.state.is_ready() {
-        Json(serde_json::json!({ "status": "ready", "revision": a.state.snapshot.load().revision }))
-            .into_response()
-    } else {
-        ApiError(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "listeners are not bound yet".into(),
-        )
-        .into_response()
+    match a.state.readiness() {
+        Ok(()) => {
+            Json(serde_json::json!({ "status": "ready", "revision": a.state.snapshot.load().revision }))
+                .into_response()
+        }
+        Err(why) => ApiError(StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
 }
 

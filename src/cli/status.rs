@@ -156,8 +156,15 @@ pub fn render(view: &View, now: SystemTime) -> String {
     if let Some(prometheus) = fleet["prometheus"].as_str() {
         let line = match fleet["up"].as_bool() {
             Some(true) => format!(
-                "{prometheus}: {} replicas; judging fleet and local numbers",
-                fleet["replicas"]
+                "{prometheus}: {} replicas; judging fleet and local numbers; this is {}{}",
+                fleet["replicas"],
+                text(&fleet["replica"]),
+                match fleet["notifier"].as_str() {
+                    Some(n) if Some(n) == fleet["replica"].as_str() =>
+                        ", which sends the fleet's webhooks".to_owned(),
+                    Some(n) => format!(" ({n} sends the fleet's webhooks)"),
+                    None => String::new(),
+                }
             ),
             Some(false) => format!(
                 "{prometheus} DOES NOT ANSWER ({}); judging local numbers only",
@@ -166,6 +173,12 @@ pub fn render(view: &View, now: SystemTime) -> String {
             None => format!("{prometheus}: not asked yet"),
         };
         let _ = writeln!(s, "fleet     {line}");
+        if fleet["held"].as_bool() == Some(true) {
+            let _ = writeln!(
+                s,
+                "          GUARDED ROUTES HELD AT THEIR BASELINES until the fleet answers (this replica has not heard its state since start)"
+            );
+        }
     }
     let _ = writeln!(
         s,

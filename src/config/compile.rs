@@ -316,7 +316,7 @@ pub fn compile(
     let fleet = raw
         .fleet
         .as_ref()
-        .and_then(|f| compile_fleet(&mut errs, f.get_ref()));
+        .and_then(|f| compile_fleet(&mut errs, f.get_ref(), f));
     if let Some(f) = &fleet {
         // Replicas take a step from the one that took it first: to stay within one step of
         // each other, a step must last longer than it takes to see it (a scrape and a query).
@@ -441,8 +441,35 @@ fn env_name(name: &str) -> bool {
     !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
-fn compile_fleet(errs: &mut Errors<'_>, f: &RawFleet) -> Option<FleetSettings> {
+/// The shortest `[fleet] interval`: each round is a few Prometheus queries, and Prometheus
+/// sees a change only at its next scrape (seconds), so asking faster finds nothing new.
+pub const MIN_FLEET_INTERVAL: Duration = Duration::from_millis(500);
+/// The longest: past it, replicas would disagree for minutes.
+pub const MAX_FLEET_INTERVAL: Duration = Duration::from_secs(300);
+
+fn compile_fleet(errs: &mut Errors<'_>, f: &RawFleet, whole: &Spanned<RawFleet>) -> Option<FleetSettings> {
     let before = errs.list.len();
+    let name = match &f.name {
+        Some(n) if valid_name(n.get_ref()) && n.get_ref().len() <= 64 => n.get_ref().clone(),
+        Some(n) => {
+            errs.at(
+                n,
+                "fleet.name",
+                format!("`{}` is not a fleet name", n.get_ref()),
+                "use letters, digits, '_', '-' and '.', at most 64, such as \"shop-prod\"",
+            );
+            String::new()
+        }
+        None => {
+            errs.at(
+                whole,
+                "fleet.name",
+                "a fleet needs a name",
+                "add name = \"shop-prod\" (the same on every replica of this fleet, another in each other environment): replicas read only the series of their own fleet, so a staging replica never trips production",
+            );
+            String::new()
+        }
+    };
     let url = f.prometheus.get_ref().trim().trim_end_matches('/').to_owned();
     match url.parse::<http::Uri>() {
         Ok(u)
@@ -474,11 +501,31 @@ fn compile_fleet(errs: &mut Errors<'_>, f: &RawFleet) -> Option<FleetSettings> {
         }
     }
     let interval = errs.duration(f.interval.as_ref(), "fleet.interval", Duration::from_secs(5));
+    if let Some(v) = &f.interval {
+        if !(MIN_FLEET_INTERVAL..=MAX_FLEET_INTERVAL).contains(&interval) {
+            errs.at(
+                v,
+                "fleet.interval",
+                "must be between 500ms and 5m",
+                "use a duration such as \"5s\": Prometheus sees a change only at its next scrape, so asking more often finds nothing new",
+            );
+        }
+    }
     let query_timeout = errs.duration(
         f.query_timeout.as_ref(),
         "fleet.query_timeout",
         Duration::from_secs(2),
     );
+    if let Some(v) = &f.query_timeout {
+        if !(Duration::from_millis(100)..=Duration::from_secs(60)).contains(&query_timeout) {
+            errs.at(
+                v,
+                "fleet.query_timeout",
+                "must be between 100ms and 60s",
+                "use a duration such as \"2s\"",
+            );
+        }
+    }
     if let Some(t) = &f.token_env {
         if !env_name(t.get_ref()) {
             errs.at(
@@ -490,6 +537,7 @@ fn compile_fleet(errs: &mut Errors<'_>, f: &RawFleet) -> Option<FleetSettings> {
         }
     }
     (errs.list.len() == before).then(|| FleetSettings {
+        name,
         prometheus: url,
         selector,
         interval,

@@ -442,7 +442,7 @@ mod tests {
     fn with_a_fleet_a_rollout_step_outlasts_four_fleet_intervals() {
         let src = |every: &str| {
             format!(
-                "[listen]\nhttp = \"127.0.0.1:0\"\n[fleet]\nprometheus = \"http://p:9090\"\ninterval = \"5s\"\n\
+                "[listen]\nhttp = \"127.0.0.1:0\"\n[fleet]\nname = \"t\"\nprometheus = \"http://p:9090\"\ninterval = \"5s\"\n\
                  [pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n\
                  [[routes]]\nname = \"web\"\nsplit = {{ blue = 100, canary = 0 }}\nguard = {{ baseline = \"blue\" }}\n\
                  rollout = {{ pool = \"canary\", steps = [10, 100], every = \"{every}\" }}\n"
@@ -461,7 +461,10 @@ mod tests {
         );
         assert!(load_str(&src("20s"), Path::new("t.toml"), None).is_ok());
         // Without [fleet], any step length.
-        let alone = src("1s").replace("[fleet]\nprometheus = \"http://p:9090\"\ninterval = \"5s\"\n", "");
+        let alone = src("1s").replace(
+            "[fleet]\nname = \"t\"\nprometheus = \"http://p:9090\"\ninterval = \"5s\"\n",
+            "",
+        );
         assert!(load_str(&alone, Path::new("t.toml"), None).is_ok());
     }
 

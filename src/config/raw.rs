@@ -86,6 +86,7 @@ pub struct RawOfrep {
 
 #[derive(Debug, Deserialize)]
 pub struct RawFleet {
+    pub name: Option<Spanned<String>>,
     pub prometheus: Spanned<String>,
     pub selector: Option<Spanned<String>>,
     pub interval: Option<Spanned<String>>,

@@ -125,6 +125,7 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
             }
             _ = tick.tick() => {
                 let snap = state.snapshot.load_full();
+                guard.fleet = state.fleet_verdicts.load_full();
                 let report = guard.judge(&snap, &mut windows, Instant::now(), &triggers).await;
                 state.guard.store(Arc::new(report));
                 for pool in snap.pools.iter() {
@@ -156,6 +157,8 @@ struct Guard {
     /// Per route with `max_mismatch_rate`: `(when, compared, mismatched)` counts of its mirror,
     /// a window's worth, oldest first.
     mirror_samples: HashMap<String, std::collections::VecDeque<(Instant, u64, u64)>>,
+    /// The fleet's verdicts at its last answer (`[fleet]`).
+    fleet: Arc<crate::fleet::FleetVerdicts>,
 }
 
 type Windows = HashMap<(Arc<str>, Arc<str>), Window>;
@@ -275,7 +278,17 @@ impl Guard {
             }
             let name = snap.pools[pool].name.to_string();
             self.act(route, g, &name, &v, f, now, triggers).await;
-            self.step_rollout(route, pool, &v, now, triggers).await;
+            // Too few requests here to judge: a rollout steps on the fleet's numbers (fresh:
+            // from its last three rounds), as it trips on them.
+            let step_on = match (&v, &snap.fleet) {
+                (Verdict::Hold, Some(fleet)) => self
+                    .fleet
+                    .get(&route.name, &name, fleet.interval * 3)
+                    .cloned()
+                    .unwrap_or(Verdict::Hold),
+                _ => v.clone(),
+            };
+            self.step_rollout(route, pool, &step_on, now, triggers).await;
             if let Verdict::Fail(_) = &v {
                 if !g.dry_run {
                     self.at_trip

@@ -21,6 +21,10 @@ use crate::routing::{Route, Snapshot, Split};
 #[serde(deny_unknown_fields)]
 pub struct Overlay {
     pub routes: BTreeMap<String, RouteOverlay>,
+    /// Every guarded route held at its baseline until the fleet's state is known (never
+    /// saved: see [`crate::routing::RouteRuntime::held`]).
+    #[serde(skip)]
+    pub fleet_hold: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -35,6 +39,9 @@ pub struct RouteOverlay {
     /// `[fleet]`, the replicas converge on the most recent change of each route.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub changed_ms: u64,
+    /// The replica where that change happened, when another replica's was adopted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<String>,
 }
 
 fn is_zero(v: &u64) -> bool {
@@ -88,6 +95,22 @@ pub fn fingerprint(snap: &Snapshot, route: &Route) -> String {
     s
 }
 
+/// Sets each route's [`crate::routing::RouteRuntime::config_ms`]: kept from `base` where the
+/// route's split and pools are the same there, else `now_ms`.
+pub fn stamp_config(new: &mut Snapshot, base: Option<&Snapshot>, now_ms: u64) {
+    for i in 0..new.routes.len() {
+        let fp = fingerprint(new, &new.routes[i]);
+        let kept = base
+            .and_then(|b| b.route_by_name(&new.routes[i].name).map(|r| (b, r)))
+            .filter(|(b, r)| r.runtime.config_ms > 0 && fingerprint(b, r) == fp)
+            .map(|(_, r)| r.runtime.config_ms);
+        let ms = kept.unwrap_or(now_ms);
+        if new.routes[i].runtime.config_ms != ms {
+            std::sync::Arc::make_mut(&mut new.routes[i]).runtime.config_ms = ms;
+        }
+    }
+}
+
 impl Overlay {
     /// Drops entries that no longer apply to `snap` and starts rollouts that have no entry.
     /// Returns one line per dropped entry, for the log.
@@ -122,6 +145,7 @@ impl Overlay {
                             since: now.to_owned(),
                         }),
                         changed_ms: 0,
+                        origin: None,
                     },
                 );
             }
@@ -138,6 +162,7 @@ impl Overlay {
                 trips: Vec::new(),
                 rollout: None,
                 changed_ms: 0,
+                origin: None,
             })
     }
 
@@ -165,17 +190,32 @@ impl Overlay {
             })
             .unwrap_or_default();
         let changed_ms = entry.map_or(0, |e| e.changed_ms);
+        let origin: Option<std::sync::Arc<str>> = entry.and_then(|e| e.origin.as_deref()).map(Into::into);
         let route = &snap.routes[i];
         let step = route
             .rollout
             .as_ref()
             .and(entry.and_then(|e| e.rollout.as_ref()).map(|p| p.step));
-        let effective = effective_split(route, step, &tripped);
+        let held = self.fleet_hold && route.guard.is_some();
+        let effective = if held {
+            let baseline = route.baseline();
+            let out: Vec<usize> = route
+                .split
+                .weights()
+                .map(|(p, _)| p)
+                .filter(|&p| p != baseline)
+                .collect();
+            effective_split(route, step, &out)
+        } else {
+            effective_split(route, step, &tripped)
+        };
         if route.effective != effective
             || route.runtime.tripped != tripped
             || route.runtime.rollout_step != step
             || route.runtime.rolled_back != rolled_back
             || route.runtime.changed_ms != changed_ms
+            || route.runtime.held != held
+            || route.runtime.origin != origin
         {
             let route = std::sync::Arc::make_mut(&mut snap.routes[i]);
             route.effective = effective;
@@ -183,6 +223,8 @@ impl Overlay {
             route.runtime.rollout_step = step;
             route.runtime.rolled_back = rolled_back;
             route.runtime.changed_ms = changed_ms;
+            route.runtime.held = held;
+            route.runtime.origin = origin;
         }
     }
 

@@ -11,6 +11,8 @@
 //!   rate would cross the limit only once enough of a long healthy history had turned.
 //! - Else **pass**.
 
+use std::time::Duration;
+
 use super::window::{Counts, Figures, RECENT};
 use super::GuardConfig;
 
@@ -35,11 +37,12 @@ pub fn judge(g: &GuardConfig, baseline: &Figures, pool: &Figures) -> Verdict {
     if pool.requests < g.min_requests {
         return Verdict::Hold;
     }
-    let window = g.window.as_secs_f64();
+    let span = if pool.span.is_zero() { g.window } else { pool.span };
+    let over = humantime::format_duration(Duration::from_secs(span.as_secs().max(1)));
     let rate = pool.error_rate();
     if rate > g.max_error_rate {
         return Verdict::Fail(format!(
-            "error rate {:.1}% ({} of {} requests over {window}s) is over max_error_rate {:.1}%",
+            "error rate {:.1}% ({} of {} requests over the last {over}) is over max_error_rate {:.1}%",
             rate * 100.0,
             pool.errors,
             pool.requests,
@@ -69,7 +72,7 @@ pub fn judge(g: &GuardConfig, baseline: &Figures, pool: &Figures) -> Verdict {
         // Only against a baseline that has a verdict of its own.
         if baseline.requests >= g.min_requests && worse_than(pool.counts(), baseline.counts(), ratio) {
             return Verdict::Fail(format!(
-                "error rate {:.2}% ({} of {}) is over {ratio}x the baseline's {:.2}% ({} of {}) with 95% confidence",
+                "error rate {:.2}% ({} of {} over the last {over}) is over {ratio}x the baseline's {:.2}% ({} of {}) with 95% confidence",
                 rate * 100.0,
                 pool.errors,
                 pool.requests,
@@ -83,7 +86,7 @@ pub fn judge(g: &GuardConfig, baseline: &Figures, pool: &Figures) -> Verdict {
         if let (Some(max), Some(v)) = (limit, value) {
             if v > max {
                 return Verdict::Fail(format!(
-                    "{name} latency {:.1}ms (over {} requests) is over max_{name} {}ms",
+                    "{name} latency {:.1}ms ({} requests over the last {over}) is over max_{name} {}ms",
                     v.as_secs_f64() * 1000.0,
                     pool.requests,
                     max.as_millis()
@@ -149,6 +152,7 @@ mod tests {
             p50: Some(Duration::from_millis(p99_ms / 2)),
             p99: Some(Duration::from_millis(p99_ms)),
             recent: Default::default(),
+            span: Duration::ZERO,
         }
     }
 
@@ -185,9 +189,16 @@ mod tests {
             panic!()
         };
         assert!(
-            why.contains("6.0% (6 of 100 requests over 30s)") && why.contains("max_error_rate 5.0%"),
+            why.contains("6.0% (6 of 100 requests over the last 30s)") && why.contains("max_error_rate 5.0%"),
             "{why}"
         );
+        // Figures that cover less than the window say so.
+        let mut f = figures(100, 6, 10);
+        f.span = Duration::from_secs(12);
+        let Verdict::Fail(why) = judge(&g, &Figures::default(), &f) else {
+            panic!()
+        };
+        assert!(why.contains("over the last 12s)"), "{why}");
     }
 
     fn with_recent(long: (u64, u64), ticks: [(u64, u64); RECENT]) -> Figures {

@@ -97,6 +97,10 @@ pub struct Figures {
     /// The recent window's buckets, oldest first (the last one still filling).
     #[serde(skip)]
     pub recent: [Counts; RECENT],
+    /// The time these figures cover: the window's length, or less when it started later (a
+    /// reset, a config change, a restart, or the fleet's range); zero when not known.
+    #[serde(skip)]
+    pub span: Duration,
 }
 
 fn ser_ms<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
@@ -224,6 +228,7 @@ impl Window {
         let mut f = Figures {
             requests: self.total.requests,
             errors: self.total.errors,
+            span: self.length.min(now.saturating_duration_since(self.epoch)),
             ..Figures::default()
         };
         if f.requests > 0 {
@@ -271,6 +276,7 @@ mod tests {
         }
         let f = w.figures(Instant::now());
         assert_eq!((f.requests, f.errors), (10, 5));
+        assert_eq!(f.span, Duration::ZERO, "a window just begun covers nothing yet");
         tokio::time::advance(Duration::from_secs(5)).await;
         w.record(Instant::now(), false, Duration::from_millis(5));
         assert_eq!(w.figures(Instant::now()).requests, 11, "still inside");
@@ -282,7 +288,14 @@ mod tests {
             "the first burst has left the window"
         );
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(w.figures(Instant::now()), Figures::default());
+        assert_eq!(
+            w.figures(Instant::now()),
+            Figures {
+                span: Duration::from_secs(10),
+                ..Figures::default()
+            },
+            "a window's figures cover its length at most"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -60,6 +60,8 @@ pub enum Trigger {
     /// Another replica of the fleet changed `route` more recently than this one: take its
     /// trips and rollout step.
     Adopt(crate::fleet::Adopt),
+    /// The fleet answered: routes held at their baselines since start follow their state.
+    FleetKnown,
 }
 
 /// Now, in Unix milliseconds.
@@ -195,6 +197,9 @@ pub fn prepare(snap: &mut Snapshot, path: Option<&Path>) -> Prepared {
             ov
         }
     };
+    overlay::stamp_config(snap, None, unix_ms());
+    // With a fleet, guarded routes wait at their baselines for the fleet's state.
+    ov.fleet_hold = snap.fleet.is_some();
     for line in ov.reconcile(snap, &at) {
         tracing::info!("state file: {line}");
     }
@@ -275,7 +280,37 @@ impl Control {
             }
             Trigger::Flush(done) => self.saver.flush(done),
             Trigger::Adopt(a) => self.adopt(a),
+            Trigger::FleetKnown => self.release_hold("the fleet answered"),
         }
+    }
+
+    /// Ends the hold at start (`[fleet]`): guarded routes follow their splits and state.
+    fn release_hold(&mut self, why: &str) {
+        if !self.overlay.fleet_hold {
+            return;
+        }
+        self.overlay.fleet_hold = false;
+        let snap = self.state.snapshot.load_full();
+        let held: Vec<String> = snap
+            .routes
+            .iter()
+            .filter(|r| r.runtime.held)
+            .map(|r| r.name.to_string())
+            .collect();
+        tracing::info!(routes = ?held, "{why}: guarded routes follow the fleet's state and their splits");
+        for route in held {
+            self.republish(&route);
+        }
+    }
+
+    /// Whether this replica sends the webhook of an automatic event (with `[fleet]`, one
+    /// replica does for the fleet); says so in the log when it does not.
+    fn notifies(&self, what: &str) -> bool {
+        let yes = self.state.notifies.load(std::sync::atomic::Ordering::Acquire);
+        if !yes {
+            tracing::debug!("{what}: the fleet's notifier replica sends its webhook");
+        }
+        yes
     }
 
     /// Publishes the current snapshot again with the overlay applied, and saves the overlay.
@@ -347,6 +382,7 @@ impl Control {
         let at = timestamp(SystemTime::now());
         let entry = self.overlay.entry(&snap, r);
         entry.changed_ms = unix_ms();
+        entry.origin = None;
         entry.trips.push(Trip {
             pool: pool.to_owned(),
             reason: reason.to_owned(),
@@ -369,6 +405,9 @@ impl Control {
         );
         self.state.metrics.trip(route, pool);
         let moves = self.republish(route);
+        if !self.notifies("trip") {
+            return;
+        }
         let fields = serde_json::json!({
             "pool": pool,
             "baseline": baseline.to_string(),
@@ -417,8 +456,12 @@ impl Control {
         progress.since = timestamp(SystemTime::now());
         let step = progress.step;
         entry.changed_ms = unix_ms();
+        entry.origin = None;
         tracing::info!(route, pool = %snap.pools[rollout.pool].name, percent = rollout.steps[step], "rollout: next step after the guard passed for {:?}", rollout.every);
         let moves = self.republish(route);
+        if !self.notifies("rollout step") {
+            return;
+        }
         self.notify_step(
             route,
             &snap.pools[rollout.pool].name,
@@ -547,6 +590,7 @@ impl Control {
         };
         if let Some(entry) = self.overlay.routes.get_mut(route) {
             entry.changed_ms = unix_ms();
+            entry.origin = None;
         }
         let moves = self.republish(route);
         let snap = self.state.snapshot.load_full();
@@ -586,7 +630,9 @@ impl Control {
     }
 
     /// Takes another replica's more recent state of a route (trips, rollout step), as
-    /// Prometheus showed it. Not notified: the replica where it happened did that.
+    /// Prometheus showed it, naming the replica where it happened. Its webhooks: an operator's
+    /// command was notified where it was given; a trip or a step is notified here when this
+    /// replica is the fleet's notifier (the first replica by name), so one incident sends one.
     fn adopt(&mut self, a: crate::fleet::Adopt) {
         let snap = self.state.snapshot.load_full();
         let Some(r) = snap.route_by_name(&a.route) else {
@@ -603,11 +649,23 @@ impl Control {
             return;
         }
         let before: Vec<(String, bool)> = entry.trips.iter().map(|t| (t.pool.clone(), t.manual)).collect();
-        entry
-            .trips
-            .retain(|t| a.tripped.iter().any(|(p, m)| *p == t.pool && *m == t.manual));
+        let step_before = entry.rollout.as_ref().map(|p| p.step);
+        if !a.rollback_only {
+            entry
+                .trips
+                .retain(|t| a.tripped.iter().any(|(p, m)| *p == t.pool && *m == t.manual));
+        }
+        let mut new_trips = Vec::new();
         for (pool, manual) in &a.tripped {
-            if snap.pool_index(pool).is_none() || entry.trips.iter().any(|t| t.pool == *pool) {
+            if snap.pool_index(pool).is_none() {
+                continue;
+            }
+            if let Some(t) = entry.trips.iter_mut().find(|t| t.pool == *pool) {
+                // A rollback elsewhere outranks a trip here.
+                if *manual && !t.manual {
+                    t.manual = true;
+                    t.reason = format!("rolled back by an operator on replica {}", a.from);
+                }
                 continue;
             }
             entry.trips.push(Trip {
@@ -626,8 +684,11 @@ impl Control {
                 errors: 0,
                 p99_ms: None,
             });
+            if !*manual {
+                new_trips.push(pool.clone());
+            }
         }
-        if let (Some(ro), Some(step)) = (&r.rollout, a.step) {
+        if let (Some(ro), Some(step), false) = (&r.rollout, a.step, a.rollback_only) {
             if step < ro.steps.len() {
                 entry.rollout = Some(Progress {
                     step,
@@ -636,17 +697,41 @@ impl Control {
             }
         }
         entry.changed_ms = a.changed_ms;
+        entry.origin = Some(a.from.clone());
         let after: Vec<(String, bool)> = entry.trips.iter().map(|t| (t.pool.clone(), t.manual)).collect();
+        let step_after = entry.rollout.as_ref().map(|p| p.step);
         tracing::info!(
             route = %a.route,
             from = %a.from,
             tripped = ?after,
             was = ?before,
             step = ?a.step,
-            "fleet: replica {} changed this route at {at}; taking its state",
-            a.from
+            rollback_only = a.rollback_only,
+            "fleet: replica {} changed this route at {at}; taking its {}",
+            a.from,
+            if a.rollback_only { "rollback (it is on another split)" } else { "state" }
         );
-        self.republish(&a.route);
+        let moves = self.republish(&a.route);
+        if !self.state.notifies.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        let baseline = snap.pools[r.baseline()].name.to_string();
+        for pool in new_trips {
+            let reason = format!("tripped on replica {}", a.from);
+            self.notify(
+                Event::Trip,
+                &a.route,
+                &moves,
+                serde_json::json!({ "pool": pool, "baseline": baseline, "reason": reason, "replica": a.from }),
+                &format!("{pool} tripped on replica {}, its users go to {baseline}", a.from),
+            );
+        }
+        if let (Some(ro), Some(step)) = (&r.rollout, step_after) {
+            if step_after > step_before && after.is_empty() {
+                let why = format!("the guard passed on replica {}", a.from);
+                self.notify_step(&a.route, &snap.pools[ro.pool].name, ro, step, &why, &moves);
+            }
+        }
     }
 
     /// Starts a reload, or queues one behind the reload compiling now.
@@ -764,6 +849,9 @@ impl Control {
         });
         self.checks.reconcile(&state.snapshot.load());
         self.overlay_changed();
+        if state.snapshot.load().fleet.is_none() {
+            self.release_hold("the config has no [fleet] any more");
+        }
         drop(current);
         drop_elsewhere(old);
         r
@@ -803,6 +891,7 @@ fn compile(path: &Path, force: bool, base: &Snapshot, mut overlay: Overlay) -> O
         return Outcome::Failed(e);
     }
     let now = SystemTime::now();
+    overlay::stamp_config(&mut new, Some(base), unix_ms());
     let reconciled = overlay.reconcile(&new, &timestamp(now));
     overlay.apply(&mut new);
     let d = diff::diff_within(base, &new, now, diff::RELOAD_SAMPLES);

@@ -109,6 +109,9 @@ pub struct Listen {
 /// The `[fleet]` table: the replicas' shared view through Prometheus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FleetSettings {
+    /// The fleet's identity: every replica exports it (`switchyard_fleet_info{fleet}`) and
+    /// reads only the series of replicas that export the same.
+    pub name: String,
     /// Prometheus's base URL, without a trailing slash.
     pub prometheus: String,
     /// Label matchers that select this fleet's series (`job="switchyard"`), or empty.
@@ -191,6 +194,15 @@ pub struct RouteRuntime {
     pub changed_ms: u64,
     /// The rollout's current step, if the route has a rollout.
     pub rollout_step: Option<usize>,
+    /// With `[fleet]`, a guarded route is held at its baseline from start until the fleet's
+    /// state is known (its first answer): a replica without state must not send users to a
+    /// pool the fleet rolled back.
+    pub held: bool,
+    /// The replica where the live state last changed (`[fleet]`), if not this one.
+    pub origin: Option<Arc<str>>,
+    /// Since when this process has served the route's current split and pools, Unix ms (0: not
+    /// known). The fleet's numbers start there, as the local guard's windows do.
+    pub config_ms: u64,
 }
 
 /// One `[[routes]]` entry, compiled.
