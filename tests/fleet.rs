@@ -3,7 +3,12 @@
 //! of alone; a trip on the one replica with traffic reaches the other two; a rollback on one
 //! moves all; a replica restarted with no state file comes up tripped; with Prometheus stopped,
 //! each replica says so and keeps judging its own traffic; a rollout across three replicas
-//! keeps their steps within one of each other. Needs the `prometheus` binary: `.ci/run`
+//! keeps their steps within one of each other; another environment's replicas in the same
+//! Prometheus never count; one incident sends one webhook; a config change that replaces a
+//! pool's endpoints is not tripped again by the old ones' errors; a rollback reaches replicas
+//! on another split; a replica that starts with no state while Prometheus is down serves its
+//! baseline and says it is not ready; thin traffic on every replica steps a rollout on the
+//! fleet's numbers. Needs the `prometheus` binary: `.ci/run`
 //! installs it and runs these tests; `cargo test` alone skips them as ignored.
 
 mod support;

@@ -469,6 +469,39 @@ mod tests {
     }
 
     #[test]
+    fn a_fleet_needs_a_name_and_a_sane_interval() {
+        let src = |fleet: &str| {
+            format!("[listen]\nhttp = \"127.0.0.1:0\"\n[pools.a]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"a\"\nsplit = {{ a = 100 }}\n[fleet]\nprometheus = \"http://p:9090\"\n{fleet}")
+        };
+        let errors = |fleet: &str| match load_str(&src(fleet), Path::new("t.toml"), None) {
+            Err(LoadError::Invalid(Diagnostics { errors, .. })) => errors
+                .iter()
+                .map(|e| format!("{} {}", e.path, e.message))
+                .collect::<Vec<_>>(),
+            Ok(_) => Vec::new(),
+            Err(e) => vec![e.to_string()],
+        };
+        assert_eq!(errors(""), ["fleet.name a fleet needs a name"]);
+        assert_eq!(
+            errors("name = \"shop prod\"\n"),
+            ["fleet.name `shop prod` is not a fleet name"]
+        );
+        assert!(errors("name = \"shop-prod\"\n").is_empty());
+        assert_eq!(
+            errors("name = \"p\"\ninterval = \"1ms\"\n"),
+            ["fleet.interval must be between 500ms and 5m"]
+        );
+        assert_eq!(
+            errors("name = \"p\"\ninterval = \"1h\"\n"),
+            ["fleet.interval must be between 500ms and 5m"]
+        );
+        assert_eq!(
+            errors("name = \"p\"\nquery_timeout = \"1ms\"\n"),
+            ["fleet.query_timeout must be between 100ms and 60s"]
+        );
+    }
+
+    #[test]
     fn positions_are_one_based_lines_and_char_columns() {
         let src = "a = 1\nb = \"é\" x\n";
         assert_eq!(position(src, 0), (1, 1));
