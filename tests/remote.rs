@@ -211,6 +211,55 @@ async fn an_unleash_server_is_read_within_bounds_and_its_failures_shown() {
     proxy.shutdown().await;
 }
 
+/// One feature of another shape among good ones: that one is disabled, the rest served (as in
+/// a file), not the whole update refused.
+#[tokio::test]
+async fn a_malformed_flag_in_a_polled_document_disables_that_flag_only() {
+    const MIXED: &str = r#"{"version": 2, "features": [
+        {"name": "good", "enabled": true, "strategies": [{"name": "default"}]},
+        {"name": "bad", "enabled": true, "strategies": "not a list"},
+        {"name": "also_good", "enabled": true, "strategies": [{"name": "default"}]}
+    ]}"#;
+    let mode = Arc::new(AtomicUsize::new(GOOD as usize));
+    let (server, _) = fake(mode, MIXED).await;
+    let up = Upstream::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "flags_from = {{ url = \"http://{server}/api/client/features\", interval = \"1s\" }}\n{}",
+            config(&[("app", &[up.addr])], "[admin]\nlisten = \"127.0.0.1:0\"\n")
+        ),
+    )
+    .unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    until("the server's document", async || {
+        json(&proxy.admin_url("/api/config")).await["flags_source"]["up"] == true
+    })
+    .await;
+    let req = http::Request::get(proxy.url("/")).body(empty()).unwrap();
+    let (parts, _) = send(&h1_client(), req).await;
+    assert_eq!(parts.status, 200);
+    let flags = up.seen.last_headers.lock().unwrap().as_ref().unwrap()["x-switchyard-flags"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        flags.contains("good=on") && flags.contains("also_good=on") && !flags.contains("bad=on"),
+        "{flags}"
+    );
+    // `check` on the cached document says which flag was left disabled, and why.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["check", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("feature `bad` is not of Unleash's shape"), "{said}");
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_prometheus_answer_is_read_within_bounds() {
     let mode = Arc::new(AtomicUsize::new(FLOOD as usize));

@@ -648,35 +648,49 @@ fn compile_identity(errs: &mut Errors<'_>, raw: &RawConfig) -> Identity {
 }
 
 /// A route whose flags header (or payloads header) can grow past `max_flag_bytes` is warned
-/// of: the proxy would leave flags out of it. Past [`MAX_FLAG_BYTES_CAP`] it is an error.
+/// of: the proxy would leave flags out of it. Past [`MAX_FLAG_BYTES_CAP`] from the TOML's own
+/// flags it is an error; flags from a feature document only warn (a document the operator does
+/// not write, polled from a server, must not stop every later reload).
 fn flag_header_bounds(
     errs: &mut Errors<'_>,
     flags: &[crate::routing::Flag],
     route: &Route,
     h: &HeaderSettings,
 ) {
-    let (mut longest, mut payloads) = (0usize, 0usize);
-    for &f in route.flags.iter() {
-        let (item, payload) = flags[f].longest_items();
-        longest += item + if longest > 0 { 2 } else { 0 };
-        if payload > 0 {
-            payloads += payload + if payloads > 0 { 2 } else { 0 };
+    let worst = |only_toml: bool| {
+        let (mut longest, mut payloads) = (0usize, 0usize);
+        for &f in route
+            .flags
+            .iter()
+            .filter(|&&f| !(only_toml && flags[f].from_file))
+        {
+            let (item, payload) = flags[f].longest_items();
+            longest += item + if longest > 0 { 2 } else { 0 };
+            if payload > 0 {
+                payloads += payload + if payloads > 0 { 2 } else { 0 };
+            }
         }
-    }
-    let worst = longest.max(payloads);
-    let which = if payloads > longest { "payloads" } else { "flags" };
-    if worst > MAX_FLAG_BYTES_CAP {
+        (
+            longest.max(payloads),
+            if payloads > longest { "payloads" } else { "flags" },
+        )
+    };
+    let (toml, which) = worst(true);
+    if toml > MAX_FLAG_BYTES_CAP {
         errs.top(
             &format!("routes[{}]", route.index),
             &format!(
-                "route `{}`: its {which} header can be {worst} bytes, over the cap of {MAX_FLAG_BYTES_CAP}",
+                "route `{}`: its {which} header can be {toml} bytes, over the cap of {MAX_FLAG_BYTES_CAP}",
                 route.name
             ),
             "scope flags to the routes that read them (`routes = [...]` on a flag), or shorten names and payloads",
         );
-    } else if worst > h.max_flag_bytes {
+        return;
+    }
+    let (all, which) = worst(false);
+    if all > h.max_flag_bytes {
         errs.warnings.push(format!(
-            "route `{}`: its {which} header can be {worst} bytes, over [headers] max_flag_bytes ({}): flags past it are left out of the header and counted in switchyard_flag_headers_truncated_total; scope flags to the routes that read them",
+            "route `{}`: its {which} header can be {all} bytes, over [headers] max_flag_bytes ({}): flags past it are left out of the header and counted in switchyard_flag_headers_truncated_total; scope flags to the routes that read them",
             route.name, h.max_flag_bytes
         ));
     }

@@ -333,6 +333,16 @@ pub(super) fn flags(
             Ok((doc, rev)) => {
                 file_revision = Some(rev);
                 let mut file = unleash::compile(&doc, &mut ctx.schema, &env);
+                for p in &doc.problems {
+                    file.warnings.push(p.clone());
+                }
+                for f in doc.features.iter().filter(|f| f.name.len() > MAX_QUIET_FLAG_NAME) {
+                    file.warnings.push(format!(
+                        "flag `{}…` has a name of {} bytes: it goes into the flags header of every request in its scope (until [headers] max_flag_bytes leaves it out)",
+                        f.name.chars().take(40).collect::<String>(),
+                        f.name.len()
+                    ));
+                }
                 for (t, feature) in file.toggles.drain(..).zip(doc.features) {
                     if out[..toml_count].iter().any(|o| *o.name == feature.name) {
                         tracing::warn!(flag = %feature.name, "flags_from: a [[flags]] entry has this name; the TOML's is used");
@@ -609,6 +619,9 @@ pub struct ServerSource {
     pub cache: PathBuf,
 }
 
+/// A flag name longer than this, from a feature document, is said by `check` and the log.
+const MAX_QUIET_FLAG_NAME: usize = 256;
+
 /// Unleash's SDKs poll every 15 seconds.
 pub const DEFAULT_POLL: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -656,6 +669,14 @@ pub fn combined_revision(text: &str, file: &str) -> String {
 pub fn parse_features(text: &[u8]) -> Result<ClientFeatures, String> {
     let doc: ClientFeatures =
         serde_json::from_slice(text).map_err(|e| format!("not an Unleash client API document: {e}"))?;
+    // Some features of another shape are disabled one by one; when none could be read, the
+    // document itself is broken, and the last good one stays.
+    if doc.readable == 0 && !doc.problems.is_empty() && doc.events.is_none() {
+        return Err(format!(
+            "not an Unleash client API document: no feature in it could be read ({})",
+            doc.problems[0]
+        ));
+    }
     Ok(doc.resolve_events())
 }
 
@@ -991,5 +1012,34 @@ mod tests {
             "is not a setting of flags_from",
         );
         assert_eq!(errors("flags_from = { url = \"http://unleash:4242/api/client/features\", token_env = \"UNLEASH_TOKEN\" }\n", ""), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_feature_document_says_what_it_could_not_read_and_names_too_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let long = "n".repeat(100_000);
+        std::fs::write(
+            dir.path().join("features.json"),
+            format!(
+                r#"{{"features": [{{"name": "{long}", "enabled": true}}, {{"name": "odd", "variants": 7}}, {{"enabled": true}}]}}"#
+            ),
+        )
+        .unwrap();
+        let snap = load_str(
+            &format!("flags_from = \"features.json\"\n{BASE}"),
+            &dir.path().join("t.toml"),
+            None,
+        )
+        .unwrap();
+        let w = snap.warnings.join("\n");
+        assert!(w.contains("has a name of 100000 bytes"), "{w}");
+        assert!(w.contains("feature `odd` is not of Unleash's shape"), "{w}");
+        assert!(w.contains("a feature without a name is left out"), "{w}");
+        let odd = snap
+            .flags
+            .iter()
+            .find(|f| &*f.name == "odd")
+            .expect("kept, disabled");
+        assert!(!odd.def.enabled);
     }
 }

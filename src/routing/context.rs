@@ -208,8 +208,10 @@ impl Context for RequestContext<'_> {
             Field::RemoteAddress => self
                 .remote
                 .get_or_init(|| {
+                    // An IPv4 client on a dual-stack listener is the IPv4 address it is (the
+                    // SDKs compare IN_CIDR ranges by address family, without mapping).
                     client_address(self.view.peer, self.view.headers, &self.spec.trusted)
-                        .map(|ip| ip.to_string())
+                        .map(|ip| ip.to_canonical().to_string())
                 })
                 .as_deref(),
             Field::Prop(i) => self.prop(i as usize),

@@ -208,7 +208,9 @@ pub struct Cond {
 impl Cond {
     pub fn compile(c: &Constraint, schema: &mut Schema, warn: &mut Vec<String>) -> Cond {
         let field = schema.field(&c.context_name);
-        let value = c.value.as_deref().or(c.values.first().map(String::as_str));
+        // Single-value operators read `value` alone, as the SDKs do (`values` is for the
+        // list operators).
+        let value = c.value.as_deref();
         let ci = c.case_insensitive;
         let cmp = |s: &str| -> Option<Cmp> {
             Some(match s {
@@ -379,9 +381,10 @@ impl Cond {
             Op::Regex(re) => {
                 matches!((v, re), (Some(v), Some(re)) if v.len() <= MAX_REGEX_TEXT && re.is_match(v.as_bytes()))
             }
+            // The address as given (a padded one is no address, as for the SDKs).
             Op::Cidr(list) => v
-                .and_then(|v| v.trim().parse().ok())
-                .is_some_and(|ip| list.iter().any(|c| c.contains(ip))),
+                .and_then(|v| v.parse().ok())
+                .is_some_and(|ip| list.iter().any(|c| c.contains_exact(ip))),
         };
         r != self.inverted
     }
@@ -904,9 +907,10 @@ impl Strat {
             }
             Kind::Addresses(exact, cidrs) => {
                 let a = ctx.get(Field::RemoteAddress)?;
-                let ip = a.trim().parse().ok();
-                (exact.iter().any(|e| &**e == a) || ip.is_some_and(|ip| cidrs.iter().any(|c| c.contains(ip))))
-                    .then_some(None)
+                let ip = a.parse().ok();
+                (exact.iter().any(|e| &**e == a)
+                    || ip.is_some_and(|ip| cidrs.iter().any(|c| c.contains_exact(ip))))
+                .then_some(None)
             }
         };
         r.filter(|_| self.conds.iter().all(|c| c.holds(ctx)))
@@ -1057,5 +1061,37 @@ mod tests {
         let email = regex(r"^[\w.+-]+@[\w-]+\.[\w.]+$", false, &mut warn);
         assert!(email.holds(&One(Some("test@example.com".into()))));
         assert!(!email.holds(&One(Some("not-an-email".into()))));
+    }
+
+    fn cond(operator: &str, value: Option<&str>, values: &[&str], warn: &mut Vec<String>) -> Cond {
+        let c = Constraint {
+            context_name: "userId".into(),
+            operator: operator.into(),
+            value: value.map(Into::into),
+            values: values.iter().map(|v| (*v).to_owned()).collect(),
+            ..Constraint::default()
+        };
+        Cond::compile(&c, &mut Schema::default(), warn)
+    }
+
+    /// Awkward inputs, read as Unleash's SDKs read them.
+    #[test]
+    fn awkward_values_are_read_as_the_sdks_read_them() {
+        let mut warn = Vec::new();
+        let user = |v: &str| One(Some(v.into()));
+        // Single-value operators read `value`; `values` is for the list operators.
+        let gt = cond("NUM_GT", None, &["5"], &mut warn);
+        assert!(warn.pop().unwrap().contains("is not a number"));
+        assert!(!gt.holds(&user("10")));
+        let gt = cond("NUM_GT", Some(" 5"), &[], &mut warn);
+        assert!(warn.is_empty(), "{warn:?}");
+        assert!(gt.holds(&user(" 10")) && !gt.holds(&user("4")));
+        assert!(gt.holds(&user("inf")));
+        assert!(!gt.holds(&user("")));
+        // A padded address is no address; an IPv4-mapped one is not in an IPv4 range.
+        let cidr = cond("IN_CIDR", None, &["10.0.0.0/8"], &mut warn);
+        assert!(cidr.holds(&user("10.1.2.3")));
+        assert!(!cidr.holds(&user(" 10.1.2.3")));
+        assert!(!cidr.holds(&user("::ffff:10.1.2.3")));
     }
 }

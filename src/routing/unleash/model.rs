@@ -7,16 +7,93 @@ use std::collections::HashMap;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
-/// A client API response, or a delta-API stream (`events`) that builds one.
+/// A client API response, or a delta-API stream (`events`) that builds one. A feature or a
+/// segment that is not of Unleash's shape does not spoil the rest: a feature is kept, disabled,
+/// under its name (or left out without one), a segment is left out (so strategies that name it
+/// do not hold, as in Unleash's engine), and each is said in `problems`.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(from = "RawClientFeatures")]
 pub struct ClientFeatures {
-    #[serde(default)]
     pub features: Vec<Feature>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub segments: Vec<Segment>,
     /// Delta API events; applied in order by [`ClientFeatures::resolve_events`].
-    #[serde(default, skip_serializing)]
+    #[serde(skip_serializing)]
     pub events: Option<Vec<DeltaEvent>>,
+    /// What was not read, one line each.
+    #[serde(skip)]
+    pub problems: Vec<String>,
+    /// How many features were read whole.
+    #[serde(skip)]
+    pub readable: usize,
+}
+
+#[derive(Deserialize)]
+struct RawClientFeatures {
+    #[serde(default, deserialize_with = "null_as_default")]
+    features: Vec<Lenient<Feature>>,
+    #[serde(default, deserialize_with = "null_as_default")]
+    segments: Vec<Lenient<Segment>>,
+    #[serde(default)]
+    events: Option<Vec<DeltaEvent>>,
+}
+
+impl From<RawClientFeatures> for ClientFeatures {
+    fn from(raw: RawClientFeatures) -> ClientFeatures {
+        let mut problems = Vec::new();
+        let readable = raw.features.iter().filter(|f| f.0.is_ok()).count();
+        let features = raw
+            .features
+            .into_iter()
+            .filter_map(|f| match f.0 {
+                Ok(f) => Some(f),
+                Err((name, e)) if !name.is_empty() => {
+                    problems.push(format!(
+                        "feature `{name}` is not of Unleash's shape ({e}): it is disabled"
+                    ));
+                    Some(Feature {
+                        name,
+                        ..Feature::default()
+                    })
+                }
+                Err((_, e)) => {
+                    problems.push(format!("a feature without a name is left out ({e})"));
+                    None
+                }
+            })
+            .collect();
+        let segments = raw
+            .segments
+            .into_iter()
+            .filter_map(|s| match s.0 {
+                Ok(s) => Some(s),
+                Err((_, e)) => {
+                    problems.push(format!(
+                        "a segment is not of Unleash's shape ({e}): it is left out, and strategies that name it do not hold"
+                    ));
+                    None
+                }
+            })
+            .collect();
+        ClientFeatures {
+            features,
+            segments,
+            events: raw.events,
+            problems,
+            readable,
+        }
+    }
+}
+
+/// One element read on its own: its value, or its `name` and why it is not a `T`.
+struct Lenient<T>(Result<T, (String, String)>);
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Lenient<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = serde_json::Value::deserialize(d)?;
+        let name = v.get("name").and_then(|n| n.as_str()).unwrap_or("").to_owned();
+        Ok(Lenient(T::deserialize(v).map_err(|e| (name, e.to_string()))))
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]

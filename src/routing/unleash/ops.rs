@@ -6,12 +6,18 @@
 use std::cmp::Ordering;
 use std::net::IpAddr;
 
-/// A number as Unleash's Rust engine (yggdrasil, the core of most of its SDKs) reads one:
-/// Rust's `f64` syntax, so no surrounding spaces, no hex, and empty text is not a number.
-/// (The Node SDK uses JavaScript's `Number()`, for which `""` is 0: an empty header matching
-/// `NUM_EQ 0` would surprise.)
+/// A number as Unleash's Node and Python SDKs read one: surrounding white space ignored
+/// (`" 5"` is 5, as `Number()` and `float()` read it), decimal and exponent syntax, and
+/// `inf`/`infinity` (any case, signed) as Python's `float()` reads them. Empty (or blank) text
+/// is not a number (for `Number()` it is 0: an empty header matching `NUM_EQ 0` would surprise),
+/// and neither is NaN, which no comparison holds for. Not read: JavaScript's hex/binary/octal
+/// literals and Python's digit underscores, which the two SDKs disagree on.
 pub fn number(text: &str) -> Option<f64> {
-    text.parse::<f64>().ok()
+    let t = text.trim();
+    if t.is_empty() || t.contains('_') {
+        return None;
+    }
+    t.parse::<f64>().ok().filter(|v| !v.is_nan())
 }
 
 /// An ISO 8601 date-time (`2024-01-31T12:00:00.000Z`, an offset such as `+02:00`, or a date
@@ -231,6 +237,16 @@ impl Cidr {
         (prefix <= max).then_some(Cidr { net: addr, prefix })
     }
 
+    /// Whether `ip` is in the range, by address family as Unleash's SDKs compare (an
+    /// IPv4-mapped IPv6 address is not in an IPv4 range): for `IN_CIDR` and the
+    /// remoteAddress strategy.
+    pub fn contains_exact(&self, ip: IpAddr) -> bool {
+        self.family_contains(ip)
+    }
+
+    /// Whether `ip` is in the range, an IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, a socket
+    /// peer on a dual-stack listener) read as the IPv4 address: for `trusted_proxies` and
+    /// `[overrides] from`, as nginx's `set_real_ip_from` reads it.
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = match (self.net, ip) {
             (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
@@ -239,6 +255,10 @@ impl Cidr {
             },
             (_, ip) => ip,
         };
+        self.family_contains(ip)
+    }
+
+    fn family_contains(&self, ip: IpAddr) -> bool {
         match (self.net, ip) {
             (IpAddr::V4(n), IpAddr::V4(a)) => {
                 let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
@@ -297,12 +317,29 @@ mod tests {
     }
 
     #[test]
-    fn numbers_read_as_yggdrasil_does() {
+    fn numbers_read_as_the_sdks_do() {
         assert_eq!(number("12.5"), Some(12.5));
         assert_eq!(number("-3e2"), Some(-300.0));
-        for nan in ["", " 12", "0x10", "12a", "1,5", "--1"] {
+        // Number(" 5") and float(" 5") are 5; float("inf") is infinite.
+        assert_eq!(number(" 5"), Some(5.0));
+        assert_eq!(number("5\t"), Some(5.0));
+        assert_eq!(number("inf"), Some(f64::INFINITY));
+        assert_eq!(number("-Infinity"), Some(f64::NEG_INFINITY));
+        for nan in ["", "  ", "0x10", "12a", "1,5", "--1", "1_000", "NaN"] {
             assert_eq!(number(nan), None, "{nan}");
         }
+    }
+
+    #[test]
+    fn unleash_ranges_hold_addresses_of_their_family_only() {
+        let v4 = Cidr::parse("10.0.0.0/8").unwrap();
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert!(!v4.contains_exact(mapped), "as the SDKs compare");
+        assert!(v4.contains_exact("10.1.2.3".parse().unwrap()));
+        assert!(
+            v4.contains(mapped),
+            "a dual-stack socket's peer, for trusted_proxies"
+        );
     }
 
     #[test]
