@@ -206,6 +206,17 @@ async fn known_rates_give_the_reference_statistics_and_replicas_merge_exactly() 
     }
 }
 
+/// `/api/config`, and what it says of the experiments' counts found at start.
+async fn load_problem(client: &Client, proxy: &Proxy) -> (Value, String) {
+    let config: Value =
+        serde_json::from_slice(&get(client, &proxy.admin_url("/api/config")).await.1).unwrap();
+    let problem = config["state"]["experiments_load_error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    (config, problem)
+}
+
 #[tokio::test]
 async fn a_broken_assignment_is_a_sample_ratio_mismatch() {
     let up = Upstream::start("app").await;
@@ -341,12 +352,7 @@ async fn damaged_or_unwritable_counts_are_kept_and_shown() {
     // Not JSON at all.
     std::fs::write(&counts, b"{\"experiments\": {\"checkout_ab\": ").unwrap();
     let proxy = Proxy::start_file(&path).await;
-    let config: Value =
-        serde_json::from_slice(&get(&client, &proxy.admin_url("/api/config")).await.1).unwrap();
-    let problem = config["state"]["experiments_load_error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let (config, problem) = load_problem(&client, &proxy).await;
     assert!(
         problem.contains("is not the experiments' counts") && problem.contains("kept as"),
         "{config:#}"
@@ -369,12 +375,7 @@ async fn damaged_or_unwritable_counts_are_kept_and_shown() {
     broken["experiments"]["checkout_ab"]["treatment"][0] = "not base64 at all!".into();
     std::fs::write(&counts, broken.to_string()).unwrap();
     let proxy = Proxy::start_file(&path).await;
-    let config: Value =
-        serde_json::from_slice(&get(&client, &proxy.admin_url("/api/config")).await.1).unwrap();
-    let problem = config["state"]["experiments_load_error"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let (config, problem) = load_problem(&client, &proxy).await;
     assert!(problem.contains("arm treatment does not decode"), "{config:#}");
     let results: Value =
         serde_json::from_slice(&get(&client, &proxy.admin_url("/api/experiments")).await.1).unwrap();

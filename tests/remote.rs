@@ -101,11 +101,9 @@ async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
-#[tokio::test]
-async fn an_unleash_server_is_read_within_bounds_and_its_failures_shown() {
-    let mode = Arc::new(AtomicUsize::new(HANG as usize));
-    let (server, sent) = fake(mode.clone(), DOC).await;
-    let up = Upstream::start("app").await;
+/// A proxy in front of one app, its flags from the Unleash server at `server` polled every
+/// second, with its config's directory.
+async fn proxy_with_flags_from(server: std::net::SocketAddr, up: &Upstream) -> (Proxy, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");
     std::fs::write(
@@ -116,9 +114,17 @@ async fn an_unleash_server_is_read_within_bounds_and_its_failures_shown() {
         ),
     )
     .unwrap();
+    (Proxy::start_file(&path).await, dir)
+}
+
+#[tokio::test]
+async fn an_unleash_server_is_read_within_bounds_and_its_failures_shown() {
+    let mode = Arc::new(AtomicUsize::new(HANG as usize));
+    let (server, sent) = fake(mode.clone(), DOC).await;
+    let up = Upstream::start("app").await;
     // A hanging server and no cache: the start waits for it, but not for long.
     let started = Instant::now();
-    let proxy = Proxy::start_file(&path).await;
+    let (proxy, dir) = proxy_with_flags_from(server, &up).await;
     let took = started.elapsed();
     assert!(
         took >= Duration::from_millis(2500) && took < Duration::from_secs(6),
@@ -223,17 +229,8 @@ async fn a_malformed_flag_in_a_polled_document_disables_that_flag_only() {
     let mode = Arc::new(AtomicUsize::new(GOOD as usize));
     let (server, _) = fake(mode, MIXED).await;
     let up = Upstream::start("app").await;
-    let dir = tempfile::tempdir().unwrap();
+    let (proxy, dir) = proxy_with_flags_from(server, &up).await;
     let path = dir.path().join("switchyard.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "flags_from = {{ url = \"http://{server}/api/client/features\", interval = \"1s\" }}\n{}",
-            config(&[("app", &[up.addr])], "[admin]\nlisten = \"127.0.0.1:0\"\n")
-        ),
-    )
-    .unwrap();
-    let proxy = Proxy::start_file(&path).await;
     until("the server's document", async || {
         json(&proxy.admin_url("/api/config")).await["flags_source"]["up"] == true
     })

@@ -198,6 +198,28 @@ fn tokio_stream<T: Send + 'static>(
     futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
+/// Python's `http.server` serving `site` on a free port of loopback, once it accepts; its port.
+async fn python_app(site: &std::path::Path) -> (u16, Killed) {
+    let port = free_port();
+    let app = std::process::Command::new("python3")
+        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
+        .current_dir(site)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("python3");
+    let app = Killed(app);
+    let started = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "http.server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (port, app)
+}
+
 /// In front of a real app (Python's `http.server`), a health check says why it fails, where an
 /// operator looks (`/api/pools`, `switchyard status`), and a redirect passes, as nginx's and
 /// HAProxy's checks have it: before, a `301` failed silently and the pool answered
@@ -207,23 +229,7 @@ async fn health_checks_say_why_they_fail_and_a_redirect_passes() {
     let site = tempfile::tempdir().unwrap();
     std::fs::create_dir(site.path().join("status")).unwrap();
     std::fs::write(site.path().join("index.html"), "hello").unwrap();
-    let port = free_port();
-    let app = std::process::Command::new("python3")
-        .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1"])
-        .current_dir(site.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3");
-    let _app = Killed(app);
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "http.server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let (port, _app) = python_app(site.path()).await;
     let proxy = Proxy::start(&format!(
         "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = false\n\
          [pools.missing]\nendpoints = [\"127.0.0.1:{port}\"]\n\
@@ -293,15 +299,7 @@ async fn health_checks_say_why_they_fail_and_a_redirect_passes() {
 async fn the_sample_config_serves_a_plain_app() {
     let site = tempfile::tempdir().unwrap();
     std::fs::write(site.path().join("index.html"), "plain app").unwrap();
-    let app_port = free_port();
-    let app = std::process::Command::new("python3")
-        .args(["-m", "http.server", &app_port.to_string(), "--bind", "127.0.0.1"])
-        .current_dir(site.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("python3");
-    let _app = Killed(app);
+    let (app_port, _app) = python_app(site.path()).await;
     let dead = dead_port().await;
     let (http, admin) = (free_port(), free_port());
     let text = std::fs::read_to_string("config/switchyard.toml")
@@ -320,14 +318,6 @@ async fn the_sample_config_serves_a_plain_app() {
     std::fs::write(&path, text).unwrap();
     let proxy = Proxy::start_file(&path).await;
     let client = h1_client();
-    let started = std::time::Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", app_port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "http.server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let mut statuses = std::collections::BTreeMap::new();
     for i in 0..200 {
