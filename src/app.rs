@@ -12,8 +12,9 @@ use tokio::sync::mpsc;
 
 use crate::admin::Admin;
 use crate::config::{self, LoadError};
+use crate::control::Trigger;
 use crate::proxy::server::Server;
-use crate::reload::{self, Trigger};
+use crate::reload;
 use crate::state::State;
 
 /// Where the config comes from.

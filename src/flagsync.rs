@@ -13,10 +13,11 @@ use bytes::Bytes;
 use http_body_util::Full;
 use tokio::sync::mpsc;
 
+use crate::clock::timestamp;
 use crate::config::{FlagsFrom, ServerSource};
+use crate::control::Trigger;
 use crate::notify::{RemoteError, RemoteFailure};
-use crate::reload::Trigger;
-use crate::state::{timestamp, FlagsSourceStatus, State};
+use crate::state::{FlagsSourceStatus, State};
 
 /// How often the file is looked at.
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);

@@ -25,7 +25,7 @@
 use crate::notify::{RemoteError, RemoteFailure};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -33,31 +33,14 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
+use crate::clock::timestamp;
+use crate::clock::unix_ms;
+use crate::control::{Adopt, Trigger};
 use crate::guard::overlay::{fingerprint, fingerprint_label};
 use crate::guard::verdict::{judge, Verdict};
 use crate::guard::window::Figures;
-use crate::reload::Trigger;
 use crate::routing::{FleetSettings, Snapshot};
-use crate::state::{timestamp, State};
-
-/// Another replica's more recent state of a route.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Adopt {
-    pub route: String,
-    /// [`fingerprint_label`] of the route on that replica: only the same split and pools apply.
-    pub fingerprint: String,
-    /// When it changed there, Unix ms.
-    pub changed_ms: u64,
-    /// Its tripped pools, and whether an operator rolled each back.
-    pub tripped: Vec<(String, bool)>,
-    /// Its rollout step.
-    pub step: Option<usize>,
-    /// The replica where the change happened (`switchyard_fleet_info{replica}`).
-    pub from: String,
-    /// Only an operator's rollbacks, from a replica on another split (during a config
-    /// rollout): a rollback is always safe to take; its trips, resets and steps are not.
-    pub rollback_only: bool,
-}
+use crate::state::State;
 
 /// The fleet's verdicts at its last answer, per `(route, pool)`.
 #[derive(Debug, Default)]
@@ -599,12 +582,6 @@ async fn round(
         }
     }
     Ok(round)
-}
-
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// The fleet task: queries every `interval` while the config has `[fleet]`, sends what to

@@ -24,7 +24,9 @@
 pub mod admin;
 pub mod app;
 pub mod cli;
+pub mod clock;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod experiments;
 pub mod flagsync;

@@ -711,7 +711,7 @@ async fn run(path: &Path) -> anyhow::Result<()> {
 }
 
 /// SIGHUP reloads the config, as for nginx and HAProxy.
-async fn reload_on_sighup(triggers: tokio::sync::mpsc::Sender<switchyard::reload::Trigger>) {
+async fn reload_on_sighup(triggers: tokio::sync::mpsc::Sender<switchyard::control::Trigger>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::error!("cannot listen for SIGHUP; reload by saving the file or with POST /api/reload");
@@ -719,7 +719,7 @@ async fn reload_on_sighup(triggers: tokio::sync::mpsc::Sender<switchyard::reload
     };
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP: reloading the config");
-        if triggers.send(switchyard::reload::Trigger::Signal).await.is_err() {
+        if triggers.send(switchyard::control::Trigger::Signal).await.is_err() {
             return;
         }
     }

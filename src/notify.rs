@@ -169,7 +169,7 @@ impl Notifier {
         }
         if let Some(map) = fields.as_object_mut() {
             map.insert("event".into(), event.name().into());
-            map.insert("at".into(), crate::state::timestamp(SystemTime::now()).into());
+            map.insert("at".into(), crate::clock::timestamp(SystemTime::now()).into());
             map.insert("text".into(), format!("switchyard: {text}").into());
         }
         let body = Bytes::from(serde_json::to_vec(&fields).unwrap_or_default());

@@ -17,6 +17,9 @@ use crate::guard::overlay::Overlay;
 use crate::guard::{Outcome, Report};
 use crate::routing::Snapshot;
 
+use crate::clock::timestamp;
+use crate::control::ReloadReport;
+
 /// Shared by the server, the admin API, the reloader and the guard.
 pub struct State {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
@@ -115,24 +118,6 @@ pub struct StateSaveError {
     pub error: String,
     /// It is tried again (every 1 s, doubling to 30 s) until it is written.
     pub retrying: bool,
-}
-
-/// One reload attempt.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReloadReport {
-    pub at: String,
-    /// "ok", "unchanged" or "error".
-    pub result: &'static str,
-    pub revision: String,
-    /// The errors, one per line, as `switchyard check` prints them.
-    pub error: Option<String>,
-    /// What changed, as the reload log says it.
-    pub changes: Vec<String>,
-}
-
-/// The time as RFC 3339, to the second.
-pub fn timestamp(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 impl State {

@@ -9,7 +9,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
@@ -77,10 +77,6 @@ pub struct SeriesView {
     pub samples: Vec<Sample>,
 }
 
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
 /// The `q` quantile (0..1), in milliseconds, of the requests counted between two cumulative
 /// bucket readings; `None` without requests. Linear within a bucket, as `histogram_quantile`;
 /// in the +Inf bucket, the largest bound.
@@ -124,7 +120,7 @@ impl History {
         let Some(handles) = snap.metrics.as_deref() else {
             return;
         };
-        let t = unix_ms(now);
+        let t = crate::clock::unix_ms_of(now);
         let oldest = t.saturating_sub(KEEP.as_millis() as u64);
         let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let inner = &mut *inner;
@@ -226,7 +222,7 @@ impl History {
         HistoryView {
             interval_s: INTERVAL.as_secs(),
             keep_s: KEEP.as_secs(),
-            now: unix_ms(SystemTime::now()),
+            now: crate::clock::unix_ms_of(SystemTime::now()),
             series,
             series_dropped: inner.dropped,
         }

@@ -17,7 +17,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::reload::{Action, CommandError, Trigger};
+use crate::control::{Action, CommandError, Trigger};
 use crate::routing::{Route, Snapshot};
 use crate::state::State;
 

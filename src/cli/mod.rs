@@ -248,7 +248,7 @@ impl Live {
     /// that changed are dropped; new rollouts start at their first step).
     pub fn apply(&self, snap: &mut Snapshot) -> Option<Overlay> {
         let mut ov = self.overlay.clone()?;
-        ov.reconcile(snap, &crate::state::timestamp(SystemTime::now()));
+        ov.reconcile(snap, &crate::clock::timestamp(SystemTime::now()));
         ov.apply(snap);
         Some(ov)
     }
@@ -280,7 +280,7 @@ pub async fn diff(
     let live = Live::find(&a, old, offline).await;
     if let Some(ov) = live.apply(&mut a) {
         let mut ov = ov;
-        ov.reconcile(&b, &crate::state::timestamp(SystemTime::now()));
+        ov.reconcile(&b, &crate::clock::timestamp(SystemTime::now()));
         ov.apply(&mut b);
     }
     Ok((crate::routing::diff::diff(&a, &b, SystemTime::now()), live.source))

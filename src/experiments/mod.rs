@@ -436,7 +436,7 @@ pub fn report_save(st: &crate::state::State, path: &std::path::Path, result: std
                 tracing::warn!("cannot save the experiments' counts to {}: {e}", path.display());
             }
             let failure = crate::state::StateSaveError {
-                at: shown.map_or_else(|| crate::state::timestamp(std::time::SystemTime::now()), |s| s.at),
+                at: shown.map_or_else(|| crate::clock::timestamp(std::time::SystemTime::now()), |s| s.at),
                 error: format!("{}: {e}", path.display()),
                 retrying: true,
             };

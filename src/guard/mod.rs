@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::reload::Trigger;
+use crate::control::Trigger;
 use crate::routing::{Route, Snapshot};
 use crate::state::State;
 pub use verdict::Verdict;

@@ -21,73 +21,22 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::control::{Action, CommandError, Trigger};
+
 pub use saver::Saver;
 pub use watch::{debounce, watch, Watching, DEBOUNCE, DEBOUNCE_MAX};
 
+use crate::clock::timestamp;
 use crate::config::{self, LoadError};
+use crate::control::ReloadReport;
 use crate::guard::overlay::{self, Overlay, Progress, Trip};
 use crate::guard::Figures;
 use crate::notify::Event;
 use crate::routing::{diff, Snapshot};
-use crate::state::{timestamp, ReloadReport, State, StateLoadError};
+use crate::state::{State, StateLoadError};
 use crate::upstream::health::Checks;
 
-/// Something that changes routing.
-pub enum Trigger {
-    /// The file's directory changed (reload only if the text changed).
-    File,
-    /// SIGHUP.
-    Signal,
-    /// `POST /api/reload`; the report goes back on the channel.
-    Api(oneshot::Sender<ReloadReport>),
-    /// The guard found `pool` of `route` failing.
-    Trip {
-        route: String,
-        pool: String,
-        reason: String,
-        figures: Figures,
-    },
-    /// The guard found `route`'s rollout due for its next step.
-    Advance { route: String, from_step: usize },
-    /// An operator's command from the admin API (answered once the state file has it).
-    Command {
-        route: String,
-        action: Action,
-        reply: oneshot::Sender<Result<String, CommandError>>,
-    },
-    /// Answered once every state file write asked so far is done (at shutdown).
-    Flush(oneshot::Sender<()>),
-    /// Another replica of the fleet changed `route` more recently than this one: take its
-    /// trips and rollout step.
-    Adopt(crate::fleet::Adopt),
-    /// The fleet answered: routes held at their baselines since start follow their state.
-    FleetKnown,
-}
-
-/// Now, in Unix milliseconds.
-fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
-/// The operator's commands on a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Send every user of the route to its baseline.
-    Rollback,
-    /// Clear trips (and restart the rollout from its first step).
-    Reset,
-    /// Move the rollout to its next step now.
-    Promote,
-}
-
-/// Why a command was refused: `NotFound` (no such route) or `Conflict` (not possible now).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommandError {
-    NotFound(String),
-    Conflict(String),
-}
+use crate::clock::unix_ms;
 
 /// The control task's own state.
 pub struct Control {
@@ -633,7 +582,7 @@ impl Control {
     /// Prometheus showed it, naming the replica where it happened. Its webhooks: an operator's
     /// command was notified where it was given; a trip or a step is notified here when this
     /// replica is the fleet's notifier (the first replica by name), so one incident sends one.
-    fn adopt(&mut self, a: crate::fleet::Adopt) {
+    fn adopt(&mut self, a: crate::control::Adopt) {
         let snap = self.state.snapshot.load_full();
         let Some(r) = snap.route_by_name(&a.route) else {
             return;

@@ -10,9 +10,10 @@ use std::time::{Duration, SystemTime};
 use tokio::sync::{mpsc, oneshot};
 
 use super::StateFile;
+use crate::clock::timestamp;
 use crate::guard::overlay::Overlay;
 use crate::notify::Event;
-use crate::state::{timestamp, State, StateSaveError};
+use crate::state::{State, StateSaveError};
 
 enum Job {
     Save(Arc<Overlay>, Option<oneshot::Sender<()>>),
