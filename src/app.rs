@@ -78,7 +78,7 @@ impl App {
                     if !src.cache.exists() {
                         let timeout = crate::flagsync::START_TIMEOUT;
                         let result =
-                            crate::flagsync::poll(&crate::notify::client(), src, None, timeout).await;
+                            crate::flagsync::poll(&crate::egress::client(), src, None, timeout).await;
                         match &result {
                             Ok(tag) => {
                                 asked = Some((src.url.clone(), tag.clone()));

@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use crate::clock::timestamp;
 use crate::config::{FlagsFrom, ServerSource};
 use crate::control::Trigger;
-use crate::notify::{RemoteError, RemoteFailure};
+use crate::egress::{RemoteError, RemoteFailure};
 use crate::state::{FlagsSourceStatus, State};
 
 /// How often the file is looked at.
@@ -49,7 +49,7 @@ pub async fn run(
         Some(s) => Arc::downgrade(&s.snapshot),
         None => return,
     };
-    let client = crate::notify::client();
+    let client = crate::egress::client();
     let mut tick = tokio::time::interval(LOOK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seen: Option<(std::path::PathBuf, Option<Signature>)> = None;
@@ -167,7 +167,7 @@ pub const MAX_DOCUMENT: usize = 16 << 20;
 
 /// One poll: a new document goes to the cache file. Returns the server's ETag, if any.
 pub async fn poll(
-    client: &crate::notify::HttpsClient,
+    client: &crate::egress::HttpsClient,
     src: &ServerSource,
     etag: Option<&str>,
     timeout: Duration,
@@ -194,7 +194,7 @@ pub async fn poll(
     let req = req
         .body(Full::new(Bytes::new()))
         .map_err(|e| invalid(e.to_string()))?;
-    let (head, body) = crate::notify::exchange(client, req, timeout, &src.url, MAX_DOCUMENT).await?;
+    let (head, body) = crate::egress::exchange(client, req, timeout, &src.url, MAX_DOCUMENT).await?;
     let status = head.status;
     let tag = head
         .headers

@@ -22,7 +22,7 @@
 //! When Prometheus does not answer, each replica keeps judging its own traffic, and says so:
 //! `GET /api/fleet`, `switchyard status`, and `switchyard_fleet_up 0`.
 
-use crate::notify::{RemoteError, RemoteFailure};
+use crate::egress::{RemoteError, RemoteFailure};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
@@ -242,7 +242,7 @@ pub const MAX_ANSWER: usize = 16 << 20;
 
 /// Prometheus's HTTP API.
 struct Prometheus {
-    client: crate::notify::HttpsClient,
+    client: crate::egress::HttpsClient,
 }
 
 impl Prometheus {
@@ -265,7 +265,7 @@ impl Prometheus {
         let req = req
             .body(Full::new(Bytes::new()))
             .map_err(|e| invalid(e.to_string()))?;
-        let (head, body) = crate::notify::exchange(
+        let (head, body) = crate::egress::exchange(
             &self.client,
             req,
             settings.query_timeout,
@@ -589,7 +589,7 @@ async fn round(
 /// when the state is dropped.
 pub async fn run(state: Weak<State>, triggers: mpsc::Sender<Trigger>) {
     let p = Prometheus {
-        client: crate::notify::client(),
+        client: crate::egress::client(),
     };
     loop {
         let Some(st) = state.upgrade() else { return };

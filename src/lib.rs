@@ -28,6 +28,7 @@ pub mod clock;
 pub mod config;
 pub mod control;
 pub mod demo;
+pub mod egress;
 pub mod experiments;
 pub mod flagsync;
 pub mod fleet;

@@ -247,7 +247,7 @@ impl Metrics {
             m.reloads.with_label_values(&[result]);
         }
         for source in ["prometheus", "unleash"] {
-            for kind in crate::notify::RemoteFailure::ALL {
+            for kind in crate::egress::RemoteFailure::ALL {
                 m.remote_errors.with_label_values(&[source, kind.name()]);
             }
         }
@@ -457,7 +457,7 @@ impl Metrics {
     }
 
     /// Counts a failed read of `source` (`prometheus`, `unleash`).
-    pub fn remote_error(&self, source: &str, kind: crate::notify::RemoteFailure) {
+    pub fn remote_error(&self, source: &str, kind: crate::egress::RemoteFailure) {
         self.remote_errors.with_label_values(&[source, kind.name()]).inc();
     }
 

@@ -341,9 +341,9 @@ pub struct Job {
     pub state: Arc<crate::state::State>,
 }
 
-fn client() -> &'static crate::notify::HttpsClient {
-    static CLIENT: OnceLock<crate::notify::HttpsClient> = OnceLock::new();
-    CLIENT.get_or_init(crate::notify::client)
+fn client() -> &'static crate::egress::HttpsClient {
+    static CLIENT: OnceLock<crate::egress::HttpsClient> = OnceLock::new();
+    CLIENT.get_or_init(crate::egress::client)
 }
 
 static MIRROR_HEADER: HeaderName = HeaderName::from_static("x-switchyard-mirror");
