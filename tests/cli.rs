@@ -181,12 +181,12 @@ async fn explain_and_diff_see_the_rollout_step() {
     std::fs::write(&plain, text.replace(rollout, "")).unwrap();
     let (ok, out, err) = run(&["diff", s(&setup.path), s(&plain)], &[]).await;
     assert!(ok, "{err}");
-    assert!(out.contains("80.00% of users move"), "{out}");
+    assert!(out.contains("80.00% of its users move"), "{out}");
     assert!(out.contains("80.00%  canary → blue"), "{out}");
     let (ok, out, _) = run(&["diff", "--offline", s(&setup.path), s(&plain)], &[]).await;
     assert!(ok);
     assert!(
-        out.contains("0.00% of users move") && !out.contains("-0.00%"),
+        out.contains("0.00% of its users move") && !out.contains("-0.00%"),
         "{out}"
     );
 
@@ -236,7 +236,7 @@ async fn explain_and_diff_see_the_rollout_step() {
     let (ok, out, err) = run(&["diff", s(&setup.path), s(&finished)], &[]).await;
     assert!(ok, "{err}");
     assert!(
-        out.contains("0.00% of users move") && !out.contains("canary → blue"),
+        out.contains("0.00% of its users move") && !out.contains("canary → blue"),
         "{out}"
     );
     setup.proxy.shutdown().await;

@@ -164,7 +164,6 @@ pub fn compile(
 
     let mut pools = Vec::new();
     let mut pool_index = HashMap::new();
-    let mut connect_timeouts: HashMap<String, Duration> = HashMap::new();
     for (name, pool) in &raw.pools {
         let path = format!("pools.{name}");
         if !valid_name(name) {
@@ -177,12 +176,6 @@ pub fn compile(
         }
         let old = previous.and_then(|p| p.pool_by_name(name));
         let compiled = compile_pool(&mut errs, &path, name, pool.get_ref(), old.map(|p| &**p));
-        for ep in compiled.endpoints.iter() {
-            let t = connect_timeouts
-                .entry(ep.address.to_string())
-                .or_insert(compiled.connect_timeout);
-            *t = (*t).min(compiled.connect_timeout);
-        }
         pool_index.insert(name.clone(), pools.len());
         pools.push(Arc::new(compiled));
     }
@@ -432,7 +425,6 @@ pub fn compile(
         metrics: None,
         warnings: errs.warnings.into(),
         table: Arc::new(table),
-        connect_timeouts: Arc::new(connect_timeouts),
     })
 }
 
@@ -1488,10 +1480,7 @@ split = { blue = 100 }
         let snap = super::compile(GOOD, &raw, Path::new("."), "t.toml", None).unwrap();
         assert_eq!(snap.routes[0].host.as_deref(), Some("*.example.com"));
         assert_eq!(snap.pools[0].timeout, std::time::Duration::from_secs(5));
-        assert_eq!(
-            snap.connect_timeout("localhost:9002"),
-            Some(super::DEFAULT_CONNECT_TIMEOUT)
-        );
+        assert_eq!(snap.pools[0].connect_timeout, super::DEFAULT_CONNECT_TIMEOUT);
     }
 
     #[test]

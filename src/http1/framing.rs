@@ -77,11 +77,6 @@ impl Framer {
         self.connection.add(value);
     }
 
-    /// Whether the head had `Transfer-Encoding`.
-    pub fn has_coding(&self) -> bool {
-        self.codings.present()
-    }
-
     /// A request's body framing. `http10`: the request line said HTTP/1.0.
     pub fn request(&self, http10: bool) -> Result<Framing, Refusal> {
         if let Some(e) = self.length_error {

@@ -146,11 +146,6 @@ impl ProxyBody {
         let in_flight = self.finish.as_mut().and_then(|f| f.in_flight.take());
         Some((io, early, in_flight))
     }
-
-    /// Attaches the endpoint's in-flight guard, if a finish record is set.
-    pub fn finish_mut(&mut self) -> Option<&mut Finish> {
-        self.finish.as_mut()
-    }
 }
 
 impl Body for ProxyBody {

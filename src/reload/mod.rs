@@ -276,7 +276,7 @@ impl Control {
             _ => Vec::new(),
         };
         if !moves.is_empty() {
-            tracing::info!(route, "users moved: {}", show_moves(&moves));
+            tracing::info!(route, "users moved: {}", diff::show_moves(&moves));
         }
         let old = self.state.publish_overlay(next);
         self.overlay_changed();
@@ -937,57 +937,12 @@ fn fixed_settings(old: &Snapshot, new: &Snapshot, path: &Path) -> Result<(), Str
     }
 }
 
-/// Moves as the log says them: `10.00% canary→blue, ...`.
-fn show_moves(moves: &[(String, String, f64)]) -> String {
-    moves
-        .iter()
-        .map(|(a, b, s)| format!("{:.2}% {a}→{b}", s * 100.0))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// One line per changed route, for the log and the API.
 fn route_changes(routes: &[diff::RouteDiff]) -> Vec<String> {
-    let show = |w: &[(String, u64)]| {
-        w.iter()
-            .map(|(p, w)| format!("{p}={w}"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
-    let mut out = Vec::new();
-    for r in routes {
-        match r.change {
-            "added" => out.push(format!("route {} added ({})", r.name, show(&r.weights_after))),
-            "removed" => out.push(format!("route {} removed", r.name)),
-            "changed" => {
-                out.push(format!(
-                    "route {}: {} → {}; {:.2}% of its users move ({})",
-                    r.name,
-                    show(&r.weights_before),
-                    show(&r.weights_after),
-                    r.moved() * 100.0,
-                    show_moves(&r.moves)
-                ));
-            }
-            _ => {}
-        }
-    }
-    out
+    routes.iter().filter_map(diff::RouteDiff::line).collect()
 }
 
 /// One line per changed flag.
 fn flag_changes(flags: &[diff::FlagDiff]) -> Vec<String> {
-    let mut out = Vec::new();
-    for f in flags {
-        match f.change {
-            "added" | "removed" => out.push(format!("flag {} {}", f.name, f.change)),
-            "changed" => out.push(format!(
-                "flag {}: {:.2}% of users flip",
-                f.name,
-                f.flipped * 100.0
-            )),
-            _ => {}
-        }
-    }
-    out
+    flags.iter().filter_map(diff::FlagDiff::line).collect()
 }

@@ -38,18 +38,67 @@ pub struct Diff {
     pub flags: Vec<FlagDiff>,
 }
 
+/// What happened to a route or a flag between two configs.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Change {
+    Added,
+    Removed,
+    Changed,
+    Unchanged,
+}
+
 #[derive(Debug, Serialize, PartialEq)]
 pub struct RouteDiff {
     pub name: String,
-    /// "added", "removed", "changed" or "unchanged".
-    pub change: &'static str,
+    pub change: Change,
     pub weights_before: Vec<(String, u64)>,
     pub weights_after: Vec<(String, u64)>,
     /// `(from pool, to pool, share of the route's users)`, largest first.
     pub moves: Vec<(String, String, f64)>,
 }
 
+/// `blue=90 canary=10`.
+fn show_weights(w: &[(String, u64)]) -> String {
+    w.iter()
+        .map(|(p, w)| format!("{p}={w}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 impl RouteDiff {
+    /// The route's change in one line, with its moves (for the reload log and the API);
+    /// `None` when unchanged.
+    pub fn line(&self) -> Option<String> {
+        if self.change == Change::Unchanged {
+            return None;
+        }
+        Some(if self.moves.is_empty() {
+            self.head()
+        } else {
+            format!("{} ({})", self.head(), show_moves(&self.moves))
+        })
+    }
+
+    /// The route's change without its moves.
+    fn head(&self) -> String {
+        match self.change {
+            Change::Added => format!(
+                "route {}: added ({})",
+                self.name,
+                show_weights(&self.weights_after)
+            ),
+            Change::Removed => format!("route {}: removed", self.name),
+            Change::Changed | Change::Unchanged => format!(
+                "route {}: {} → {}: {:.2}% of its users move",
+                self.name,
+                show_weights(&self.weights_before),
+                show_weights(&self.weights_after),
+                self.moved() * 100.0
+            ),
+        }
+    }
+
     /// Share of the route's users that change pool.
     pub fn moved(&self) -> f64 {
         // From +0.0 (a float sum starts at -0.0, which prints as "-0.00%").
@@ -60,7 +109,7 @@ impl RouteDiff {
 #[derive(Debug, Serialize, PartialEq)]
 pub struct FlagDiff {
     pub name: String,
-    pub change: &'static str,
+    pub change: Change,
     /// Share of users whose value changes (sampled).
     pub flipped: f64,
 }
@@ -97,7 +146,7 @@ pub fn diff_routes(old: &Snapshot, new: &Snapshot) -> Vec<RouteDiff> {
         match new.route_by_name(&r.name) {
             None => routes.push(RouteDiff {
                 name: r.name.to_string(),
-                change: "removed",
+                change: Change::Removed,
                 weights_before: weights(old, r),
                 weights_after: Vec::new(),
                 moves: Vec::new(),
@@ -108,7 +157,7 @@ pub fn diff_routes(old: &Snapshot, new: &Snapshot) -> Vec<RouteDiff> {
                 let same = before == after && old.identity.salt == new.identity.salt && moves.is_empty();
                 routes.push(RouteDiff {
                     name: r.name.to_string(),
-                    change: if same { "unchanged" } else { "changed" },
+                    change: if same { Change::Unchanged } else { Change::Changed },
                     weights_before: before,
                     weights_after: after,
                     moves,
@@ -120,7 +169,7 @@ pub fn diff_routes(old: &Snapshot, new: &Snapshot) -> Vec<RouteDiff> {
         if old.route_by_name(&n.name).is_none() {
             routes.push(RouteDiff {
                 name: n.name.to_string(),
-                change: "added",
+                change: Change::Added,
                 weights_before: Vec::new(),
                 weights_after: weights(new, n),
                 moves: Vec::new(),
@@ -231,7 +280,7 @@ fn diff_flags(old: &Snapshot, new: &Snapshot, now: SystemTime, budget: usize) ->
         let change = match by_name.get(&*f.name) {
             None => FlagDiff {
                 name: f.name.to_string(),
-                change: "removed",
+                change: Change::Removed,
                 flipped: 0.0,
             },
             Some(n) => {
@@ -242,7 +291,11 @@ fn diff_flags(old: &Snapshot, new: &Snapshot, now: SystemTime, budget: usize) ->
                 };
                 FlagDiff {
                     name: f.name.to_string(),
-                    change: if flipped > 0.0 { "changed" } else { "unchanged" },
+                    change: if flipped > 0.0 {
+                        Change::Changed
+                    } else {
+                        Change::Unchanged
+                    },
                     flipped,
                 }
             }
@@ -254,7 +307,7 @@ fn diff_flags(old: &Snapshot, new: &Snapshot, now: SystemTime, budget: usize) ->
         if !old_names.contains(&*n.name) {
             flags.push(FlagDiff {
                 name: n.name.to_string(),
-                change: "added",
+                change: Change::Added,
                 flipped: 0.0,
             });
         }
@@ -317,38 +370,39 @@ pub fn split_moves(old: &Snapshot, a: &Split, new: &Snapshot, b: &Split) -> Vec<
     v
 }
 
+impl FlagDiff {
+    /// The flag's change in one line; `None` when unchanged.
+    pub fn line(&self) -> Option<String> {
+        Some(match self.change {
+            Change::Added => format!("flag {}: added", self.name),
+            Change::Removed => format!("flag {}: removed", self.name),
+            Change::Changed => format!("flag {}: {:.2}% of users flip", self.name, self.flipped * 100.0),
+            Change::Unchanged => return None,
+        })
+    }
+}
+
+/// Moves as one line: `10.00% canary→blue, ...`.
+pub fn show_moves(moves: &[(String, String, f64)]) -> String {
+    moves
+        .iter()
+        .map(|(a, b, s)| format!("{:.2}% {a}→{b}", s * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `switchyard diff`: every route (unchanged ones too, with 0.00%), each move on a line of
+/// its own, then the flags that change.
 impl std::fmt::Display for Diff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let show = |w: &[(String, u64)]| {
-            w.iter()
-                .map(|(p, w)| format!("{p}={w}"))
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
         for r in &self.routes {
-            match r.change {
-                "added" => writeln!(f, "route {}: added ({})", r.name, show(&r.weights_after))?,
-                "removed" => writeln!(f, "route {}: removed", r.name)?,
-                _ => {
-                    writeln!(
-                        f,
-                        "route {}: {} → {}: {:.2}% of users move",
-                        r.name,
-                        show(&r.weights_before),
-                        show(&r.weights_after),
-                        r.moved() * 100.0
-                    )?;
-                    for (a, b, s) in &r.moves {
-                        writeln!(f, "  {:>6.2}%  {a} → {b}", s * 100.0)?;
-                    }
-                }
+            writeln!(f, "{}", r.head())?;
+            for (a, b, s) in &r.moves {
+                writeln!(f, "  {:>6.2}%  {a} → {b}", s * 100.0)?;
             }
         }
-        for fl in &self.flags {
-            match fl.change {
-                "added" | "removed" => writeln!(f, "flag {}: {}", fl.name, fl.change)?,
-                _ => writeln!(f, "flag {}: {:.2}% of users flip", fl.name, fl.flipped * 100.0)?,
-            }
+        for line in self.flags.iter().filter_map(FlagDiff::line) {
+            writeln!(f, "{line}")?;
         }
         Ok(())
     }
@@ -420,7 +474,7 @@ mod tests {
         assert!((sampled - 0.27).abs() < 0.006, "{sampled}");
         // Unchanged: nothing flips, and nothing is sampled.
         let d = diff(&a, &a, SystemTime::now());
-        assert_eq!((d.flags[0].change, d.flags[0].flipped), ("unchanged", 0.0));
+        assert_eq!((d.flags[0].change, d.flags[0].flipped), (Change::Unchanged, 0.0));
     }
 
     #[test]
@@ -437,7 +491,7 @@ mod tests {
     fn nothing_moved_prints_as_zero() {
         let r = RouteDiff {
             name: "web".into(),
-            change: "unchanged",
+            change: Change::Unchanged,
             weights_before: Vec::new(),
             weights_after: Vec::new(),
             moves: Vec::new(),

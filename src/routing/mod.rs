@@ -19,7 +19,6 @@ pub mod target;
 pub mod unleash;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -81,8 +80,6 @@ pub struct Snapshot {
     /// Metric series of this snapshot, attached before it is published.
     pub metrics: Option<Arc<crate::admin::metrics::Handles>>,
     pub(crate) table: Arc<RouteTable>,
-    /// Connect timeout per endpoint address (`host:port`), read by the connector.
-    pub(crate) connect_timeouts: Arc<HashMap<String, Duration>>,
 }
 
 /// Listener settings. They cannot change by reload: sockets are bound once.
@@ -491,12 +488,6 @@ impl Snapshot {
 
     pub fn route_by_name(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| &*r.name == name).map(|r| &**r)
-    }
-
-    /// The connect timeout of the pool an endpoint address belongs to (the shortest, if it
-    /// belongs to several).
-    pub fn connect_timeout(&self, address: &str) -> Option<Duration> {
-        self.connect_timeouts.get(address).copied()
     }
 }
 
