@@ -21,6 +21,12 @@
 //!   state, `explain`, `diff`, `status`.
 //! - [`logging`] sets up `tracing` (text or JSON).
 
+// `unsafe` is denied everywhere but in the five places that need it, each allowed by name
+// with its SAFETY argument: `http1::put_field` and `http1::head::fields` (the head writer's and
+// parser's buffers), `http1::accepted_value` (a parsed value taken without checking it twice),
+// and, in the binary, mimalloc's option calls.
+#![deny(unsafe_code)]
+
 pub mod admin;
 pub mod app;
 pub mod cli;

@@ -1,6 +1,8 @@
 //! The `switchyard` command line. Everything it does is in the library; this file parses
 //! arguments, sets up logging and the runtime, and maps errors to exit codes.
 
+#![deny(unsafe_code)]
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -336,6 +338,7 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// that thread: the buffers an idle connection lets go of would otherwise stay resident until
 /// traffic comes (`benches/idle.rs`: 11.2 KiB per idle connection stays 11.2 KiB; with this,
 /// 3.7 KiB). The peer job's figures do not move. `MIMALLOC_PURGE_DELAY` still overrides it.
+#[allow(unsafe_code)]
 fn tune_allocator() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a documented option to a value it takes (0: purge at once).
@@ -845,6 +848,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(unsafe_code)]
     fn the_purge_delay_option_is_the_one_set() {
         // mimalloc v3's default purge delay is 1000 ms; no other option defaults to it. (The
         // test process runs without `tune_allocator`.)

@@ -185,6 +185,7 @@ pub fn response<'f>(buf: &[u8], spans: &'f mut [MaybeUninit<Field>]) -> Parsed<(
 
 /// Parses header fields from `buf[i..]` up to and including the empty line after them,
 /// recording them in `spans`. `Some((end, fields))`: the fields, which end at `buf[end]`.
+#[allow(unsafe_code)]
 pub fn fields<'f>(
     buf: &[u8],
     mut i: usize,

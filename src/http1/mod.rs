@@ -38,6 +38,7 @@ pub fn is_framing(name: &[u8]) -> bool {
 
 /// Appends `name: value\r\n`, with one capacity check for the line.
 #[inline]
+#[allow(unsafe_code)]
 pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     let len = name.len() + value.len() + 4;
     out.reserve(len);
@@ -52,6 +53,16 @@ pub fn put_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
         std::ptr::copy_nonoverlapping(b"\r\n".as_ptr(), dst.add(len - 2), 2);
         out.set_len(at + len);
     }
+}
+
+/// A field value that [`head::fields`] accepted, as a `HeaderValue` without checking it again
+/// (the request path's and the upstream client's parsers both take values this way).
+#[allow(unsafe_code)]
+pub fn accepted_value(bytes: bytes::Bytes) -> http::HeaderValue {
+    debug_assert!(http::HeaderValue::from_maybe_shared(bytes.clone()).is_ok());
+    // SAFETY: the parser accepted the value, and what it accepts in a value (HTAB, SP,
+    // visible ASCII, obs-text) is what `HeaderValue` allows.
+    unsafe { http::HeaderValue::from_maybe_shared_unchecked(bytes) }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use bytes::BytesMut;
-use http::header::{HeaderMap, HeaderValue};
+use http::header::HeaderMap;
 use http::{Method, StatusCode, Uri, Version};
 
 use crate::http1::{head, Framer, Framing, Refusal};
@@ -143,9 +143,7 @@ fn parse_in(buf: &mut BytesMut, max_head: usize) -> Result<Parsed, Refused> {
         let name = f
             .header_name(&raw)
             .ok_or(Refused::bad("an invalid header field name"))?;
-        // SAFETY: the parser accepted the value, and what it accepts in a value (HTAB, SP,
-        // visible ASCII, obs-text) is what `HeaderValue` allows.
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(raw.slice(f.value_range())) };
+        let value = crate::http1::accepted_value(raw.slice(f.value_range()));
         map.append(name, value);
     }
     let uri = Uri::from_maybe_shared(raw.slice(line.target))
@@ -277,6 +275,7 @@ fn request_line(buf: &[u8]) -> Result<Option<Line>, Refused> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
     use proptest::prelude::*;
 
     fn parsed(raw: &[u8]) -> Parsed {

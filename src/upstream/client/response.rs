@@ -127,9 +127,7 @@ pub(super) fn parse_head(buf: &mut BytesMut, method: &Method) -> Result<Option<P
                 continue;
             }
         }
-        // SAFETY: the parser accepted the value, and what it accepts in a value (HTAB, SP,
-        // visible ASCII, obs-text) is what `HeaderValue` allows.
-        let value = unsafe { HeaderValue::from_maybe_shared_unchecked(raw.slice(field.value_range())) };
+        let value = crate::http1::accepted_value(raw.slice(field.value_range()));
         map.append(name, value);
     }
     let mut parts = Response::new(()).into_parts().0;
