@@ -10,7 +10,8 @@ use std::time::SystemTime;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use http::{HeaderMap, HeaderValue};
-use switchyard::routing::{bucket, RequestView, Snapshot};
+use switchyard::routing::{bucket, RequestView};
+use switchyard::runtime::Snapshot;
 
 fn config(routes: usize, flags: usize) -> Snapshot {
     let mut t = String::from(

@@ -35,11 +35,12 @@ use tokio::sync::mpsc;
 
 use crate::clock::timestamp;
 use crate::clock::unix_ms;
+use crate::config::FleetSettings;
 use crate::control::{Adopt, Trigger};
 use crate::guard::overlay::{fingerprint, fingerprint_label};
 use crate::guard::verdict::{judge, Verdict};
 use crate::guard::window::Figures;
-use crate::routing::{FleetSettings, Snapshot};
+use crate::runtime::Snapshot;
 use crate::state::State;
 
 /// The fleet's verdicts at its last answer, per `(route, pool)`.

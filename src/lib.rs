@@ -47,9 +47,10 @@ pub mod persist;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+pub mod runtime;
 pub mod state;
 pub mod upstream;
 
 pub use app::{App, Source};
 pub use proxy::server::Server;
-pub use routing::Snapshot;
+pub use runtime::Snapshot;

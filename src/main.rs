@@ -421,7 +421,7 @@ fn override_token(path: &Path, pool: &str, ttl: std::time::Duration) -> anyhow::
 
 /// The environment variables `snap` names that are not set here: `run` would refuse to start
 /// without them.
-fn unset_variables(snap: &switchyard::routing::Snapshot) -> Vec<String> {
+fn unset_variables(snap: &switchyard::runtime::Snapshot) -> Vec<String> {
     let named = snap
         .admin
         .iter()

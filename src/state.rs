@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::admin::metrics::Metrics;
 use crate::guard::overlay::Overlay;
 use crate::guard::{Outcome, Report};
-use crate::routing::Snapshot;
+use crate::runtime::Snapshot;
 
 use crate::clock::timestamp;
 use crate::control::ReloadReport;

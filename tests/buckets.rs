@@ -6,7 +6,8 @@ use std::time::SystemTime;
 
 use http::HeaderMap;
 use proptest::prelude::*;
-use switchyard::routing::{bucket, RequestView, Snapshot, Split};
+use switchyard::routing::{bucket, RequestView, Split};
+use switchyard::runtime::Snapshot;
 
 fn snapshot(split: &[(&str, u64)], flags: &str) -> Snapshot {
     let mut text = String::from("[listen]\nhttp = \"127.0.0.1:0\"\n");

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use serde_json::Value as Json;
 use switchyard::routing::flags::Value;
 use switchyard::routing::unleash::{Context, Field, Schema};
-use switchyard::routing::Snapshot;
+use switchyard::runtime::Snapshot;
 
 fn spec_dir() -> PathBuf {
     let d = std::env::var_os("UNLEASH_SPEC_DIR")

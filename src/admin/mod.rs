@@ -18,7 +18,8 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{Action, CommandError, Trigger};
-use crate::routing::{Route, Snapshot};
+use crate::routing::Route;
+use crate::runtime::Snapshot;
 use crate::state::State;
 
 /// What the handlers share.

@@ -15,7 +15,7 @@ use serde_json::Value;
 
 use crate::config::{self, LoadError};
 use crate::guard::overlay::{self, Overlay};
-use crate::routing::Snapshot;
+use crate::runtime::Snapshot;
 
 /// Where commands look for the config when `-c` is not given.
 pub const DEFAULT_CONFIG: &str = "config/switchyard.toml";

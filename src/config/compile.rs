@@ -13,14 +13,13 @@ use toml::Spanned;
 
 use super::raw::{RawConfig, RawFleet, RawGuard, RawListen, RawNotify, RawPool, RawRollout, RawRoute};
 use super::{error_at, ConfigError};
+use crate::config::{AdminSettings, FleetSettings, Listen};
 use crate::guard::{GuardConfig, RolloutConfig};
 use crate::notify::{Event, NotifyConfig};
 use crate::routing::flags::is_token;
 use crate::routing::identity::KeyFrom;
-use crate::routing::{
-    AdminSettings, FleetSettings, HeaderSettings, Identity, Listen, Override, Route, RouteTable, Snapshot,
-    Split, MAX_FLAG_BYTES_CAP,
-};
+use crate::routing::{HeaderSettings, Identity, Override, Route, RouteTable, Split, MAX_FLAG_BYTES_CAP};
+use crate::runtime::Snapshot;
 use crate::upstream::{Balance, Endpoint, HealthCheck, Pool};
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -395,7 +394,19 @@ pub fn compile(
         }
     }
     let table = RouteTable::build(&routes);
+    let pool_names = pools.iter().map(|p| p.name.clone()).collect();
     Ok(Snapshot {
+        routing: crate::routing::Table {
+            routes: routes.into_iter().map(Arc::new).collect(),
+            identity,
+            flags: flags.into(),
+            env,
+            headers,
+            context: Arc::new(context),
+            overrides: Arc::new(overrides),
+            pool_names,
+            table: Arc::new(table),
+        },
         revision: match &flags_from {
             Some((_, file)) => super::targeting::combined_revision(src, file),
             None => revision(src),
@@ -404,11 +415,6 @@ pub fn compile(
         access_log,
         tls,
         pools,
-        routes: routes.into_iter().map(Arc::new).collect(),
-        identity,
-        flags: flags.into(),
-        env,
-        headers,
         admin,
         state_path,
         notify,
@@ -418,13 +424,10 @@ pub fn compile(
             .as_ref()
             .and_then(|o| o.get_ref().enabled.as_ref())
             .is_some_and(|e| *e.get_ref()),
-        context: Arc::new(context),
         experiments: experiments.into(),
         flags_from: flags_from.map(|(f, _)| f),
-        overrides: Arc::new(overrides),
         metrics: None,
         warnings: errs.warnings.into(),
-        table: Arc::new(table),
     })
 }
 
@@ -1614,6 +1617,7 @@ split = { blue = -5 }
         let raw = parse(&src).0.unwrap();
         let h = super::compile(&src, &raw, Path::new("."), "t.toml", None)
             .unwrap()
+            .routing
             .headers;
         assert_eq!(h.flags.as_ref().map(|n| n.as_str()), Some("x-flags"));
         assert_eq!(h.pool, None);

@@ -16,7 +16,7 @@ pub(super) fn compile(
     flags: &[Flag],
     routes: &[Route],
     pools: &[Arc<crate::upstream::Pool>],
-    previous: Option<&crate::routing::Snapshot>,
+    previous: Option<&crate::runtime::Snapshot>,
 ) -> Vec<ExperimentConfig> {
     let mut out: Vec<ExperimentConfig> = Vec::new();
     for (i, e) in raw.iter().enumerate() {

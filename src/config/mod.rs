@@ -3,12 +3,13 @@
 //! ([`compile`]). Every problem found on the way becomes a [`ConfigError`] that names its
 //! line, column and field path and says how to fix the file; all of them are reported at once.
 //!
-//! [`Snapshot`]: crate::routing::Snapshot
+//! [`Snapshot`]: crate::runtime::Snapshot
 
 mod compile;
 mod experiments;
 mod mirror;
 pub mod raw;
+pub mod settings;
 mod targeting;
 
 use std::fmt;
@@ -18,9 +19,10 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 pub use compile::{compile, revision};
+pub use settings::{AdminSettings, FleetSettings, Listen};
 pub use targeting::{combined_revision, parse_features, FlagsFrom, ServerSource};
 
-use crate::routing::Snapshot;
+use crate::runtime::Snapshot;
 
 /// One problem in a config file, with where it is and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]

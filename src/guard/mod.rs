@@ -19,7 +19,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::control::Trigger;
-use crate::routing::{Route, Snapshot};
+use crate::routing::Route;
+use crate::runtime::Snapshot;
 use crate::state::State;
 pub use verdict::Verdict;
 pub use window::{Figures, Window};

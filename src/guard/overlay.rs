@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::routing::split::SPACE;
-use crate::routing::{Route, Snapshot, Split};
+use crate::routing::{Route, Split};
+use crate::runtime::Snapshot;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

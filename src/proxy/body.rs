@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::admin::metrics::UpstreamError;
 use crate::guard::Outcome;
-use crate::routing::Snapshot;
+use crate::runtime::Snapshot;
 use crate::upstream::InFlight;
 
 use super::watchdog::Busy;

@@ -15,7 +15,8 @@ use serde::Serialize;
 use super::{filter, via_entry, Decided, Peer};
 use crate::guard::overlay::Overlay;
 use crate::routing::flags::{Reason, Value};
-use crate::routing::{bucket, normalize_host, RequestView, Snapshot, Why};
+use crate::routing::{bucket, normalize_host, RequestView, Why};
+use crate::runtime::Snapshot;
 
 /// A request to explain.
 pub struct Question {

@@ -51,7 +51,8 @@ use std::time::SystemTime;
 
 use crate::guard::Outcome;
 use crate::http1::tokens::{Coding, Codings};
-use crate::routing::{bucket, header as find, normalize_host, target, Decision, RequestView, Snapshot};
+use crate::routing::{bucket, header as find, normalize_host, target, Decision, RequestView};
+use crate::runtime::Snapshot;
 use crate::state::State;
 use crate::upstream::client::{self, Interim, Limits, Outgoing, RequestBody, ResponseBody};
 use crate::upstream::{InFlight, Pool};

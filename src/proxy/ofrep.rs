@@ -25,7 +25,8 @@ use crate::routing::context::Session;
 use crate::routing::flags::{Flag, Reason, Value};
 use crate::routing::identity::KeySource;
 use crate::routing::unleash::{Context, Field};
-use crate::routing::{RequestContext, RequestView, Snapshot};
+use crate::routing::{RequestContext, RequestView};
+use crate::runtime::Snapshot;
 use crate::upstream::client::{BodyFault, RequestBody};
 
 /// Where the endpoints are.

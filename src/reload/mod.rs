@@ -32,7 +32,8 @@ use crate::control::ReloadReport;
 use crate::guard::overlay::{self, Overlay, Progress, Trip};
 use crate::guard::Figures;
 use crate::notify::Event;
-use crate::routing::{diff, Snapshot};
+use crate::routing::diff;
+use crate::runtime::Snapshot;
 use crate::state::{State, StateLoadError};
 use crate::upstream::health::Checks;
 
@@ -883,7 +884,7 @@ fn failed(state: &State, r: ReloadReport) -> ReloadReport {
 fn fixed_settings(old: &Snapshot, new: &Snapshot, path: &Path) -> Result<(), String> {
     let (o, n) = (&old.listen, &new.listen);
     let addr = |a: Option<std::net::SocketAddr>| a.map_or("unset".to_owned(), |a| a.to_string());
-    let admin = |a: &Option<crate::routing::AdminSettings>| {
+    let admin = |a: &Option<crate::config::AdminSettings>| {
         a.as_ref().map_or("unset".to_owned(), |a| {
             format!("{} (token_env {:?})", a.listen, a.token_env)
         })

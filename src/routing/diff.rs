@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use super::flags::Flag;
 use super::unleash::model::{Strategy, Variant};
-use super::{Route, Snapshot, Split};
+use super::{Route, Split, Table};
 
 /// Keys sampled for a flag's flips.
 pub const FLAG_SAMPLE: usize = 100_000;
@@ -114,16 +114,16 @@ pub struct FlagDiff {
     pub flipped: f64,
 }
 
-fn weights(snap: &Snapshot, r: &Route) -> Vec<(String, u64)> {
+fn weights(snap: &Table, r: &Route) -> Vec<(String, u64)> {
     r.split
         .weights()
-        .map(|(p, w)| (snap.pools[p].name.to_string(), w))
+        .map(|(p, w)| (snap.pool_names[p].to_string(), w))
         .collect()
 }
 
 /// Compares two snapshots, evaluating time-windowed flags at `now` ([`FLAG_SAMPLE`] keys for
 /// each flag sampled).
-pub fn diff(old: &Snapshot, new: &Snapshot, now: SystemTime) -> Diff {
+pub fn diff(old: &Table, new: &Table, now: SystemTime) -> Diff {
     Diff {
         routes: diff_routes(old, new),
         flags: diff_flags(old, new, now, usize::MAX),
@@ -132,7 +132,7 @@ pub fn diff(old: &Snapshot, new: &Snapshot, now: SystemTime) -> Diff {
 
 /// [`diff`] with at most `budget` flag evaluations in all (but [`MIN_FLAG_SAMPLE`] keys for
 /// each flag sampled).
-pub fn diff_within(old: &Snapshot, new: &Snapshot, now: SystemTime, budget: usize) -> Diff {
+pub fn diff_within(old: &Table, new: &Table, now: SystemTime, budget: usize) -> Diff {
     Diff {
         routes: diff_routes(old, new),
         flags: diff_flags(old, new, now, budget),
@@ -140,7 +140,7 @@ pub fn diff_within(old: &Snapshot, new: &Snapshot, now: SystemTime, budget: usiz
 }
 
 /// The routes' part of [`diff`]: exact, and quick.
-pub fn diff_routes(old: &Snapshot, new: &Snapshot) -> Vec<RouteDiff> {
+pub fn diff_routes(old: &Table, new: &Table) -> Vec<RouteDiff> {
     let mut routes = Vec::new();
     for r in &old.routes {
         match new.route_by_name(&r.name) {
@@ -263,7 +263,7 @@ impl super::unleash::Context for SampleUser<'_> {
 }
 
 /// The flags' part of [`diff`].
-fn diff_flags(old: &Snapshot, new: &Snapshot, now: SystemTime, budget: usize) -> Vec<FlagDiff> {
+fn diff_flags(old: &Table, new: &Table, now: SystemTime, budget: usize) -> Vec<FlagDiff> {
     let by_name: std::collections::HashMap<&str, &Flag> = new.flags.iter().map(|f| (&*f.name, f)).collect();
     let sampled = old
         .flags
@@ -316,7 +316,7 @@ fn diff_flags(old: &Snapshot, new: &Snapshot, now: SystemTime, budget: usize) ->
 }
 
 /// The share of `sample` keys whose value differs between `f` and `n`.
-fn flips(f: &Flag, old: &Snapshot, n: &Flag, new: &Snapshot, now: SystemTime, sample: usize) -> f64 {
+fn flips(f: &Flag, old: &Table, n: &Flag, new: &Table, now: SystemTime, sample: usize) -> f64 {
     use std::fmt::Write;
     let mut key = String::with_capacity(24);
     let now_ms = now
@@ -342,13 +342,13 @@ pub fn round_share(share: f64) -> f64 {
 /// Exact shares of a route's users moving from `a`'s pools (a split of `old`'s pools) to
 /// `b`'s (of `new`'s), by pool name, largest first: the overlaps of their ranges (or, when the
 /// salt changed and buckets are reshuffled, the products of their shares).
-pub fn split_moves(old: &Snapshot, a: &Split, new: &Snapshot, b: &Split) -> Vec<(String, String, f64)> {
+pub fn split_moves(old: &Table, a: &Split, new: &Table, b: &Split) -> Vec<(String, String, f64)> {
     let space = (1u64 << 32) as f64;
     let mut out: BTreeMap<(String, String), f64> = BTreeMap::new();
     let same_salt = old.identity.salt == new.identity.salt;
     for (a, lo1, hi1) in a.ranges() {
         for (b, lo2, hi2) in b.ranges() {
-            let (from, to) = (&old.pools[a].name, &new.pools[b].name);
+            let (from, to) = (&old.pool_names[a], &new.pool_names[b]);
             if from == to {
                 continue;
             }
@@ -413,7 +413,7 @@ mod tests {
     use super::*;
     use std::path::Path;
 
-    fn snap(split: &str, flag_percent: u32, salt: &str) -> Snapshot {
+    fn snap(split: &str, flag_percent: u32, salt: &str) -> crate::runtime::Snapshot {
         let text = format!(
             "[listen]\nhttp = \"127.0.0.1:0\"\n[identity]\nsalt = \"{salt}\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n[pools.green]\nendpoints = [\"127.0.0.1:3\"]\n[[routes]]\nname = \"web\"\nsplit = {split}\n[[flags]]\nname = \"f\"\npercent = {flag_percent}\n"
         );

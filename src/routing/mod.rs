@@ -5,7 +5,7 @@
 //! route's [`split`]) → flags ([`flags`]).
 //!
 //! Nothing here does I/O, so all of it is tested directly; the proxy and `switchyard explain`
-//! both call [`Snapshot::decide`], so what explain prints is what the proxy does.
+//! both call [`Table::decide`], so what explain prints is what the proxy does.
 
 pub mod bucket;
 pub mod context;
@@ -19,9 +19,8 @@ pub mod target;
 pub mod unleash;
 
 use std::borrow::Cow;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -31,21 +30,11 @@ pub use identity::{Identity, KeySource};
 pub use split::Split;
 pub use table::RouteTable;
 
-use crate::upstream::Pool;
-
-/// Everything one config revision decides, compiled once so that the request path never
-/// re-validates or re-parses. Swapped whole on reload (and on a trip or rollout step, which
-/// change routes' effective splits); a request keeps the one it started with.
+/// The pure part of one config revision: everything a request's decision reads, compiled once
+/// so that the request path never re-validates or re-parses. [`crate::runtime::Snapshot`]
+/// holds it with the live parts (pools, metrics, guards, mirrors) and derefs to it.
 #[derive(Clone)]
-pub struct Snapshot {
-    /// Short hash of the config text this snapshot was compiled from.
-    pub revision: String,
-    pub listen: Listen,
-    /// Whether one access-log line is written per request.
-    pub access_log: bool,
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Pools by index; routes refer to pools by index into this list.
-    pub pools: Vec<Arc<Pool>>,
+pub struct Table {
     /// Shared with the snapshots a trip, a rollout step or a command makes from this one: a
     /// route they do not change is not copied.
     pub routes: Vec<Arc<Route>>,
@@ -55,78 +44,13 @@ pub struct Snapshot {
     /// `[env] name`, if set.
     pub env: Option<String>,
     pub headers: HeaderSettings,
-    /// `[admin]`, if set. Like the listeners, it cannot change by reload.
-    pub admin: Option<AdminSettings>,
-    /// `[state] path`, relative paths resolved against the config's directory; `None`: beside
-    /// the config file. It cannot change by reload.
-    pub state_path: Option<std::path::PathBuf>,
-    /// `[[notify]]` entries: where webhooks go.
-    pub notify: Vec<crate::notify::NotifyConfig>,
-    /// `[fleet]`: judge and agree with the other replicas through Prometheus.
-    pub fleet: Option<FleetSettings>,
-    /// `[ofrep] enabled`: the proxy's listeners answer OFREP evaluations.
-    pub ofrep: bool,
     /// `[context]`: the request attributes flags and rules read.
     pub context: Arc<ContextSpec>,
     /// `[overrides]`: who may force a pool with a route's override header or cookie.
     pub overrides: Arc<overrides::OverridePolicy>,
-    /// `[[experiments]]`: what they compare, their goals and their counts.
-    pub experiments: Arc<[crate::experiments::ExperimentConfig]>,
-    /// `flags_from`: where the feature file comes from (watched like the config).
-    pub flags_from: Option<crate::config::FlagsFrom>,
-    /// What `check` warns of: valid, but surprising (flags headers that can outgrow their
-    /// limit, a feature file's constraints that can never hold).
-    pub warnings: Arc<[String]>,
-    /// Metric series of this snapshot, attached before it is published.
-    pub metrics: Option<Arc<crate::admin::metrics::Handles>>,
+    /// The pools' names, by index: routes and decisions name pools by index into this list.
+    pub pool_names: Arc<[Arc<str>]>,
     pub(crate) table: Arc<RouteTable>,
-}
-
-/// Listener settings. They cannot change by reload: sockets are bound once.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Listen {
-    pub http: Option<SocketAddr>,
-    pub https: Option<SocketAddr>,
-    pub max_connections: usize,
-    pub header_read_timeout: Duration,
-    pub max_header_bytes: usize,
-    pub drain_timeout: Duration,
-    /// The longest pause in a request body's upload; past it, 408 (nginx's
-    /// `client_body_timeout`).
-    pub client_body_timeout: Duration,
-    /// The longest a client may read nothing of its response; past it, the connection is
-    /// closed (nginx's `send_timeout`).
-    pub send_timeout: Duration,
-    /// The listen sockets' accept queue (nginx's default, 511).
-    pub backlog: u32,
-    /// HTTP/1 connections are served by switchyard's own HTTP/1 path; `false`: by hyper's.
-    pub fast_path: bool,
-}
-
-/// The `[fleet]` table: the replicas' shared view through Prometheus.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FleetSettings {
-    /// The fleet's identity: every replica exports it (`switchyard_fleet_info{fleet}`) and
-    /// reads only the series of replicas that export the same.
-    pub name: String,
-    /// Prometheus's base URL, without a trailing slash.
-    pub prometheus: String,
-    /// Label matchers that select this fleet's series (`job="switchyard"`), or empty.
-    pub selector: String,
-    pub interval: Duration,
-    pub query_timeout: Duration,
-    /// The environment variable holding a bearer token for Prometheus.
-    pub token_env: Option<String>,
-}
-
-/// The `[admin]` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AdminSettings {
-    pub listen: SocketAddr,
-    /// The environment variable holding the bearer token for mutating calls.
-    pub token_env: Option<String>,
-    /// Host names the API answers for besides loopback's (`[admin] hosts`).
-    pub hosts: Vec<String>,
 }
 
 /// The headers the proxy adds (`[headers]`; DESIGN §3 "Headers sent upstream"). By default it
@@ -205,7 +129,7 @@ pub struct RouteRuntime {
 /// One `[[routes]]` entry, compiled.
 #[derive(Debug, Clone)]
 pub struct Route {
-    /// Position in [`Snapshot::routes`].
+    /// Position in [`Table::routes`].
     pub index: usize,
     pub name: Arc<str>,
     /// The host pattern as written (lower-cased), for display.
@@ -222,7 +146,7 @@ pub struct Route {
     pub rollout: Option<crate::guard::RolloutConfig>,
     pub runtime: RouteRuntime,
     pub overrides: Override,
-    /// Indices into [`Snapshot::flags`] of the flags in scope here, in config order.
+    /// Indices into [`Table::flags`] of the flags in scope here, in config order.
     pub flags: Arc<[usize]>,
     /// `[[routes.rules]]`: audiences sent to a pool before the split.
     pub rules: Arc<[Rule]>,
@@ -288,12 +212,12 @@ pub struct Decision<'s, 'r> {
     pub key_source: KeySource,
     /// The user's point for splits, `bucket · 2^32`.
     pub point: u32,
-    /// Index into [`Snapshot::pools`].
+    /// Index into [`Table::pool_names`] (and the snapshot's pools).
     pub pool: usize,
     pub why: Why,
     /// An override header or cookie was given but not honoured, and why.
     pub ignored_override: Option<overrides::Refused>,
-    /// `(index into Snapshot::flags, value, reason)` for the flags in scope, in config order.
+    /// `(index into Table::flags, value, reason)` for the flags in scope, in config order.
     pub flags: Vec<(usize, flags::Value, flags::Reason)>,
 }
 
@@ -305,7 +229,7 @@ impl Decision<'_, '_> {
 
     /// The flags header value, `key=value, ...`; `None` when no flag is in scope. Flags that
     /// would take it past `[headers] max_flag_bytes` are left out (`truncated` is set).
-    pub fn flags_header(&self, snap: &Snapshot, truncated: &mut bool) -> Option<String> {
+    pub fn flags_header(&self, snap: &Table, truncated: &mut bool) -> Option<String> {
         if self.flags.is_empty() {
             return None;
         }
@@ -331,7 +255,7 @@ impl Decision<'_, '_> {
 
     /// The payloads header value, `key="payload";type=json, ...`, for the flags whose variant
     /// has a payload; `None` when none has.
-    pub fn payloads_header(&self, snap: &Snapshot, truncated: &mut bool) -> Option<String> {
+    pub fn payloads_header(&self, snap: &Table, truncated: &mut bool) -> Option<String> {
         let limit = snap.headers.max_flag_bytes;
         let mut out: Option<String> = None;
         let mut item = String::new();
@@ -356,7 +280,7 @@ impl Decision<'_, '_> {
     }
 }
 
-impl Snapshot {
+impl Table {
     /// The route for a request, by host (exact, then wildcard, then any), longest path prefix,
     /// then header matches.
     pub fn find(&self, host: &str, path: &str, headers: &http::HeaderMap) -> Option<&Route> {
@@ -464,7 +388,7 @@ impl Snapshot {
             .split
             .weights()
             .map(|(p, _)| p)
-            .find(|&p| &*self.pools[p].name == name)
+            .find(|&p| &*self.pool_names[p] == name)
         else {
             return (None, Some(Refused::UnknownPool));
         };
@@ -474,16 +398,8 @@ impl Snapshot {
         (Some((pool, why)), None)
     }
 
-    pub fn pool(&self, index: usize) -> &Arc<Pool> {
-        &self.pools[index]
-    }
-
     pub fn pool_index(&self, name: &str) -> Option<usize> {
-        self.pools.iter().position(|p| &*p.name == name)
-    }
-
-    pub fn pool_by_name(&self, name: &str) -> Option<&Arc<Pool>> {
-        self.pools.iter().find(|p| &*p.name == name)
+        self.pool_names.iter().position(|p| &**p == name)
     }
 
     pub fn route_by_name(&self, name: &str) -> Option<&Route> {

@@ -13,7 +13,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::AbortHandle;
 
 use super::{Endpoint, HealthCheck};
-use crate::routing::Snapshot;
+use crate::runtime::Snapshot;
 
 /// The running check tasks, by (pool, endpoint address).
 pub struct Checks {

@@ -195,7 +195,7 @@ pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 /// Closes the idle connections that went stale, every [`SWEEP_EVERY`], for the endpoints of
 /// the live snapshot, until the snapshot is gone. (Endpoints a reload removed close theirs
 /// when the last snapshot holding them is dropped.)
-pub async fn sweep_idle(snapshot: std::sync::Weak<arc_swap::ArcSwap<crate::routing::Snapshot>>) {
+pub async fn sweep_idle(snapshot: std::sync::Weak<arc_swap::ArcSwap<crate::runtime::Snapshot>>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

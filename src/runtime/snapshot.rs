@@ -1,0 +1,69 @@
+//! [`Snapshot`]: one config revision as the proxy runs it.
+
+use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
+
+use crate::config::{AdminSettings, FleetSettings, Listen};
+use crate::routing::Table;
+use crate::upstream::Pool;
+
+/// Everything one config revision decides, and the live parts that serve it. Swapped whole on
+/// reload (and on a trip or rollout step, which change routes' effective splits); a request
+/// keeps the one it started with. It derefs to its [`Table`], the pure part decisions read.
+#[derive(Clone)]
+pub struct Snapshot {
+    /// What requests' decisions read.
+    pub routing: Table,
+    /// Short hash of the config text this snapshot was compiled from.
+    pub revision: String,
+    pub listen: Listen,
+    /// Whether one access-log line is written per request.
+    pub access_log: bool,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Pools by index (the routing table's pool indices).
+    pub pools: Vec<Arc<Pool>>,
+    /// `[admin]`, if set. Like the listeners, it cannot change by reload.
+    pub admin: Option<AdminSettings>,
+    /// `[state] path`, relative paths resolved against the config's directory; `None`: beside
+    /// the config file. It cannot change by reload.
+    pub state_path: Option<std::path::PathBuf>,
+    /// `[[notify]]` entries: where webhooks go.
+    pub notify: Vec<crate::notify::NotifyConfig>,
+    /// `[fleet]`: judge and agree with the other replicas through Prometheus.
+    pub fleet: Option<FleetSettings>,
+    /// `[ofrep] enabled`: the proxy's listeners answer OFREP evaluations.
+    pub ofrep: bool,
+    /// `[[experiments]]`: what they compare, their goals and their counts.
+    pub experiments: Arc<[crate::experiments::ExperimentConfig]>,
+    /// `flags_from`: where the feature file comes from (watched like the config).
+    pub flags_from: Option<crate::config::FlagsFrom>,
+    /// What `check` warns of: valid, but surprising (flags headers that can outgrow their
+    /// limit, a feature file's constraints that can never hold).
+    pub warnings: Arc<[String]>,
+    /// Metric series of this snapshot, attached before it is published.
+    pub metrics: Option<Arc<crate::admin::metrics::Handles>>,
+}
+
+impl Deref for Snapshot {
+    type Target = Table;
+
+    fn deref(&self) -> &Table {
+        &self.routing
+    }
+}
+
+impl DerefMut for Snapshot {
+    fn deref_mut(&mut self) -> &mut Table {
+        &mut self.routing
+    }
+}
+
+impl Snapshot {
+    pub fn pool(&self, index: usize) -> &Arc<Pool> {
+        &self.pools[index]
+    }
+
+    pub fn pool_by_name(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.iter().find(|p| &*p.name == name)
+    }
+}
