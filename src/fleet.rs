@@ -349,7 +349,7 @@ fn newer_states(snap: &Snapshot, view: &View, me: &str) -> Vec<Adopt> {
             }
         }
         // Rollbacks on another split: of pools this route also has, not yet out here.
-        let baseline = route.baseline();
+        let baseline = route.baseline;
         let ours_named = |pool: &str| {
             snap.pool_index(pool).filter(|&p| {
                 p != baseline
@@ -450,7 +450,7 @@ async fn round(
     let least = (2 * settings.interval.as_secs()).max(3);
     let mut ranges: BTreeMap<u64, Vec<(usize, Vec<String>)>> = BTreeMap::new();
     for (i, route) in snap.routes.iter().enumerate() {
-        let Some(g) = &route.guard else { continue };
+        let Some(g) = snap.guard(route) else { continue };
         if g.dry_run || route.split.weights().count() < 2 || route.runtime.held {
             continue;
         }
@@ -499,9 +499,7 @@ async fn round(
             )
             .await?;
         let latency = routes.iter().any(|(i, _)| {
-            snap.routes[*i]
-                .guard
-                .as_ref()
+            snap.guard(&snap.routes[*i])
                 .is_some_and(|g| g.max_p99.is_some() || g.max_p50.is_some())
         });
         let buckets = if latency {
@@ -525,7 +523,7 @@ async fn round(
         };
         for (i, on_split) in routes {
             let route = &snap.routes[i];
-            let g = route.guard.as_ref().expect("guarded");
+            let g = snap.guard(route).expect("guarded");
             let counted = |s: &&Sample, pool: &str| {
                 s.label("route") == &*route.name
                     && s.label("pool") == pool

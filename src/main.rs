@@ -578,7 +578,7 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
                 snap.pools[rule.pool].name
             );
         }
-        if let Some(g) = &r.guard {
+        if let Some(g) = snap.guard(r) {
             let p99 = [("p99", g.max_p99), ("p50", g.max_p50)]
                 .iter()
                 .filter_map(|(n, d)| d.map(|d| format!(", {n} <= {d:?}")))
@@ -594,7 +594,7 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
                 if g.dry_run { " (dry run)" } else { "" }
             );
         }
-        if let Some(ro) = &r.rollout {
+        if let Some(ro) = snap.rollout(r) {
             let _ = writeln!(
                 s,
                 "  {:<12} rollout: {} through {:?}% every {:?}",

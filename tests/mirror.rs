@@ -85,7 +85,7 @@ async fn json_upstream(
 fn counts(proxy: &Proxy, route: &str) -> Vec<(&'static str, u64)> {
     let snap = proxy.state.snapshot.load();
     let r = snap.route_by_name(route).unwrap();
-    r.mirror.as_ref().unwrap().stats.counts()
+    snap.mirror(r).unwrap().stats.counts()
 }
 
 fn count(proxy: &Proxy, route: &str, result: &str) -> u64 {
@@ -157,10 +157,7 @@ async fn each_kind_of_difference_is_told_apart_and_ignored_fields_are_not_differ
     // The recent mismatches say what differed.
     let snap = proxy.state.snapshot.load();
     let recent = |route: &str| {
-        snap.route_by_name(route)
-            .unwrap()
-            .mirror
-            .as_ref()
+        snap.mirror(snap.route_by_name(route).unwrap())
             .unwrap()
             .stats
             .recent
@@ -264,10 +261,7 @@ async fn a_hanging_or_dead_shadow_costs_the_client_nothing() {
             .state
             .snapshot
             .load()
-            .route_by_name("hang")
-            .unwrap()
-            .mirror
-            .as_ref()
+            .mirror_of("hang")
             .unwrap()
             .stats
             .in_flight
@@ -517,10 +511,7 @@ async fn streams_free_their_mirror_slot_and_upgrades_are_not_mirrored() {
                 .state
                 .snapshot
                 .load()
-                .route_by_name("events")
-                .unwrap()
-                .mirror
-                .as_ref()
+                .mirror_of("events")
                 .unwrap()
                 .stats
                 .in_flight

@@ -288,7 +288,7 @@ impl Metrics {
             h.routes.push(per_pool);
             // A guarded route's trip counters exist from the start at 0, so `increase()` sees
             // the first trip.
-            if let Some(g) = &route.guard {
+            if let Some(g) = snap.guard(route) {
                 for (pool, _) in route.split.weights().filter(|&(p, _)| p != g.baseline) {
                     self.guard_trips
                         .with_label_values(&[&*route.name, &*snap.pools[pool].name]);
@@ -298,7 +298,7 @@ impl Metrics {
                 .push(self.overrides_ignored.with_label_values(&[&*route.name]));
             h.flag_headers_truncated
                 .push(self.flag_headers_truncated.with_label_values(&[&*route.name]));
-            if route.mirror.is_some() {
+            if snap.mirror(route).is_some() {
                 for result in crate::mirror::RESULTS {
                     self.mirror.with_label_values(&[&*route.name, result]);
                 }
@@ -345,11 +345,11 @@ impl Metrics {
                 .with_label_values(&[&*route.name, &*snap.pools[pool].name])
                 .set(share);
         }
-        if route.guard.is_some() || !route.runtime.tripped.is_empty() {
+        if snap.guard(route).is_some() || !route.runtime.tripped.is_empty() {
             let tripped = i64::from(!route.runtime.tripped.is_empty());
             self.route_tripped.with_label_values(&[&*route.name]).set(tripped);
         }
-        if let (Some(r), Some(step)) = (&route.rollout, route.runtime.rollout_step) {
+        if let (Some(r), Some(step)) = (snap.rollout(route), route.runtime.rollout_step) {
             self.rollout_step
                 .with_label_values(&[&*route.name])
                 .set(i64::from(r.steps[step]));
@@ -360,8 +360,8 @@ impl Metrics {
         // What the other replicas of a fleet read to converge on this route's state.
         // (Once a route has changed, it stays exported: a reset after a rollback must reach
         // the other replicas too.)
-        if route.guard.is_some() || route.rollout.is_some() || route.runtime.changed_ms > 0 {
-            let baseline = route.baseline();
+        if snap.guard(route).is_some() || snap.rollout(route).is_some() || route.runtime.changed_ms > 0 {
+            let baseline = route.baseline;
             for (pool, _) in route.split.weights().filter(|&(p, _)| p != baseline) {
                 let state = if route.runtime.rolled_back.contains(&pool) {
                     2

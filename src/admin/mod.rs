@@ -152,7 +152,7 @@ pub fn route_status(state: &State, snap: &Snapshot, route: &Route, details: bool
     let overlay = state.overlay.load();
     let entry = overlay.routes.get(&*route.name);
     let report = state.guard.load();
-    let guard = route.guard.as_ref().map(|g| GuardStatus {
+    let guard = snap.guard(route).map(|g| GuardStatus {
         baseline: snap.pools[g.baseline].name.to_string(),
         dry_run: g.dry_run,
         max_error_rate: g.max_error_rate,
@@ -167,7 +167,7 @@ pub fn route_status(state: &State, snap: &Snapshot, route: &Route, details: bool
             .map(|r| r.pools.clone())
             .unwrap_or_default(),
     });
-    let rollout = route.rollout.as_ref().map(|r| {
+    let rollout = snap.rollout(route).map(|r| {
         let step = route.runtime.rollout_step.unwrap_or(0);
         RolloutStatus {
             pool: snap.pools[r.pool].name.to_string(),
@@ -179,7 +179,7 @@ pub fn route_status(state: &State, snap: &Snapshot, route: &Route, details: bool
         }
     });
     RouteStatus {
-        mirror: route.mirror.as_ref().map(|m| MirrorStatus {
+        mirror: snap.mirror(route).map(|m| MirrorStatus {
             pool: snap.pools[m.pool].name.to_string(),
             percent: m.percent,
             compare: m.compare,

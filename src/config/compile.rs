@@ -19,6 +19,7 @@ use crate::notify::{Event, NotifyConfig};
 use crate::routing::flags::is_token;
 use crate::routing::identity::KeyFrom;
 use crate::routing::{HeaderSettings, Identity, Override, Route, RouteTable, Split, MAX_FLAG_BYTES_CAP};
+use crate::runtime::RouteExtras;
 use crate::runtime::Snapshot;
 use crate::upstream::{Balance, Endpoint, HealthCheck, Pool};
 
@@ -182,6 +183,7 @@ pub fn compile(
     let mut context = super::targeting::context(&mut errs, raw);
     let segments = super::targeting::segments(&mut errs, raw);
     let mut routes = Vec::new();
+    let mut extras: Vec<RouteExtras> = Vec::new();
     let mut names = HashSet::new();
     let mut matchers = HashSet::new();
     for (i, route) in raw.routes.iter().enumerate() {
@@ -195,7 +197,7 @@ pub fn compile(
                 "give every route a unique name",
             );
         }
-        if let Some(r) = compile_route(&mut errs, &path, route, &pool_index, &mut context, &segments) {
+        if let Some((r, x)) = compile_route(&mut errs, &path, route, &pool_index, &mut context, &segments) {
             let mut hdrs: Vec<_> = r
                 .headers
                 .iter()
@@ -211,6 +213,7 @@ pub fn compile(
                 );
             }
             routes.push(r);
+            extras.push(x);
         }
     }
     if raw.routes.is_empty() {
@@ -316,8 +319,9 @@ pub fn compile(
             let Some(ro) = &r.get_ref().rollout else { continue };
             let every = routes
                 .iter()
-                .find(|c| *c.name == **r.get_ref().name.get_ref())
-                .and_then(|c| c.rollout.as_ref())
+                .zip(&extras)
+                .find(|(c, _)| *c.name == **r.get_ref().name.get_ref())
+                .and_then(|(_, x)| x.rollout.as_ref())
                 .map(|c| c.every);
             if every.is_some_and(|e| e < f.interval * 4) {
                 errs.at(
@@ -367,7 +371,7 @@ pub fn compile(
         flag_header_bounds(&mut errs, &flags, route, &headers);
         // A rollout depends on the user at every step, its first included (where the file's
         // weight may still be 0).
-        route.uses_key = route.split.active_pools() > 1 || route.rollout.is_some() || *any_depends;
+        route.uses_key = route.split.active_pools() > 1 || extras[i].rollout.is_some() || *any_depends;
     }
 
     let experiments =
@@ -378,9 +382,9 @@ pub fn compile(
     }
     // A route's mirror counts go on across reloads.
     if let Some(prev) = previous {
-        for r in &mut routes {
-            let old = prev.route_by_name(&r.name).and_then(|o| o.mirror.as_ref());
-            if let (Some(m), Some(old)) = (r.mirror.as_mut().and_then(Arc::get_mut), old) {
+        for (r, x) in routes.iter().zip(&mut extras) {
+            let old = prev.route_by_name(&r.name).and_then(|o| prev.mirror(o));
+            if let (Some(m), Some(old)) = (x.mirror.as_mut().and_then(Arc::get_mut), old) {
                 m.stats = old.stats.clone();
                 let same = m.pool == old.pool
                     && m.compare == old.compare
@@ -428,6 +432,7 @@ pub fn compile(
         flags_from: flags_from.map(|(f, _)| f),
         metrics: None,
         warnings: errs.warnings.into(),
+        extras: extras.into(),
     })
 }
 
@@ -1055,7 +1060,7 @@ fn compile_route(
     pool_index: &HashMap<String, usize>,
     context: &mut crate::routing::ContextSpec,
     segments: &[crate::routing::unleash::model::Segment],
-) -> Option<Route> {
+) -> Option<(Route, RouteExtras)> {
     let raw = route.get_ref();
     let before = errs.list.len();
     let name = raw.name.get_ref();
@@ -1195,22 +1200,39 @@ fn compile_route(
         context,
         segments,
     );
-    (errs.list.len() == before).then(|| Route {
-        mirror,
-        rules: rules.into(),
-        index: 0,
-        name: name.as_str().into(),
-        host,
-        path_prefix,
-        headers,
-        effective: split.clone().expect("split compiled without errors"),
-        split: split.expect("split compiled without errors"),
-        guard,
-        rollout,
-        runtime: Default::default(),
-        overrides,
-        flags: Arc::from([]),
-        uses_key: false,
+    let baseline = guard.as_ref().map_or_else(
+        || {
+            split
+                .as_ref()
+                .and_then(|s| s.weights().next())
+                .map_or(0, |(p, _)| p)
+        },
+        |g| g.baseline,
+    );
+    (errs.list.len() == before).then(|| {
+        let route = Route {
+            rules: rules.into(),
+            index: 0,
+            name: name.as_str().into(),
+            host,
+            path_prefix,
+            headers,
+            effective: split.clone().expect("split compiled without errors"),
+            split: split.expect("split compiled without errors"),
+            baseline,
+            runtime: Default::default(),
+            overrides,
+            flags: Arc::from([]),
+            uses_key: false,
+        };
+        (
+            route,
+            RouteExtras {
+                guard,
+                rollout,
+                mirror,
+            },
+        )
     })
 }
 

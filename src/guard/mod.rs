@@ -115,7 +115,7 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
                 for o in batch.drain(..) {
                     let length = snap
                         .route_by_name(&o.route)
-                        .and_then(|r| r.guard.as_ref())
+                        .and_then(|r| snap.guard(r))
                         .map_or(Duration::from_secs(30), |g| g.window);
                     let w = windows.entry((o.route, o.pool)).or_insert_with(|| Window::new(length, o.at));
                     if w.length() != length {
@@ -176,7 +176,7 @@ impl Guard {
         let mut report = Report::default();
         let mut tripped_now = HashSet::new();
         for route in &snap.routes {
-            let Some(g) = &route.guard else { continue };
+            let Some(g) = snap.guard(route) else { continue };
             self.forget_stale(snap, route, windows);
             if !route.runtime.tripped.is_empty() {
                 tripped_now.insert(route.name.to_string());
@@ -265,7 +265,7 @@ impl Guard {
                 tripped: true,
             });
         }
-        let mirrored = self.mirror_verdict(route, g, now);
+        let mirrored = self.mirror_verdict(snap, route, g, now);
         for (pool, f) in judged {
             let mut v = verdict::judge(g, &base, &f);
             if let Some((shadow, mv)) = &mirrored {
@@ -289,7 +289,8 @@ impl Guard {
                     .unwrap_or(Verdict::Hold),
                 _ => v.clone(),
             };
-            self.step_rollout(route, pool, &step_on, now, triggers).await;
+            self.step_rollout(snap, route, pool, &step_on, now, triggers)
+                .await;
             if let Verdict::Fail(_) = &v {
                 if !g.dry_run {
                     self.at_trip
@@ -309,9 +310,15 @@ impl Guard {
 
     /// The verdict on a route's mirror comparisons over the guard's window, for its shadow
     /// pool: fail past `max_mismatch_rate`, hold until `min_requests` were compared.
-    fn mirror_verdict(&mut self, route: &Route, g: &GuardConfig, now: Instant) -> Option<(usize, Verdict)> {
+    fn mirror_verdict(
+        &mut self,
+        snap: &Snapshot,
+        route: &Route,
+        g: &GuardConfig,
+        now: Instant,
+    ) -> Option<(usize, Verdict)> {
         let limit = g.max_mismatch_rate?;
-        let m = route.mirror.as_ref()?;
+        let m = snap.mirror(route)?;
         let counts = m.stats.counts();
         let n = |name: &str| counts.iter().find(|(r, _)| *r == name).map_or(0, |c| c.1);
         let mismatched = n("status") + n("header") + n("body");
@@ -387,13 +394,14 @@ impl Guard {
     /// Asks for a rollout's next step when its pool has passed for a whole step.
     async fn step_rollout(
         &mut self,
+        snap: &Snapshot,
         route: &Route,
         pool: usize,
         verdict: &Verdict,
         now: Instant,
         triggers: &mpsc::Sender<Trigger>,
     ) {
-        let (Some(r), Some(step)) = (&route.rollout, route.runtime.rollout_step) else {
+        let (Some(r), Some(step)) = (snap.rollout(route), route.runtime.rollout_step) else {
             return;
         };
         if r.pool != pool {

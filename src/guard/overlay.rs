@@ -90,7 +90,7 @@ pub fn fingerprint(snap: &Snapshot, route: &Route) -> String {
         let eps: Vec<&str> = pool.endpoints.iter().map(|e| &*e.address).collect();
         s.push_str(&format!("{}={w}[{}];", pool.name, eps.join(",")));
     }
-    if let Some(r) = &route.rollout {
+    if let Some(r) = snap.rollout(route) {
         s.push_str(&format!("rollout={}:{:?}", snap.pools[r.pool].name, r.steps));
     }
     s
@@ -135,7 +135,7 @@ impl Overlay {
             Some(_) => true,
         });
         for route in &snap.routes {
-            if route.rollout.is_some() && !self.routes.contains_key(&*route.name) {
+            if snap.rollout(route).is_some() && !self.routes.contains_key(&*route.name) {
                 self.routes.insert(
                     route.name.to_string(),
                     RouteOverlay {
@@ -193,22 +193,20 @@ impl Overlay {
         let changed_ms = entry.map_or(0, |e| e.changed_ms);
         let origin: Option<std::sync::Arc<str>> = entry.and_then(|e| e.origin.as_deref()).map(Into::into);
         let route = &snap.routes[i];
-        let step = route
-            .rollout
-            .as_ref()
-            .and(entry.and_then(|e| e.rollout.as_ref()).map(|p| p.step));
-        let held = self.fleet_hold && route.guard.is_some();
+        let rollout = snap.rollout(route);
+        let step = rollout.and(entry.and_then(|e| e.rollout.as_ref()).map(|p| p.step));
+        let held = self.fleet_hold && snap.guard(route).is_some();
         let effective = if held {
-            let baseline = route.baseline();
+            let baseline = route.baseline;
             let out: Vec<usize> = route
                 .split
                 .weights()
                 .map(|(p, _)| p)
                 .filter(|&p| p != baseline)
                 .collect();
-            effective_split(route, step, &out)
+            effective_split(route, rollout, step, &out)
         } else {
-            effective_split(route, step, &tripped)
+            effective_split(route, rollout, step, &tripped)
         };
         if route.effective != effective
             || route.runtime.tripped != tripped
@@ -245,7 +243,7 @@ impl Overlay {
     pub fn hold_all(&mut self, snap: &Snapshot, why: &str, at: &str) -> Vec<String> {
         let mut held = Vec::new();
         for route in &snap.routes {
-            let Some(g) = &route.guard else { continue };
+            let Some(g) = snap.guard(route) else { continue };
             let entry = self.entry(snap, route);
             for (p, _) in route.split.weights().filter(|&(p, _)| p != g.baseline) {
                 let pool = snap.pools[p].name.to_string();
@@ -301,10 +299,15 @@ pub fn state_path(config: &Path) -> PathBuf {
 /// (so only who must move moves): the rollout pool at its step's share, taken first from its
 /// own range, then from the baseline's, then from the other pools' in written order; then every
 /// tripped pool's ranges to the baseline.
-pub fn effective_split(route: &Route, step: Option<usize>, tripped: &[usize]) -> Split {
-    let base = route.baseline();
+pub fn effective_split(
+    route: &Route,
+    rollout: Option<&crate::guard::RolloutConfig>,
+    step: Option<usize>,
+    tripped: &[usize],
+) -> Split {
+    let base = route.baseline;
     let mut split = route.split.clone();
-    if let (Some(r), Some(step)) = (&route.rollout, step) {
+    if let (Some(r), Some(step)) = (rollout, step) {
         let pct = u64::from(r.steps[step.min(r.steps.len() - 1)]);
         let mut donors = vec![r.pool, base];
         donors.extend(
@@ -356,7 +359,9 @@ mod tests {
         let s = snap_with("{ blue = 50, green = 50, canary = 0 }");
         let route = &s.routes[0];
         let canary = s.pool_index("canary").unwrap();
-        let at = |step, tripped: &[usize]| shares(&effective_split(route, Some(step), tripped), &s);
+        let at = |step, tripped: &[usize]| {
+            shares(&effective_split(route, s.rollout(route), Some(step), tripped), &s)
+        };
         assert_eq!(
             at(0, &[]),
             [
@@ -400,7 +405,10 @@ mod tests {
         // A step below the pool's configured weight: the rest of its range is the baseline's.
         let s = snap_with("{ blue = 3, green = 1, canary = 5 }");
         assert_eq!(
-            shares(&effective_split(&s.routes[0], Some(0), &[]), &s),
+            shares(
+                &effective_split(&s.routes[0], s.rollout(&s.routes[0]), Some(0), &[]),
+                &s
+            ),
             [
                 ("blue".into(), 0.789),
                 ("green".into(), 0.111),

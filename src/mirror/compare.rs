@@ -297,6 +297,14 @@ pub fn compare(primary: &Answer, shadow: &Answer, ignore: &Ignore) -> Option<(Ki
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any text: the path parser answers without a panic.
+        #[test]
+        fn any_path_parses_or_not_without_a_panic(t in "\\PC{0,40}") {
+            let _ = parse_path(&t);
+        }
+    }
+
     fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> Answer {
         let mut h = HeaderMap::new();
         for (k, v) in headers {

@@ -294,7 +294,7 @@ fn split_why(
 ) -> String {
     let name = |p: usize| snap.pools[p].name.to_string();
     let configured = route.split.pick(point);
-    let rollout = route.rollout.as_ref().zip(route.runtime.rollout_step);
+    let rollout = snap.rollout(route).zip(route.runtime.rollout_step);
     let step = |ro: &crate::guard::RolloutConfig, s: usize| {
         format!(
             "rollout step {} of {} ({} at {}%)",

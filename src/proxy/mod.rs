@@ -436,7 +436,7 @@ impl Proxy {
                 })?;
             names.route = Some(d.route.index);
             let mut pool = d.pool;
-            if let Some(g) = &d.route.guard {
+            if let Some(g) = snap.guard(d.route) {
                 // A guarded route sends the users of a pool that cannot serve to its baseline.
                 if pool != g.baseline && !snap.pools[pool].has_available(Instant::now()) {
                     tracing::debug!(route = %d.route.name, pool = %snap.pools[pool].name, "no endpoint available: using the baseline");
@@ -470,10 +470,8 @@ impl Proxy {
             }
             // A mirrored request takes a slot among its route's mirrors in flight. An upgrade
             // (WebSocket) is never mirrored: the shadow would open a real second session.
-            let mirror = d
-                .route
-                .mirror
-                .as_ref()
+            let mirror = snap
+                .mirror(d.route)
                 .filter(|m| client_upgrade.is_none() && m.wants(&parts.method, &snap.identity.salt, &d.key))
                 .and_then(|m| match m.slot() {
                     Some(slot) => Some(MirrorStart {

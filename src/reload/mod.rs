@@ -324,7 +324,7 @@ impl Control {
         let Some(r) = snap.route_by_name(route) else {
             return;
         };
-        let Some(g) = &r.guard else { return };
+        let Some(g) = snap.guard(r) else { return };
         let Some(p) = snap.pool_index(pool) else { return };
         if g.dry_run || p == g.baseline || r.runtime.tripped.contains(&p) {
             return;
@@ -375,7 +375,7 @@ impl Control {
             fields.clone(),
             &format!("{pool} tripped, its users go to {baseline}: {reason}"),
         );
-        if let Some(ro) = r.rollout.as_ref().filter(|ro| ro.pool == p) {
+        if let Some(ro) = snap.rollout(r).filter(|ro| ro.pool == p) {
             let pct = ro.steps[r.runtime.rollout_step.unwrap_or(0).min(ro.steps.len() - 1)];
             self.notify(
                 Event::RolloutAborted,
@@ -392,7 +392,7 @@ impl Control {
         let Some(r) = snap.route_by_name(route) else {
             return;
         };
-        let (Some(rollout), false) = (&r.rollout, !r.runtime.tripped.is_empty()) else {
+        let (Some(rollout), false) = (snap.rollout(r), !r.runtime.tripped.is_empty()) else {
             return;
         };
         let entry = self.overlay.entry(&snap, r);
@@ -462,7 +462,7 @@ impl Control {
         let r = snap
             .route_by_name(route)
             .ok_or_else(|| CommandError::NotFound(format!("there is no route named {route:?}")))?;
-        let baseline = r.baseline();
+        let baseline = r.baseline;
         let at = timestamp(SystemTime::now());
         let message = match action {
             Action::Rollback => {
@@ -498,13 +498,13 @@ impl Control {
                 let entry = self.overlay.entry(&snap, r);
                 let had = entry.trips.len();
                 entry.trips.clear();
-                if r.rollout.is_some() {
+                if snap.rollout(r).is_some() {
                     entry.rollout = Some(Progress { step: 0, since: at });
                 }
                 tracing::info!(route, cleared = had, "reset by an operator");
                 format!(
                     "{route}: {had} trip(s) cleared{}",
-                    if r.rollout.is_some() {
+                    if snap.rollout(r).is_some() {
                         "; the rollout starts again from its first step"
                     } else {
                         ""
@@ -512,7 +512,7 @@ impl Control {
                 )
             }
             Action::Promote => {
-                let rollout = r.rollout.as_ref().ok_or_else(|| {
+                let rollout = snap.rollout(r).ok_or_else(|| {
                     CommandError::Conflict(format!("{route} has no [routes.rollout] to promote"))
                 })?;
                 if !r.runtime.tripped.is_empty() {
@@ -564,7 +564,7 @@ impl Control {
             ),
             Action::Promote => {
                 let r = snap.route_by_name(route);
-                if let Some((ro, step)) = r.and_then(|r| r.rollout.as_ref().zip(r.runtime.rollout_step)) {
+                if let Some((ro, step)) = r.and_then(|r| snap.rollout(r).zip(r.runtime.rollout_step)) {
                     self.notify_step(
                         route,
                         &snap.pools[ro.pool].name,
@@ -638,7 +638,7 @@ impl Control {
                 new_trips.push(pool.clone());
             }
         }
-        if let (Some(ro), Some(step), false) = (&r.rollout, a.step, a.rollback_only) {
+        if let (Some(ro), Some(step), false) = (snap.rollout(r), a.step, a.rollback_only) {
             if step < ro.steps.len() {
                 entry.rollout = Some(Progress {
                     step,
@@ -665,7 +665,7 @@ impl Control {
         if !self.state.notifies.load(std::sync::atomic::Ordering::Acquire) {
             return;
         }
-        let baseline = snap.pools[r.baseline()].name.to_string();
+        let baseline = snap.pools[r.baseline].name.to_string();
         for pool in new_trips {
             let reason = format!("tripped on replica {}", a.from);
             self.notify(
@@ -676,7 +676,7 @@ impl Control {
                 &format!("{pool} tripped on replica {}, its users go to {baseline}", a.from),
             );
         }
-        if let (Some(ro), Some(step)) = (&r.rollout, step_after) {
+        if let (Some(ro), Some(step)) = (snap.rollout(r), step_after) {
             if step_after > step_before && after.is_empty() {
                 let why = format!("the guard passed on replica {}", a.from);
                 self.notify_step(&a.route, &snap.pools[ro.pool].name, ro, step, &why, &moves);

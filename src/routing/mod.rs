@@ -142,16 +142,14 @@ pub struct Route {
     /// The split requests get: the configured one moved by the rollout step, with tripped
     /// pools at weight 0. Equal to `split` until a guard, a rollout or an operator acts.
     pub effective: Split,
-    pub guard: Option<crate::guard::GuardConfig>,
-    pub rollout: Option<crate::guard::RolloutConfig>,
+    /// Where tripped traffic goes: the guard's baseline, else the first pool of the split.
+    pub baseline: usize,
     pub runtime: RouteRuntime,
     pub overrides: Override,
     /// Indices into [`Table::flags`] of the flags in scope here, in config order.
     pub flags: Arc<[usize]>,
     /// `[[routes.rules]]`: audiences sent to a pool before the split.
     pub rules: Arc<[Rule]>,
-    /// `[routes.mirror]`: a shadow pool that gets a copy of some requests.
-    pub mirror: Option<Arc<crate::mirror::MirrorConfig>>,
     /// Whether any decision on this route depends on who the user is (a split over several
     /// pools, or a flag that is neither fully on nor off). Only then does an anonymous user get
     /// the id cookie.
@@ -159,14 +157,6 @@ pub struct Route {
 }
 
 impl Route {
-    /// Where tripped traffic goes: the guard's baseline, else the first pool of the split.
-    pub fn baseline(&self) -> usize {
-        self.guard.as_ref().map_or_else(
-            || self.split.weights().next().map_or(0, |(p, _)| p),
-            |g| g.baseline,
-        )
-    }
-
     pub(crate) fn matches(&self, path: &str, headers: &http::HeaderMap) -> bool {
         path.starts_with(&self.path_prefix)
             && self
@@ -313,7 +303,7 @@ impl Table {
             Some(i) => {
                 let p = route.rules[i].pool;
                 let p = if route.runtime.tripped.contains(&p) {
-                    route.baseline()
+                    route.baseline
                 } else {
                     p
                 };

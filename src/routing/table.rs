@@ -85,7 +85,6 @@ mod tests {
     fn route(name: &str, host: Option<&str>, prefix: &str, headers: &[(&str, &str)]) -> Route {
         Route {
             rules: std::sync::Arc::from([]),
-            mirror: None,
             index: 0,
             name: name.into(),
             host: host.map(str::to_owned),
@@ -101,8 +100,7 @@ mod tests {
                 .collect(),
             split: Split::new(&[(0, 1)]),
             effective: Split::new(&[(0, 1)]),
-            guard: None,
-            rollout: None,
+            baseline: 0,
             runtime: Default::default(),
             overrides: Default::default(),
             flags: std::sync::Arc::from([]),

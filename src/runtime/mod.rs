@@ -3,4 +3,4 @@
 
 pub mod snapshot;
 
-pub use snapshot::Snapshot;
+pub use snapshot::{RouteExtras, Snapshot};

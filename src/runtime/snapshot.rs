@@ -4,7 +4,9 @@ use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use crate::config::{AdminSettings, FleetSettings, Listen};
-use crate::routing::Table;
+use crate::guard::{GuardConfig, RolloutConfig};
+use crate::mirror::MirrorConfig;
+use crate::routing::{Route, Table};
 use crate::upstream::Pool;
 
 /// Everything one config revision decides, and the live parts that serve it. Swapped whole on
@@ -42,6 +44,17 @@ pub struct Snapshot {
     pub warnings: Arc<[String]>,
     /// Metric series of this snapshot, attached before it is published.
     pub metrics: Option<Arc<crate::admin::metrics::Handles>>,
+    /// Per route, by [`Route::index`]: what judges it and what it mirrors.
+    pub extras: Arc<[RouteExtras]>,
+}
+
+/// A route's live companions: its guard, its rollout and its mirror.
+#[derive(Debug, Clone, Default)]
+pub struct RouteExtras {
+    pub guard: Option<GuardConfig>,
+    pub rollout: Option<RolloutConfig>,
+    /// `[routes.mirror]`: a shadow pool that gets a copy of some requests.
+    pub mirror: Option<Arc<MirrorConfig>>,
 }
 
 impl Deref for Snapshot {
@@ -65,5 +78,25 @@ impl Snapshot {
 
     pub fn pool_by_name(&self, name: &str) -> Option<&Arc<Pool>> {
         self.pools.iter().find(|p| &*p.name == name)
+    }
+
+    /// `route`'s `[routes.guard]`.
+    pub fn guard(&self, route: &Route) -> Option<&GuardConfig> {
+        self.extras.get(route.index)?.guard.as_ref()
+    }
+
+    /// `route`'s `[routes.rollout]`.
+    pub fn rollout(&self, route: &Route) -> Option<&RolloutConfig> {
+        self.extras.get(route.index)?.rollout.as_ref()
+    }
+
+    /// `route`'s `[routes.mirror]`.
+    pub fn mirror(&self, route: &Route) -> Option<&Arc<MirrorConfig>> {
+        self.extras.get(route.index)?.mirror.as_ref()
+    }
+
+    /// The `[routes.mirror]` of the route named `route`.
+    pub fn mirror_of(&self, route: &str) -> Option<&Arc<MirrorConfig>> {
+        self.mirror(self.route_by_name(route)?)
     }
 }
