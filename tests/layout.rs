@@ -1,0 +1,144 @@
+//! The crate's layout rules, checked on its sources: which module may name which (see
+//! ARCHITECTURE in the README's "Layout"). A module's imports are every `crate::NAME` its files
+//! name outside their test modules and comments; a module is a top-level file or directory of
+//! `src/`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+/// Each top-level module and the modules of the crate it names.
+fn imports() -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    let src = stack[0].clone();
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            if path.extension().is_none_or(|e| e != "rs") {
+                continue;
+            }
+            let rel = path.strip_prefix(&src).unwrap();
+            let top = rel
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_str()
+                .unwrap()
+                .trim_end_matches(".rs")
+                .to_owned();
+            if top == "lib" || top == "main" {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let deps = out.entry(top.clone()).or_default();
+            for name in named(&text) {
+                if name != top && name != "self" {
+                    deps.insert(name);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The crate's modules that `text` names, outside `#[cfg(test)]` (which this crate keeps at
+/// the end of a file) and comments.
+fn named(text: &str) -> BTreeSet<String> {
+    let code = text.split("#[cfg(test)]").next().unwrap_or("");
+    let code: String = code
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("//"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let ident = |s: &str| -> String {
+        s.chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect()
+    };
+    let mut out = BTreeSet::new();
+    for (i, _) in code.match_indices("crate::") {
+        let rest = &code[i + "crate::".len()..];
+        if let Some(group) = rest.strip_prefix('{') {
+            // `crate::{a, b::c, d::{e, f}}`: the first segment of each item.
+            for item in split_top(group) {
+                let name = ident(item.trim());
+                if !name.is_empty() {
+                    out.insert(name);
+                }
+            }
+        } else {
+            let name = ident(rest);
+            if !name.is_empty() {
+                out.insert(name);
+            }
+        }
+    }
+    out
+}
+
+/// The top-level items of a `{...}` group's inside (up to its closing brace).
+fn split_top(group: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let (mut depth, mut start) = (0, 0);
+    for (i, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                items.push(&group[start..i]);
+                return items;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                items.push(&group[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items
+}
+
+#[test]
+fn the_parser_finds_paths_groups_and_nested_groups() {
+    let text = "use crate::routing::Table;\nuse crate::{clock::unix_ms, control::{Adopt, Trigger}};\n\
+                // crate::commented\nfn f() { crate::egress::client(); }\n#[cfg(test)]\nmod tests { use crate::config; }\n";
+    let found: Vec<String> = named(text).into_iter().collect();
+    assert_eq!(found, ["clock", "control", "egress", "routing"]);
+}
+
+#[test]
+fn routing_and_http1_name_nothing_else_of_the_crate() {
+    let all = imports();
+    assert_eq!(
+        all["http1"].iter().collect::<Vec<_>>(),
+        Vec::<&String>::new(),
+        "http1 is wire rules only"
+    );
+    let routing: Vec<&String> = all["routing"].iter().collect();
+    assert_eq!(routing, ["http1"], "routing is pure: it names http1 only");
+}
+
+#[test]
+fn the_floor_modules_name_nothing_above_them() {
+    let all = imports();
+    for base in ["clock", "egress", "persist", "logging"] {
+        assert!(all[base].is_empty(), "{base} names {:?}", all[base]);
+    }
+    // The writer's inbox names only the guard's figures it carries.
+    let control: Vec<&String> = all["control"].iter().collect();
+    assert_eq!(control, ["guard"]);
+}
+
+#[test]
+fn only_the_app_names_the_writer() {
+    for (module, deps) in imports() {
+        if deps.contains("reload") {
+            assert_eq!(module, "app", "{module} names reload: senders name control");
+        }
+    }
+}
