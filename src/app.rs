@@ -173,7 +173,7 @@ impl App {
             prepared.state_file,
             rx,
         ));
-        tokio::spawn(crate::guard::run(state.clone(), outcomes_rx, tx.clone()));
+        tokio::spawn(crate::guard::task::run(state.clone(), outcomes_rx, tx.clone()));
         tokio::spawn(crate::upstream::sweep_idle(Arc::downgrade(&state.snapshot)));
         if let Some((src, result)) = &first_ask {
             crate::flagsync::report(&state, src, result.as_ref().map(|_| ()));
