@@ -37,9 +37,9 @@ use crate::clock::timestamp;
 use crate::clock::unix_ms;
 use crate::config::FleetSettings;
 use crate::control::{Adopt, Trigger};
-use crate::guard::overlay::{fingerprint, fingerprint_label};
 use crate::guard::verdict::{judge, Verdict};
 use crate::guard::window::Figures;
+use crate::runtime::overlay::{fingerprint, fingerprint_label};
 use crate::runtime::Snapshot;
 use crate::state::State;
 

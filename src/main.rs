@@ -605,7 +605,7 @@ fn summary(path: &Path, snap: &Snapshot) -> String {
     let state = snap
         .state_path
         .clone()
-        .unwrap_or_else(|| switchyard::guard::overlay::state_path(path));
+        .unwrap_or_else(|| switchyard::runtime::overlay::state_path(path));
     let _ = writeln!(s, "state: {}", state.display());
     for n in &snap.notify {
         let events: Vec<&str> = n.events.iter().map(|e| e.name()).collect();

@@ -13,8 +13,8 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::admin::metrics::Metrics;
-use crate::guard::overlay::Overlay;
 use crate::guard::{Outcome, Report};
+use crate::runtime::overlay::Overlay;
 use crate::runtime::Snapshot;
 
 use crate::clock::timestamp;

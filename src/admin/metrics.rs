@@ -372,8 +372,9 @@ impl Metrics {
                     .with_label_values(&[&*route.name, &*snap.pools[pool].name])
                     .set(state);
             }
-            let fingerprint =
-                crate::guard::overlay::fingerprint_label(&crate::guard::overlay::fingerprint(snap, route));
+            let fingerprint = crate::runtime::overlay::fingerprint_label(
+                &crate::runtime::overlay::fingerprint(snap, route),
+            );
             let origin = route.runtime.origin.as_deref().unwrap_or("").to_owned();
             let mut labels = self.route_labels.lock().unwrap_or_else(|e| e.into_inner());
             let now = [fingerprint, origin];

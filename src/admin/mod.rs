@@ -70,7 +70,7 @@ pub struct RouteStatus {
     /// `[fleet]`: held at its baseline since start until the fleet answers.
     pub held: bool,
     /// Why each tripped pool was taken out, when, and the numbers that did it.
-    pub trips: Vec<crate::guard::overlay::Trip>,
+    pub trips: Vec<crate::runtime::overlay::Trip>,
     pub guard: Option<GuardStatus>,
     pub rollout: Option<RolloutStatus>,
 }

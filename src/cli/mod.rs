@@ -14,7 +14,7 @@ use anyhow::Context;
 use serde_json::Value;
 
 use crate::config::{self, LoadError};
-use crate::guard::overlay::{self, Overlay};
+use crate::runtime::overlay::{self, Overlay};
 use crate::runtime::Snapshot;
 
 /// Where commands look for the config when `-c` is not given.

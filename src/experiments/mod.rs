@@ -357,7 +357,7 @@ pub fn load_saved(path: &std::path::Path, experiments: &[ExperimentConfig]) -> R
     for p in &problems {
         tracing::warn!("{p}");
     }
-    match crate::guard::overlay::keep_aside(path, std::time::SystemTime::now()) {
+    match crate::runtime::overlay::keep_aside(path, std::time::SystemTime::now()) {
         Ok(aside) => {
             tracing::warn!("the damaged experiments' counts are kept as {}", aside.display());
             Ok(problems

@@ -4,10 +4,9 @@
 //! guard task owns every window ([`window`]), judges each guarded route's non-baseline pools
 //! every 100 ms ([`verdict`]), and asks the reloader — the only writer of the snapshot — to trip
 //! a failing pool or to advance a rollout. The reloader keeps trips and rollout steps in an
-//! [`overlay::Overlay`] that it applies to every config it compiles (so a reload cannot undo a
+//! [`crate::runtime::overlay::Overlay`] that it applies to every config it compiles (so a reload cannot undo a
 //! trip) and writes to a state file (so a restart cannot either).
 
-pub mod overlay;
 pub mod task;
 pub mod verdict;
 pub mod window;

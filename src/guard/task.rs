@@ -9,12 +9,12 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{
-    overlay, rollout_due, verdict, GuardConfig, Outcome, PoolReport, Report, RouteReport, Verdict, Window,
-    TICK,
+    rollout_due, verdict, GuardConfig, Outcome, PoolReport, Report, RouteReport, Verdict, Window, TICK,
 };
 use crate::control::Trigger;
 use crate::guard::Figures;
 use crate::routing::Route;
+use crate::runtime::overlay;
 use crate::runtime::Snapshot;
 use crate::state::State;
 

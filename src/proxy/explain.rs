@@ -13,9 +13,9 @@ use http::{Method, Uri, Version};
 use serde::Serialize;
 
 use super::{filter, via_entry, Decided, Peer};
-use crate::guard::overlay::Overlay;
 use crate::routing::flags::{Reason, Value};
 use crate::routing::{bucket, normalize_host, RequestView, Why};
+use crate::runtime::overlay::Overlay;
 use crate::runtime::Snapshot;
 
 /// A request to explain.

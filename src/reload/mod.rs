@@ -29,10 +29,10 @@ pub use watch::{debounce, watch, Watching, DEBOUNCE, DEBOUNCE_MAX};
 use crate::clock::timestamp;
 use crate::config::{self, LoadError};
 use crate::control::ReloadReport;
-use crate::guard::overlay::{self, Overlay, Progress, Trip};
 use crate::guard::Figures;
 use crate::notify::Event;
 use crate::routing::diff;
+use crate::runtime::overlay::{self, Overlay, Progress, Trip};
 use crate::runtime::Snapshot;
 use crate::state::{State, StateLoadError};
 use crate::upstream::health::Checks;
@@ -589,7 +589,7 @@ impl Control {
             return;
         };
         let fingerprint =
-            crate::guard::overlay::fingerprint_label(&crate::guard::overlay::fingerprint(&snap, r));
+            crate::runtime::overlay::fingerprint_label(&crate::runtime::overlay::fingerprint(&snap, r));
         if fingerprint != a.fingerprint {
             return;
         }

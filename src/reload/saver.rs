@@ -11,8 +11,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::StateFile;
 use crate::clock::timestamp;
-use crate::guard::overlay::Overlay;
 use crate::notify::Event;
+use crate::runtime::overlay::Overlay;
 use crate::state::{State, StateSaveError};
 
 enum Job {

@@ -20,7 +20,7 @@ use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::mpsc;
 
 use super::Trigger;
-use crate::guard::overlay;
+use crate::runtime::overlay;
 
 /// Quiet period after the last file event before reloading.
 pub const DEBOUNCE: Duration = Duration::from_millis(200);

@@ -1,6 +1,7 @@
 //! The live state around the pure routing table: the snapshot every request reads (the
 //! [`crate::routing::Table`] with the pools, metric series and per-route guards and mirrors).
 
+pub mod overlay;
 pub mod snapshot;
 
 pub use snapshot::{RouteExtras, Snapshot};
