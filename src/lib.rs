@@ -41,6 +41,7 @@ pub mod fleet;
 pub mod guard;
 pub mod http1;
 pub mod logging;
+pub mod metrics;
 pub mod mirror;
 pub mod notify;
 pub mod persist;

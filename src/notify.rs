@@ -105,6 +105,18 @@ pub struct Counters {
     pub dropped: IntCounter,
 }
 
+impl Counters {
+    /// The notification counters of `metrics`, for the delivery tasks.
+    pub fn of(metrics: &crate::metrics::Metrics) -> Counters {
+        let c = |result: &str| metrics.notifications.with_label_values(&[result]);
+        Counters {
+            delivered: c("delivered"),
+            failed: c("failed"),
+            dropped: c("dropped"),
+        }
+    }
+}
+
 impl Notifier {
     pub fn new(counters: Counters) -> Notifier {
         Notifier {

@@ -12,8 +12,8 @@ use serde::Serialize;
 
 use tokio::sync::mpsc;
 
-use crate::admin::metrics::Metrics;
 use crate::guard::{Outcome, Report};
+use crate::metrics::Metrics;
 use crate::runtime::overlay::Overlay;
 use crate::runtime::Snapshot;
 
@@ -139,7 +139,7 @@ impl State {
             state: StateStatus::default(),
             flags_source: None,
         };
-        let notifier = crate::notify::Notifier::new(metrics.notify_counters());
+        let notifier = crate::notify::Notifier::new(crate::notify::Counters::of(&metrics));
         Arc::new(State {
             replica: std::sync::OnceLock::new(),
             notifies: AtomicBool::new(true),

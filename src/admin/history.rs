@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use crate::admin::metrics::{Reading, DURATION_BOUNDS};
+use crate::metrics::{Reading, DURATION_BOUNDS};
 use crate::state::State;
 
 /// How often the history is sampled.

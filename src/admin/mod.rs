@@ -5,7 +5,6 @@
 //! when the admin API listens off loopback).
 
 pub mod history;
-pub mod metrics;
 
 use std::sync::Arc;
 

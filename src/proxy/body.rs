@@ -13,8 +13,8 @@ use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
 use tokio::time::Instant;
 
-use crate::admin::metrics::UpstreamError;
 use crate::guard::Outcome;
+use crate::metrics::UpstreamError;
 use crate::runtime::Snapshot;
 use crate::upstream::InFlight;
 

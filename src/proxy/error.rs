@@ -138,8 +138,8 @@ impl ProxyError {
     }
 
     /// The kind of upstream failure, for `switchyard_upstream_errors_total`.
-    pub fn upstream_kind(&self) -> Option<crate::admin::metrics::UpstreamError> {
-        use crate::admin::metrics::UpstreamError as K;
+    pub fn upstream_kind(&self) -> Option<crate::metrics::UpstreamError> {
+        use crate::metrics::UpstreamError as K;
         match self {
             ProxyError::Connect { .. } => Some(K::Connect),
             ProxyError::Timeout { .. } => Some(K::Timeout),

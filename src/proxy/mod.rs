@@ -137,17 +137,7 @@ struct Names {
     local: Option<Local>,
 }
 
-/// What answered a request that no route took, for `switchyard_local_requests_total`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Local {
-    /// OFREP evaluations (`[ofrep]`).
-    Ofrep = 0,
-    /// Refused before a route was found (`400`, `404`, ...).
-    Unrouted = 1,
-    /// Routed, but the proxy ran out of its own resources (file descriptors, ...) sending it:
-    /// counted here, not in the pool's numbers.
-    Resources = 2,
-}
+pub use crate::metrics::Local;
 
 impl Proxy {
     pub fn new(state: Arc<State>) -> Proxy {
@@ -682,7 +672,7 @@ struct Upstream {
     /// `listen.client_body_timeout`.
     body_idle: std::time::Duration,
     /// The failure a retry on another endpoint hid (counted in the metrics all the same).
-    retried_after: Option<crate::admin::metrics::UpstreamError>,
+    retried_after: Option<crate::metrics::UpstreamError>,
 }
 
 /// What the response phase needs of the request.
@@ -845,7 +835,7 @@ fn respond(
 ) -> Response<ProxyBody> {
     if response.status().is_server_error() {
         if let (Some(m), Some(p)) = (snap.metrics.as_deref(), names.pool) {
-            m.upstream_error(p, crate::admin::metrics::UpstreamError::Status);
+            m.upstream_error(p, crate::metrics::UpstreamError::Status);
         }
     }
     let mut response = finish_response(

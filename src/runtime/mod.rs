@@ -2,6 +2,7 @@
 //! [`crate::routing::Table`] with the pools, metric series and per-route guards and mirrors).
 
 pub mod overlay;
+mod series;
 pub mod snapshot;
 
 pub use snapshot::{RouteExtras, Snapshot};

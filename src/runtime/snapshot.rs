@@ -43,7 +43,7 @@ pub struct Snapshot {
     /// limit, a feature file's constraints that can never hold).
     pub warnings: Arc<[String]>,
     /// Metric series of this snapshot, attached before it is published.
-    pub metrics: Option<Arc<crate::admin::metrics::Handles>>,
+    pub metrics: Option<Arc<crate::metrics::Handles>>,
     /// Per route, by [`Route::index`]: what judges it and what it mirrors.
     pub extras: Arc<[RouteExtras]>,
 }

@@ -6,7 +6,6 @@
 //! flags can touch into [`Handles`], and requests only increment atomics. A series keeps its
 //! count across reloads because the same labels resolve to the same series.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{
@@ -14,10 +13,8 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::runtime::Snapshot;
-
 /// Response classes of `switchyard_requests_total`.
-const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
+pub(crate) const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "error"];
 
 /// The upper bounds (seconds) of `switchyard_request_duration_seconds`'s buckets (then +Inf):
 /// from 100 µs, since a proxied answer on a local network often takes under a millisecond.
@@ -47,47 +44,59 @@ pub enum UpstreamError {
     Protocol = 4,
 }
 
-/// Handlers of `switchyard_local_requests_total`, by [`crate::proxy::Local`].
-const LOCAL: [&str; 3] = ["ofrep", "unrouted", "resources"];
+/// What answered a request that no route took, for `switchyard_local_requests_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// OFREP evaluations (`[ofrep]`).
+    Ofrep = 0,
+    /// Refused before a route was found (`400`, `404`, ...).
+    Unrouted = 1,
+    /// Routed, but the proxy ran out of its own resources (file descriptors, ...) sending it:
+    /// counted here, not in the pool's numbers.
+    Resources = 2,
+}
 
-const KINDS: [&str; 5] = ["connect", "timeout", "reset", "status", "protocol"];
+/// Handlers of `switchyard_local_requests_total`, by [`Local`].
+pub(crate) const LOCAL: [&str; 3] = ["ofrep", "unrouted", "resources"];
+
+pub(crate) const KINDS: [&str; 5] = ["connect", "timeout", "reset", "status", "protocol"];
 
 /// Every metric of the process.
 pub struct Metrics {
-    registry: Registry,
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    upstream_errors: IntCounterVec,
-    route_weight: GaugeVec,
-    reloads: IntCounterVec,
-    revision: IntGaugeVec,
-    flag_decisions: IntCounterVec,
-    overrides_ignored: IntCounterVec,
-    flag_headers_truncated: IntCounterVec,
-    local_requests: IntCounterVec,
-    remote_errors: IntCounterVec,
-    resource_exhausted: IntCounterVec,
-    flags_source_up: IntGaugeVec,
-    local_duration: HistogramVec,
-    guard_trips: IntCounterVec,
-    route_tripped: IntGaugeVec,
-    rollout_step: IntGaugeVec,
-    rollout_step_index: IntGaugeVec,
-    pool_tripped: IntGaugeVec,
-    route_changed: GaugeVec,
+    pub(crate) registry: Registry,
+    pub(crate) requests: IntCounterVec,
+    pub(crate) duration: HistogramVec,
+    pub(crate) upstream_errors: IntCounterVec,
+    pub(crate) route_weight: GaugeVec,
+    pub(crate) reloads: IntCounterVec,
+    pub(crate) revision: IntGaugeVec,
+    pub(crate) flag_decisions: IntCounterVec,
+    pub(crate) overrides_ignored: IntCounterVec,
+    pub(crate) flag_headers_truncated: IntCounterVec,
+    pub(crate) local_requests: IntCounterVec,
+    pub(crate) remote_errors: IntCounterVec,
+    pub(crate) resource_exhausted: IntCounterVec,
+    pub(crate) flags_source_up: IntGaugeVec,
+    pub(crate) local_duration: HistogramVec,
+    pub(crate) guard_trips: IntCounterVec,
+    pub(crate) route_tripped: IntGaugeVec,
+    pub(crate) rollout_step: IntGaugeVec,
+    pub(crate) rollout_step_index: IntGaugeVec,
+    pub(crate) pool_tripped: IntGaugeVec,
+    pub(crate) route_changed: GaugeVec,
     /// The label values `route_changed` and `route_config` were last set with, per route
     /// (a route's origin changes without a reload, and its old series must go).
-    route_labels: std::sync::Mutex<std::collections::HashMap<String, [String; 2]>>,
-    route_config: GaugeVec,
-    fleet_info: IntGaugeVec,
-    fleet_up: IntGaugeVec,
-    fleet_replicas: IntGaugeVec,
-    endpoint_healthy: IntGaugeVec,
-    state_save_errors: IntCounter,
-    state_load_errors: IntCounter,
-    notifications: IntCounterVec,
-    mirror: IntCounterVec,
-    experiment_users: GaugeVec,
+    pub(crate) route_labels: std::sync::Mutex<std::collections::HashMap<String, [String; 2]>>,
+    pub(crate) route_config: GaugeVec,
+    pub(crate) fleet_info: IntGaugeVec,
+    pub(crate) fleet_up: IntGaugeVec,
+    pub(crate) fleet_replicas: IntGaugeVec,
+    pub(crate) endpoint_healthy: IntGaugeVec,
+    pub(crate) state_save_errors: IntCounter,
+    pub(crate) state_load_errors: IntCounter,
+    pub(crate) notifications: IntCounterVec,
+    pub(crate) mirror: IntCounterVec,
+    pub(crate) experiment_users: GaugeVec,
     pub connections: IntGauge,
 }
 
@@ -95,15 +104,15 @@ pub struct Metrics {
 #[derive(Default)]
 pub struct Handles {
     /// Per route: `(pool index, per-class counters, duration)` for each pool of its split.
-    routes: Vec<Vec<(usize, [IntCounter; 6], Histogram)>>,
+    pub(crate) routes: Vec<Vec<(usize, [IntCounter; 6], Histogram)>>,
     /// Per pool: counters by [`UpstreamError`].
-    upstream_errors: Vec<[IntCounter; KINDS.len()]>,
+    pub(crate) upstream_errors: Vec<[IntCounter; KINDS.len()]>,
     /// Per flag: counters for off, on, then each variant.
-    flags: Vec<Vec<IntCounter>>,
-    overrides_ignored: Vec<IntCounter>,
-    flag_headers_truncated: Vec<IntCounter>,
-    /// By [`crate::proxy::Local`]: per-class counters and the duration.
-    local: Vec<([IntCounter; 6], Histogram)>,
+    pub(crate) flags: Vec<Vec<IntCounter>>,
+    pub(crate) overrides_ignored: Vec<IntCounter>,
+    pub(crate) flag_headers_truncated: Vec<IntCounter>,
+    /// By [`Local`]: per-class counters and the duration.
+    pub(crate) local: Vec<([IntCounter; 6], Histogram)>,
 }
 
 /// Registers a new metric in `registry` and returns it.
@@ -257,146 +266,6 @@ impl Metrics {
         m
     }
 
-    /// Resolves the series of `snap` into its handles and publishes its weights and revision.
-    /// Call before the snapshot is shared.
-    pub fn attach(&self, snap: &mut Snapshot) {
-        let mut h = Handles::default();
-        self.route_weight.reset();
-        self.route_tripped.reset();
-        self.rollout_step.reset();
-        self.rollout_step_index.reset();
-        self.pool_tripped.reset();
-        self.route_changed.reset();
-        self.route_config.reset();
-        self.route_labels
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.endpoint_healthy.reset();
-        for route in &snap.routes {
-            let mut per_pool = Vec::new();
-            // Every pool of the split (an override may send a request to one at weight 0).
-            for (pool, _) in route.split.weights() {
-                let p = &*snap.pools[pool].name;
-                let counters = CLASSES.map(|c| self.requests.with_label_values(&[&*route.name, p, c]));
-                per_pool.push((
-                    pool,
-                    counters,
-                    self.duration.with_label_values(&[&*route.name, p]),
-                ));
-            }
-            h.routes.push(per_pool);
-            // A guarded route's trip counters exist from the start at 0, so `increase()` sees
-            // the first trip.
-            if let Some(g) = snap.guard(route) {
-                for (pool, _) in route.split.weights().filter(|&(p, _)| p != g.baseline) {
-                    self.guard_trips
-                        .with_label_values(&[&*route.name, &*snap.pools[pool].name]);
-                }
-            }
-            h.overrides_ignored
-                .push(self.overrides_ignored.with_label_values(&[&*route.name]));
-            h.flag_headers_truncated
-                .push(self.flag_headers_truncated.with_label_values(&[&*route.name]));
-            if snap.mirror(route).is_some() {
-                for result in crate::mirror::RESULTS {
-                    self.mirror.with_label_values(&[&*route.name, result]);
-                }
-            }
-            self.route_gauges(snap, route);
-        }
-        for pool in &snap.pools {
-            h.upstream_errors
-                .push(KINDS.map(|k| self.upstream_errors.with_label_values(&[&*pool.name, k])));
-        }
-        for handler in LOCAL {
-            h.local.push((
-                CLASSES.map(|c| self.local_requests.with_label_values(&[handler, c])),
-                self.local_duration.with_label_values(&[handler]),
-            ));
-        }
-        for flag in snap.flags.iter() {
-            let mut values = vec![
-                self.flag_decisions.with_label_values(&[&*flag.name, "off"]),
-                self.flag_decisions.with_label_values(&[&*flag.name, "on"]),
-            ];
-            for v in &flag.variant_names {
-                values.push(self.flag_decisions.with_label_values(&[&*flag.name, v]));
-            }
-            h.flags.push(values);
-        }
-        self.revision.reset();
-        self.revision.with_label_values(&[&snap.revision]).set(1);
-        snap.metrics = Some(Arc::new(h));
-    }
-
-    /// Sets the gauges of `route` (its effective shares, whether it is tripped, its rollout
-    /// step): at [`Metrics::attach`], and for each route a trip, a rollout step or a command
-    /// changes in a snapshot that keeps the live one's series.
-    pub fn route_gauges(&self, snap: &Snapshot, route: &crate::routing::Route) {
-        // The weight gauge shows the effective split: what requests get now.
-        for (pool, _) in route.split.weights() {
-            let share = route
-                .effective
-                .shares()
-                .find(|&(p, _)| p == pool)
-                .map_or(0.0, |(_, s)| s);
-            self.route_weight
-                .with_label_values(&[&*route.name, &*snap.pools[pool].name])
-                .set(share);
-        }
-        if snap.guard(route).is_some() || !route.runtime.tripped.is_empty() {
-            let tripped = i64::from(!route.runtime.tripped.is_empty());
-            self.route_tripped.with_label_values(&[&*route.name]).set(tripped);
-        }
-        if let (Some(r), Some(step)) = (snap.rollout(route), route.runtime.rollout_step) {
-            self.rollout_step
-                .with_label_values(&[&*route.name])
-                .set(i64::from(r.steps[step]));
-            self.rollout_step_index
-                .with_label_values(&[&*route.name])
-                .set(step as i64);
-        }
-        // What the other replicas of a fleet read to converge on this route's state.
-        // (Once a route has changed, it stays exported: a reset after a rollback must reach
-        // the other replicas too.)
-        if snap.guard(route).is_some() || snap.rollout(route).is_some() || route.runtime.changed_ms > 0 {
-            let baseline = route.baseline;
-            for (pool, _) in route.split.weights().filter(|&(p, _)| p != baseline) {
-                let state = if route.runtime.rolled_back.contains(&pool) {
-                    2
-                } else {
-                    i64::from(route.runtime.tripped.contains(&pool))
-                };
-                self.pool_tripped
-                    .with_label_values(&[&*route.name, &*snap.pools[pool].name])
-                    .set(state);
-            }
-            let fingerprint = crate::runtime::overlay::fingerprint_label(
-                &crate::runtime::overlay::fingerprint(snap, route),
-            );
-            let origin = route.runtime.origin.as_deref().unwrap_or("").to_owned();
-            let mut labels = self.route_labels.lock().unwrap_or_else(|e| e.into_inner());
-            let now = [fingerprint, origin];
-            if let Some(was) = labels.insert(route.name.to_string(), now.clone()) {
-                if was != now {
-                    let _ = self
-                        .route_changed
-                        .remove_label_values(&[&*route.name, &was[0], &was[1]]);
-                    let _ = self.route_config.remove_label_values(&[&*route.name, &was[0]]);
-                }
-            }
-            self.route_changed
-                .with_label_values(&[&*route.name, &now[0], &now[1]])
-                .set(route.runtime.changed_ms as f64 / 1000.0);
-            if route.runtime.config_ms > 0 {
-                self.route_config
-                    .with_label_values(&[&*route.name, &now[0]])
-                    .set(route.runtime.config_ms as f64 / 1000.0);
-            }
-        }
-    }
-
     /// The fleet's Prometheus at `prometheus` answered (`Some(replicas)`) or not; `None`
     /// for `prometheus`: no `[fleet]` (the series go away).
     pub fn fleet(&self, prometheus: Option<&str>, replicas: Option<usize>) {
@@ -471,28 +340,6 @@ impl Metrics {
         self.state_load_errors.inc();
     }
 
-    /// The notification counters, for the delivery tasks.
-    pub fn notify_counters(&self) -> crate::notify::Counters {
-        crate::notify::Counters {
-            delivered: self.notifications.with_label_values(&["delivered"]),
-            failed: self.notifications.with_label_values(&["failed"]),
-            dropped: self.notifications.with_label_values(&["dropped"]),
-        }
-    }
-
-    /// Sets the experiments' user counts (read when Prometheus scrapes).
-    pub fn experiments(&self, snap: &Snapshot) {
-        for e in snap.experiments.iter() {
-            for (arm, a) in e.arms.iter().zip(&e.results.arms) {
-                for (kind, sketch) in [("exposed", &a.exposed), ("converted", &a.converted)] {
-                    self.experiment_users
-                        .with_label_values(&[&e.name, arm, kind])
-                        .set(sketch.count() as f64);
-                }
-            }
-        }
-    }
-
     /// Counts a mirrored request's result.
     pub fn mirror(&self, route: &str, result: &str) {
         self.mirror.with_label_values(&[route, result]).inc();
@@ -537,7 +384,7 @@ impl Handles {
     }
 
     /// Counts a request the proxy answered itself.
-    pub fn local(&self, local: crate::proxy::Local, status: u16, elapsed: Duration) {
+    pub fn local(&self, local: Local, status: u16, elapsed: Duration) {
         if let Some((counters, duration)) = self.local.get(local as usize) {
             counters[(status.clamp(100, 599) / 100 - 1) as usize].inc();
             duration.observe(elapsed.as_secs_f64());
