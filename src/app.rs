@@ -15,7 +15,7 @@ use crate::config::{self, LoadError};
 use crate::control::Trigger;
 use crate::proxy::server::Server;
 use crate::reload;
-use crate::state::State;
+use crate::runtime::state::State;
 
 /// Where the config comes from.
 pub enum Source {
@@ -157,7 +157,10 @@ impl App {
                 });
             }
             if loaded.is_ok() {
-                tokio::spawn(crate::experiments::keep(Arc::downgrade(&state), saved.clone()));
+                tokio::spawn(crate::reload::keep_experiments(
+                    Arc::downgrade(&state),
+                    saved.clone(),
+                ));
                 experiments_file = Some(saved);
             }
         }
@@ -265,7 +268,7 @@ impl App {
         if let Some(path) = &self.experiments_file {
             let snap = self.state.snapshot.load_full();
             let result = crate::experiments::save(&snap.experiments, path, &mut String::new()).await;
-            crate::experiments::report_save(&self.state, path, result);
+            crate::reload::report_experiments_save(&self.state, path, result);
         }
         let _ = stop_admin.send(());
         if let Some(a) = admin {

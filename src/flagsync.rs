@@ -17,7 +17,7 @@ use crate::clock::timestamp;
 use crate::config::{FlagsFrom, ServerSource};
 use crate::control::Trigger;
 use crate::egress::{RemoteError, RemoteFailure};
-use crate::state::{FlagsSourceStatus, State};
+use crate::runtime::state::{FlagsSourceStatus, State};
 
 /// How often the file is looked at.
 pub const LOOK_EVERY: Duration = Duration::from_secs(1);

@@ -29,7 +29,6 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::Full;
-use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::mpsc;
 
@@ -40,85 +39,9 @@ use crate::control::{Adopt, Trigger};
 use crate::guard::verdict::{judge, Verdict};
 use crate::guard::window::Figures;
 use crate::runtime::overlay::{fingerprint, fingerprint_label};
+use crate::runtime::state::State;
+pub use crate::runtime::state::{hold_bound, replica_name, FleetStatus, FleetVerdicts};
 use crate::runtime::Snapshot;
-use crate::state::State;
-
-/// The fleet's verdicts at its last answer, per `(route, pool)`.
-#[derive(Debug, Default)]
-pub struct FleetVerdicts {
-    pub at: Option<std::time::Instant>,
-    pub verdicts: HashMap<(String, String), Verdict>,
-}
-
-impl FleetVerdicts {
-    /// The fleet's verdict on `pool` of `route`, if the fleet answered within `fresh`.
-    pub fn get(&self, route: &str, pool: &str, fresh: Duration) -> Option<&Verdict> {
-        self.at.filter(|at| at.elapsed() <= fresh)?;
-        self.verdicts.get(&(route.to_owned(), pool.to_owned()))
-    }
-}
-
-/// This replica's name in the fleet: `SWITCHYARD_REPLICA`, else the host's name (a pod's
-/// name in Kubernetes) and the admin port (or the proxy's), so that replicas on one host
-/// differ too.
-pub fn replica_name(snap: &Snapshot, bound: Option<u16>) -> String {
-    if let Ok(n) = std::env::var("SWITCHYARD_REPLICA") {
-        let n = n.trim();
-        if !n.is_empty() {
-            return n.chars().take(128).collect();
-        }
-    }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "localhost".into());
-    let port = bound.or_else(|| {
-        snap.admin
-            .as_ref()
-            .map(|a| a.listen.port())
-            .or(snap.listen.http.map(|a| a.port()))
-            .or(snap.listen.https.map(|a| a.port()))
-    });
-    let name = match port {
-        Some(p) => format!("{host}:{p}"),
-        None => host,
-    };
-    name.chars().take(128).collect()
-}
-
-/// How long a replica started with `[fleet]` says it is not ready while it waits for the
-/// fleet's first answer: two rounds and a query, and at least 30 s. Past it the replica is
-/// ready (a Prometheus outage must not stop a deployment), its guarded routes still held at
-/// their baselines until the fleet answers.
-pub fn hold_bound(f: &FleetSettings) -> Duration {
-    (f.interval * 2 + f.query_timeout).max(Duration::from_secs(30))
-}
-
-/// What `GET /api/fleet` shows.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct FleetStatus {
-    /// Prometheus's URL; `None` without `[fleet]`.
-    pub prometheus: Option<String>,
-    /// Whether its last query was answered; `None` before the first.
-    pub up: Option<bool>,
-    /// "fleet and local numbers", or "local numbers only" and why.
-    pub judging: String,
-    /// When Prometheus last answered.
-    pub last_answer: Option<String>,
-    /// Why the last query failed.
-    pub error: Option<String>,
-    /// Replicas seen at the last answer.
-    pub replicas: usize,
-    /// This replica's name in the fleet.
-    pub replica: String,
-    /// The replica that sends the fleet's webhooks for automatic events, as of the last
-    /// answer; `None` while Prometheus does not answer (then each replica sends its own).
-    pub notifier: Option<String>,
-    /// Guarded routes are held at their baselines: the fleet has not answered since start.
-    pub held: bool,
-}
 
 /// `Err` when `[fleet] token_env` names a variable that is not set: `run` refuses to start and
 /// a reload is refused, as for a webhook's secret, rather than every query failing later.

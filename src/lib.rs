@@ -49,7 +49,6 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod runtime;
-pub mod state;
 pub mod upstream;
 
 pub use app::{App, Source};

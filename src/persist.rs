@@ -34,6 +34,20 @@ pub fn temp_path(path: &Path) -> PathBuf {
     dir.join(format!(".{name}.tmp"))
 }
 
+/// Moves an unreadable file (the state file, the experiments' counts) aside, to `<path>.corrupt-<time>`, so nothing overwrites it.
+pub fn keep_aside(path: &std::path::Path, at: std::time::SystemTime) -> std::io::Result<std::path::PathBuf> {
+    let stamp: String = humantime::format_rfc3339_seconds(at)
+        .to_string()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect();
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(format!(".corrupt-{stamp}"));
+    let aside = std::path::PathBuf::from(aside);
+    std::fs::rename(path, &aside)?;
+    Ok(aside)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

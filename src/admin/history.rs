@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime};
 use serde::Serialize;
 
 use crate::metrics::{Reading, DURATION_BOUNDS};
-use crate::state::State;
+use crate::runtime::state::State;
 
 /// How often the history is sampled.
 pub const INTERVAL: Duration = Duration::from_secs(2);

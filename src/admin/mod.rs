@@ -18,8 +18,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::control::{Action, CommandError, Trigger};
 use crate::routing::Route;
+use crate::runtime::state::State;
 use crate::runtime::Snapshot;
-use crate::state::State;
 
 /// What the handlers share.
 #[derive(Clone)]
@@ -635,7 +635,7 @@ pub struct PoolStatus {
     pub endpoints: Vec<crate::upstream::EndpointStatus>,
 }
 
-async fn config(Extract(a): Extract<Admin>) -> Json<crate::state::ConfigStatus> {
+async fn config(Extract(a): Extract<Admin>) -> Json<crate::runtime::state::ConfigStatus> {
     Json((**a.state.config.load()).clone())
 }
 

@@ -357,7 +357,7 @@ pub fn load_saved(path: &std::path::Path, experiments: &[ExperimentConfig]) -> R
     for p in &problems {
         tracing::warn!("{p}");
     }
-    match crate::runtime::overlay::keep_aside(path, std::time::SystemTime::now()) {
+    match crate::persist::keep_aside(path, std::time::SystemTime::now()) {
         Ok(aside) => {
             tracing::warn!("the damaged experiments' counts are kept as {}", aside.display());
             Ok(problems
@@ -399,54 +399,6 @@ pub fn saved_path(state_file: &std::path::Path) -> std::path::PathBuf {
     let mut p = state_file.as_os_str().to_owned();
     p.push(".experiments.json");
     std::path::PathBuf::from(p)
-}
-
-/// Writes the live experiments' counts every [`SAVE_EVERY`] while they change, until the
-/// state is gone; a failure is logged once, shown in `/api/config` (`state.experiments_error`)
-/// and counted in `switchyard_state_save_errors_total`, until a save succeeds.
-pub async fn keep(state: std::sync::Weak<crate::state::State>, path: std::path::PathBuf) {
-    let mut tick = tokio::time::interval(SAVE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last = String::new();
-    loop {
-        tick.tick().await;
-        let Some(st) = state.upgrade() else { return };
-        let snap = st.snapshot.load_full();
-        let result = save(&snap.experiments, &path, &mut last).await;
-        report_save(&st, &path, result);
-    }
-}
-
-/// Keeps what the API says of the last save of the counts.
-pub fn report_save(st: &crate::state::State, path: &std::path::Path, result: std::io::Result<()>) {
-    let shown = st.config.load().state.experiments_error.clone();
-    match result {
-        Ok(()) if shown.is_some() => {
-            tracing::info!("the experiments' counts are written to {} again", path.display());
-            st.config.rcu(|c| {
-                let mut c = (**c).clone();
-                c.state.experiments_error = None;
-                c
-            });
-        }
-        Ok(()) => {}
-        Err(e) => {
-            st.metrics.state_save_error();
-            if shown.is_none() {
-                tracing::warn!("cannot save the experiments' counts to {}: {e}", path.display());
-            }
-            let failure = crate::state::StateSaveError {
-                at: shown.map_or_else(|| crate::clock::timestamp(std::time::SystemTime::now()), |s| s.at),
-                error: format!("{}: {e}", path.display()),
-                retrying: true,
-            };
-            st.config.rcu(|c| {
-                let mut c = (**c).clone();
-                c.state.experiments_error = Some(failure.clone());
-                c
-            });
-        }
-    }
 }
 
 /// How often the counts are written.

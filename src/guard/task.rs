@@ -15,8 +15,8 @@ use crate::control::Trigger;
 use crate::guard::Figures;
 use crate::routing::Route;
 use crate::runtime::overlay;
+use crate::runtime::state::State;
 use crate::runtime::Snapshot;
-use crate::state::State;
 
 /// The guard task: records outcomes, judges every [`TICK`], and sends trips and rollout
 /// advances to the reloader. Ends when the outcome channel closes.

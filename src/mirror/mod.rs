@@ -337,8 +337,8 @@ pub struct Job {
     /// The primary's answer, when comparing.
     pub primary: Option<oneshot::Receiver<Answer>>,
     pub request_id: Option<String>,
-    /// Its metrics count `switchyard_mirror_total`.
-    pub state: Arc<crate::state::State>,
+    /// `switchyard_mirror_total`, by route and result.
+    pub results: prometheus::IntCounterVec,
 }
 
 fn client() -> &'static crate::egress::HttpsClient {
@@ -367,7 +367,9 @@ pub async fn run(mut job: Job) {
     };
     job.config.stats.counts[index].fetch_add(1, Ordering::Relaxed);
     job.config.current.0[index].fetch_add(1, Ordering::Relaxed);
-    job.state.metrics.mirror(&job.route, RESULTS[index]);
+    job.results
+        .with_label_values(&[&*job.route, RESULTS[index]])
+        .inc();
     if let Some((kind, diff)) = mismatch {
         let m = Mismatch {
             at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),

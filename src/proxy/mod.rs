@@ -52,8 +52,8 @@ use std::time::SystemTime;
 use crate::guard::Outcome;
 use crate::http1::tokens::{Coding, Codings};
 use crate::routing::{bucket, header as find, normalize_host, target, Decision, RequestView};
+use crate::runtime::state::State;
 use crate::runtime::Snapshot;
-use crate::state::State;
 use crate::upstream::client::{self, Interim, Limits, Outgoing, RequestBody, ResponseBody};
 use crate::upstream::{InFlight, Pool};
 use body::{Finish, ProxyBody};
@@ -799,7 +799,7 @@ fn prepare(
             body: source,
             primary,
             request_id: request_id.and_then(|v| v.to_str().ok()).map(str::to_owned),
-            state: state.clone(),
+            results: state.metrics.mirror.clone(),
         }));
     }
     let request = client::Prepared::new(&pool.endpoints[index], &out, body.as_ref(), now);

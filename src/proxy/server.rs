@@ -25,7 +25,7 @@ use tokio_util::task::AbortOnDropHandle;
 use super::h1;
 use super::watchdog::{self, Busy, Connections, Counted};
 use super::{Peer, Proxy};
-use crate::state::State;
+use crate::runtime::state::State;
 
 /// Bound listeners and the proxy behind them.
 pub struct Server {

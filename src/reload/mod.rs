@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use crate::control::{Action, CommandError, Trigger};
 
-pub use saver::Saver;
+pub use saver::{keep_experiments, report_experiments_save, Saver};
 pub use watch::{debounce, watch, Watching, DEBOUNCE, DEBOUNCE_MAX};
 
 use crate::clock::timestamp;
@@ -33,8 +33,8 @@ use crate::guard::Figures;
 use crate::notify::Event;
 use crate::routing::diff;
 use crate::runtime::overlay::{self, Overlay, Progress, Trip};
+use crate::runtime::state::{State, StateLoadError};
 use crate::runtime::Snapshot;
-use crate::state::{State, StateLoadError};
 use crate::upstream::health::Checks;
 
 use crate::clock::unix_ms;
@@ -114,7 +114,7 @@ pub fn prepare(snap: &mut Snapshot, path: Option<&Path>) -> Prepared {
         Some(Ok(ov)) => ov,
         Some(Err(error)) => {
             let file = file.as_deref().expect("loaded from it");
-            let kept_aside = match overlay::keep_aside(file, now) {
+            let kept_aside = match crate::persist::keep_aside(file, now) {
                 Ok(aside) => Some(aside),
                 Err(e) => {
                     writable = false;

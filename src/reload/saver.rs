@@ -13,7 +13,7 @@ use super::StateFile;
 use crate::clock::timestamp;
 use crate::notify::Event;
 use crate::runtime::overlay::Overlay;
-use crate::state::{State, StateSaveError};
+use crate::runtime::state::{State, StateSaveError};
 
 enum Job {
     Save(Arc<Overlay>, Option<oneshot::Sender<()>>),
@@ -177,4 +177,59 @@ fn report(state: &State, f: &StateFile, result: Result<(), String>, retry_in: Op
         c.state.save_error = Some(failure.clone());
         c
     });
+}
+
+/// Writes the live experiments' counts every [`crate::experiments::SAVE_EVERY`] while they change, until the
+/// state is gone; a failure is logged once, shown in `/api/config` (`state.experiments_error`)
+/// and counted in `switchyard_state_save_errors_total`, until a save succeeds.
+pub async fn keep_experiments(
+    state: std::sync::Weak<crate::runtime::state::State>,
+    path: std::path::PathBuf,
+) {
+    let mut tick = tokio::time::interval(crate::experiments::SAVE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last = String::new();
+    loop {
+        tick.tick().await;
+        let Some(st) = state.upgrade() else { return };
+        let snap = st.snapshot.load_full();
+        let result = crate::experiments::save(&snap.experiments, &path, &mut last).await;
+        report_experiments_save(&st, &path, result);
+    }
+}
+
+/// Keeps what the API says of the last save of the counts.
+pub fn report_experiments_save(
+    st: &crate::runtime::state::State,
+    path: &std::path::Path,
+    result: std::io::Result<()>,
+) {
+    let shown = st.config.load().state.experiments_error.clone();
+    match result {
+        Ok(()) if shown.is_some() => {
+            tracing::info!("the experiments' counts are written to {} again", path.display());
+            st.config.rcu(|c| {
+                let mut c = (**c).clone();
+                c.state.experiments_error = None;
+                c
+            });
+        }
+        Ok(()) => {}
+        Err(e) => {
+            st.metrics.state_save_error();
+            if shown.is_none() {
+                tracing::warn!("cannot save the experiments' counts to {}: {e}", path.display());
+            }
+            let failure = crate::runtime::state::StateSaveError {
+                at: shown.map_or_else(|| crate::clock::timestamp(std::time::SystemTime::now()), |s| s.at),
+                error: format!("{}: {e}", path.display()),
+                retrying: true,
+            };
+            st.config.rcu(|c| {
+                let mut c = (**c).clone();
+                c.state.experiments_error = Some(failure.clone());
+                c
+            });
+        }
+    }
 }

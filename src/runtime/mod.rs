@@ -4,5 +4,6 @@
 pub mod overlay;
 mod series;
 pub mod snapshot;
+pub mod state;
 
 pub use snapshot::{RouteExtras, Snapshot};

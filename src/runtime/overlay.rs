@@ -273,20 +273,6 @@ impl Overlay {
     }
 }
 
-/// Moves an unreadable state file aside, to `<path>.corrupt-<time>`, so nothing overwrites it.
-pub fn keep_aside(path: &Path, at: std::time::SystemTime) -> std::io::Result<PathBuf> {
-    let stamp: String = humantime::format_rfc3339_seconds(at)
-        .to_string()
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .collect();
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".corrupt-{stamp}"));
-    let aside = PathBuf::from(aside);
-    std::fs::rename(path, &aside)?;
-    Ok(aside)
-}
-
 /// Where the state of the config at `config` is kept by default: beside it.
 pub fn state_path(config: &Path) -> PathBuf {
     let name = config

@@ -262,7 +262,7 @@ pub struct Proxy {
     pub http: Option<SocketAddr>,
     pub https: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
-    pub state: Arc<switchyard::state::State>,
+    pub state: Arc<switchyard::runtime::state::State>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<()>>,
 }

@@ -7,12 +7,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use arc_swap::ArcSwap;
 use serde::Serialize;
 
 use tokio::sync::mpsc;
 
-use crate::guard::{Outcome, Report};
+use crate::config::FleetSettings;
+use crate::guard::{Outcome, Report, Verdict};
 use crate::metrics::Metrics;
 use crate::runtime::overlay::Overlay;
 use crate::runtime::Snapshot;
@@ -34,7 +38,7 @@ pub struct State {
     /// Where webhook notifications go (`[[notify]]`).
     pub notifier: crate::notify::Notifier,
     /// `[fleet]`: whether Prometheus answers, and what it showed last.
-    pub fleet: ArcSwap<crate::fleet::FleetStatus>,
+    pub fleet: ArcSwap<FleetStatus>,
     /// This replica's name in the fleet (`switchyard_fleet_info{replica}`):
     /// `SWITCHYARD_REPLICA`, else the host's name and the admin (or proxy) port.
     replica: std::sync::OnceLock<String>,
@@ -44,7 +48,7 @@ pub struct State {
     pub notifies: AtomicBool,
     /// The fleet's verdicts on rollout pools at its last answer: a rollout steps on them when
     /// the replica's own traffic is too thin to judge.
-    pub fleet_verdicts: ArcSwap<crate::fleet::FleetVerdicts>,
+    pub fleet_verdicts: ArcSwap<FleetVerdicts>,
     started: std::time::Instant,
     ready: AtomicBool,
 }
@@ -143,7 +147,7 @@ impl State {
         Arc::new(State {
             replica: std::sync::OnceLock::new(),
             notifies: AtomicBool::new(true),
-            fleet_verdicts: ArcSwap::from_pointee(crate::fleet::FleetVerdicts::default()),
+            fleet_verdicts: ArcSwap::from_pointee(FleetVerdicts::default()),
             started: std::time::Instant::now(),
             notifier,
             snapshot: Arc::new(ArcSwap::from_pointee(snap)),
@@ -151,7 +155,7 @@ impl State {
             config: ArcSwap::from_pointee(config),
             overlay: ArcSwap::from_pointee(Overlay::default()),
             guard: ArcSwap::from_pointee(Report::default()),
-            fleet: ArcSwap::from_pointee(crate::fleet::FleetStatus::default()),
+            fleet: ArcSwap::from_pointee(FleetStatus::default()),
             outcomes,
             ready: AtomicBool::new(false),
         })
@@ -187,14 +191,12 @@ impl State {
     /// are bound (their ports are part of it).
     pub fn replica(&self) -> &str {
         self.replica
-            .get_or_init(|| crate::fleet::replica_name(&self.snapshot.load(), None))
+            .get_or_init(|| replica_name(&self.snapshot.load(), None))
     }
 
     /// Names this replica, with the admin API's (or the proxy's) bound `port`.
     pub fn name_replica(&self, port: Option<u16>) {
-        let _ = self
-            .replica
-            .set(crate::fleet::replica_name(&self.snapshot.load(), port));
+        let _ = self.replica.set(replica_name(&self.snapshot.load(), port));
     }
 
     pub fn set_ready(&self) {
@@ -202,7 +204,7 @@ impl State {
     }
 
     /// Config loaded and listeners bound, and with `[fleet]`, the fleet's state known (or
-    /// [`crate::fleet::hold_bound`] passed: then it serves, guarded routes still at their
+    /// [`hold_bound`] passed: then it serves, guarded routes still at their
     /// baselines until the fleet answers). `Err` says why not.
     pub fn readiness(&self) -> Result<(), String> {
         if !self.ready.load(Ordering::Acquire) {
@@ -212,7 +214,7 @@ impl State {
         match &snap.fleet {
             Some(f) if snap.routes.iter().any(|r| r.runtime.held) => {
                 let waited = self.started.elapsed();
-                let bound = crate::fleet::hold_bound(f);
+                let bound = hold_bound(f);
                 if waited < bound {
                     return Err(format!(
                         "waiting for the fleet's state from {} ({}s of at most {}s); guarded routes are held at their baselines until it answers",
@@ -231,4 +233,81 @@ impl State {
     pub fn is_ready(&self) -> bool {
         self.readiness().is_ok()
     }
+}
+
+/// What `GET /api/fleet` shows.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct FleetStatus {
+    /// Prometheus's URL; `None` without `[fleet]`.
+    pub prometheus: Option<String>,
+    /// Whether its last query was answered; `None` before the first.
+    pub up: Option<bool>,
+    /// "fleet and local numbers", or "local numbers only" and why.
+    pub judging: String,
+    /// When Prometheus last answered.
+    pub last_answer: Option<String>,
+    /// Why the last query failed.
+    pub error: Option<String>,
+    /// Replicas seen at the last answer.
+    pub replicas: usize,
+    /// This replica's name in the fleet.
+    pub replica: String,
+    /// The replica that sends the fleet's webhooks for automatic events, as of the last
+    /// answer; `None` while Prometheus does not answer (then each replica sends its own).
+    pub notifier: Option<String>,
+    /// Guarded routes are held at their baselines: the fleet has not answered since start.
+    pub held: bool,
+}
+
+/// The fleet's verdicts at its last answer, per `(route, pool)`.
+#[derive(Debug, Default)]
+pub struct FleetVerdicts {
+    pub at: Option<std::time::Instant>,
+    pub verdicts: HashMap<(String, String), Verdict>,
+}
+
+impl FleetVerdicts {
+    /// The fleet's verdict on `pool` of `route`, if the fleet answered within `fresh`.
+    pub fn get(&self, route: &str, pool: &str, fresh: Duration) -> Option<&Verdict> {
+        self.at.filter(|at| at.elapsed() <= fresh)?;
+        self.verdicts.get(&(route.to_owned(), pool.to_owned()))
+    }
+}
+
+/// This replica's name in the fleet: `SWITCHYARD_REPLICA`, else the host's name (a pod's
+/// name in Kubernetes) and the admin port (or the proxy's), so that replicas on one host
+/// differ too.
+pub fn replica_name(snap: &Snapshot, bound: Option<u16>) -> String {
+    if let Ok(n) = std::env::var("SWITCHYARD_REPLICA") {
+        let n = n.trim();
+        if !n.is_empty() {
+            return n.chars().take(128).collect();
+        }
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into());
+    let port = bound.or_else(|| {
+        snap.admin
+            .as_ref()
+            .map(|a| a.listen.port())
+            .or(snap.listen.http.map(|a| a.port()))
+            .or(snap.listen.https.map(|a| a.port()))
+    });
+    let name = match port {
+        Some(p) => format!("{host}:{p}"),
+        None => host,
+    };
+    name.chars().take(128).collect()
+}
+
+/// How long a replica started with `[fleet]` says it is not ready while it waits for the
+/// fleet's first answer: two rounds and a query, and at least 30 s. Past it the replica is
+/// ready (a Prometheus outage must not stop a deployment), its guarded routes still held at
+/// their baselines until the fleet answers.
+pub fn hold_bound(f: &FleetSettings) -> Duration {
+    (f.interval * 2 + f.query_timeout).max(Duration::from_secs(30))
 }
