@@ -177,7 +177,10 @@ impl App {
             rx,
         ));
         tokio::spawn(crate::guard::task::run(state.clone(), outcomes_rx, tx.clone()));
-        tokio::spawn(crate::upstream::sweep_idle(Arc::downgrade(&state.snapshot)));
+        let live = Arc::downgrade(&state.snapshot);
+        tokio::spawn(crate::upstream::sweep_idle(move || {
+            live.upgrade().map(|s| s.load().pools.clone())
+        }));
         if let Some((src, result)) = &first_ask {
             crate::flagsync::report(&state, src, result.as_ref().map(|_| ()));
         }

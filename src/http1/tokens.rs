@@ -134,6 +134,42 @@ pub fn trailer_names(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
     list(value).filter_map(|t| HeaderName::from_bytes(t).ok())
 }
 
+/// The prefix of the headers only the proxy may set.
+pub const INTERNAL_PREFIX: &str = "x-switchyard-";
+
+/// The headers that are hop-by-hop by name alone (Connection may name more).
+pub static HOP_BY_HOP: [HeaderName; 6] = [
+    header::CONNECTION,
+    header::TE,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+pub fn hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name)
+}
+
+/// Whether a trailer field may pass on (either way). Fields that frame, route or manage the
+/// connection, describe the content's coding, or are the proxy's own are never taken from a
+/// trailer section (RFC 9110 §6.5.1): an HTTP/2 client resets a stream whose trailers carry
+/// `content-length`, and a `Host` or `Transfer-Encoding` there would mean nothing good.
+pub fn trailer_passes(name: &HeaderName) -> bool {
+    !(hop_by_hop(name)
+        || *name == header::CONTENT_LENGTH
+        || *name == header::HOST
+        || *name == header::TRAILER
+        || *name == header::CONTENT_ENCODING
+        || *name == header::CONTENT_TYPE
+        || *name == header::CONTENT_RANGE
+        || *name == header::AUTHORIZATION
+        || *name == header::PROXY_AUTHORIZATION
+        || *name == header::SET_COOKIE
+        || *name == header::COOKIE
+        || name.as_str().starts_with(INTERNAL_PREFIX))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

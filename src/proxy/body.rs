@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use crate::upstream::client::ResponseBody;
+use crate::upstream::client::{BodyFault, BodyStream, RequestBody, ResponseBody};
 use bytes::Bytes;
 use http::{Method, Uri};
 use http_body::{Body, Frame, SizeHint};
@@ -289,5 +289,38 @@ impl Finish {
             );
         }
         drop(self.in_flight);
+    }
+}
+
+/// A request body copied for a mirrored request as it is read on its way upstream.
+pub struct Teed {
+    pub body: RequestBody,
+    pub tee: crate::mirror::Tee,
+}
+
+impl BodyStream for Teed {
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn length(&self) -> Option<u64> {
+        self.body.length()
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
+        let polled = self.body.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.tee.push(data);
+                }
+                if self.body.is_end_stream() {
+                    self.tee.end();
+                }
+            }
+            Poll::Ready(None) => self.tee.end(),
+            _ => {}
+        }
+        polled
     }
 }

@@ -21,7 +21,8 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use crate::http1::tokens;
+use crate::http1::tokens::{self, hop_by_hop, HOP_BY_HOP};
+pub use crate::http1::tokens::{trailer_passes, INTERNAL_PREFIX};
 use crate::routing::{header as find, HeaderSettings};
 
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
@@ -29,9 +30,6 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_SWITCHYARD_ERROR: HeaderName = HeaderName::from_static("x-switchyard-error");
-
-/// The prefix of the headers only the proxy may set.
-pub const INTERNAL_PREFIX: &str = "x-switchyard-";
 
 /// True for an HTTP/1.1 WebSocket upgrade request: `Connection: upgrade` and `Upgrade:
 /// websocket`, the one protocol switch the proxy passes (as Envoy's `upgrade_configs`, it must
@@ -51,20 +49,6 @@ pub fn wants_upgrade(headers: &HeaderMap) -> bool {
                 .map(HeaderValue::as_bytes),
             b"upgrade",
         )
-}
-
-/// The headers that are hop-by-hop by name alone (Connection may name more).
-static HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-];
-
-fn hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
 }
 
 /// The values of every `Connection` line, as bytes.
@@ -113,25 +97,6 @@ pub fn clean_response(headers: &mut HeaderMap, upgrade: bool) {
     if upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
-}
-
-/// Whether a trailer field may pass on (either way). Fields that frame, route or manage the
-/// connection, describe the content's coding, or are the proxy's own are never taken from a
-/// trailer section (RFC 9110 §6.5.1): an HTTP/2 client resets a stream whose trailers carry
-/// `content-length`, and a `Host` or `Transfer-Encoding` there would mean nothing good.
-pub fn trailer_passes(name: &HeaderName) -> bool {
-    !(hop_by_hop(name)
-        || *name == header::CONTENT_LENGTH
-        || *name == header::HOST
-        || *name == header::TRAILER
-        || *name == header::CONTENT_ENCODING
-        || *name == header::CONTENT_TYPE
-        || *name == header::CONTENT_RANGE
-        || *name == header::AUTHORIZATION
-        || *name == header::PROXY_AUTHORIZATION
-        || *name == header::SET_COOKIE
-        || *name == header::COOKIE
-        || name.as_str().starts_with(INTERNAL_PREFIX))
 }
 
 /// Removes the trailer fields that may not pass ([`trailer_passes`]).

@@ -775,7 +775,7 @@ fn prepare(
         let source = match body.take() {
             Some(b) if !b.is_end_stream() => {
                 let (tee, rx) = crate::mirror::Tee::new(m.config.max_body, b.length());
-                body = Some(RequestBody::Teed(Box::new((b, tee))));
+                body = Some(RequestBody::Source(Box::new(body::Teed { body: b, tee })));
                 crate::mirror::BodySource::Teed(rx)
             }
             b => {
@@ -994,17 +994,7 @@ async fn run_tunnel(client: OnUpgrade, upstream: (tokio::net::TcpStream, bytes::
     drop(in_flight);
 }
 
-/// An error and its causes, joined: hyper-util's top-level messages alone say little.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cur = c.source();
-    }
-    out
-}
+pub use crate::upstream::error_chain;
 
 pin_project_lite::pin_project! {
     /// The future of [`Proxy::handle_parts`] (a service's future, as hyper wants it, for

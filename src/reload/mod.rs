@@ -190,7 +190,7 @@ pub async fn run(
         compiled,
     };
     c.state.overlay.store(Arc::new(c.overlay.clone()));
-    c.checks.reconcile(&c.state.snapshot.load());
+    c.checks.reconcile(&c.state.snapshot.load().pools);
     if save_now {
         c.saver.save(Arc::new(c.overlay.clone()), None);
     }
@@ -797,7 +797,7 @@ impl Control {
             c.last_reload = Some(r.clone());
             c
         });
-        self.checks.reconcile(&state.snapshot.load());
+        self.checks.reconcile(&state.snapshot.load().pools);
         self.overlay_changed();
         if state.snapshot.load().fleet.is_none() {
             self.release_hold("the config has no [fleet] any more");

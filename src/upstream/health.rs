@@ -13,7 +13,6 @@ use hyper_util::rt::TokioExecutor;
 use tokio::task::AbortHandle;
 
 use super::{Endpoint, HealthCheck};
-use crate::runtime::Snapshot;
 
 /// The running check tasks, by (pool, endpoint address).
 pub struct Checks {
@@ -32,9 +31,9 @@ impl Default for Checks {
 
 impl Checks {
     /// Starts checks for endpoints that need them and stops the rest.
-    pub fn reconcile(&mut self, snap: &Snapshot) {
+    pub fn reconcile(&mut self, pools: &[Arc<super::Pool>]) {
         let mut wanted = HashMap::new();
-        for pool in &snap.pools {
+        for pool in pools {
             if let Some(h) = &pool.health {
                 for ep in pool.endpoints.iter() {
                     wanted.insert(
@@ -89,7 +88,7 @@ async fn check(
             Ok(uri) => match tokio::time::timeout(cfg.timeout, client.get(uri)).await {
                 Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => None,
                 Ok(Ok(resp)) => Some(format!("GET {} answered {}", cfg.path, resp.status())),
-                Ok(Err(e)) => Some(format!("GET {}: {}", cfg.path, crate::proxy::error_chain(&e))),
+                Ok(Err(e)) => Some(format!("GET {}: {}", cfg.path, super::error_chain(&e))),
                 Err(_) => Some(format!("GET {}: no answer within {:?}", cfg.path, cfg.timeout)),
             },
             Err(e) => Some(format!("GET {}: not a valid URL: {e}", cfg.path)),

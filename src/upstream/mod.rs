@@ -193,18 +193,18 @@ impl Endpoint {
 pub const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 /// Closes the idle connections that went stale, every [`SWEEP_EVERY`], for the endpoints of
-/// the live snapshot, until the snapshot is gone. (Endpoints a reload removed close theirs
-/// when the last snapshot holding them is dropped.)
-pub async fn sweep_idle(snapshot: std::sync::Weak<arc_swap::ArcSwap<crate::runtime::Snapshot>>) {
+/// the pools `live` gives (the live snapshot's), until it gives none (the snapshot is gone).
+/// (Endpoints a reload removed close theirs when the last snapshot holding them is dropped.)
+pub async fn sweep_idle(live: impl Fn() -> Option<Vec<Arc<Pool>>>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let Some(live) = snapshot.upgrade() else {
+        let Some(pools) = live() else {
             return;
         };
         let now = Instant::now();
-        for pool in &live.load().pools {
+        for pool in &pools {
             for ep in pool.endpoints.iter() {
                 ep.idle.sweep(now);
             }
@@ -311,6 +311,18 @@ impl Pool {
     pub fn has_available(&self, now: Instant) -> bool {
         self.endpoints.iter().any(|e| e.is_available(now))
     }
+}
+
+/// An error and its sources, as one line.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
 }
 
 #[cfg(test)]

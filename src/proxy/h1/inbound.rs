@@ -23,7 +23,7 @@ use http::HeaderMap;
 use http_body::Frame;
 
 use crate::http1::{chunked, Framing};
-use crate::upstream::client::{BodyFault, Interim};
+use crate::upstream::client::{BodyFault, BodyStream, Interim};
 
 /// Body pieces waiting for the request; informational heads waiting for the client.
 const QUEUED: usize = 4;
@@ -85,6 +85,20 @@ pub struct Inbound {
     exchange: Arc<Exchange>,
     length: Option<u64>,
     done: bool,
+}
+
+impl BodyStream for Inbound {
+    fn is_end_stream(&self) -> bool {
+        Inbound::is_end_stream(self)
+    }
+
+    fn length(&self) -> Option<u64> {
+        Inbound::length(self)
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
+        Inbound::poll_frame(self, cx)
+    }
 }
 
 impl Inbound {

@@ -251,7 +251,7 @@ impl Connection {
         };
         let request = Request {
             parts: head.parts,
-            body: body.map(RequestBody::Conn),
+            body: body.map(|b| RequestBody::Source(Box::new(b))),
             upgrade: head.upgrade.then_some(ClientUpgrade::Inline),
             interim: (!head.http10).then(|| exchange.clone() as Arc<dyn crate::upstream::client::Interim>),
         };

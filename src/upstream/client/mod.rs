@@ -41,7 +41,7 @@ use conn::{connect, Conn};
 use request::{BodyWriter, Waiting};
 
 pub use conn::{IdleConns, IDLE_PER_ENDPOINT, IDLE_TIMEOUT};
-pub use request::{BodyFault, Fields, Outgoing, Prepared, RequestBody};
+pub use request::{BodyFault, BodyStream, Fields, Outgoing, Prepared, RequestBody};
 pub use response::{Interim, ResponseBody, MAX_HEAD};
 
 /// How long a request's head waits for its body's first piece before it goes without.

@@ -27,9 +27,8 @@ use tokio::time::Instant;
 
 use super::conn::Conn;
 use super::Error;
+use crate::http1::tokens::trailer_passes;
 use crate::http1::{self, chunked, put_field, Framing};
-use crate::proxy::h1::inbound::Inbound;
-use crate::proxy::headers::trailer_passes;
 use crate::upstream::Endpoint;
 
 /// The header fields of a request, as the proxy wants them sent.
@@ -52,10 +51,18 @@ pub struct Outgoing<'a> {
 pub enum RequestBody {
     /// Read by hyper (HTTP/2, and HTTP/1 when hyper serves the connection).
     Hyper(Incoming),
-    /// Read by switchyard's own HTTP/1 path.
-    Conn(Inbound),
-    /// Either, copied for a mirrored request as it is read.
-    Teed(Box<(RequestBody, crate::mirror::Tee)>),
+    /// Read by the proxy's own HTTP/1 path, or copied for a mirror as it is read: whatever
+    /// the server side makes of a body.
+    Source(Box<dyn BodyStream>),
+}
+
+/// A request body the client sends as it arrives (the server side's own readers).
+pub trait BodyStream: Send {
+    /// Whether nothing (more) will come.
+    fn is_end_stream(&self) -> bool;
+    /// The body's length, when it is declared.
+    fn length(&self) -> Option<u64>;
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>>;
 }
 
 /// Why a client's request body could not be read: always the client's fault, never the
@@ -79,8 +86,7 @@ impl RequestBody {
     pub fn is_end_stream(&self) -> bool {
         match self {
             RequestBody::Hyper(b) => b.is_end_stream(),
-            RequestBody::Conn(b) => b.is_end_stream(),
-            RequestBody::Teed(t) => t.0.is_end_stream(),
+            RequestBody::Source(b) => b.is_end_stream(),
         }
     }
 
@@ -88,32 +94,14 @@ impl RequestBody {
     pub fn length(&self) -> Option<u64> {
         match self {
             RequestBody::Hyper(b) => b.size_hint().exact(),
-            RequestBody::Conn(b) => b.length(),
-            RequestBody::Teed(t) => t.0.length(),
+            RequestBody::Source(b) => b.length(),
         }
     }
 
     pub fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
         match self {
             RequestBody::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(BodyFault::Hyper),
-            RequestBody::Conn(b) => b.poll_frame(cx),
-            RequestBody::Teed(t) => {
-                let (body, tee) = &mut **t;
-                let polled = body.poll_frame(cx);
-                match &polled {
-                    Poll::Ready(Some(Ok(frame))) => {
-                        if let Some(data) = frame.data_ref() {
-                            tee.push(data);
-                        }
-                        if body.is_end_stream() {
-                            tee.end();
-                        }
-                    }
-                    Poll::Ready(None) => tee.end(),
-                    _ => {}
-                }
-                polled
-            }
+            RequestBody::Source(b) => b.poll_frame(cx),
         }
     }
 
