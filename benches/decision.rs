@@ -41,7 +41,7 @@ fn config(routes: usize, flags: usize) -> Snapshot {
             )),
         }
     }
-    switchyard::config::load_str(&t, Path::new("bench.toml"), None).unwrap()
+    switchyard::runtime::load_str(&t, Path::new("bench.toml"), None).unwrap()
 }
 
 /// 10 flags, each a 50% flexibleRollout with two constraints (country IN, app version
@@ -62,7 +62,7 @@ fn constrained() -> Snapshot {
             t.push_str("variants = [{ name = \"a\", weight = 500, payload = { type = \"string\", value = \"x\" } }, { name = \"b\", weight = 500 }]\n");
         }
     }
-    switchyard::config::load_str(&t, Path::new("bench.toml"), None).unwrap()
+    switchyard::runtime::load_str(&t, Path::new("bench.toml"), None).unwrap()
 }
 
 fn decide_all(
@@ -139,7 +139,7 @@ fn bench_regex_worst(c: &mut Criterion) {
              [[flags]]\nname = \"f\"\nstrategies = [{{ name = \"default\", constraints = [\
              {{ contextName = \"ua\", operator = \"REGEX\", value = '(?:[a-z0-9]*1[a-z0-9]{{{n}}}){{3}}x' }}] }}]\n"
         );
-        match switchyard::config::load_str(&t, Path::new("bench.toml"), None) {
+        match switchyard::runtime::load_str(&t, Path::new("bench.toml"), None) {
             Ok(s) => break s,
             Err(_) => n -= 1,
         }

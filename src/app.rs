@@ -63,7 +63,7 @@ impl App {
         let mut first_ask = None;
         let (mut snap, path) = match source {
             Source::File(p) => {
-                let mut snap = config::load(&p, None)?;
+                let mut snap = crate::runtime::load(&p, None)?;
                 // An Unleash server not asked yet: ask it once before serving, so the first
                 // requests see its flags (a server that does not answer leaves them absent
                 // until it does; the poll goes on).
@@ -82,7 +82,7 @@ impl App {
                         match &result {
                             Ok(tag) => {
                                 asked = Some((src.url.clone(), tag.clone()));
-                                snap = config::load(&p, None)?
+                                snap = crate::runtime::load(&p, None)?
                             }
                             Err(e) => tracing::warn!("flags_from: {e}; starting without the server's flags (waited at most {timeout:?}); polling on"),
                         }
@@ -91,7 +91,7 @@ impl App {
                 }
                 (snap, Some(p))
             }
-            Source::Text { text, name } => (config::load_str(&text, &name, None)?, None),
+            Source::Text { text, name } => (crate::runtime::load_str(&text, &name, None)?, None),
         };
         let admin_settings = snap.admin.clone();
         let token = match admin_settings.as_ref().and_then(|a| a.token_env.as_deref()) {

@@ -632,7 +632,7 @@ mod tests {
     fn snapshot() -> Snapshot {
         let text = "[listen]\nhttp = \"127.0.0.1:0\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n\
                     [[routes]]\nname = \"web\"\nsplit = { blue = 90, canary = 10 }\nguard = { baseline = \"blue\" }\n";
-        crate::config::load_str(text, std::path::Path::new("t.toml"), None).unwrap()
+        crate::runtime::load_str(text, std::path::Path::new("t.toml"), None).unwrap()
     }
 
     /// The fleet_info series that names `instance`'s replica.

@@ -49,6 +49,7 @@ pub mod proxy;
 pub mod reload;
 pub mod routing;
 pub mod runtime;
+pub mod tls;
 pub mod upstream;
 
 pub use app::{App, Source};

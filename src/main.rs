@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{CommandFactory, Parser, Subcommand};
 use switchyard::app::StartError;
-use switchyard::config::{self, LoadError};
+use switchyard::config::LoadError;
 use switchyard::logging::{self, LogFormat};
 use switchyard::{cli, demo, App, Snapshot, Source};
 
@@ -363,7 +363,7 @@ fn runtime(workers: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match config::load(path, None) {
+    match switchyard::runtime::load(path, None) {
         Ok(snap) => {
             // A reader that stops early (`| head -1`) has what it wanted.
             if let Err(e) = cli::print(&summary(path, &snap)) {

@@ -22,7 +22,7 @@ fn snapshot(split: &[(&str, u64)], flags: &str) -> Snapshot {
         "[[routes]]\nname = \"web\"\nsplit = {{ {} }}\n{flags}",
         weights.join(", ")
     ));
-    switchyard::config::load_str(&text, Path::new("t.toml"), None).unwrap()
+    switchyard::runtime::load_str(&text, Path::new("t.toml"), None).unwrap()
 }
 
 /// The pool and flags header the proxy's decision gives `key`.

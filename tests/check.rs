@@ -357,7 +357,7 @@ fn try_one(g: &Gen) -> bool {
         "127.0.0.1:0".parse().unwrap()
     };
     let src = text(g, w.upstream, http);
-    if switchyard::config::load_str(&src, std::path::Path::new("gen.toml"), None).is_err() {
+    if switchyard::runtime::load_str(&src, std::path::Path::new("gen.toml"), None).is_err() {
         return false;
     }
     assert!(!wants_clash, "check passed a clash:\n{src}");

@@ -1,7 +1,8 @@
-//! The crate's layout rules, checked on its sources: which module may name which (see
-//! ARCHITECTURE in the README's "Layout"). A module's imports are every `crate::NAME` its files
-//! name outside their test modules and comments; a module is a top-level file or directory of
-//! `src/`.
+//! The crate's layout rules, checked on its sources: which module may name which (the README's
+//! "Layout"). A module's imports are every `crate::NAME` its files name outside their test
+//! modules and comments; a module is a top-level file or directory of `src/`, except that a
+//! directory's `task.rs` (the task that runs a module's logic, such as `guard::task`) is a
+//! module of its own, on the floor of the tasks.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -22,15 +23,15 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
                 continue;
             }
             let rel = path.strip_prefix(&src).unwrap();
-            let top = rel
+            let parts: Vec<&str> = rel
                 .components()
-                .next()
-                .unwrap()
-                .as_os_str()
-                .to_str()
-                .unwrap()
-                .trim_end_matches(".rs")
-                .to_owned();
+                .map(|c| c.as_os_str().to_str().unwrap().trim_end_matches(".rs"))
+                .collect();
+            let top = match parts.as_slice() {
+                [dir, "task"] => format!("{dir}::task"),
+                [first, ..] => (*first).to_owned(),
+                [] => continue,
+            };
             if top == "lib" || top == "main" {
                 continue;
             }
@@ -39,6 +40,12 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
             for name in named(&text) {
                 if name != top && name != "self" {
                     deps.insert(name);
+                }
+            }
+            // A task names its module through `super::`.
+            if let Some(module) = top.strip_suffix("::task") {
+                if text.contains("super::") {
+                    deps.insert(module.to_owned());
                 }
             }
         }
@@ -63,6 +70,13 @@ fn named(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (i, _) in code.match_indices("crate::") {
         let rest = &code[i + "crate::".len()..];
+        let task = |name: String| -> String {
+            if rest[name.len()..].starts_with("::task") {
+                format!("{name}::task")
+            } else {
+                name
+            }
+        };
         if let Some(group) = rest.strip_prefix('{') {
             // `crate::{a, b::c, d::{e, f}}`: the first segment of each item.
             for item in split_top(group) {
@@ -74,7 +88,7 @@ fn named(text: &str) -> BTreeSet<String> {
         } else {
             let name = ident(rest);
             if !name.is_empty() {
-                out.insert(name);
+                out.insert(task(name));
             }
         }
     }
@@ -140,5 +154,96 @@ fn only_the_app_names_the_writer() {
         if deps.contains("reload") {
             assert_eq!(module, "app", "{module} names reload: senders name control");
         }
+    }
+}
+
+/// The import circles: each strongly connected set of more than one module (Tarjan).
+fn circles(graph: &BTreeMap<String, BTreeSet<String>>) -> Vec<Vec<String>> {
+    struct Walk<'g> {
+        graph: &'g BTreeMap<String, BTreeSet<String>>,
+        index: BTreeMap<&'g str, usize>,
+        low: BTreeMap<&'g str, usize>,
+        stack: Vec<&'g str>,
+        found: Vec<Vec<String>>,
+    }
+    impl<'g> Walk<'g> {
+        fn visit(&mut self, v: &'g str) {
+            let i = self.index.len();
+            self.index.insert(v, i);
+            self.low.insert(v, i);
+            self.stack.push(v);
+            for w in &self.graph[v] {
+                if !self.graph.contains_key(w) {
+                    continue;
+                }
+                if !self.index.contains_key(w.as_str()) {
+                    self.visit(w);
+                    let l = self.low[w.as_str()].min(self.low[v]);
+                    self.low.insert(v, l);
+                } else if self.stack.contains(&w.as_str()) {
+                    let l = self.index[w.as_str()].min(self.low[v]);
+                    self.low.insert(v, l);
+                }
+            }
+            if self.low[v] == self.index[v] {
+                let mut set = Vec::new();
+                while let Some(w) = self.stack.pop() {
+                    set.push(w.to_owned());
+                    if w == v {
+                        break;
+                    }
+                }
+                if set.len() > 1 {
+                    set.sort();
+                    self.found.push(set);
+                }
+            }
+        }
+    }
+    let mut walk = Walk {
+        graph,
+        index: BTreeMap::new(),
+        low: BTreeMap::new(),
+        stack: Vec::new(),
+        found: Vec::new(),
+    };
+    for v in graph.keys() {
+        if !walk.index.contains_key(v.as_str()) {
+            walk.visit(v);
+        }
+    }
+    walk.found
+}
+
+#[test]
+fn circles_are_found() {
+    let g: BTreeMap<String, BTreeSet<String>> =
+        [("a", &["b"][..]), ("b", &["c"]), ("c", &["a"]), ("d", &["a"])]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.iter().map(|s| (*s).to_owned()).collect()))
+            .collect();
+    assert_eq!(circles(&g), [["a", "b", "c"]]);
+}
+
+#[test]
+fn no_module_imports_in_a_circle() {
+    let all = imports();
+    assert_eq!(circles(&all), Vec::<Vec<String>>::new(), "{all:#?}");
+}
+
+#[test]
+fn upstream_names_only_http1_and_config_never_the_runtime() {
+    let all = imports();
+    let upstream: Vec<&String> = all["upstream"].iter().collect();
+    assert_eq!(
+        upstream,
+        ["http1"],
+        "the upstream client knows no proxy, route or mirror"
+    );
+    for below in ["runtime", "proxy", "reload", "admin", "app"] {
+        assert!(
+            !all["config"].contains(below),
+            "config names {below}: compiling is a function of the text"
+        );
     }
 }

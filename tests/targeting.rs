@@ -549,7 +549,7 @@ async fn flags_headers_never_pass_their_limit() {
     assert!(seen.get("x-switchyard-flags").unwrap().len() <= 1024);
     proxy.shutdown().await;
     let wrong = cfg.replace("[admin]\n", "[headers]\nmax_flag_bytes = 100000\n[admin]\n");
-    let err = switchyard::config::load_str(&wrong, std::path::Path::new("t.toml"), None)
+    let err = switchyard::runtime::load_str(&wrong, std::path::Path::new("t.toml"), None)
         .err()
         .unwrap()
         .to_string();
@@ -558,7 +558,7 @@ async fn flags_headers_never_pass_their_limit() {
         "{err}"
     );
     let huge = cfg.replace(&payload, &"p".repeat(400));
-    let err = switchyard::config::load_str(&huge, std::path::Path::new("t.toml"), None)
+    let err = switchyard::runtime::load_str(&huge, std::path::Path::new("t.toml"), None)
         .err()
         .unwrap()
         .to_string();

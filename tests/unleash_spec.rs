@@ -93,7 +93,7 @@ fn every_case_of_the_client_specification_agrees() {
         )
         .unwrap();
         let snap: Snapshot =
-            switchyard::config::load(&config, None).unwrap_or_else(|e| panic!("{file}: {e}"));
+            switchyard::runtime::load(&config, None).unwrap_or_else(|e| panic!("{file}: {e}"));
         let schema = &snap.context.schema;
         let flags = &snap.flags[..];
         let find = |n: &str| flags.iter().find(|f| &*f.name == n);

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use serde_json::Value;
 
-use crate::config::{self, LoadError};
+use crate::config::LoadError;
 use crate::runtime::overlay::{self, Overlay};
 use crate::runtime::Snapshot;
 
@@ -42,7 +42,7 @@ pub fn is_broken_pipe(e: &anyhow::Error) -> bool {
 
 /// Loads a config for a command, with every error on failure.
 pub fn load(path: &Path) -> anyhow::Result<Snapshot> {
-    config::load(path, None).map_err(|e| match e {
+    crate::runtime::load(path, None).map_err(|e| match e {
         LoadError::Invalid(d) => anyhow::anyhow!("{} has errors:\n{d}", path.display()),
         other => anyhow::anyhow!(other),
     })

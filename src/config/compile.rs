@@ -13,14 +13,13 @@ use toml::Spanned;
 
 use super::raw::{RawConfig, RawFleet, RawGuard, RawListen, RawNotify, RawPool, RawRollout, RawRoute};
 use super::{error_at, ConfigError};
+use super::{Compiled, RouteExtras};
 use crate::config::{AdminSettings, FleetSettings, Listen};
 use crate::guard::{GuardConfig, RolloutConfig};
 use crate::notify::{Event, NotifyConfig};
 use crate::routing::flags::is_token;
 use crate::routing::identity::KeyFrom;
 use crate::routing::{HeaderSettings, Identity, Override, Route, RouteTable, Split, MAX_FLAG_BYTES_CAP};
-use crate::runtime::RouteExtras;
-use crate::runtime::Snapshot;
 use crate::upstream::{Balance, Endpoint, HealthCheck, Pool};
 
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -131,14 +130,13 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// Validates `raw` (parsed from `src`) and compiles it. Relative file paths in it are taken
-/// from `base`, the config file's directory. Pools of `previous` keep their endpoint state.
+/// from `base`, the config file's directory.
 pub fn compile(
     src: &str,
     raw: &RawConfig,
     base: &Path,
     config_name: &str,
-    previous: Option<&Snapshot>,
-) -> Result<Snapshot, Vec<ConfigError>> {
+) -> Result<Compiled, Vec<ConfigError>> {
     let mut errs = Errors {
         src,
         list: Vec::new(),
@@ -174,8 +172,7 @@ pub fn compile(
                 "rename the pool",
             );
         }
-        let old = previous.and_then(|p| p.pool_by_name(name));
-        let compiled = compile_pool(&mut errs, &path, name, pool.get_ref(), old.map(|p| &**p));
+        let compiled = compile_pool(&mut errs, &path, name, pool.get_ref());
         pool_index.insert(name.clone(), pools.len());
         pools.push(Arc::new(compiled));
     }
@@ -374,32 +371,14 @@ pub fn compile(
         route.uses_key = route.split.active_pools() > 1 || extras[i].rollout.is_some() || *any_depends;
     }
 
-    let experiments =
-        super::experiments::compile(&mut errs, &raw.experiments, &flags, &routes, &pools, previous);
+    let experiments = super::experiments::compile(&mut errs, &raw.experiments, &flags, &routes, &pools);
     if !errs.list.is_empty() {
         errs.list.sort_by_key(|e| (e.line, e.col));
         return Err(errs.list);
     }
-    // A route's mirror counts go on across reloads.
-    if let Some(prev) = previous {
-        for (r, x) in routes.iter().zip(&mut extras) {
-            let old = prev.route_by_name(&r.name).and_then(|o| prev.mirror(o));
-            if let (Some(m), Some(old)) = (x.mirror.as_mut().and_then(Arc::get_mut), old) {
-                m.stats = old.stats.clone();
-                let same = m.pool == old.pool
-                    && m.compare == old.compare
-                    && m.ignore_text == old.ignore_text
-                    && m.methods == old.methods
-                    && prev.pools[old.pool].name == pools[m.pool].name;
-                if same {
-                    m.current = old.current.clone();
-                }
-            }
-        }
-    }
     let table = RouteTable::build(&routes);
     let pool_names = pools.iter().map(|p| p.name.clone()).collect();
-    Ok(Snapshot {
+    Ok(Compiled {
         routing: crate::routing::Table {
             routes: routes.into_iter().map(Arc::new).collect(),
             identity,
@@ -430,7 +409,6 @@ pub fn compile(
             .is_some_and(|e| *e.get_ref()),
         experiments: experiments.into(),
         flags_from: flags_from.map(|(f, _)| f),
-        metrics: None,
         warnings: errs.warnings.into(),
         extras: extras.into(),
     })
@@ -862,15 +840,15 @@ fn compile_listen(
             let t = t.get_ref();
             let cert = base.join(t.cert.get_ref());
             let key = base.join(t.key.get_ref());
-            match crate::proxy::tls::server_config(&cert, &key) {
+            match crate::tls::server_config(&cert, &key) {
                 Ok(c) => tls = Some(Arc::new(c)),
-                Err(crate::proxy::tls::TlsError::Cert(m)) => errs.at(
+                Err(crate::tls::TlsError::Cert(m)) => errs.at(
                     &t.cert,
                     "listen.tls.cert",
                     m,
                     "give the path of a PEM certificate chain, relative to this file",
                 ),
-                Err(crate::proxy::tls::TlsError::Key(m)) => errs.at(
+                Err(crate::tls::TlsError::Key(m)) => errs.at(
                     &t.key,
                     "listen.tls.key",
                     m,
@@ -952,7 +930,7 @@ fn compile_listen(
     (listen, tls)
 }
 
-fn compile_pool(errs: &mut Errors<'_>, path: &str, name: &str, raw: &RawPool, old: Option<&Pool>) -> Pool {
+fn compile_pool(errs: &mut Errors<'_>, path: &str, name: &str, raw: &RawPool) -> Pool {
     let mut endpoints = Vec::new();
     if raw.endpoints.get_ref().is_empty() {
         errs.at(
@@ -966,8 +944,7 @@ fn compile_pool(errs: &mut Errors<'_>, path: &str, name: &str, raw: &RawPool, ol
         let text = ep.get_ref().trim();
         match text.parse::<Authority>() {
             Ok(a) if a.port_u16().is_some() && !text.contains('@') => {
-                let reused = old.and_then(|p| p.endpoints.iter().find(|e| &*e.address == text).cloned());
-                endpoints.push(reused.unwrap_or_else(|| Arc::new(Endpoint::new(text, a))));
+                endpoints.push(Arc::new(Endpoint::new(text, a)));
             }
             _ => errs.at(
                 ep,
@@ -1478,7 +1455,7 @@ mod tests {
 
     fn errors(src: &str) -> Vec<ConfigError> {
         let raw = parse(src).0.expect("parses");
-        match super::compile(src, &raw, Path::new("."), "t.toml", None) {
+        match super::compile(src, &raw, Path::new("."), "t.toml") {
             Ok(_) => Vec::new(),
             Err(e) => e,
         }
@@ -1502,7 +1479,7 @@ split = { blue = 100 }
     #[test]
     fn a_good_file_compiles() {
         let raw = parse(GOOD).0.unwrap();
-        let snap = super::compile(GOOD, &raw, Path::new("."), "t.toml", None).unwrap();
+        let snap = super::compile(GOOD, &raw, Path::new("."), "t.toml").unwrap();
         assert_eq!(snap.routes[0].host.as_deref(), Some("*.example.com"));
         assert_eq!(snap.pools[0].timeout, std::time::Duration::from_secs(5));
         assert_eq!(snap.pools[0].connect_timeout, super::DEFAULT_CONNECT_TIMEOUT);
@@ -1637,7 +1614,7 @@ split = { blue = -5 }
         let src =
             format!("{base}[headers]\nflags = \"x-flags\"\npool = \"\"\nforwarded = false\nvia = false\n");
         let raw = parse(&src).0.unwrap();
-        let h = super::compile(&src, &raw, Path::new("."), "t.toml", None)
+        let h = super::compile(&src, &raw, Path::new("."), "t.toml")
             .unwrap()
             .routing
             .headers;

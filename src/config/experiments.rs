@@ -16,7 +16,6 @@ pub(super) fn compile(
     flags: &[Flag],
     routes: &[Route],
     pools: &[Arc<crate::upstream::Pool>],
-    previous: Option<&crate::runtime::Snapshot>,
 ) -> Vec<ExperimentConfig> {
     let mut out: Vec<ExperimentConfig> = Vec::new();
     for (i, e) in raw.iter().enumerate() {
@@ -161,16 +160,10 @@ pub(super) fn compile(
             g.path_prefix.get_ref(),
             g.status.as_ref().map_or("2xx", |s| s.get_ref().as_str())
         );
-        // Counts go on across a reload that keeps the experiment's arms.
-        let results = previous
-            .and_then(|p| p.experiments.iter().find(|x| &x.name == name))
-            .filter(|x| x.arms == arms)
-            .map(|x| x.results.clone())
-            .unwrap_or_else(|| {
-                Arc::new(Results {
-                    arms: vec![Arm::default(); arms.len()],
-                })
-            });
+        // (Counts go on across a reload that keeps the arms: runtime::assemble.)
+        let results = Arc::new(Results {
+            arms: vec![Arm::default(); arms.len()],
+        });
         out.push(ExperimentConfig {
             name: name.clone(),
             subject,
@@ -199,7 +192,7 @@ mod tests {
              [[routes]]\nname = \"web\"\nsplit = {{ a = 1, b = 1 }}\n[[routes]]\nname = \"one\"\npath_prefix = \"/one\"\nsplit = {{ a = 1 }}\n\
              [[flags]]\nname = \"ab\"\nvariants = {{ x = 1, y = 1 }}\n[[flags]]\nname = \"plain\"\n{extra}"
         );
-        match load_str(&text, Path::new("t.toml"), None) {
+        match load_str(&text, Path::new("t.toml")) {
             Ok(_) => Vec::new(),
             Err(LoadError::Invalid(d)) => d.errors.iter().map(|e| e.to_string()).collect(),
             Err(e) => vec![e.to_string()],

@@ -167,7 +167,7 @@ mod tests {
             "[listen]\nhttp = \"127.0.0.1:0\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.green]\nendpoints = [\"127.0.0.1:2\"]\n\
              [[routes]]\nname = \"web\"\nsplit = {{ blue = 1 }}\n{route_extra}"
         );
-        match load_str(&text, Path::new("t.toml"), None) {
+        match load_str(&text, Path::new("t.toml")) {
             Ok(_) => Vec::new(),
             Err(LoadError::Invalid(d)) => d.errors.iter().map(|e| e.to_string()).collect(),
             Err(e) => vec![e.to_string()],

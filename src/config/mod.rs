@@ -6,6 +6,7 @@
 //! [`Snapshot`]: crate::runtime::Snapshot
 
 mod compile;
+mod compiled;
 mod experiments;
 mod mirror;
 pub mod raw;
@@ -19,10 +20,9 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 pub use compile::{compile, revision};
+pub use compiled::{Compiled, RouteExtras};
 pub use settings::{AdminSettings, FleetSettings, Listen};
 pub use targeting::{combined_revision, parse_features, FlagsFrom, ServerSource};
-
-use crate::runtime::Snapshot;
 
 /// One problem in a config file, with where it is and how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,17 +87,17 @@ pub enum LoadError {
 
 /// Reads, validates and compiles a config file. `previous` is the snapshot being replaced, if
 /// any: pools whose endpoints did not change keep their runtime state.
-pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
+pub fn load(path: &Path) -> Result<Compiled, LoadError> {
     let src = std::fs::read_to_string(path).map_err(|error| LoadError::Read {
         path: path.to_owned(),
         error,
     })?;
-    load_str(&src, path, previous)
+    load_str(&src, path)
 }
 
 /// Like [`load`], from text already read; `path` names the file in errors and anchors the
 /// relative paths (TLS certificates) the file contains.
-pub fn load_str(src: &str, path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
+pub fn load_str(src: &str, path: &Path) -> Result<Compiled, LoadError> {
     let invalid = |errors| {
         LoadError::Invalid(Diagnostics {
             file: path.to_owned(),
@@ -112,7 +112,7 @@ pub fn load_str(src: &str, path: &Path, previous: Option<&Snapshot>) -> Result<S
     let name = path
         .file_name()
         .map_or_else(|| "switchyard.toml".into(), |n| n.to_string_lossy());
-    match compile(src, &raw, base, &name, previous) {
+    match compile(src, &raw, base, &name) {
         Ok(snap) if errors.is_empty() => Ok(snap),
         Ok(_) => Err(invalid(errors)),
         Err(more) => {
@@ -450,8 +450,7 @@ mod tests {
                  rollout = {{ pool = \"canary\", steps = [10, 100], every = \"{every}\" }}\n"
             )
         };
-        let Err(LoadError::Invalid(Diagnostics { errors, .. })) =
-            load_str(&src("19s"), Path::new("t.toml"), None)
+        let Err(LoadError::Invalid(Diagnostics { errors, .. })) = load_str(&src("19s"), Path::new("t.toml"))
         else {
             panic!("19 s steps with a 5 s fleet interval were accepted");
         };
@@ -461,13 +460,13 @@ mod tests {
             errors[0].message.contains("4 × fleet.interval (20s)"),
             "{errors:?}"
         );
-        assert!(load_str(&src("20s"), Path::new("t.toml"), None).is_ok());
+        assert!(load_str(&src("20s"), Path::new("t.toml")).is_ok());
         // Without [fleet], any step length.
         let alone = src("1s").replace(
             "[fleet]\nname = \"t\"\nprometheus = \"http://p:9090\"\ninterval = \"5s\"\n",
             "",
         );
-        assert!(load_str(&alone, Path::new("t.toml"), None).is_ok());
+        assert!(load_str(&alone, Path::new("t.toml")).is_ok());
     }
 
     #[test]
@@ -475,7 +474,7 @@ mod tests {
         let src = |fleet: &str| {
             format!("[listen]\nhttp = \"127.0.0.1:0\"\n[pools.a]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"a\"\nsplit = {{ a = 100 }}\n[fleet]\nprometheus = \"http://p:9090\"\n{fleet}")
         };
-        let errors = |fleet: &str| match load_str(&src(fleet), Path::new("t.toml"), None) {
+        let errors = |fleet: &str| match load_str(&src(fleet), Path::new("t.toml")) {
             Err(LoadError::Invalid(Diagnostics { errors, .. })) => errors
                 .iter()
                 .map(|e| format!("{} {}", e.path, e.message))

@@ -852,7 +852,7 @@ mod tests {
     /// The errors a config with `extra` gets (after the route, so `[[routes.rules]]` is the
     /// route's), or none.
     fn errors(top: &str, extra: &str) -> Vec<String> {
-        match load_str(&format!("{top}{BASE}{extra}"), Path::new("t.toml"), None) {
+        match load_str(&format!("{top}{BASE}{extra}"), Path::new("t.toml")) {
             Ok(_) => Vec::new(),
             Err(LoadError::Invalid(d)) => d.errors.iter().map(|e| e.to_string()).collect(),
             Err(e) => vec![e.to_string()],
@@ -1028,7 +1028,6 @@ mod tests {
         let snap = load_str(
             &format!("flags_from = \"features.json\"\n{BASE}"),
             &dir.path().join("t.toml"),
-            None,
         )
         .unwrap();
         let w = snap.warnings.join("\n");

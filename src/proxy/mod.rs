@@ -29,7 +29,6 @@ pub mod h1;
 pub mod headers;
 pub mod ofrep;
 pub mod server;
-pub mod tls;
 pub mod watchdog;
 
 use std::convert::Infallible;

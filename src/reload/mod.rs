@@ -832,7 +832,7 @@ fn compile(path: &Path, force: bool, base: &Snapshot, mut overlay: Overlay) -> O
     if !force && revision == base.revision {
         return Outcome::Unchanged;
     }
-    let mut new = match config::load_str(&text, path, Some(base)) {
+    let mut new = match crate::runtime::load_str(&text, path, Some(base)) {
         Ok(new) => new,
         Err(LoadError::Invalid(d)) => return Outcome::Failed(d.to_string()),
         Err(e) => return Outcome::Failed(e.to_string()),

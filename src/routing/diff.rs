@@ -417,7 +417,7 @@ mod tests {
         let text = format!(
             "[listen]\nhttp = \"127.0.0.1:0\"\n[identity]\nsalt = \"{salt}\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n[pools.green]\nendpoints = [\"127.0.0.1:3\"]\n[[routes]]\nname = \"web\"\nsplit = {split}\n[[flags]]\nname = \"f\"\npercent = {flag_percent}\n"
         );
-        crate::config::load_str(&text, Path::new("t.toml"), None).unwrap()
+        crate::runtime::load_str(&text, Path::new("t.toml"), None).unwrap()
     }
 
     #[test]
@@ -481,7 +481,7 @@ mod tests {
     fn other_changes_are_sampled_within_the_budget() {
         let a = snap("{ blue = 1 }", 50, "s");
         let text = "[listen]\nhttp = \"127.0.0.1:0\"\n[identity]\nsalt = \"s\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"web\"\nsplit = { blue = 1 }\n[[flags]]\nname = \"f\"\npercent = 50\ngroup = \"another\"\n";
-        let b = crate::config::load_str(text, Path::new("t.toml"), None).unwrap();
+        let b = crate::runtime::load_str(text, Path::new("t.toml"), None).unwrap();
         // A new group reshuffles the buckets: about half of a 50% flag's users flip.
         let d = diff_within(&a, &b, SystemTime::now(), 1);
         assert!((d.flags[0].flipped - 0.5).abs() < 0.02, "{:?}", d.flags);

@@ -6,4 +6,5 @@ mod series;
 pub mod snapshot;
 pub mod state;
 
-pub use snapshot::{RouteExtras, Snapshot};
+pub use crate::config::RouteExtras;
+pub use snapshot::{assemble, load, load_str, Snapshot};

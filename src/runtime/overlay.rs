@@ -324,7 +324,7 @@ mod tests {
         let text = format!(
             "[listen]\nhttp = \"127.0.0.1:0\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.green]\nendpoints = [\"127.0.0.1:2\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:3\"]\n[[routes]]\nname = \"web\"\nsplit = {{ blue = 3, green = 1, canary = 5 }}\n[routes.guard]\nbaseline = \"blue\"\n{r}"
         );
-        crate::config::load_str(&text, Path::new("t.toml"), None).unwrap()
+        crate::runtime::load_str(&text, Path::new("t.toml"), None).unwrap()
     }
 
     fn shares(s: &Split, snap: &Snapshot) -> Vec<(String, f64)> {
@@ -337,7 +337,7 @@ mod tests {
         let text = format!(
             "[listen]\nhttp = \"127.0.0.1:0\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.green]\nendpoints = [\"127.0.0.1:2\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:3\"]\n[[routes]]\nname = \"web\"\nsplit = {split}\n[routes.guard]\nbaseline = \"blue\"\n[routes.rollout]\npool = \"canary\"\nsteps = [10, 50, 100]\nevery = \"1m\"\n"
         );
-        crate::config::load_str(&text, Path::new("t.toml"), None).unwrap()
+        crate::runtime::load_str(&text, Path::new("t.toml"), None).unwrap()
     }
 
     #[test]

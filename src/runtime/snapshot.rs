@@ -1,102 +1,144 @@
-//! [`Snapshot`]: one config revision as the proxy runs it.
+//! [`Snapshot`]: one config revision as the proxy runs it, and [`assemble`], the one step that
+//! makes one from a compiled config and the snapshot it replaces.
 
 use std::ops::{Deref, DerefMut};
+use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::{AdminSettings, FleetSettings, Listen};
-use crate::guard::{GuardConfig, RolloutConfig};
-use crate::mirror::MirrorConfig;
-use crate::routing::{Route, Table};
-use crate::upstream::Pool;
+use crate::config::{Compiled, LoadError};
 
-/// Everything one config revision decides, and the live parts that serve it. Swapped whole on
-/// reload (and on a trip or rollout step, which change routes' effective splits); a request
-/// keeps the one it started with. It derefs to its [`Table`], the pure part decisions read.
+/// A compiled config with its metric series, as requests read it. Swapped whole on reload (and
+/// on a trip or rollout step, which change routes' effective splits); a request keeps the one
+/// it started with. It derefs to its [`Compiled`] config (which derefs to the routing table).
 #[derive(Clone)]
 pub struct Snapshot {
-    /// What requests' decisions read.
-    pub routing: Table,
-    /// Short hash of the config text this snapshot was compiled from.
-    pub revision: String,
-    pub listen: Listen,
-    /// Whether one access-log line is written per request.
-    pub access_log: bool,
-    pub tls: Option<Arc<rustls::ServerConfig>>,
-    /// Pools by index (the routing table's pool indices).
-    pub pools: Vec<Arc<Pool>>,
-    /// `[admin]`, if set. Like the listeners, it cannot change by reload.
-    pub admin: Option<AdminSettings>,
-    /// `[state] path`, relative paths resolved against the config's directory; `None`: beside
-    /// the config file. It cannot change by reload.
-    pub state_path: Option<std::path::PathBuf>,
-    /// `[[notify]]` entries: where webhooks go.
-    pub notify: Vec<crate::notify::NotifyConfig>,
-    /// `[fleet]`: judge and agree with the other replicas through Prometheus.
-    pub fleet: Option<FleetSettings>,
-    /// `[ofrep] enabled`: the proxy's listeners answer OFREP evaluations.
-    pub ofrep: bool,
-    /// `[[experiments]]`: what they compare, their goals and their counts.
-    pub experiments: Arc<[crate::experiments::ExperimentConfig]>,
-    /// `flags_from`: where the feature file comes from (watched like the config).
-    pub flags_from: Option<crate::config::FlagsFrom>,
-    /// What `check` warns of: valid, but surprising (flags headers that can outgrow their
-    /// limit, a feature file's constraints that can never hold).
-    pub warnings: Arc<[String]>,
+    pub compiled: Compiled,
     /// Metric series of this snapshot, attached before it is published.
     pub metrics: Option<Arc<crate::metrics::Handles>>,
-    /// Per route, by [`Route::index`]: what judges it and what it mirrors.
-    pub extras: Arc<[RouteExtras]>,
-}
-
-/// A route's live companions: its guard, its rollout and its mirror.
-#[derive(Debug, Clone, Default)]
-pub struct RouteExtras {
-    pub guard: Option<GuardConfig>,
-    pub rollout: Option<RolloutConfig>,
-    /// `[routes.mirror]`: a shadow pool that gets a copy of some requests.
-    pub mirror: Option<Arc<MirrorConfig>>,
 }
 
 impl Deref for Snapshot {
-    type Target = Table;
+    type Target = Compiled;
 
-    fn deref(&self) -> &Table {
-        &self.routing
+    fn deref(&self) -> &Compiled {
+        &self.compiled
     }
 }
 
 impl DerefMut for Snapshot {
-    fn deref_mut(&mut self) -> &mut Table {
-        &mut self.routing
+    fn deref_mut(&mut self) -> &mut Compiled {
+        &mut self.compiled
     }
 }
 
-impl Snapshot {
-    pub fn pool(&self, index: usize) -> &Arc<Pool> {
-        &self.pools[index]
+/// Makes the live snapshot of `compiled`, carrying over by name what `previous` had running:
+/// each endpoint's state (health, ejection, in-flight requests, idle connections), each
+/// mirror's counts (and its current counts while its settings are the same), and each
+/// experiment's counts while its arms are the same.
+pub fn assemble(mut compiled: Compiled, previous: Option<&Snapshot>) -> Snapshot {
+    if let Some(prev) = previous {
+        // A compiled config's pools and mirrors are its own until it is assembled.
+        for pool in compiled.pools.iter_mut() {
+            let Some(old) = prev.pool_by_name(&pool.name) else {
+                continue;
+            };
+            let Some(pool) = Arc::get_mut(pool) else { continue };
+            for e in pool.endpoints.iter_mut() {
+                if let Some(o) = old.endpoints.iter().find(|o| o.address == e.address) {
+                    *e = o.clone();
+                }
+            }
+        }
+        let names: Vec<Arc<str>> = compiled.pools.iter().map(|p| p.name.clone()).collect();
+        let routes = &compiled.routing.routes;
+        let extras = Arc::get_mut(&mut compiled.extras).map_or(&mut [][..], |x| x);
+        for (r, x) in routes.iter().zip(extras.iter_mut()) {
+            let old = prev.route_by_name(&r.name).and_then(|o| prev.mirror(o));
+            if let (Some(m), Some(old)) = (x.mirror.as_mut().and_then(Arc::get_mut), old) {
+                m.stats = old.stats.clone();
+                let same = m.pool == old.pool
+                    && m.compare == old.compare
+                    && m.ignore_text == old.ignore_text
+                    && m.methods == old.methods
+                    && prev.pools[old.pool].name == names[m.pool];
+                if same {
+                    m.current = old.current.clone();
+                }
+            }
+        }
+        compiled.extras = extras.into();
+        let mut experiments = compiled.experiments.to_vec();
+        for e in experiments.iter_mut() {
+            if let Some(old) = prev
+                .experiments
+                .iter()
+                .find(|x| x.name == e.name && x.arms == e.arms)
+            {
+                e.results = old.results.clone();
+            }
+        }
+        compiled.experiments = experiments.into();
+    }
+    Snapshot {
+        compiled,
+        metrics: None,
+    }
+}
+
+/// Reads, compiles and assembles the config at `path` (see [`crate::config::load`]).
+pub fn load(path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
+    Ok(assemble(crate::config::load(path)?, previous))
+}
+
+/// [`load`] from text already read; `path` names the file in errors and anchors its relative
+/// paths.
+pub fn load_str(src: &str, path: &Path, previous: Option<&Snapshot>) -> Result<Snapshot, LoadError> {
+    Ok(assemble(crate::config::load_str(src, path)?, previous))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(endpoints: &str, arms: &str) -> String {
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[pools.blue]\nendpoints = [{endpoints}]\n[pools.shadow]\nendpoints = [\"127.0.0.1:9\"]\n\
+             [[routes]]\nname = \"web\"\nsplit = {{ blue = 1 }}\n[routes.mirror]\npool = \"shadow\"\n\
+             [[flags]]\nname = \"f\"\nvariants = {{ {arms} }}\n\
+             [[experiments]]\nname = \"e\"\nflag = \"f\"\ngoal = {{ path_prefix = \"/done\" }}\n"
+        )
     }
 
-    pub fn pool_by_name(&self, name: &str) -> Option<&Arc<Pool>> {
-        self.pools.iter().find(|p| &*p.name == name)
-    }
-
-    /// `route`'s `[routes.guard]`.
-    pub fn guard(&self, route: &Route) -> Option<&GuardConfig> {
-        self.extras.get(route.index)?.guard.as_ref()
-    }
-
-    /// `route`'s `[routes.rollout]`.
-    pub fn rollout(&self, route: &Route) -> Option<&RolloutConfig> {
-        self.extras.get(route.index)?.rollout.as_ref()
-    }
-
-    /// `route`'s `[routes.mirror]`.
-    pub fn mirror(&self, route: &Route) -> Option<&Arc<MirrorConfig>> {
-        self.extras.get(route.index)?.mirror.as_ref()
-    }
-
-    /// The `[routes.mirror]` of the route named `route`.
-    pub fn mirror_of(&self, route: &str) -> Option<&Arc<MirrorConfig>> {
-        self.mirror(self.route_by_name(route)?)
+    #[test]
+    fn assembling_carries_endpoints_mirror_counts_and_experiment_counts_by_name() {
+        let path = Path::new("t.toml");
+        let first = load_str(&text("\"127.0.0.1:1\"", "a = 50, b = 50"), path, None).unwrap();
+        let second = load_str(
+            &text("\"127.0.0.1:1\", \"127.0.0.1:2\"", "a = 50, b = 50"),
+            path,
+            Some(&first),
+        )
+        .unwrap();
+        let (old, new) = (&first.pools[0].endpoints, &second.pools[0].endpoints);
+        assert!(Arc::ptr_eq(&old[0], &new[0]), "the kept endpoint keeps its state");
+        assert_eq!(&*new[1].address, "127.0.0.1:2");
+        let mirror = |s: &Snapshot| s.mirror(&s.routes[0]).unwrap().stats.clone();
+        assert!(Arc::ptr_eq(&mirror(&first), &mirror(&second)));
+        assert!(Arc::ptr_eq(
+            &first.experiments[0].results,
+            &second.experiments[0].results
+        ));
+        // Other arms: the experiment starts again.
+        let third = load_str(&text("\"127.0.0.1:1\"", "a = 50, c = 50"), path, Some(&second)).unwrap();
+        assert!(!Arc::ptr_eq(
+            &second.experiments[0].results,
+            &third.experiments[0].results
+        ));
+        // Without a previous snapshot, nothing is carried.
+        let fresh = load_str(&text("\"127.0.0.1:1\"", "a = 50, b = 50"), path, None).unwrap();
+        assert!(!Arc::ptr_eq(
+            &first.pools[0].endpoints[0],
+            &fresh.pools[0].endpoints[0]
+        ));
     }
 }
