@@ -14,8 +14,10 @@
 //! - [`http1`] is HTTP/1 framing for both sides: the head parser, the `Connection`/`TE`/
 //!   `Trailer` lists, framing decisions and the chunked coding.
 //!
-//! - [`config`] turns the TOML file into a [`routing::Snapshot`], reporting every error with its
-//!   line, column, field and fix.
+//! - [`config`] turns the TOML file into a [`config::Compiled`] config (a function of the
+//!   text), reporting every error with its line, column, field and fix; [`runtime::assemble`]
+//!   makes it the live [`runtime::Snapshot`], carrying the previous one's live state over.
+//! - ARCHITECTURE.md draws the floors the modules sit on; `tests/layout.rs` keeps them.
 //! - [`demo`] is `switchyard demo`: built-in upstreams and config.
 //! - [`cli`] is what the commands other than `run` do: find a proxy's admin API, read its live
 //!   state, `explain`, `diff`, `status`.

@@ -1,5 +1,5 @@
-//! The crate's layout rules, checked on its sources: which module may name which (the README's
-//! "Layout"). A module's imports are every `crate::NAME` its files name outside their test
+//! The crate's layout rules, checked on its sources: which module may name which (the
+//! "Layout" of ARCHITECTURE.md). A module's imports are every `crate::NAME` its files name outside their test
 //! modules and comments; a module is a top-level file or directory of `src/`, except that a
 //! directory's `task.rs` (the task that runs a module's logic, such as `guard::task`) is a
 //! module of its own, on the floor of the tasks.
