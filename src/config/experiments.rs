@@ -5,7 +5,7 @@ use std::sync::Arc;
 use http::Method;
 use toml::Spanned;
 
-use super::compile::Errors;
+use super::errors::Errors;
 use super::raw::RawExperiment;
 use crate::experiments::{Arm, ExperimentConfig, Goal, Results, StatusMatch, Subject};
 use crate::routing::{Flag, Route};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use http::{HeaderName, Method};
 use toml::Spanned;
 
-use super::compile::Errors;
+use super::errors::Errors;
 use super::raw::RawMirror;
 use crate::mirror::compare::{parse_path, Ignore};
 use crate::mirror::{MirrorConfig, SAFE_METHODS};

@@ -6,7 +6,10 @@
 //! [`Snapshot`]: crate::runtime::Snapshot
 
 mod compile;
+mod compile_routes;
+mod compile_settings;
 mod compiled;
+mod errors;
 mod experiments;
 mod mirror;
 pub mod raw;

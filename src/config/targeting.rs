@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use http::HeaderName;
 use toml::Spanned;
 
-use super::compile::Errors;
+use super::errors::Errors;
 use super::raw::{RawConfig, RawFlag, RawRule};
 use crate::routing::flags::{self, Flag};
 use crate::routing::unleash::model::{
