@@ -1,6 +1,6 @@
 //! The crate's layout rules, checked on its sources: which module may name which (the
 //! "Layout" of ARCHITECTURE.md). A module's imports are every `crate::NAME` its files name outside their test
-//! modules and comments; a module is a top-level file or directory of `src/`, except that a
+//! modules (and `tests.rs` files) and comments; a module is a top-level file or directory of `src/`, except that a
 //! directory's `task.rs` (the task that runs a module's logic, such as `guard::task`) is a
 //! module of its own, on the floor of the tasks.
 
@@ -19,7 +19,9 @@ fn imports() -> BTreeMap<String, BTreeSet<String>> {
                 stack.push(path);
                 continue;
             }
-            if path.extension().is_none_or(|e| e != "rs") {
+            // A module's `tests.rs` is its test module.
+            if path.extension().is_none_or(|e| e != "rs") || path.file_name().is_some_and(|n| n == "tests.rs")
+            {
                 continue;
             }
             let rel = path.strip_prefix(&src).unwrap();
