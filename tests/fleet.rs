@@ -464,18 +464,6 @@ async fn reload(r: &Replica, text: &str) {
     assert_eq!(v["result"], "ok", "{v}");
 }
 
-async fn until_true<F, Fut>(within: Duration, what: &str, check: F)
-where
-    F: Fn() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let start = Instant::now();
-    while !check().await {
-        assert!(start.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// The operator trials, each as it was found: another environment in the same
 /// Prometheus, one webhook per incident, endpoints replaced by a config change, a rollback
 /// during a config rollout, and a replica that starts with no state while Prometheus is down.
@@ -507,7 +495,7 @@ async fn a_fleet_keeps_to_its_own_replicas_splits_and_incidents() {
     let mut targets: Vec<SocketAddr> = [&a, &b, &s].iter().map(|r| r.proxy.admin.unwrap()).collect();
     let mut prom = Some(prometheus(port, dir.path(), &targets));
     for r in [&a, &b] {
-        until_true(Duration::from_secs(60), "the fleet of two", || async {
+        eventually("the fleet of two", Duration::from_secs(60), async || {
             let f = r.api("/api/fleet").await;
             f["up"] == true && f["replicas"] == 2
         })
@@ -613,10 +601,10 @@ async fn a_fleet_keeps_to_its_own_replicas_splits_and_incidents() {
     //    its route is no longer held.
     targets.push(c.proxy.admin.unwrap());
     let _prom = prometheus(port, dir.path(), &targets);
-    until_true(
-        Duration::from_secs(30),
+    eventually(
         "C ready with the fleet's state",
-        || async {
+        Duration::from_secs(30),
+        async || {
             let v = c.web().await;
             v["held"] == false && tripped(&v)
         },

@@ -383,14 +383,6 @@ fn count_opens(path: &Path) -> (notify::RecommendedWatcher, Arc<AtomicUsize>) {
     (w, opens)
 }
 
-async fn wait_until(what: &str, within: Duration, mut ok: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !ok().await {
-        assert!(started.elapsed() < within, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn an_idle_proxy_reads_its_config_once_per_change_and_not_again() {
     let blue = Upstream::start("blue").await;
@@ -457,7 +449,7 @@ async fn a_config_linked_from_another_directory_is_followed_and_so_is_the_link()
 
     // The file the link points to changes in place, in its own directory.
     std::fs::write(&first, on("green")).unwrap();
-    wait_until(
+    eventually(
         "the linked file's change",
         Duration::from_secs(5),
         serving("green"),
@@ -469,9 +461,9 @@ async fn a_config_linked_from_another_directory_is_followed_and_so_is_the_link()
     let tmp = link_dir.path().join("switchyard.toml.new");
     std::os::unix::fs::symlink(&second, &tmp).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
-    wait_until("the new link", Duration::from_secs(5), serving("blue")).await;
+    eventually("the new link", Duration::from_secs(5), serving("blue")).await;
     std::fs::write(&second, on("green")).unwrap();
-    wait_until(
+    eventually(
         "the new target's change",
         Duration::from_secs(5),
         serving("green"),

@@ -96,16 +96,6 @@ fn count(proxy: &Proxy, route: &str, result: &str) -> u64 {
         .1
 }
 
-async fn until(what: &str, mut check: impl FnMut() -> bool) {
-    for _ in 0..200 {
-        if check() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: not within 10 s");
-}
-
 const IGNORE: &str = "ignore = [\"x-request-seq\", \"$.generated_at\", \"$.items[*].id\"]";
 
 #[tokio::test]
@@ -147,9 +137,11 @@ async fn each_kind_of_difference_is_told_apart_and_ignored_fields_are_not_differ
         ("body", "body"),
         ("same", "match"),
     ] {
-        until(&format!("{route}: 10 × {kind}"), || {
-            count(&proxy, route, kind) == 10
-        })
+        eventually(
+            &format!("{route}: 10 × {kind}"),
+            Duration::from_secs(10),
+            async || count(&proxy, route, kind) == 10,
+        )
         .await;
         let all: u64 = counts(&proxy, route).iter().map(|(_, n)| n).sum();
         assert_eq!(all, 10, "{route}: {:?}", counts(&proxy, route));
@@ -201,7 +193,10 @@ async fn posts_are_mirrored_only_when_methods_says_so() {
     let post = |path: &str| Request::post(proxy.url(path)).body(full("{\"qty\": 3}")).unwrap();
     assert_eq!(send(&client, post("/safe/order")).await.0.status, 200);
     assert_eq!(send(&client, post("/writes/order")).await.0.status, 200);
-    until("the POST mirrored", || count(&proxy, "writes", "match") == 1).await;
+    eventually("the POST mirrored", Duration::from_secs(10), async || {
+        count(&proxy, "writes", "match") == 1
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
     let got = shadow_log.lock().unwrap().clone();
     assert_eq!(got.len(), 1, "only the route that lists POST mirrors it");
@@ -268,7 +263,10 @@ async fn a_hanging_or_dead_shadow_costs_the_client_nothing() {
             .load(Ordering::SeqCst),
         2
     );
-    until("six shadow errors", || count(&proxy, "dead", "shadow_error") == 6).await;
+    eventually("six shadow errors", Duration::from_secs(10), async || {
+        count(&proxy, "dead", "shadow_error") == 6
+    })
+    .await;
     let metrics = proxy.state.metrics.render();
     assert!(
         metrics.contains("switchyard_mirror_total{result=\"dropped\",route=\"hang\"} 4"),
@@ -296,7 +294,10 @@ async fn a_body_over_max_body_is_not_mirrored() {
         .body(full(vec![b'y'; 100_000]))
         .unwrap();
     assert_eq!(send(&client, req).await.0.status, 200);
-    until("two too_large", || count(&proxy, "web", "too_large") == 2).await;
+    eventually("two too_large", Duration::from_secs(10), async || {
+        count(&proxy, "web", "too_large") == 2
+    })
+    .await;
     assert_eq!(
         primary_log.lock().unwrap()[0].3.len(),
         8 << 20,
@@ -362,9 +363,11 @@ async fn the_guard_holds_a_rollout_until_compared_and_trips_a_disagreeing_shadow
             assert_eq!(send(&client, req).await.0.status, 200);
         }
     }
-    until("the agreeing shadow's rollout steps on", || {
-        step("good") == Some(1)
-    })
+    eventually(
+        "the agreeing shadow's rollout steps on",
+        Duration::from_secs(10),
+        async || step("good") == Some(1),
+    )
     .await;
     let tripped = || {
         let snap = proxy.state.snapshot.load();
@@ -374,7 +377,12 @@ async fn the_guard_holds_a_rollout_until_compared_and_trips_a_disagreeing_shadow
             .iter()
             .any(|&p| &*snap.pools[p].name == "disagrees")
     };
-    until("the disagreeing shadow tripped", tripped).await;
+    eventually(
+        "the disagreeing shadow tripped",
+        Duration::from_secs(10),
+        async || tripped(),
+    )
+    .await;
     assert_eq!(step("bad"), Some(0), "its rollout never stepped");
     proxy.shutdown().await;
 }
@@ -422,7 +430,10 @@ async fn mismatches_hide_credentials_and_query_strings_without_the_token() {
         .await;
         let (parts, _) = get(&h1_client(), &proxy.url("/account/reset?reset_token=QUERYSECRET")).await;
         assert_eq!(parts.status, 200);
-        until("the mismatch", || count(&proxy, "web", "header") == 1).await;
+        eventually("the mismatch", Duration::from_secs(10), async || {
+            count(&proxy, "web", "header") == 1
+        })
+        .await;
         let read = async |bearer: Option<&str>| {
             let mut req = Request::get(proxy.admin_url("/api/routes/web"));
             if let Some(b) = bearer {
@@ -506,18 +517,22 @@ async fn streams_free_their_mirror_slot_and_upgrades_are_not_mirrored() {
         // Within the shadow's timeout and a little more, the slot is free again, while the
         // primary streams on.
         let asked = Instant::now();
-        until("the wait for the streaming primary ended", || {
-            proxy
-                .state
-                .snapshot
-                .load()
-                .mirror_of("events")
-                .unwrap()
-                .stats
-                .in_flight
-                .load(Ordering::SeqCst)
-                == 0
-        })
+        eventually(
+            "the wait for the streaming primary ended",
+            Duration::from_secs(10),
+            async || {
+                proxy
+                    .state
+                    .snapshot
+                    .load()
+                    .mirror_of("events")
+                    .unwrap()
+                    .stats
+                    .in_flight
+                    .load(Ordering::SeqCst)
+                    == 0
+            },
+        )
         .await;
         assert!(asked.elapsed() < Duration::from_secs(3), "{:?}", asked.elapsed());
     }
@@ -583,7 +598,10 @@ async fn a_fixed_ignore_shows_at_once() {
     for i in 0..10 {
         get(&client, &proxy.url(&format!("/cart?i={i}"))).await;
     }
-    until("10 header mismatches", || count(&proxy, "web", "header") == 10).await;
+    eventually("10 header mismatches", Duration::from_secs(10), async || {
+        count(&proxy, "web", "header") == 10
+    })
+    .await;
     std::fs::write(&path, text(", \"x-v\"")).unwrap();
     let req = Request::post(proxy.admin_url("/api/reload"))
         .body(empty())
@@ -592,7 +610,10 @@ async fn a_fixed_ignore_shows_at_once() {
     for i in 0..10 {
         get(&client, &proxy.url(&format!("/cart?i={i}"))).await;
     }
-    until("10 matches", || count(&proxy, "web", "match") == 10).await;
+    eventually("10 matches", Duration::from_secs(10), async || {
+        count(&proxy, "web", "match") == 10
+    })
+    .await;
     let (_, body) = get(&client, &proxy.admin_url("/api/routes/web")).await;
     let r: serde_json::Value = serde_json::from_slice(&body).unwrap();
     let m = &r["mirror"];

@@ -90,17 +90,6 @@ async fn metrics(proxy: &Proxy) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
-async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let started = Instant::now();
-    while !check().await {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "{what}: not within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// A proxy in front of one app, its flags from the Unleash server at `server` polled every
 /// second, with its config's directory.
 async fn proxy_with_flags_from(server: std::net::SocketAddr, up: &Upstream) -> (Proxy, tempfile::TempDir) {
@@ -150,7 +139,7 @@ async fn an_unleash_server_is_read_within_bounds_and_its_failures_shown() {
     // It answers: its flags are served, and it is shown answering.
     mode.store(GOOD as usize, Ordering::SeqCst);
     let cache = dir.path().join("switchyard.toml.flags.json");
-    until("the server's document", async || {
+    eventually("the server's document", Duration::from_secs(20), async || {
         json(&proxy.admin_url("/api/config")).await["flags_source"]["up"] == true && cache.exists()
     })
     .await;
@@ -162,7 +151,7 @@ async fn an_unleash_server_is_read_within_bounds_and_its_failures_shown() {
     // that before the proxy hung up), memory does not follow, the last good document stays.
     let before = rss_kib();
     mode.store(FLOOD as usize, Ordering::SeqCst);
-    until("the flood refused", async || {
+    eventually("the flood refused", Duration::from_secs(20), async || {
         json(&proxy.admin_url("/api/config")).await["flags_source"]["up"] == false
     })
     .await;
@@ -177,7 +166,7 @@ async fn an_unleash_server_is_read_within_bounds_and_its_failures_shown() {
         "{cfg:#}"
     );
     mode.store(ERROR as usize, Ordering::SeqCst);
-    until("the 500 shown", async || {
+    eventually("the 500 shown", Duration::from_secs(20), async || {
         json(&proxy.admin_url("/api/config")).await["flags_source"]["error"]
             .as_str()
             .is_some_and(|e| e.contains("answered 500"))
@@ -231,7 +220,7 @@ async fn a_malformed_flag_in_a_polled_document_disables_that_flag_only() {
     let up = Upstream::start("app").await;
     let (proxy, dir) = proxy_with_flags_from(server, &up).await;
     let path = dir.path().join("switchyard.toml");
-    until("the server's document", async || {
+    eventually("the server's document", Duration::from_secs(20), async || {
         json(&proxy.admin_url("/api/config")).await["flags_source"]["up"] == true
     })
     .await;
@@ -272,7 +261,7 @@ async fn a_prometheus_answer_is_read_within_bounds() {
         &format!("[admin]\nlisten = \"127.0.0.1:0\"\n[fleet]\nname = \"t\"\nprometheus = \"http://{prometheus}\"\ninterval = \"500ms\"\n"),
     ))
     .await;
-    until("the flood refused", async || {
+    eventually("the flood refused", Duration::from_secs(20), async || {
         json(&proxy.admin_url("/api/fleet")).await["up"] == false
     })
     .await;
@@ -285,7 +274,7 @@ async fn a_prometheus_answer_is_read_within_bounds() {
         "{fleet:#}"
     );
     mode.store(GOOD as usize, Ordering::SeqCst);
-    until("Prometheus answers again", async || {
+    eventually("Prometheus answers again", Duration::from_secs(20), async || {
         json(&proxy.admin_url("/api/fleet")).await["up"] == true
     })
     .await;

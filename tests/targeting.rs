@@ -270,16 +270,6 @@ async fn from_file_for_us(client: &Client, proxy: &Proxy) -> Option<String> {
     get_of(&dict(seen.get("x-switchyard-flags")), "from_file")
 }
 
-async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    for _ in 0..100 {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("{what}: not within 10 s");
-}
-
 #[tokio::test]
 async fn a_feature_file_is_reloaded_when_it_changes_and_a_bad_one_changes_nothing() {
     let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
@@ -301,7 +291,7 @@ async fn a_feature_file_is_reloaded_when_it_changes_and_a_bad_one_changes_nothin
     let us = async |client: &Client| from_file_for_us(client, &proxy).await;
     assert_eq!(us(&client).await.as_deref(), Some("off"));
     std::fs::write(dir.path().join("features.json"), FILE_V2).unwrap();
-    wait_for("the new file's value", async || {
+    eventually("the new file's value", Duration::from_secs(10), async || {
         us(&client).await.as_deref() == Some("blue_button")
     })
     .await;
@@ -374,9 +364,11 @@ async fn an_unleash_server_is_polled_with_etag() {
     let se = async |client: &Client| from_file_for_us(client, &proxy).await;
     // Asked before serving: the first request already has the server's flag.
     assert_eq!(se(&client).await.as_deref(), Some("off"));
-    wait_for("a 304 to a conditional poll", async || {
-        NOT_MODIFIED.load(std::sync::atomic::Ordering::SeqCst) >= 2
-    })
+    eventually(
+        "a 304 to a conditional poll",
+        Duration::from_secs(10),
+        async || NOT_MODIFIED.load(std::sync::atomic::Ordering::SeqCst) >= 2,
+    )
     .await;
     let requests = server.requests();
     assert!(requests
@@ -387,7 +379,7 @@ async fn an_unleash_server_is_polled_with_etag() {
         "every poll after the first is conditional"
     );
     *DOC.lock().unwrap() = FILE_V2.to_owned();
-    wait_for("the server's new document", async || {
+    eventually("the server's new document", Duration::from_secs(10), async || {
         se(&client).await.as_deref() == Some("blue_button")
     })
     .await;

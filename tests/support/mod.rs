@@ -668,3 +668,14 @@ fn parse_request(buf: &[u8]) -> Option<(Recorded, usize)> {
         at,
     ))
 }
+
+/// Polls `check` every 20 ms until it holds, and says how long that took; fails the test with
+/// `what` when it does not hold within `within`. The one way tests wait for something.
+pub async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut() -> bool) -> Duration {
+    let started = std::time::Instant::now();
+    while !check().await {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
