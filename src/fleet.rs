@@ -92,11 +92,13 @@ impl View {
 
     /// The replica a sample comes from: its name in `switchyard_fleet_info`.
     fn replica(&self, s: &Sample) -> String {
+        self.name(s).unwrap_or(s.target().0).to_owned()
+    }
+
+    /// The name a sample's scrape target exports in `switchyard_fleet_info`, if it does.
+    fn name(&self, s: &Sample) -> Option<&str> {
         let (i, j) = s.target();
-        self.names
-            .get(&(i.to_owned(), j.to_owned()))
-            .cloned()
-            .unwrap_or_else(|| i.to_owned())
+        self.names.get(&(i.to_owned(), j.to_owned())).map(String::as_str)
     }
 
     /// The fleet's replicas by name, sorted.
@@ -440,17 +442,13 @@ async fn round(
         } else {
             Vec::new()
         };
-        let names = |s: &Sample| {
-            let (i, j) = s.target();
-            view.names.get(&(i.to_owned(), j.to_owned())).cloned()
-        };
         for (i, on_split) in routes {
             let route = &snap.routes[i];
             let g = snap.guard(route).expect("guarded");
             let counted = |s: &&Sample, pool: &str| {
                 s.label("route") == &*route.name
                     && s.label("pool") == pool
-                    && names(s).is_some_and(|n| on_split.contains(&n))
+                    && view.name(s).is_some_and(|n| on_split.iter().any(|r| r == n))
             };
             let figures = |pool: usize| {
                 let name = &*snap.pools[pool].name;
