@@ -160,3 +160,33 @@ impl Metrics {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A route's origin changes without a reload (another replica's change taken): the
+    /// series with the old origin goes, or replicas would read two changes of one route.
+    #[test]
+    fn a_routes_change_is_exported_once_with_its_latest_origin() {
+        let text = "[listen]\nhttp = \"127.0.0.1:0\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n\
+                    [[routes]]\nname = \"web\"\nsplit = { blue = 90, canary = 10 }\nguard = { baseline = \"blue\" }\n";
+        let mut snap = crate::runtime::load_str(text, std::path::Path::new("t.toml"), None).unwrap();
+        let metrics = Metrics::new();
+        metrics.attach(&mut snap);
+        for origin in ["replica-a", "replica-b"] {
+            let route = Arc::make_mut(&mut snap.routing.routes[0]);
+            route.runtime.origin = Some(origin.into());
+            route.runtime.changed_ms = 1_000;
+            let route = snap.routes[0].clone();
+            metrics.route_gauges(&snap, &route);
+        }
+        let text = metrics.render();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("switchyard_route_changed_timestamp_seconds{"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("origin=\"replica-b\""), "{lines:?}");
+    }
+}
