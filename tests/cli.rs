@@ -253,7 +253,23 @@ async fn status_watch_redraws_in_place() {
         .unwrap();
     let mut out = Vec::new();
     let mut stdout = child.stdout.take().unwrap();
-    let _ = tokio::time::timeout(Duration::from_millis(4500), stdout.read_to_end(&mut out)).await;
+    // Read until the second frame has begun and been drawn (or 10 s have passed).
+    let frames = |out: &[u8]| {
+        String::from_utf8_lossy(out)
+            .split("\x1b[H")
+            .filter(|f| f.contains("ROUTE"))
+            .count()
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 4096];
+        while frames(&out) < 2 {
+            match stdout.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
     child.kill().await.unwrap();
     let out = String::from_utf8_lossy(&out);
     let frames = out.matches("\x1b[H").count();

@@ -126,7 +126,7 @@ async fn the_upstream_host_is_the_one_routing_used() {
     let proxy = Proxy::start(&cfg).await;
     let (answer, _) = raw(
         proxy.http.unwrap(),
-        b"GET http://admin.example.com/a HTTP/1.1\r\nHost: www.example.com\r\n\r\n",
+        b"GET http://admin.example.com/a HTTP/1.1\r\nHost: www.example.com\r\nConnection: close\r\n\r\n",
         WAIT,
     )
     .await;
@@ -234,7 +234,7 @@ async fn routing_and_the_upstream_see_the_normalized_path() {
         ("/%2e%2e/evil/a?q=/../x", "/evil/a?q=/../x"),
         ("/./evil", "/evil"),
     ] {
-        let req = format!("GET {target} HTTP/1.1\r\nHost: a\r\n\r\n");
+        let req = format!("GET {target} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
         let (answer, _) = raw(proxy.http.unwrap(), req.as_bytes(), WAIT).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "{target}: {answer}");
         assert_eq!(evil.requests().last().unwrap().path, want, "{target}");

@@ -25,14 +25,27 @@ fn free_run() -> u16 {
 
 #[test]
 fn every_example_runs_and_passes_its_checks() {
-    let mut ran = Vec::new();
     let mut dirs: Vec<_> = std::fs::read_dir("examples")
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter(|p| p.join("run.sh").exists())
         .collect();
     dirs.sort();
-    for dir in dirs {
+    // Each example on its own ports (none shared: an upstream's run of three is never another
+    // example's port), all at once.
+    let mut taken = std::collections::HashSet::new();
+    let mut ports = Vec::new();
+    while ports.len() < dirs.len() {
+        let (proxy, admin, up) = (free_port(), free_port(), free_run());
+        let all = [proxy, admin, up, up + 1, up + 2];
+        if all.iter().all(|p| !taken.contains(p))
+            && all.iter().collect::<std::collections::HashSet<_>>().len() == 5
+        {
+            taken.extend(all);
+            ports.push((proxy, admin, up));
+        }
+    }
+    let run = |dir: &std::path::PathBuf, (proxy, admin, up): (u16, u16, u16)| {
         for file in ["config.toml", "README.md"] {
             assert!(dir.join(file).exists(), "{} has no {file}", dir.display());
         }
@@ -40,9 +53,9 @@ fn every_example_runs_and_passes_its_checks() {
             .arg(dir.join("run.sh"))
             .env("PACE", "fast")
             .env("SWITCHYARD", BIN)
-            .env("PROXY_PORT", free_port().to_string())
-            .env("ADMIN_PORT", free_port().to_string())
-            .env("UPSTREAM_PORT", free_run().to_string())
+            .env("PROXY_PORT", proxy.to_string())
+            .env("ADMIN_PORT", admin.to_string())
+            .env("UPSTREAM_PORT", up.to_string())
             .output()
             .unwrap();
         let said = format!(
@@ -55,8 +68,16 @@ fn every_example_runs_and_passes_its_checks() {
             "{}:\n{said}",
             dir.display()
         );
-        ran.push(dir.file_name().unwrap().to_string_lossy().into_owned());
-    }
+        dir.file_name().unwrap().to_string_lossy().into_owned()
+    };
+    let ran: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = dirs
+            .iter()
+            .zip(ports)
+            .map(|(d, p)| s.spawn(move || run(d, p)))
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
     assert_eq!(
         ran,
         ["ab-flag", "blue-green", "canary-rollout", "tenant-migration"]

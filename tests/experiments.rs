@@ -86,8 +86,8 @@ async fn known_rates_give_the_reference_statistics_and_replicas_merge_exactly() 
     let b = Proxy::start(&experiment_config(&up, pb)).await;
     let all = Proxy::start(&experiment_config(&up, pc)).await;
     let client = h1_client();
-    let mut truth = std::collections::HashMap::<String, (u64, u64)>::new();
-    for i in 0..20_000 {
+    // 20,000 users, eight at a time: each user's visits and conversion in order.
+    let user = async |i: usize| -> (String, bool) {
         let user = format!("user-{i}");
         // Half the users reach replica a, half b; the third proxy sees everyone.
         let replica = if i % 2 == 0 { &a } else { &b };
@@ -98,13 +98,25 @@ async fn known_rates_give_the_reference_statistics_and_replicas_merge_exactly() 
             "replicas agree on the variant"
         );
         let rate = if variant == "control" { 100 } else { 120 };
-        let t = truth.entry(variant).or_default();
-        t.0 += 1;
-        if draw(i) < rate {
-            t.1 += 1;
+        let converted = draw(i) < rate;
+        if converted {
             convert(&client, replica, &user).await;
             convert(&client, &all, &user).await;
         }
+        (variant, converted)
+    };
+    let lanes = (0..8).map(|lane| async move {
+        let mut seen = Vec::new();
+        for i in (lane..20_000).step_by(8) {
+            seen.push(user(i).await);
+        }
+        seen
+    });
+    let mut truth = std::collections::HashMap::<String, (u64, u64)>::new();
+    for (variant, converted) in futures_util::future::join_all(lanes).await.into_iter().flatten() {
+        let t = truth.entry(variant).or_default();
+        t.0 += 1;
+        t.1 += u64::from(converted);
     }
     let api: Value =
         serde_json::from_slice(&get(&client, &all.admin_url("/api/experiments")).await.1).unwrap();

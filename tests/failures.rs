@@ -328,12 +328,17 @@ async fn idle_keep_alive_connections_are_closed_after_the_header_read_timeout() 
 async fn requests_and_slow_readers_outlast_the_header_read_timeout() {
     let (_blue, proxy) = proxy_with_header_read_timeout("300ms").await;
 
-    // An upstream slower than the idle timeout, over HTTP/1.1 and HTTP/2.
-    for client in [h1_client(), h2c_client()] {
+    // An upstream slower than the idle timeout, over HTTP/1.1 and HTTP/2; and (at the same
+    // time) a slow reader.
+    let slow = async |client| {
         let (parts, body) = get(&client, &proxy.url("/sleep/1200")).await;
         assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"blue"[..]));
-    }
+    };
+    tokio::join!(slow(h1_client()), slow(h2c_client()), slow_reader(&proxy));
+    proxy.shutdown().await;
+}
 
+async fn slow_reader(proxy: &Proxy) {
     // A client with a small receive buffer that stops reading three times, each time for
     // three idle timeouts, and still gets every byte.
     const TOTAL: u64 = 16 << 20;
@@ -365,7 +370,6 @@ async fn requests_and_slow_readers_outlast_the_header_read_timeout() {
         }
     }
     assert_eq!(got, TOTAL);
-    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -420,7 +424,8 @@ async fn read_to_end(s: &mut tokio::net::TcpStream) -> (u64, bool) {
 async fn a_client_that_reads_nothing_is_closed_after_the_send_timeout() {
     const TOTAL: u64 = 64 << 20;
     let blue = Upstream::start("blue").await;
-    for fast_path in [true, false] {
+    // Both paths at once.
+    let path = async |fast_path: bool| {
         let cfg = config(&[("blue", &[blue.addr])], "").replace(
             "[listen]\n",
             &format!(
@@ -461,7 +466,8 @@ async fn a_client_that_reads_nothing_is_closed_after_the_send_timeout() {
         }
         assert_eq!(pauses, 3);
         proxy.shutdown().await;
-    }
+    };
+    tokio::join!(path(true), path(false));
 }
 
 #[tokio::test]

@@ -23,6 +23,12 @@ struct Load {
 
 impl Load {
     fn start(url: String, workers: usize) -> Load {
+        Load::run(url, workers, None, Duration::ZERO)
+    }
+
+    /// `workers` clients whose requests all name `pool` in the override header (when given),
+    /// each waiting `pace` after every answer.
+    fn run(url: String, workers: usize, pool: Option<&'static str>, pace: Duration) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let tasks = (0..workers)
@@ -36,11 +42,11 @@ impl Load {
                         && started.elapsed() < Duration::from_secs(60)
                         && n < 200_000
                     {
-                        let req = Request::get(&url)
-                            .header("x-user-id", format!("w{w}-{n}"))
-                            .body(empty())
-                            .unwrap();
-                        match client.request(req).await {
+                        let mut req = Request::get(&url).header("x-user-id", format!("w{w}-{n}"));
+                        if let Some(pool) = pool {
+                            req = req.header("x-switchyard-pool", pool);
+                        }
+                        match client.request(req.body(empty()).unwrap()).await {
                             Ok(r) => {
                                 let good = r.status() == 200;
                                 let _ = r.into_body().collect().await;
@@ -49,6 +55,9 @@ impl Load {
                             Err(_) => {
                                 failed.fetch_add(1, Ordering::Relaxed);
                             }
+                        }
+                        if !pace.is_zero() {
+                            tokio::time::sleep(pace).await;
                         }
                         n += 1;
                     }
@@ -65,6 +74,20 @@ impl Load {
 
     fn failed(&self) -> usize {
         self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Requests answered so far, well or not.
+    fn done(&self) -> usize {
+        self.ok.load(Ordering::Relaxed) + self.failed()
+    }
+
+    /// Waits until `n` more requests are answered.
+    async fn answered(&self, n: usize) {
+        let until = self.done() + n;
+        support::eventually("the load's answers", Duration::from_secs(10), async || {
+            self.done() >= until
+        })
+        .await;
     }
 
     async fn stop(self) -> (usize, usize) {
@@ -91,6 +114,14 @@ fn guarded(blue: SocketAddr, canary: SocketAddr, split: &str, guard: &str, extra
 async fn route(proxy: &Proxy) -> serde_json::Value {
     let (_, body) = get(&h1_client(), &proxy.admin_url("/api/routes/web")).await;
     serde_json::from_slice(&body).unwrap()
+}
+
+/// The guard's report on `pool` in a route's status (null when there is none).
+fn pool_report<'a>(r: &'a serde_json::Value, pool: &str) -> &'a serde_json::Value {
+    r["guard"]["pools"]
+        .as_array()
+        .and_then(|pools| pools.iter().find(|p| p["pool"] == pool))
+        .unwrap_or(&serde_json::Value::Null)
 }
 
 /// Waits until `check` holds for the route's status; returns how long it took.
@@ -126,7 +157,16 @@ async fn a_canary_failing_half_its_requests_trips_within_two_seconds() {
     );
     let proxy = Proxy::start(&cfg).await;
     let load = Load::start(proxy.url("/"), 4);
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    wait_for(
+        &proxy,
+        Duration::from_secs(5),
+        "a verdict on 100 canary requests",
+        |r| {
+            let report = pool_report(r, "canary");
+            report["figures"]["requests"].as_u64() >= Some(100) && report["verdict"]["verdict"] == "pass"
+        },
+    )
+    .await;
     assert_eq!(
         route(&proxy).await["tripped"],
         false,
@@ -162,10 +202,11 @@ async fn a_canary_failing_half_its_requests_trips_within_two_seconds() {
         .unwrap();
     assert_eq!(canary_share, 0.0);
 
-    // After the trip, nothing reaches the canary and nothing fails.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // After the trip (and the requests in flight at it), nothing reaches the canary and
+    // nothing fails: the next 1,000 answers all come from blue.
+    load.answered(8).await;
     let (hits, failed) = (canary.hits(), load.failed());
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    load.answered(1000).await;
     assert_eq!(
         canary.hits(),
         hits,
@@ -206,7 +247,7 @@ async fn a_canary_failing_half_its_requests_trips_within_two_seconds() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_canary_trips_on_p99() {
     let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
-    canary.seen.delay_ms.store(2000, Ordering::SeqCst);
+    canary.seen.delay_ms.store(1000, Ordering::SeqCst);
     let cfg = guarded(
         blue.addr,
         canary.addr,
@@ -222,12 +263,12 @@ async fn a_slow_canary_trips_on_p99() {
     .await;
     let r = route(&proxy).await;
     let reason = r["trips"][0]["reason"].as_str().unwrap();
-    // 2 s of delay plus the proxy's own time falls in the histogram bucket that ends at 3 s.
+    // 1 s of delay, measured as such: twice the limit.
     assert!(
         reason.contains("p99 latency") && reason.contains("over max_p99 500ms"),
         "{r}"
     );
-    assert!(r["trips"][0]["p99_ms"].as_f64().unwrap() >= 2000.0, "{r}");
+    assert!(r["trips"][0]["p99_ms"].as_f64().unwrap() >= 1000.0, "{r}");
     let (ok, failed) = load.stop().await;
     eprintln!("latency trip: tripped {took:?} after start ({ok} ok, {failed} failed)");
     assert_eq!(failed, 0, "slow is not failed");
@@ -254,24 +295,21 @@ async fn three_failures_are_not_enough_evidence() {
             .unwrap();
         assert_eq!(send(&client, req).await.0.status, 500);
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Once the guard has judged all three failures, it holds: not enough evidence.
+    let judged = |r: &serde_json::Value| {
+        let f = &pool_report(r, "canary")["figures"];
+        (f["requests"].as_u64(), f["errors"].as_u64()) == (Some(3), Some(3))
+    };
+    wait_for(
+        &proxy,
+        Duration::from_secs(3),
+        "the guard's judgement of the three failures",
+        judged,
+    )
+    .await;
     let r = route(&proxy).await;
     assert_eq!(r["tripped"], false);
-    let canary_report = r["guard"]["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pool"] == "canary")
-        .unwrap()
-        .clone();
-    assert_eq!(canary_report["verdict"]["verdict"], "hold", "{canary_report}");
-    assert_eq!(
-        (
-            canary_report["figures"]["requests"].as_u64(),
-            canary_report["figures"]["errors"].as_u64()
-        ),
-        (Some(3), Some(3))
-    );
+    assert_eq!(pool_report(&r, "canary")["verdict"]["verdict"], "hold", "{r:#}");
     proxy.shutdown().await;
 }
 
@@ -379,7 +417,19 @@ async fn pointing_a_pool_at_new_endpoints_starts_its_window_afresh() {
     for _ in 0..8 {
         send(&client, to_canary()).await;
     }
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let judged = |n: u64| {
+        move |r: &serde_json::Value| {
+            let report = pool_report(r, "canary");
+            report["figures"]["requests"].as_u64() == Some(n) && report["verdict"]["verdict"] == "hold"
+        }
+    };
+    wait_for(
+        &proxy,
+        Duration::from_secs(3),
+        "the guard's hold on 8 failures",
+        judged(8),
+    )
+    .await;
     assert_eq!(route(&proxy).await["tripped"], false);
     // The canary is pointed at a new, healthy endpoint. The old endpoint's failures are no
     // evidence against it: with them, 5 good answers would make 13 requests at 61% errors.
@@ -396,11 +446,22 @@ async fn pointing_a_pool_at_new_endpoints_starts_its_window_afresh() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The window starts afresh with the new endpoint...
+    wait_for(&proxy, Duration::from_secs(3), "a fresh window", |r| {
+        pool_report(r, "canary")["figures"]["requests"].as_u64() == Some(0)
+    })
+    .await;
     for _ in 0..5 {
         assert_eq!(send(&client, to_canary()).await.0.status, 200);
     }
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    // ... and holds on its five good answers alone.
+    wait_for(
+        &proxy,
+        Duration::from_secs(3),
+        "the guard's hold on 5 good answers",
+        judged(5),
+    )
+    .await;
     let r = route(&proxy).await;
     assert_eq!(
         r["tripped"], false,
@@ -511,14 +572,14 @@ async fn a_killed_endpoint_is_ejected_with_at_most_a_handful_of_errors() {
     );
     let proxy = Proxy::start(&cfg).await;
     let load = Load::start(proxy.url("/"), 4);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(b.hits() > 10);
+    support::eventually("traffic on both endpoints", Duration::from_secs(5), async || {
+        b.hits() > 10 && a.hits() > 10
+    })
+    .await;
     b.kill();
     let before = load.failed();
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    let a_hits = a.hits();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(a.hits() > a_hits, "traffic continues on the live endpoint");
+    // Traffic continues on the live endpoint: 2,000 more answers, all but a handful good.
+    load.answered(2000).await;
     let (ok, failed) = load.stop().await;
     let errors = failed - before;
     eprintln!("killed endpoint: {errors} user requests failed ({ok} succeeded)");
@@ -639,9 +700,26 @@ async fn broken_uploads_never_trip_a_guard_or_eject_an_endpoint() {
             }
         }
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The canary's endpoint was never ejected: it answers at once. Once the guard has judged
+    // that answer, its window holds it alone: none of the broken uploads counted.
+    let req = Request::get(proxy.url("/"))
+        .header("x-switchyard-pool", "canary")
+        .body(empty())
+        .unwrap();
+    let (parts, body) = send(&h1_client(), req).await;
+    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"canary"[..]));
+    wait_for(&proxy, Duration::from_secs(3), "the guard's judgement", |r| {
+        pool_report(r, "canary")["figures"]["requests"].as_u64() >= Some(1)
+    })
+    .await;
     let r = route(&proxy).await;
     assert_eq!(r["tripped"], false, "{r:#}");
+    let figures = &pool_report(&r, "canary")["figures"];
+    assert_eq!(
+        (figures["requests"].as_u64(), figures["errors"].as_u64()),
+        (Some(1), Some(0)),
+        "{r:#}"
+    );
     let (_, metrics) = get(&h1_client(), &proxy.admin_url("/metrics")).await;
     let metrics = String::from_utf8_lossy(&metrics);
     let errors: u64 = metrics
@@ -650,13 +728,6 @@ async fn broken_uploads_never_trip_a_guard_or_eject_an_endpoint() {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert_eq!(errors, 0, "{metrics}");
-    // The canary's endpoint was never ejected: it answers at once.
-    let req = Request::get(proxy.url("/"))
-        .header("x-switchyard-pool", "canary")
-        .body(empty())
-        .unwrap();
-    let (parts, body) = send(&h1_client(), req).await;
-    assert_eq!((parts.status.as_u16(), &body[..]), (200, &b"canary"[..]));
     proxy.shutdown().await;
 }
 
@@ -667,24 +738,46 @@ async fn a_canary_turning_bad_after_a_long_healthy_window_trips_within_a_second_
         blue.addr,
         canary.addr,
         "{ blue = 90, canary = 10 }",
-        "max_error_rate = 0.05\nmin_requests = 50\nwindow = \"30s\"",
+        "max_error_rate = 0.05\nmin_requests = 20\nwindow = \"30s\"",
         "",
     );
     let proxy = Proxy::start(&cfg).await;
-    let load = Load::start(proxy.url("/"), 4);
-    // A full window of healthy traffic.
-    tokio::time::sleep(Duration::from_secs(31)).await;
-    let r = route(&proxy).await;
-    let canary_requests = r["guard"]["pools"][1]["figures"]["requests"].as_u64().unwrap();
-    assert!(
-        canary_requests > 1000,
-        "the window is full of healthy canary traffic: {r:#}"
-    );
-    // A 200 ms blip of errors: no trip.
+    // A long healthy history, made in a few seconds: four clients forced to the canary fill
+    // its 30 s window with as many requests as a 10% share of one paced client sends in
+    // minutes.
+    let canary_requests = |r: &serde_json::Value| r["guard"]["pools"][1]["figures"]["requests"].as_u64();
+    let warm = Load::run(proxy.url("/"), 4, Some("canary"), Duration::ZERO);
+    wait_for(
+        &proxy,
+        Duration::from_secs(30),
+        "10,000 healthy canary requests",
+        |r| canary_requests(r).is_some_and(|n| n >= 10_000),
+    )
+    .await;
+    warm.stop().await;
+    // From here on two clients, split as configured and paced (a millisecond apart): the
+    // canary's share is a trickle next to its history, yet enough for the recent ticks' bar.
+    let load = Load::run(proxy.url("/"), 2, None, Duration::from_millis(1));
+    let hits = canary.hits();
+    support::eventually(
+        "the split load to reach the canary",
+        Duration::from_secs(5),
+        async || canary.hits() >= hits + 20,
+    )
+    .await;
+    // A 200 ms blip of errors: no trip. The guard judges every 200 ms and needs three bad
+    // ticks in a row, so once a full 0.6 s of good ticks has followed the blip, it never will.
     canary.seen.fail_every.store(1, Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(200)).await;
     canary.seen.fail_every.store(0, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let hits = canary.hits();
+    support::eventually(
+        "good canary answers after the blip",
+        Duration::from_secs(5),
+        async || canary.hits() >= hits + 20,
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(route(&proxy).await["tripped"], false, "a blip does not trip");
     // Half of everything failing from now on: tripped within a second.
     canary.seen.fail_every.store(2, Ordering::SeqCst);
@@ -692,17 +785,29 @@ async fn a_canary_turning_bad_after_a_long_healthy_window_trips_within_a_second_
         r["tripped"] == true
     })
     .await;
-    let trip = route(&proxy).await["trips"][0].clone();
+    let r = route(&proxy).await;
+    let trip = r["trips"][0].clone();
     load.stop().await;
-    eprintln!("after 31 s of healthy traffic ({canary_requests} canary requests in the window), tripped {took:?} after the canary began failing: {trip}");
+    eprintln!("after a healthy window of {} canary requests, tripped {took:?} after the canary began failing: {trip}", canary_requests(&r).unwrap_or(0));
     assert!(took < Duration::from_millis(1500), "{took:?}");
     assert!(trip["reason"].as_str().unwrap().contains("last 0.6 s"), "{trip}");
+    // The window's own rate was still under the limit: the history was long enough that only
+    // the recent ticks could see the turn.
+    let (errors, requests) = (
+        trip["errors"].as_u64().unwrap(),
+        trip["requests"].as_u64().unwrap(),
+    );
+    assert!(
+        requests >= 3000 && (errors as f64) < 0.05 * requests as f64,
+        "{trip}"
+    );
     proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn p99_is_measured_not_rounded_to_a_bucket() {
-    for (delay, trips) in [(620, false), (760, true)] {
+    // Both cases at once.
+    let case = async |delay: usize, trips: bool| {
         let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
         canary.seen.delay_ms.store(delay, Ordering::SeqCst);
         let cfg = guarded(
@@ -751,5 +856,6 @@ async fn p99_is_measured_not_rounded_to_a_bucket() {
             "{delay} ms answers have a p99 of {p99} ms"
         );
         proxy.shutdown().await;
-    }
+    };
+    tokio::join!(case(620, false), case(760, true));
 }

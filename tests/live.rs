@@ -86,7 +86,7 @@ where
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fifty_reloads_under_load_drop_nothing() {
+async fn thirty_reloads_under_load_drop_nothing() {
     let (blue, green, ws) = (
         Upstream::start("blue").await,
         Upstream::start("green").await,
@@ -137,7 +137,7 @@ async fn fifty_reloads_under_load_drop_nothing() {
 
     let probe = h1_client();
     let mut slowest = Duration::ZERO;
-    for i in 1..=50 {
+    for i in 1..=30 {
         let written = Instant::now();
         replace(dir.path(), &path, &version(i, &blue, &green, ws), i);
         let want = if i % 2 == 0 { "blue" } else { "green" };
@@ -170,11 +170,11 @@ async fn fifty_reloads_under_load_drop_nothing() {
     assert_eq!(
         echo(&mut socket, "after").await,
         "after",
-        "the WebSocket outlived 50 reloads"
+        "the WebSocket outlived 30 reloads"
     );
     let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
     eprintln!(
-        "50 reloads: {sent} requests under load, {failed} failed, slowest reload visible after {slowest:?}"
+        "30 reloads: {sent} requests under load, {failed} failed, slowest reload visible after {slowest:?}"
     );
     assert!(sent > 500, "the load ran ({sent} requests)");
     assert_eq!(failed, 0);
@@ -394,9 +394,17 @@ async fn an_idle_proxy_reads_its_config_once_per_change_and_not_again() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (_w, opens) = count_opens(&path);
 
+    // After the reloader has acted on a change, a quiet spell longer than its longest
+    // debounce shows that it does not act again.
+    let quiet = switchyard::reload::DEBOUNCE_MAX + Duration::from_millis(300);
+
     // An unrelated file in its directory: one read to see the config did not change.
     std::fs::write(dir.path().join("notes.txt"), "hello").unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    support::eventually("the config's read", Duration::from_secs(3), async || {
+        opens.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    tokio::time::sleep(quiet).await;
     assert_eq!(
         opens.load(Ordering::SeqCst),
         1,
@@ -405,7 +413,12 @@ async fn an_idle_proxy_reads_its_config_once_per_change_and_not_again() {
 
     // A broken config: read once, one error, and not again.
     std::fs::write(&path, good.replace("[pools.blue]", "[pools.blue")).unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    let errors = "switchyard_config_reloads_total{result=\"error\"} 1";
+    support::eventually("the failed reload", Duration::from_secs(3), async || {
+        proxy.state.metrics.render().contains(errors)
+    })
+    .await;
+    tokio::time::sleep(quiet).await;
     // (One of the opens is this test's own write.)
     assert_eq!(
         opens.load(Ordering::SeqCst),
@@ -413,10 +426,7 @@ async fn an_idle_proxy_reads_its_config_once_per_change_and_not_again() {
         "reads of the config after one bad write"
     );
     let text = proxy.state.metrics.render();
-    assert!(
-        text.contains("switchyard_config_reloads_total{result=\"error\"} 1"),
-        "{text}"
-    );
+    assert!(text.contains(errors), "{text}");
     proxy.shutdown().await;
 }
 
@@ -501,7 +511,7 @@ async fn commands_do_not_wait_for_a_large_reload_and_reloads_asked_meanwhile_bec
     let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("switchyard.toml");
-    std::fs::write(&path, large(&blue, &canary, 10_000, 1_000, 10)).unwrap();
+    std::fs::write(&path, large(&blue, &canary, 3_000, 300, 10)).unwrap();
     let proxy = Proxy::start_file(&path).await;
     let reloads = || {
         let text = proxy.state.metrics.render();
@@ -509,8 +519,8 @@ async fn commands_do_not_wait_for_a_large_reload_and_reloads_asked_meanwhile_bec
             .find_map(|l| l.strip_prefix("switchyard_config_reloads_total{result=\"ok\"} "))
             .map_or(0, |v| v.parse::<u64>().unwrap())
     };
-    // Every flag changes: the reload compiles 10,000 routes and samples 1,000 flags.
-    std::fs::write(&path, large(&blue, &canary, 10_000, 1_000, 20)).unwrap();
+    // Every flag changes: the reload compiles 3,000 routes and samples 300 flags.
+    std::fs::write(&path, large(&blue, &canary, 3_000, 300, 20)).unwrap();
     let started = Instant::now();
     let first = tokio::spawn(post(proxy.admin_url("/api/reload").leak(), None));
     tokio::time::sleep(Duration::from_millis(100)).await;

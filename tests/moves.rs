@@ -92,7 +92,7 @@ async fn trip(proxy: &Proxy, ups: &[Upstream], victim: &str) {
 async fn a_trip_moves_exactly_the_tripped_pools_users_to_the_baseline() {
     // (the split in written order, the baseline, the pool that fails)
     type Case<'a> = (&'a [(&'a str, u32)], &'a str, &'a str);
-    let cases: &[Case] = &[
+    let cases: &[Case<'static>] = &[
         (&[("blue", 45), ("green", 45), ("canary", 10)], "blue", "canary"),
         (&[("green", 45), ("canary", 10), ("blue", 45)], "blue", "canary"),
         (&[("canary", 10), ("green", 45), ("blue", 45)], "blue", "green"),
@@ -102,7 +102,8 @@ async fn a_trip_moves_exactly_the_tripped_pools_users_to_the_baseline() {
         (&[("a", 25), ("b", 25), ("c", 25), ("d", 25)], "c", "a"),
         (&[("a", 10), ("b", 40), ("c", 30), ("d", 20)], "d", "b"),
     ];
-    for &(pools, baseline, victim) in cases {
+    // Every case at once.
+    let case = async |(pools, baseline, victim): Case<'static>| {
         let (ups, proxy) = start(pools, baseline, "").await;
         let before = pools_of_users(&proxy).await;
         let on_victim = before.iter().filter(|p| *p == victim).count();
@@ -120,7 +121,8 @@ async fn a_trip_moves_exactly_the_tripped_pools_users_to_the_baseline() {
             .collect();
         assert_eq!(moved, want, "{pools:?}, baseline {baseline}, {victim} tripped");
         proxy.shutdown().await;
-    }
+    };
+    futures_util::future::join_all(cases.iter().map(|&c| case(c))).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -349,14 +349,22 @@ pub fn config(pools: &[(&str, &[SocketAddr])], extra: &str) -> String {
 
 /// A pooled HTTP/1.1 client.
 pub fn h1_client() -> Client<HttpConnector, Body> {
-    Client::builder(TokioExecutor::new()).build_http()
+    Client::builder(TokioExecutor::new()).build(connector())
 }
 
 /// A prior-knowledge HTTP/2 (h2c) client.
 pub fn h2c_client() -> Client<HttpConnector, Body> {
     Client::builder(TokioExecutor::new())
         .http2_only(true)
-        .build_http()
+        .build(connector())
+}
+
+/// A connector that sends what it is given at once, as curl's and browsers' do (without
+/// `TCP_NODELAY`, an HTTP/2 request's DATA waits for the ACK of its HEADERS: 40 ms a POST).
+fn connector() -> HttpConnector {
+    let mut c = HttpConnector::new();
+    c.set_nodelay(true);
+    c
 }
 
 /// Sends a request and reads the whole answer.
