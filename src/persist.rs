@@ -34,23 +34,57 @@ pub fn temp_path(path: &Path) -> PathBuf {
     dir.join(format!(".{name}.tmp"))
 }
 
-/// Moves an unreadable file (the state file, the experiments' counts) aside, to `<path>.corrupt-<time>`, so nothing overwrites it.
+/// Moves an unreadable file (the state file, the experiments' counts) aside, to
+/// `<path>.corrupt-<time>` (`-2`, `-3`, … after it when one of that second is already there), so
+/// nothing overwrites it, not even another file kept aside in the same second.
 pub fn keep_aside(path: &std::path::Path, at: std::time::SystemTime) -> std::io::Result<std::path::PathBuf> {
     let stamp: String = humantime::format_rfc3339_seconds(at)
         .to_string()
         .chars()
         .filter(|c| c.is_ascii_alphanumeric())
         .collect();
-    let mut aside = path.as_os_str().to_owned();
-    aside.push(format!(".corrupt-{stamp}"));
-    let aside = std::path::PathBuf::from(aside);
-    std::fs::rename(path, &aside)?;
-    Ok(aside)
+    for n in 1..=1000u32 {
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".corrupt-{stamp}"));
+        if n > 1 {
+            aside.push(format!("-{n}"));
+        }
+        let aside = std::path::PathBuf::from(aside);
+        // A hard link never replaces a file that is there; the name then goes away.
+        match std::fs::hard_link(path, &aside) {
+            Ok(()) => {
+                std::fs::remove_file(path)?;
+                return Ok(aside);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "a thousand files were kept aside in this second",
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_kept_aside_in_the_same_second_are_all_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let at = std::time::SystemTime::now();
+        let mut kept = Vec::new();
+        for text in ["one", "two", "three"] {
+            std::fs::write(&path, text).unwrap();
+            kept.push(keep_aside(&path, at).unwrap());
+        }
+        assert!(!path.exists());
+        let texts: Vec<String> = kept.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+        assert_eq!(texts, ["one", "two", "three"]);
+        assert!(kept[1].to_string_lossy().ends_with("-2"), "{kept:?}");
+    }
 
     #[test]
     fn writes_whole_files_and_leaves_no_temporary_behind() {
