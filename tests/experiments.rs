@@ -373,12 +373,16 @@ async fn damaged_or_unwritable_counts_are_kept_and_shown() {
         visit(&client, &proxy, &format!("user-{i}")).await;
     }
     // The running proxy saves its counts in place of the damaged file (kept aside).
-    support::eventually("the counts saved", std::time::Duration::from_secs(10), async || {
-        std::fs::read(&counts)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .is_some_and(|v| v["experiments"]["checkout_ab"].is_object())
-    })
+    support::eventually(
+        "the counts saved",
+        std::time::Duration::from_secs(10),
+        async || {
+            std::fs::read(&counts)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|v| v["experiments"]["checkout_ab"].is_object())
+        },
+    )
     .await;
     proxy.shutdown().await;
     let kept = aside();

@@ -97,17 +97,24 @@ async fn dead_endpoints_answer_502_and_a_retry_into_an_ejected_one_is_no_crash()
         seen.into_iter().collect::<Vec<_>>(),
         vec![((502, "upstream_connect".to_owned()), 30)]
     );
-    tokio::time::sleep(Duration::from_millis(400)).await;
-    let (_, metrics) = get(&client, &proxy.admin_url("/metrics")).await;
-    let metrics = String::from_utf8_lossy(&metrics);
-    let healthy: Vec<&str> = metrics
-        .lines()
-        .filter(|l| l.starts_with("switchyard_endpoint_healthy"))
-        .map(|l| &l[l.len() - 1..])
-        .collect();
-    let mut sorted = healthy.clone();
-    sorted.sort();
-    assert_eq!(sorted, vec!["0", "1"], "exactly one endpoint ejected: {metrics}");
+    // The gauge follows within a guard tick: exactly one endpoint ejected.
+    let healthy = async || {
+        let (_, metrics) = get(&client, &proxy.admin_url("/metrics")).await;
+        let metrics = String::from_utf8_lossy(&metrics).into_owned();
+        let mut states: Vec<String> = metrics
+            .lines()
+            .filter(|l| l.starts_with("switchyard_endpoint_healthy"))
+            .map(|l| l[l.len() - 1..].to_owned())
+            .collect();
+        states.sort();
+        (states, metrics)
+    };
+    support::eventually("one endpoint shown ejected", Duration::from_secs(5), async || {
+        healthy().await.0 == ["0", "1"]
+    })
+    .await;
+    let (states, metrics) = healthy().await;
+    assert_eq!(states, ["0", "1"], "exactly one endpoint ejected: {metrics}");
     proxy.shutdown().await;
 }
 

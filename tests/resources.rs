@@ -99,7 +99,8 @@ async fn running_out_of_descriptors_is_the_proxys_fault_not_the_pools() {
     let deadline = Instant::now() + Duration::from_millis(1500);
     for s in &mut held {
         let left = deadline.saturating_duration_since(Instant::now());
-        s.set_read_timeout(Some(left.max(Duration::from_millis(1)))).unwrap();
+        s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
         let mut buf = [0u8; 512];
         let text = match s.read(&mut buf) {
             Ok(n) if n > 0 => String::from_utf8_lossy(&buf[..n]).into_owned(),
