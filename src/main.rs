@@ -12,7 +12,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use switchyard::app::StartError;
 use switchyard::config::LoadError;
 use switchyard::logging::{self, LogFormat};
-use switchyard::{cli, demo, App, Snapshot, Source};
+use switchyard::{cli, demo, App, Source};
 
 #[derive(Parser)]
 #[command(
@@ -65,35 +65,7 @@ enum Command {
     },
     /// Show what the proxy would do with a request: route, user, bucket, pool, flags and the
     /// headers sent upstream.
-    Explain {
-        /// The config file.
-        #[arg(short, long, default_value = "config/switchyard.toml")]
-        config: PathBuf,
-        /// Decide for this user key instead of the request's own.
-        #[arg(long)]
-        user: Option<String>,
-        /// A request header, `name: value` (repeatable).
-        #[arg(short = 'H', long = "header")]
-        headers: Vec<String>,
-        /// A request cookie, `name=value` (repeatable).
-        #[arg(long = "cookie")]
-        cookies: Vec<String>,
-        /// The client's address (the socket's peer), for remoteAddress constraints and
-        /// strategies; x-forwarded-for is believed as the proxy would (`[context]
-        /// trusted_proxies`).
-        #[arg(long)]
-        client_ip: Option<std::net::IpAddr>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-        /// Answer from the file alone, without asking the running proxy (or its state file)
-        /// for trips and rollout steps.
-        #[arg(long)]
-        offline: bool,
-        /// `[METHOD] URL`; the URL may be a path (`/cart`) with the host in a Host header.
-        #[arg(required = true, num_args = 1..=2)]
-        request: Vec<String>,
-    },
+    Explain(ExplainArgs),
     /// Compare two configs: the share of users that would change pool on each route (from the
     /// live splits of the proxy OLD describes: trips and rollout steps applied), and the share
     /// that would see each flag flip.
@@ -213,23 +185,44 @@ enum Command {
     },
 }
 
+/// `explain`'s arguments.
+#[derive(clap::Args)]
+struct ExplainArgs {
+    /// The config file.
+    #[arg(short, long, default_value = "config/switchyard.toml")]
+    config: PathBuf,
+    /// Decide for this user key instead of the request's own.
+    #[arg(long)]
+    user: Option<String>,
+    /// A request header, `name: value` (repeatable).
+    #[arg(short = 'H', long = "header")]
+    headers: Vec<String>,
+    /// A request cookie, `name=value` (repeatable).
+    #[arg(long = "cookie")]
+    cookies: Vec<String>,
+    /// The client's address (the socket's peer), for remoteAddress constraints and
+    /// strategies; x-forwarded-for is believed as the proxy would (`[context]
+    /// trusted_proxies`).
+    #[arg(long)]
+    client_ip: Option<std::net::IpAddr>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+    /// Answer from the file alone, without asking the running proxy (or its state file)
+    /// for trips and rollout steps.
+    #[arg(long)]
+    offline: bool,
+    /// `[METHOD] URL`; the URL may be a path (`/cart`) with the host in a Host header.
+    #[arg(required = true, num_args = 1..=2)]
+    request: Vec<String>,
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => check(&config),
-        Command::Explain {
-            config,
-            user,
-            headers,
-            cookies,
-            client_ip,
-            json,
-            offline,
-            request,
-        } => report(explain(
-            &config, user, &headers, &cookies, client_ip, json, offline, &request,
-        )),
+        Command::Explain(args) => report(explain(args)),
         Command::Diff {
             old,
             new,
@@ -366,7 +359,7 @@ fn check(path: &Path) -> ExitCode {
     match switchyard::runtime::load(path, None) {
         Ok(snap) => {
             // A reader that stops early (`| head -1`) has what it wanted.
-            if let Err(e) = cli::print(&summary(path, &snap)) {
+            if let Err(e) = cli::print(&cli::summary::summary(path, &snap)) {
                 return if e.kind() == std::io::ErrorKind::BrokenPipe {
                     ExitCode::SUCCESS
                 } else {
@@ -456,19 +449,20 @@ fn unset_variables(snap: &switchyard::runtime::Snapshot) -> Vec<String> {
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
-fn explain(
-    path: &Path,
-    user: Option<String>,
-    headers: &[String],
-    cookies: &[String],
-    client: Option<std::net::IpAddr>,
-    json: bool,
-    offline: bool,
-    request: &[String],
-) -> anyhow::Result<()> {
+fn explain(args: ExplainArgs) -> anyhow::Result<()> {
     use switchyard::proxy::explain::Question;
-    let (method, url) = match request {
+    let ExplainArgs {
+        config: path,
+        user,
+        headers,
+        cookies,
+        client_ip: client,
+        json,
+        offline,
+        request,
+    } = args;
+    let path = path.as_path();
+    let (method, url) = match request.as_slice() {
         [url] => (http::Method::GET, url),
         [m, url] => (
             http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).context("bad METHOD")?,
@@ -524,177 +518,6 @@ fn diff(old: &Path, new: &Path, json: bool, offline: bool) -> anyhow::Result<()>
         cli::print(&format!("live: {live}\n{d}"))?;
     }
     Ok(())
-}
-
-fn summary(path: &Path, snap: &Snapshot) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    let _ = writeln!(s, "{}: ok (revision {})", path.display(), snap.revision);
-    let addr = |a: Option<SocketAddr>| a.map_or("-".to_owned(), |a| a.to_string());
-    let _ = writeln!(
-        s,
-        "listen: http {}, https {}",
-        addr(snap.listen.http),
-        addr(snap.listen.https)
-    );
-    let _ = writeln!(s, "{}", headers_summary(&snap.headers));
-    let _ = writeln!(s, "pools ({}):", snap.pools.len());
-    for p in &snap.pools {
-        let eps: Vec<&str> = p.endpoints.iter().map(|e| &*e.address).collect();
-        let health = p.health.as_ref().map_or(String::new(), |h| {
-            format!(", health {} every {:?}", h.path, h.interval)
-        });
-        let _ = writeln!(s, "  {:<12} {:?}, {}{health}", p.name, p.balance, eps.join(", "));
-    }
-    let _ = writeln!(s, "routes ({}):", snap.routes.len());
-    for r in &snap.routes {
-        let split: Vec<String> = r
-            .split
-            .weights()
-            .map(|(p, w)| format!("{}={w}", snap.pools[p].name))
-            .collect();
-        let headers: Vec<String> = r
-            .headers
-            .iter()
-            .map(|(k, v)| format!(" {k}={}", v.to_str().unwrap_or("?")))
-            .collect();
-        let _ = writeln!(
-            s,
-            "  {:<12} host={} prefix={}{} split {}",
-            r.name,
-            r.host.as_deref().unwrap_or("*"),
-            r.path_prefix,
-            headers.concat(),
-            split.join(" ")
-        );
-        for rule in r.rules.iter() {
-            let _ = writeln!(
-                s,
-                "  {:<12} rule \"{}\": {} constraint{} -> {}",
-                "",
-                rule.name,
-                rule.conds.len(),
-                if rule.conds.len() == 1 { "" } else { "s" },
-                snap.pools[rule.pool].name
-            );
-        }
-        if let Some(g) = snap.guard(r) {
-            let p99 = [("p99", g.max_p99), ("p50", g.max_p50)]
-                .iter()
-                .filter_map(|(n, d)| d.map(|d| format!(", {n} <= {d:?}")))
-                .collect::<String>();
-            let _ = writeln!(
-                s,
-                "  {:<12} guard: baseline {}, errors <= {}%{p99}, >= {} requests in {:?}{}",
-                "",
-                snap.pools[g.baseline].name,
-                g.max_error_rate * 100.0,
-                g.min_requests,
-                g.window,
-                if g.dry_run { " (dry run)" } else { "" }
-            );
-        }
-        if let Some(ro) = snap.rollout(r) {
-            let _ = writeln!(
-                s,
-                "  {:<12} rollout: {} through {:?}% every {:?}",
-                "", snap.pools[ro.pool].name, ro.steps, ro.every
-            );
-        }
-    }
-    let state = snap
-        .state_path
-        .clone()
-        .unwrap_or_else(|| switchyard::runtime::overlay::state_path(path));
-    let _ = writeln!(s, "state: {}", state.display());
-    for n in &snap.notify {
-        let events: Vec<&str> = n.events.iter().map(|e| e.name()).collect();
-        let _ = writeln!(
-            s,
-            "notify: {} ({}){}",
-            switchyard::notify::redact_url(&n.url),
-            events.join(", "),
-            n.secret_env
-                .as_deref()
-                .map_or(String::new(), |v| format!(", signed with ${v}"))
-        );
-    }
-    if snap.ofrep {
-        let _ = writeln!(
-            s,
-            "ofrep: POST /ofrep/v1/evaluate/flags[/KEY] on the proxy's listeners ({} flags)",
-            snap.flags.len()
-        );
-    }
-    if let Some(f) = &snap.fleet {
-        let _ = writeln!(
-            s,
-            "fleet: {} every {:?}{}{}: replicas agree on trips and rollout steps, and guards judge the fleet's numbers too",
-            f.prometheus,
-            f.interval,
-            if f.selector.is_empty() { String::new() } else { format!(", series {{{}}}", f.selector) },
-            f.token_env.as_deref().map_or(String::new(), |v| format!(", token ${v}"))
-        );
-    }
-    if !snap.flags.is_empty() {
-        let _ = writeln!(s, "flags ({}):", snap.flags.len());
-        for f in snap.flags.iter() {
-            let variants: Vec<String> = f
-                .def
-                .variants
-                .iter()
-                .map(|v| format!("{}={}", v.name, v.weight))
-                .collect();
-            let _ = writeln!(
-                s,
-                "  {:<20} {}{}{}",
-                f.name,
-                f.summary(),
-                if variants.is_empty() {
-                    String::new()
-                } else {
-                    format!(", variants {}", variants.join(" "))
-                },
-                if f.from_file { " (flags_from)" } else { "" }
-            );
-        }
-    }
-    s
-}
-
-/// The headers the proxy adds, as `[headers]` sets them, and those it leaves out.
-fn headers_summary(h: &switchyard::routing::HeaderSettings) -> String {
-    let (mut sent, mut left_out) = (Vec::new(), Vec::new());
-    for (what, name) in [
-        ("pool", &h.pool),
-        ("bucket", &h.bucket),
-        ("flags", &h.flags),
-        ("flag payloads", &h.flag_payloads),
-    ] {
-        match name {
-            Some(n) => sent.push(format!("{what} {n}")),
-            None => left_out.push(what.to_owned()),
-        }
-    }
-    for (what, on) in [
-        ("x-forwarded-*", h.forwarded),
-        ("via", h.via),
-        ("x-request-id", h.request_id),
-    ] {
-        if on { &mut sent } else { &mut left_out }.push(what.to_owned());
-    }
-    let mut line = format!(
-        "headers added: {}",
-        if sent.is_empty() {
-            "none".to_owned()
-        } else {
-            sent.join(", ")
-        }
-    );
-    if !left_out.is_empty() {
-        line.push_str(&format!(" (left out: {})", left_out.join(", ")));
-    }
-    line
 }
 
 async fn run(path: &Path) -> anyhow::Result<()> {

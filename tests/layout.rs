@@ -249,3 +249,38 @@ fn upstream_names_only_http1_and_config_never_the_runtime() {
         );
     }
 }
+
+/// Every `.rs` file under `src/`, with its text.
+fn sources() -> Vec<(std::path::PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![Path::new(env!("CARGO_MANIFEST_DIR")).join("src")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                out.push((path, text));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn rooms_that_fit_and_no_function_with_too_many_arguments() {
+    for (path, text) in sources() {
+        let lines = text.lines().count();
+        assert!(
+            lines <= 800,
+            "{} has {lines} lines: split it by concern",
+            path.display()
+        );
+        assert!(
+            !text.contains("clippy::too_many_arguments"),
+            "{} allows too_many_arguments: name the group of arguments with a struct",
+            path.display()
+        );
+    }
+}

@@ -5,6 +5,7 @@
 
 pub mod experiments;
 pub mod status;
+pub mod summary;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};

@@ -245,16 +245,14 @@ pub fn compile(
     }
     let headers = compile_headers(&mut errs, raw);
     let overrides = compile_overrides(&mut errs, raw);
-    let (flags, flags_from) = super::targeting::flags(
-        &mut errs,
-        raw,
+    let scope = super::targeting::FlagScope {
         base,
-        env.as_deref(),
-        &names,
-        &mut context,
-        &segments,
+        env_name: env.as_deref(),
+        routes: &names,
+        segments: &segments,
         config_name,
-    );
+    };
+    let (flags, flags_from) = super::targeting::flags(&mut errs, raw, &scope, &mut context);
     // A flag depends on the user unless it is on or off for everyone.
     let depends: Vec<bool> = flags.iter().map(|f| !f.toggle.is_static()).collect();
     // Routes in scope of the same flags (all of them, most often) share one list.

@@ -25,7 +25,7 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(1024);
-    let mut guard = Guard::default();
+    let mut guard = Guard::new(triggers);
     loop {
         tokio::select! {
             n = outcomes.recv_many(&mut batch, 1024) => {
@@ -48,7 +48,7 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
             _ = tick.tick() => {
                 let snap = state.snapshot.load_full();
                 guard.fleet = state.fleet_verdicts.load_full();
-                let report = guard.judge(&snap, &mut windows, Instant::now(), &triggers).await;
+                let report = guard.judge(&snap, &mut windows, Instant::now()).await;
                 state.guard.store(Arc::new(report));
                 for pool in snap.pools.iter() {
                     for ep in pool.endpoints.iter() {
@@ -61,8 +61,9 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
 }
 
 /// The guard task's memory between ticks.
-#[derive(Default)]
 struct Guard {
+    /// Where trips and rollout steps are asked of the one writer.
+    triggers: mpsc::Sender<Trigger>,
     /// Trips asked for and not yet seen in a snapshot, with when they were asked.
     asked: HashMap<(String, String), Instant>,
     /// Dry-run "would trip" already logged, so it is said once per episode.
@@ -86,14 +87,22 @@ struct Guard {
 type Windows = HashMap<(Arc<str>, Arc<str>), Window>;
 
 impl Guard {
+    fn new(triggers: mpsc::Sender<Trigger>) -> Guard {
+        Guard {
+            triggers,
+            asked: HashMap::new(),
+            would_trip: HashSet::new(),
+            steps: HashMap::new(),
+            tripped: HashSet::new(),
+            fingerprints: HashMap::new(),
+            at_trip: HashMap::new(),
+            mirror_samples: HashMap::new(),
+            fleet: Default::default(),
+        }
+    }
+
     /// One tick: every guarded route judged, trips and rollout steps asked of the reloader.
-    async fn judge(
-        &mut self,
-        snap: &Snapshot,
-        windows: &mut Windows,
-        now: Instant,
-        triggers: &mpsc::Sender<Trigger>,
-    ) -> Report {
+    async fn judge(&mut self, snap: &Snapshot, windows: &mut Windows, now: Instant) -> Report {
         let mut report = Report::default();
         let mut tripped_now = HashSet::new();
         for route in &snap.routes {
@@ -102,7 +111,7 @@ impl Guard {
             if !route.runtime.tripped.is_empty() {
                 tripped_now.insert(route.name.to_string());
             }
-            let rr = self.judge_route(snap, route, g, windows, now, triggers).await;
+            let rr = self.judge_route(snap, route, g, windows, now).await;
             report.routes.insert(route.name.to_string(), rr);
         }
         self.asked.retain(|(r, p), _| {
@@ -135,7 +144,6 @@ impl Guard {
         g: &GuardConfig,
         windows: &mut Windows,
         now: Instant,
-        triggers: &mpsc::Sender<Trigger>,
     ) -> RouteReport {
         let mut figures = |pool: usize| {
             windows
@@ -199,7 +207,7 @@ impl Guard {
                 *reason = format!("local numbers: {reason}");
             }
             let name = snap.pools[pool].name.to_string();
-            self.act(route, g, &name, &v, f, now, triggers).await;
+            self.act(route, g, &name, &v, f, now).await;
             // Too few requests here to judge: a rollout steps on the fleet's numbers (fresh:
             // from its last three rounds), as it trips on them.
             let step_on = match (&v, &snap.fleet) {
@@ -210,8 +218,7 @@ impl Guard {
                     .unwrap_or(Verdict::Hold),
                 _ => v.clone(),
             };
-            self.step_rollout(snap, route, pool, &step_on, now, triggers)
-                .await;
+            self.step_rollout(snap, route, pool, &step_on, now).await;
             if let Verdict::Fail(_) = &v {
                 if !g.dry_run {
                     self.at_trip
@@ -273,7 +280,6 @@ impl Guard {
 
     /// Asks for a trip of a failing pool (at most every 2 s until the snapshot shows it), or
     /// in a dry run says once that it would trip.
-    #[allow(clippy::too_many_arguments)]
     async fn act(
         &mut self,
         route: &Route,
@@ -282,7 +288,6 @@ impl Guard {
         verdict: &Verdict,
         f: Figures,
         now: Instant,
-        triggers: &mpsc::Sender<Trigger>,
     ) {
         let key = (route.name.to_string(), pool.to_owned());
         let Verdict::Fail(reason) = verdict else {
@@ -301,7 +306,8 @@ impl Guard {
             .is_some_and(|t| now.saturating_duration_since(*t) <= Duration::from_secs(2));
         if !recently {
             self.asked.insert(key.clone(), now);
-            let _ = triggers
+            let _ = self
+                .triggers
                 .send(Trigger::Trip {
                     route: key.0,
                     pool: key.1,
@@ -320,7 +326,6 @@ impl Guard {
         pool: usize,
         verdict: &Verdict,
         now: Instant,
-        triggers: &mpsc::Sender<Trigger>,
     ) {
         let (Some(r), Some(step)) = (snap.rollout(route), route.runtime.rollout_step) else {
             return;
@@ -337,7 +342,8 @@ impl Guard {
         };
         if step + 1 < r.steps.len() && rollout_due(started, now, r.every, verdict) {
             self.steps.insert(route.name.to_string(), (step, now));
-            let _ = triggers
+            let _ = self
+                .triggers
                 .send(Trigger::Advance {
                     route: route.name.to_string(),
                     from_step: step,

@@ -240,18 +240,18 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime, overlay: Option<&
             .get("x-request-id")
             .cloned()
             .unwrap_or(HeaderValue::from_static("(generated per request)"));
-        let upstream = decided
-            .fields(
-                &q.headers,
-                host.as_ref(),
-                &peer,
-                snap.headers.request_id.then_some(&request_id),
-                via_entry(snap, Version::HTTP_11),
-                false,
-                snap,
-                pool,
-            )
-            .to_map();
+        let upstream = super::headers::UpstreamFields {
+            client: &q.headers,
+            host: host.as_ref(),
+            peer_ip: peer.ip.as_bytes(),
+            tls: peer.tls,
+            via: via_entry(snap, Version::HTTP_11),
+            request_id: snap.headers.request_id.then_some(&request_id),
+            upgrade: false,
+            settings: &snap.headers,
+            decision: decided.decision(pool),
+        }
+        .to_map();
         let upstream_headers = upstream
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("<binary>").to_owned()))

@@ -104,16 +104,18 @@ pub(super) fn prepare(
         pool: pool.name.to_string(),
         why: pool.why_unavailable(now),
     })?;
-    let fields = routed.decided.fields(
-        &routed.parts.headers,
-        routed.host.as_ref(),
-        peer,
+    // The client's fields, cleaned, and the proxy's, with the decision's.
+    let fields = headers::UpstreamFields {
+        client: &routed.parts.headers,
+        host: routed.host.as_ref(),
+        peer_ip: peer.ip.as_bytes(),
+        tls: peer.tls,
+        via: routed.via,
         request_id,
-        routed.via,
         upgrade,
-        snap,
-        &pool,
-    );
+        settings: &snap.headers,
+        decision: routed.decided.decision(&pool),
+    };
     let root = PathAndQuery::from_static("/");
     let path = match &routed.path {
         Some(p) => p,

@@ -206,6 +206,11 @@ impl Proxy {
                     .or_else(|| find(&parts.headers, &X_REQUEST_ID).cloned()),
             })
         });
+        let begun = Begun {
+            start,
+            request_id,
+            log,
+        };
         let mut names = Names {
             http2: parts.version == Version::HTTP_2,
             ..Names::default()
@@ -216,7 +221,7 @@ impl Proxy {
             names.local = Some(Local::Ofrep);
             let Request { parts, body, .. } = request;
             if let Err(e) = filter(&parts) {
-                let response = self.finish(Err(e), snap, &mut names, start, request_id.as_ref(), log, None);
+                let response = self.finish(Err(e), snap, &mut names, begun, None);
                 return Handling {
                     busy: Some(busy),
                     phase: Phase::Done {
@@ -235,19 +240,28 @@ impl Proxy {
                             .await
                             .map_err(ProxyError::ClientBody);
                         drop(parts);
-                        this.finish(answer, snap, &mut names, start, request_id.as_ref(), log, None)
+                        this.finish(answer, snap, &mut names, begun, None)
                     }),
                 },
             };
         }
         let ready = self
             .route(&snap, request, peer.addr.ip(), &mut names)
-            .and_then(|routed| prepare(&self.state, &snap, routed, &peer, request_id.as_ref(), start));
+            .and_then(|routed| {
+                prepare(
+                    &self.state,
+                    &snap,
+                    routed,
+                    &peer,
+                    begun.request_id.as_ref(),
+                    start,
+                )
+            });
         // Used in place by the future below (not moved into its locals), so it is held once.
         let mut ready = match ready {
             Ok(r) => r,
             Err(e) => {
-                let response = self.finish(Err(e), snap, &mut names, start, request_id.as_ref(), log, None);
+                let response = self.finish(Err(e), snap, &mut names, begun, None);
                 return Handling {
                     busy: Some(busy),
                     phase: Phase::Done {
@@ -285,38 +299,32 @@ impl Proxy {
                                 ready.reply,
                                 response,
                                 guard,
-                                request_id.as_ref(),
+                                begun.request_id.as_ref(),
                                 &mut in_flight,
                             ))
                         }
                         Err(e) => Err(e),
                     };
-                    this.finish(
-                        result,
-                        snap,
-                        &mut names,
-                        start,
-                        request_id.as_ref(),
-                        log,
-                        in_flight,
-                    )
+                    this.finish(result, snap, &mut names, begun, in_flight)
                 },
             },
         }
     }
 
     /// The logging phase's record, and the response for a local error.
-    #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
         result: Result<Response<ProxyBody>, ProxyError>,
         snap: Arc<Snapshot>,
         names: &mut Names,
-        start: Instant,
-        request_id: Option<&HeaderValue>,
-        log: Option<Box<body::AccessHead>>,
+        begun: Begun,
         in_flight: Option<InFlight>,
     ) -> Response<ProxyBody> {
+        let Begun {
+            start,
+            request_id,
+            log,
+        } = begun;
         let conversions = std::mem::take(&mut names.conversions);
         let mut upstream_fault = true;
         let (mut response, error, status) = match result {
@@ -349,7 +357,7 @@ impl Proxy {
                     self.state.metrics.resource_exhausted("connect", resource);
                     names.local = Some(Local::Resources);
                 }
-                let mut response = e.to_response(request_id);
+                let mut response = e.to_response(request_id.as_ref());
                 if e.closes() && !names.http2 {
                     response
                         .headers_mut()
@@ -395,6 +403,13 @@ impl Proxy {
         });
         response
     }
+}
+
+/// What a request's start fixes for its end: when it began, its id, its access-log head.
+struct Begun {
+    start: Instant,
+    request_id: Option<HeaderValue>,
+    log: Option<Box<body::AccessHead>>,
 }
 
 pin_project_lite::pin_project! {

@@ -76,35 +76,13 @@ impl Decided {
         }
     }
 
-    /// The header fields of the request as it goes upstream: the client's, cleaned, and the
-    /// proxy's, with the decision's.
-    #[allow(clippy::too_many_arguments)]
-    pub(super) fn fields<'a>(
-        &'a self,
-        client: &'a HeaderMap,
-        host: Option<&'a HeaderValue>,
-        peer: &'a Peer,
-        request_id: Option<&'a HeaderValue>,
-        via: Option<&'a HeaderValue>,
-        upgrade: bool,
-        snap: &'a Snapshot,
-        pool: &'a Pool,
-    ) -> headers::UpstreamFields<'a> {
-        headers::UpstreamFields {
-            client,
-            host,
-            peer_ip: peer.ip.as_bytes(),
-            tls: peer.tls,
-            via,
-            request_id,
-            upgrade,
-            settings: &snap.headers,
-            decision: headers::DecisionFields {
-                pool: &pool.name_header,
-                bucket: &self.bucket,
-                flags: self.flags.as_deref(),
-                payloads: self.payloads.as_deref(),
-            },
+    /// The decision's header fields for the request as it goes upstream to `pool`.
+    pub(super) fn decision<'a>(&'a self, pool: &'a Pool) -> headers::DecisionFields<'a> {
+        headers::DecisionFields {
+            pool: &pool.name_header,
+            bucket: &self.bucket,
+            flags: self.flags.as_deref(),
+            payloads: self.payloads.as_deref(),
         }
     }
 }
