@@ -263,6 +263,17 @@ async fn a_hanging_or_dead_shadow_costs_the_client_nothing() {
             .load(Ordering::SeqCst),
         2
     );
+    // The copies go through the upstream client: they count on the shadow endpoint as the
+    // pool's own requests do (what least-loaded picks and the API show).
+    let hanging_in_flight = proxy
+        .state
+        .snapshot
+        .load()
+        .pool_by_name("hanging")
+        .unwrap()
+        .endpoints[0]
+        .in_flight();
+    assert_eq!(hanging_in_flight, 2);
     eventually("six shadow errors", Duration::from_secs(10), async || {
         count(&proxy, "dead", "shadow_error") == 6
     })
@@ -624,5 +635,49 @@ async fn a_fixed_ignore_shows_at_once() {
         current.contains(&("match".into(), 10)) && current.contains(&("header".into(), 0)),
         "{m:#}"
     );
+    proxy.shutdown().await;
+}
+
+/// A mirrored POST and a health check, as the shadow's socket receives them: the upstream
+/// client's framing (a declared length, the endpoint as `host` when the copy has none), the
+/// primary's fields and the mirror's mark; the check's `GET` with its own user agent.
+#[tokio::test]
+async fn the_copy_and_the_check_are_the_upstream_clients_bytes() {
+    let primary = Recorder::start(ok_answer).await;
+    let shadow = Recorder::start(ok_answer).await;
+    let text = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[log]\naccess = false\n[identity]\nfrom = [\"header:x-user-id\"]\n\
+         [pools.primary]\nendpoints = [\"{}\"]\n\
+         [pools.shadow]\nendpoints = [\"{}\"]\nhealth = {{ path = \"/healthz\", interval = \"1s\" }}\n\
+         [[routes]]\nname = \"web\"\nsplit = {{ primary = 1 }}\n[routes.mirror]\npool = \"shadow\"\nmethods = [\"POST\"]\n",
+        primary.addr, shadow.addr
+    );
+    let proxy = Proxy::start(&text).await;
+    let req = Request::post(proxy.url("/orders?id=7"))
+        .header("x-user-id", "u1")
+        .header("content-type", "application/json")
+        .body(full("{\"n\":1}"))
+        .unwrap();
+    assert_eq!(send(&h1_client(), req).await.0.status, 200);
+    eventually("the copy and a check", Duration::from_secs(5), async || {
+        let seen = shadow.requests();
+        seen.iter().any(|r| r.path == "/orders?id=7") && seen.iter().any(|r| r.path == "/healthz")
+    })
+    .await;
+    let seen = shadow.requests();
+    let copy = seen.iter().find(|r| r.path == "/orders?id=7").unwrap();
+    assert_eq!(copy.method, "POST");
+    assert_eq!(copy.get("x-switchyard-mirror"), Some("1"));
+    assert_eq!(copy.get("content-type"), Some("application/json"));
+    assert_eq!(copy.get("content-length"), Some("7"));
+    assert_eq!(copy.all("transfer-encoding"), Vec::<&str>::new());
+    assert_eq!(copy.body, b"{\"n\":1}");
+    let sent = primary.requests();
+    assert_eq!(copy.get("host"), sent[0].get("host"), "the primary's host");
+    let check = seen.iter().find(|r| r.path == "/healthz").unwrap();
+    assert_eq!(check.method, "GET");
+    assert_eq!(check.get("user-agent"), Some("switchyard-health-check"));
+    assert_eq!(check.get("host"), Some(shadow.addr.to_string().as_str()));
+    assert!(check.body.is_empty());
     proxy.shutdown().await;
 }

@@ -13,16 +13,18 @@ pub mod compare;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use bytes::{Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderName, Method, StatusCode};
+use http_body_util::BodyExt;
 use serde::Serialize;
 use tokio::sync::oneshot;
 
 use crate::routing::bucket;
+use crate::upstream::client::{self, Fields, Limits, Outgoing};
 use crate::upstream::Pool;
 use compare::{Answer, Ignore, Kind};
 
@@ -341,11 +343,6 @@ pub struct Job {
     pub results: prometheus::IntCounterVec,
 }
 
-fn client() -> &'static crate::egress::HttpsClient {
-    static CLIENT: OnceLock<crate::egress::HttpsClient> = OnceLock::new();
-    CLIENT.get_or_init(crate::egress::client)
-}
-
 static MIRROR_HEADER: HeaderName = HeaderName::from_static("x-switchyard-mirror");
 
 /// Sends one mirrored request and compares the answers.
@@ -418,24 +415,45 @@ async fn mirror(
     Ok(compare::compare(&primary, &shadow, &job.config.ignore))
 }
 
-/// The shadow's answer, its body read up to `max_response`, within the pool's timeout.
+/// A mirrored request's header fields: the primary's, and `x-switchyard-mirror: 1`.
+struct MirrorFields<'a>(&'a HeaderMap);
+
+impl Fields for MirrorFields<'_> {
+    fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        for (name, value) in self.0 {
+            if name != MIRROR_HEADER {
+                f(name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        f(MIRROR_HEADER.as_str().as_bytes(), b"1");
+    }
+}
+
+/// The shadow's answer, its body read up to `max_response`, within the pool's timeout. It
+/// goes through the proxy's own upstream client: the shadow pool's connections, limits and
+/// in-flight counts are the ones its proxied requests use.
 async fn send(job: &Job, body: Bytes) -> Result<Answer, String> {
     let index = job
         .pool
         .select(None, tokio::time::Instant::now())
         .ok_or("no endpoint of the shadow pool is available")?;
-    let uri = format!("http://{}{}", job.pool.endpoints[index].address, job.path);
-    let mut req = http::Request::builder().method(job.method.clone()).uri(uri);
-    for (k, v) in &job.headers {
-        req = req.header(k, v);
-    }
-    let req = req
-        .header(&MIRROR_HEADER, HeaderValue::from_static("1"))
-        .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
+    let path: PathAndQuery = job.path.parse().map_err(|e| format!("{e}"))?;
+    let out = Outgoing {
+        method: &job.method,
+        path: &path,
+        fields: &MirrorFields(&job.headers),
+        upgrade: false,
+    };
+    let limits = Limits {
+        connect: job.pool.connect_timeout,
+        response: job.pool.timeout,
+        body_idle: job.pool.timeout,
+    };
     let limit = job.config.max_response;
     let exchange = async {
-        let resp = client().request(req).await.map_err(|e| format!("{e}"))?;
+        let (resp, _in_flight) = client::request(&job.pool.endpoints[index], &limits, &out, Some(body))
+            .await
+            .map_err(|e| e.to_string())?;
         let (parts, mut body) = resp.into_parts();
         let mut buf = BytesMut::new();
         let mut truncated = false;

@@ -6,26 +6,25 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use http::uri::PathAndQuery;
+use http::Method;
 use tokio::task::AbortHandle;
 
+use super::client::{self, Fields, Limits, Outgoing};
 use super::{Endpoint, HealthCheck};
 
 /// The running check tasks, by (pool, endpoint address).
+#[derive(Default)]
 pub struct Checks {
-    client: Client<HttpConnector, Empty<Bytes>>,
     tasks: HashMap<(String, String), (HealthCheck, Weak<Endpoint>, AbortHandle)>,
 }
 
-impl Default for Checks {
-    fn default() -> Checks {
-        Checks {
-            client: Client::builder(TokioExecutor::new()).build_http(),
-            tasks: HashMap::new(),
-        }
+/// A check's header fields (`host` is the endpoint's, as the client sets it).
+struct CheckFields;
+
+impl Fields for CheckFields {
+    fn for_each(&self, f: &mut dyn FnMut(&[u8], &[u8])) {
+        f(b"user-agent", b"switchyard-health-check");
     }
 }
 
@@ -60,38 +59,45 @@ impl Checks {
             if self.tasks.contains_key(&key) {
                 continue;
             }
-            let task = tokio::spawn(check(
-                Arc::downgrade(&ep),
-                cfg.clone(),
-                self.client.clone(),
-                key.0.clone(),
-            ));
+            let task = tokio::spawn(check(Arc::downgrade(&ep), cfg.clone(), key.0.clone()));
             self.tasks
                 .insert(key, (cfg, Arc::downgrade(&ep), task.abort_handle()));
         }
     }
 }
 
-async fn check(
-    ep: Weak<Endpoint>,
-    cfg: HealthCheck,
-    client: Client<HttpConnector, Empty<Bytes>>,
-    pool: String,
-) {
+async fn check(ep: Weak<Endpoint>, cfg: HealthCheck, pool: String) {
     let (mut fails, mut passes, mut healthy) = (0u32, 0u32, true);
+    let path = cfg.path.parse::<PathAndQuery>();
+    // The whole check within its timeout: connecting, and the answer's head.
+    let limits = Limits {
+        connect: cfg.timeout,
+        response: cfg.timeout,
+        body_idle: cfg.timeout,
+    };
     loop {
         let Some(endpoint) = ep.upgrade() else { return };
-        let uri = format!("http://{}{}", endpoint.address, cfg.path);
-        // 2xx and 3xx pass, as nginx's and HAProxy's checks have it (an app that redirects
-        // `/healthz` to `/healthz/` is up).
-        let failure = match uri.parse::<http::Uri>() {
-            Ok(uri) => match tokio::time::timeout(cfg.timeout, client.get(uri)).await {
-                Ok(Ok(resp)) if resp.status().is_success() || resp.status().is_redirection() => None,
-                Ok(Ok(resp)) => Some(format!("GET {} answered {}", cfg.path, resp.status())),
-                Ok(Err(e)) => Some(format!("GET {}: {}", cfg.path, super::error_chain(&e))),
-                Err(_) => Some(format!("GET {}: no answer within {:?}", cfg.path, cfg.timeout)),
-            },
-            Err(e) => Some(format!("GET {}: not a valid URL: {e}", cfg.path)),
+        // Through the proxy's own upstream client (its connections, framing and in-flight
+        // count). Only the status is read: the answer's body never is, and its connection
+        // closes. 2xx and 3xx pass, as nginx's and HAProxy's checks have it (an app that
+        // redirects `/healthz` to `/healthz/` is up).
+        let failure = match &path {
+            Ok(path) => {
+                let out = Outgoing {
+                    method: &Method::GET,
+                    path,
+                    fields: &CheckFields,
+                    upgrade: false,
+                };
+                match tokio::time::timeout(cfg.timeout, client::request(&endpoint, &limits, &out, None)).await
+                {
+                    Ok(Ok((resp, _))) if resp.status().is_success() || resp.status().is_redirection() => None,
+                    Ok(Ok((resp, _))) => Some(format!("GET {} answered {}", cfg.path, resp.status())),
+                    Ok(Err(e)) => Some(format!("GET {}: {e}", cfg.path)),
+                    Err(_) => Some(format!("GET {}: no answer within {:?}", cfg.path, cfg.timeout)),
+                }
+            }
+            Err(e) => Some(format!("GET {}: not a valid path: {e}", cfg.path)),
         };
         let ok = failure.is_none();
         endpoint.set_check_error(failure.clone());

@@ -156,6 +156,25 @@ pub async fn send(
     }
 }
 
+/// One request of the proxy's own (a mirrored copy, a health check) to `endpoint`, through the
+/// same connections, framing, limits and in-flight count as a proxied request. The answer's
+/// body streams from the connection; `InFlight` counts the request until it is dropped.
+pub async fn request(
+    endpoint: &Arc<Endpoint>,
+    limits: &Limits,
+    out: &Outgoing<'_>,
+    body: Option<bytes::Bytes>,
+) -> Result<(Response<ResponseBody>, super::InFlight), Error> {
+    let in_flight = endpoint.begin();
+    let body = body.filter(|b| !b.is_empty()).map(RequestBody::whole);
+    let start = Instant::now();
+    let mut req = Prepared::new(endpoint, out, body.as_ref(), start);
+    match send(endpoint, limits, start, &mut req, body, None).await {
+        Ok(resp) => Ok((resp, in_flight)),
+        Err(f) => Err(f.error),
+    }
+}
+
 /// An exchange that failed before a response head: the error, the body if none of it was
 /// read, the head (to send again), and whether sending again on a new connection is safe.
 struct Broken {

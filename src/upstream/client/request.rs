@@ -81,7 +81,29 @@ pub enum BodyFault {
     Hyper(hyper::Error),
 }
 
+/// A body the proxy has whole (a mirrored request's copy).
+struct Whole(Option<Bytes>);
+
+impl BodyStream for Whole {
+    fn is_end_stream(&self) -> bool {
+        self.0.as_ref().is_none_or(Bytes::is_empty)
+    }
+
+    fn length(&self) -> Option<u64> {
+        Some(self.0.as_ref().map_or(0, |b| b.len() as u64))
+    }
+
+    fn poll_frame(&mut self, _: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
+        Poll::Ready(self.0.take().map(|b| Ok(Frame::data(b))))
+    }
+}
+
 impl RequestBody {
+    /// A body of `bytes`, sent with their length.
+    pub fn whole(bytes: Bytes) -> RequestBody {
+        RequestBody::Source(Box::new(Whole(Some(bytes))))
+    }
+
     /// Whether nothing (more) will come.
     pub fn is_end_stream(&self) -> bool {
         match self {
