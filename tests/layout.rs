@@ -231,6 +231,11 @@ fn circles_are_found() {
 fn no_module_imports_in_a_circle() {
     let all = imports();
     assert_eq!(circles(&all), Vec::<Vec<String>>::new(), "{all:#?}");
+    // The arrows, for a reader (`cargo test --test layout -- --nocapture`).
+    for (module, names) in &all {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        println!("{module} → {}", names.join(", "));
+    }
 }
 
 #[test]
