@@ -90,7 +90,7 @@ async fn known_rates_give_the_reference_statistics_and_replicas_merge_exactly() 
     let user = async |i: usize| -> (String, bool) {
         let user = format!("user-{i}");
         // Half the users reach replica a, half b; the third proxy sees everyone.
-        let replica = if i % 2 == 0 { &a } else { &b };
+        let replica = if i.is_multiple_of(2) { &a } else { &b };
         let variant = visit(&client, replica, &user).await;
         assert_eq!(
             visit(&client, &all, &user).await,

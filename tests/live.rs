@@ -14,7 +14,7 @@ use support::*;
 
 /// The config of step `i`: web alternates blue/green; every fourth step adds a pool and route.
 fn version(i: usize, blue: &Upstream, green: &Upstream, ws: std::net::SocketAddr) -> String {
-    let (b, g) = if i % 2 == 0 { (100, 0) } else { (0, 100) };
+    let (b, g) = if i.is_multiple_of(2) { (100, 0) } else { (0, 100) };
     let extra = if i % 4 == 1 {
         format!("[pools.spare]\nendpoints = [\"{}\"]\n[[routes]]\nname = \"extra\"\npath_prefix = \"/extra\"\nsplit = {{ spare = 1 }}\n", green.addr)
     } else {

@@ -226,7 +226,7 @@ async fn answer(name: &'static str, seen: &Seen, req: Request<Incoming>) -> Resp
         }
         let every = seen.fail_every.load(Ordering::SeqCst);
         let mut r = Response::new(full(name));
-        if every > 0 && seen.hits.load(Ordering::SeqCst) % every == 0 {
+        if every > 0 && seen.hits.load(Ordering::SeqCst).is_multiple_of(every) {
             *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
         }
         r
