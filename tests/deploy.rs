@@ -221,11 +221,25 @@ fn the_kubernetes_manifests_agree_with_each_other_and_the_config_checks() {
         deployment.contains("mountPath: /etc/switchyard") && deployment.contains("name: switchyard-config")
     );
     assert!(deployment.contains("path: /readyz") && deployment.contains("path: /healthz"));
-    let podmonitor = std::fs::read_to_string(dir.join("podmonitor.yaml")).unwrap();
-    assert!(podmonitor.contains("port: admin") && podmonitor.contains("name: switchyard\n"));
+    // The PodMonitor is optional (not every cluster has the Prometheus Operator's CRD): a
+    // component the base leaves out and deploy/kubernetes-podmonitor adds, in the base's
+    // namespace and with its labels.
+    assert!(!kustomization.contains("  - podmonitor"), "{kustomization}");
+    let podmonitor = std::fs::read_to_string(dir.join("podmonitor/podmonitor.yaml")).unwrap();
+    assert!(podmonitor.contains("kind: PodMonitor") && podmonitor.contains("port: admin"));
+    assert!(podmonitor.contains("name: switchyard\n"));
+    let component = std::fs::read_to_string(dir.join("podmonitor/kustomization.yaml")).unwrap();
+    assert!(component.contains("kind: Component") && component.contains("  - podmonitor.yaml\n"));
+    let overlay = std::fs::read_to_string("deploy/kubernetes-podmonitor/kustomization.yaml").unwrap();
+    assert!(overlay.contains("  - ../kubernetes\n") && overlay.contains("  - ../kubernetes/podmonitor\n"));
+    let from = |text: &str, key: &str| -> String {
+        let start = text.find(key).unwrap_or_else(|| panic!("no {key} in {text}"));
+        text[start..].split("\nresources:").next().unwrap().to_owned()
+    };
+    assert_eq!(from(&overlay, "namespace:"), from(&kustomization, "namespace:"));
     // The PodMonitor's job label is namespace/name, which the fleet selector names.
     assert!(
-        kustomization.contains("namespace: switchyard")
+        overlay.contains("namespace: switchyard")
             && toml.contains("selector = 'job=\"switchyard/switchyard\"'")
     );
     // The drain fits the grace period: the preStop wait plus drain_timeout.
@@ -241,8 +255,9 @@ fn the_kubernetes_manifests_agree_with_each_other_and_the_config_checks() {
 fn the_kubernetes_manifests_validate_against_the_schemas() {
     let validator = std::env::var("KUBERNETES_VALIDATE")
         .unwrap_or_else(|_| "target/ci-venv/bin/kubernetes-validate".into());
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir("deploy/kubernetes")
-        .unwrap()
+    let mut files: Vec<std::path::PathBuf> = ["deploy/kubernetes", "deploy/kubernetes/podmonitor"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(d).unwrap())
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
         .collect();
@@ -258,14 +273,15 @@ fn the_kubernetes_manifests_validate_against_the_schemas() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "{said}");
-    // Every built-in kind passed against its schema; only the two custom kinds have none here.
+    // Every built-in kind passed against its schema; only the custom kinds (the PodMonitor,
+    // the two kustomizations and the component) have none here.
     assert_eq!(
         said.matches(" passed for resource ").count(),
-        files.len() - 2,
+        files.len() - 3,
         "{said}"
     );
     assert!(
-        said.contains("PodMonitor") && said.contains("Kustomization"),
+        said.contains("PodMonitor") && said.contains("Kustomization") && said.contains("Component"),
         "{said}"
     );
 }
