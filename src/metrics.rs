@@ -252,6 +252,29 @@ impl Metrics {
             connections: register(&r, IntGauge::new("switchyard_connections_active", "Client connections open.")),
             registry: r,
         };
+        // What runs, and what it costs the machine, as every Prometheus exporter says it.
+        let build = register(
+            &m.registry,
+            IntGaugeVec::new(
+                opts(
+                    "switchyard_build_info",
+                    "1, labelled with the running build's version and target.",
+                ),
+                &["version", "target"],
+            ),
+        );
+        build
+            .with_label_values(&[
+                env!("CARGO_PKG_VERSION"),
+                &format!("{}-{}", std::env::consts::ARCH, std::env::consts::OS),
+            ])
+            .set(1);
+        #[cfg(target_os = "linux")]
+        m.registry
+            .register(Box::new(
+                prometheus::process_collector::ProcessCollector::for_self(),
+            ))
+            .expect("the process collector is registered once");
         for result in ["ok", "error"] {
             m.reloads.with_label_values(&[result]);
         }

@@ -360,6 +360,25 @@ async fn metrics_count_requests_by_route_pool_and_class() {
     ] {
         assert!(text.contains(want), "missing {want} in\n{text}");
     }
+    // What runs, and what the process costs.
+    let build = format!(
+        "switchyard_build_info{{target=\"{}-{}\",version=\"{}\"}} 1",
+        std::env::consts::ARCH,
+        std::env::consts::OS,
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&build), "missing {build} in\n{text}");
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    assert!(value("process_resident_memory_bytes") > 1e6);
+    assert!(value("process_open_fds") >= 3.0);
+    assert!(value("process_max_fds") >= value("process_open_fds"));
+    // (Whole seconds, as the prometheus crate counts them.)
+    assert!(value("process_cpu_seconds_total") >= 0.0);
+    assert!(value("process_start_time_seconds") > 1.7e9);
     proxy.shutdown().await;
 }
 
