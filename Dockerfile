@@ -7,29 +7,31 @@
 
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Dependencies first, so a change to the sources alone does not rebuild them.
+# Dependencies first, so a change to the sources alone does not rebuild them: every target
+# Cargo.toml declares as an empty stub, then a build of the dependencies alone.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src benches \
-    && echo 'fn main() {}' > src/main.rs \
-    && touch src/lib.rs \
-    && for b in decision head idle reload; do echo 'fn main() {}' > "benches/$b.rs"; done \
-    && cargo build --release --locked \
+COPY deploy/docker/stub-targets.sh deploy/docker/stub-targets.sh
+RUN sh deploy/docker/stub-targets.sh \
+    && cargo build --release --locked --bin switchyard \
     && rm -rf src benches
+# The sources. (CI replays this stage outside Docker: .ci/image-build-stage.)
 COPY src ./src
 COPY benches ./benches
 RUN touch src/main.rs src/lib.rs \
-    && cargo build --release --locked \
-    && mkdir -p /out/man \
-    && cp target/release/switchyard /out/ \
-    && /out/switchyard man --out /out/man
+    && cargo build --release --locked --bin switchyard \
+    && mkdir -p out/man \
+    && cp target/release/switchyard out/ \
+    && strip out/switchyard \
+    && out/switchyard man --out out/man \
+    && out/switchyard --version
 
 FROM debian:bookworm-slim
 RUN groupadd --system --gid 10001 switchyard \
     && useradd --system --uid 10001 --gid switchyard --home-dir /var/lib/switchyard --shell /usr/sbin/nologin switchyard \
     && mkdir -p /etc/switchyard /var/lib/switchyard \
     && chown switchyard:switchyard /var/lib/switchyard
-COPY --from=build /out/switchyard /usr/local/bin/switchyard
-COPY --from=build /out/man /usr/local/share/man/man1
+COPY --from=build /src/out/switchyard /usr/local/bin/switchyard
+COPY --from=build /src/out/man /usr/local/share/man/man1
 COPY config/switchyard.toml /etc/switchyard/switchyard.toml
 USER 10001:10001
 WORKDIR /var/lib/switchyard

@@ -2,7 +2,7 @@
 //! metric the Grafana dashboard and the alert rules name is one the proxy exports; the systemd
 //! unit passes `systemd-analyze verify` (its man page reference included); the CLI's
 //! completions and man pages generate. (The rules' own tests run under promtool in
-//! tests/prometheus.rs; the Dockerfile is linted by hadolint in .ci/run.)
+//! tests/prometheus.rs; the Dockerfile is linted by hadolint and its build stage replayed by .ci/image-build-stage, both in .ci/run.)
 
 mod support;
 
