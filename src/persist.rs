@@ -50,14 +50,20 @@ pub fn keep_aside(path: &std::path::Path, at: std::time::SystemTime) -> std::io:
             aside.push(format!("-{n}"));
         }
         let aside = std::path::PathBuf::from(aside);
-        // A hard link never replaces a file that is there; the name then goes away.
+        // A hard link never replaces a file that is there; the name then goes away. What
+        // cannot be linked (a directory where the file should be, a file system without hard
+        // links) is renamed to a name not taken.
         match std::fs::hard_link(path, &aside) {
             Ok(()) => {
                 std::fs::remove_file(path)?;
                 return Ok(aside);
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
+            Err(_) if std::fs::symlink_metadata(&aside).is_ok() => continue,
+            Err(_) => {
+                std::fs::rename(path, &aside)?;
+                return Ok(aside);
+            }
         }
     }
     Err(std::io::Error::new(
@@ -84,6 +90,14 @@ mod tests {
         let texts: Vec<String> = kept.iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
         assert_eq!(texts, ["one", "two", "three"]);
         assert!(kept[1].to_string_lossy().ends_with("-2"), "{kept:?}");
+        // A directory in the file's place is kept aside too, under a name not taken.
+        std::fs::create_dir(&path).unwrap();
+        let dir_aside = keep_aside(&path, at).unwrap();
+        assert!(
+            dir_aside.is_dir() && dir_aside.to_string_lossy().ends_with("-4"),
+            "{dir_aside:?}"
+        );
+        assert!(!path.exists());
     }
 
     #[test]
