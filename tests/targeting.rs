@@ -493,6 +493,30 @@ async fn flags_headers_never_pass_their_limit() {
             && stderr.contains("over [headers] max_flag_bytes (4096)"),
         "{stderr}"
     );
+    // Five routes sharing those flags: one warning that names them, not five.
+    let addrs = [up.addr];
+    let five: Vec<(&str, &[std::net::SocketAddr])> = ["a", "b", "c", "d", "e"]
+        .iter()
+        .map(|n| (*n, &addrs[..]))
+        .collect();
+    std::fs::write(&path, config(&five, &flags)).unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("check")
+        .arg("-c")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("over [headers] max_flag_bytes").count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("warning: routes `a`, `b`, `c` and 2 more: their payloads header can be"),
+        "{stderr}"
+    );
 
     let proxy = Proxy::start(&cfg).await;
     let req = Request::get(proxy.url("/"))

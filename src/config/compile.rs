@@ -257,6 +257,7 @@ pub fn compile(
     let depends: Vec<bool> = flags.iter().map(|f| !f.toggle.is_static()).collect();
     // Routes in scope of the same flags (all of them, most often) share one list.
     let mut lists: HashMap<Vec<usize>, (Arc<[usize]>, bool)> = HashMap::new();
+    let mut over_limit = OverLimit::new();
     for (i, route) in routes.iter_mut().enumerate() {
         route.index = i;
         let list: Vec<usize> = flags
@@ -273,11 +274,12 @@ pub fn compile(
             .entry(list)
             .or_insert_with_key(|l| (l.as_slice().into(), l.iter().any(|&f| depends[f])));
         route.flags = shared.clone();
-        flag_header_bounds(&mut errs, &flags, route, &headers);
+        flag_header_bounds(&mut errs, &flags, route, &headers, &mut over_limit);
         // A rollout depends on the user at every step, its first included (where the file's
         // weight may still be 0).
         route.uses_key = route.split.active_pools() > 1 || extras[i].rollout.is_some() || *any_depends;
     }
+    warn_over_limit(&mut errs, over_limit, &headers);
 
     let experiments = super::experiments::compile(&mut errs, &raw.experiments, &flags, &routes, &pools);
     if !errs.list.is_empty() {

@@ -237,6 +237,7 @@ pub(super) fn flag_header_bounds(
     flags: &[crate::routing::Flag],
     route: &Route,
     h: &HeaderSettings,
+    over: &mut OverLimit,
 ) {
     let worst = |only_toml: bool| {
         let (mut longest, mut payloads) = (0usize, 0usize);
@@ -270,9 +271,26 @@ pub(super) fn flag_header_bounds(
     }
     let (all, which) = worst(false);
     if all > h.max_flag_bytes {
+        over.entry((which, all)).or_default().push(route.name.to_string());
+    }
+}
+
+/// Routes whose flags (or payloads) header can pass `max_flag_bytes`, by header and size.
+pub(super) type OverLimit = std::collections::BTreeMap<(&'static str, usize), Vec<String>>;
+
+/// One warning per header size over the limit, naming its routes (the first three, and how
+/// many more: 10,000 routes sharing the flags make one line, not 10,000).
+pub(super) fn warn_over_limit(errs: &mut Errors<'_>, over: OverLimit, h: &HeaderSettings) {
+    for ((which, bytes), routes) in over {
+        let named: Vec<String> = routes.iter().take(3).map(|r| format!("`{r}`")).collect();
+        let who = match routes.len() {
+            1 => format!("route {}: its", named[0]),
+            n if n <= 3 => format!("routes {}: their", named.join(", ")),
+            n => format!("routes {} and {} more: their", named.join(", "), n - 3),
+        };
         errs.warnings.push(format!(
-            "route `{}`: its {which} header can be {all} bytes, over [headers] max_flag_bytes ({}): flags past it are left out of the header and counted in switchyard_flag_headers_truncated_total; scope flags to the routes that read them",
-            route.name, h.max_flag_bytes
+            "{who} {which} header can be {bytes} bytes, over [headers] max_flag_bytes ({}): flags past it are left out of the header and counted in switchyard_flag_headers_truncated_total; scope flags to the routes that read them",
+            h.max_flag_bytes
         ));
     }
 }
