@@ -136,6 +136,10 @@ impl Browser {
         self.cmd("POST", "/alert/accept", Some(json!({}))).await;
     }
 
+    async fn dismiss_alert(&self) {
+        self.cmd("POST", "/alert/dismiss", Some(json!({}))).await;
+    }
+
     /// The browser's console entries at level SEVERE (errors, failed loads) since the last call.
     async fn console_errors(&self) -> Vec<String> {
         let v = self
@@ -377,6 +381,27 @@ async fn the_dashboard_shows_live_numbers_and_trips_and_its_buttons_need_the_tok
         .until("const c = document.querySelector('.card[data-route=\"web\"]'); return !!c && c.innerText.includes('canary rolled back');", Duration::from_secs(5))
         .await
         .is_some());
+
+    // Reset asks first: dismissed, nothing changes; accepted, the trip is cleared and the page
+    // says so once ("web: 1 trip(s) cleared", not "web: web: …").
+    browser
+        .click(".card[data-route=\"web\"] button[data-action=\"reset\"]")
+        .await;
+    browser.dismiss_alert().await;
+    assert!(tripped(&proxy).await, "a dismissed reset changes nothing");
+    browser
+        .click(".card[data-route=\"web\"] button[data-action=\"reset\"]")
+        .await;
+    browser.accept_alert().await;
+    assert!(browser
+        .until("const m = document.querySelector('#message [data-status]'); return !!m && m.innerText.includes('cleared');", Duration::from_secs(5))
+        .await
+        .is_some());
+    let said = browser
+        .js("return document.querySelector('#message').innerText")
+        .await;
+    assert_eq!(said.as_str().unwrap().trim(), "web: 1 trip(s) cleared", "{said}");
+    assert!(!tripped(&proxy).await);
 
     stop.store(true, Ordering::Relaxed);
     for l in load {

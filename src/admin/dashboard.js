@@ -184,7 +184,8 @@ async function act(action, route) {
   const token = $("token").value.trim();
   const headers = token ? { Authorization: "Bearer " + token } : {};
   const r = await api(`/api/routes/${encodeURIComponent(route)}/${action}`, { method: "POST", headers });
-  const msg = r.ok ? `${route}: ${r.body.result}` : r.status === 401 ? `refused: ${r.body && r.body.error} — enter the token above` : `${route}: ${(r.body && r.body.error) || "HTTP " + r.status}`;
+  // A command's result names its route already ("web: 1 trip(s) cleared").
+  const msg = r.ok ? r.body.result : r.status === 401 ? `refused: ${r.body && r.body.error} — enter the token above` : `${route}: ${(r.body && r.body.error) || "HTTP " + r.status}`;
   $("message").innerHTML = `<div class="${r.ok ? "ok" : "error"}" data-status="${r.status}">${esc(msg)}</div>`;
   if (r.status === 401) $("token").focus();
   poll();
@@ -194,7 +195,13 @@ document.addEventListener("click", (e) => {
   const b = e.target.closest("button[data-action]");
   if (!b) return;
   const { action, route } = b.dataset;
-  if (action === "rollback" && !confirm(`Send every user of ${route} to its baseline?`)) return;
+  // Every change of state asks first.
+  const ask = {
+    rollback: `Send every user of ${route} to its baseline?`,
+    reset: `Clear the trips of ${route} (its users go back to the split; a rollout starts again from its first step)?`,
+    promote: `Move ${route}'s rollout on to its next step?`,
+  }[action];
+  if (ask && !confirm(ask)) return;
   act(action, route);
 });
 $("filter").addEventListener("input", () => poll());
