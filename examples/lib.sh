@@ -2,7 +2,17 @@
 # (`switchyard echo`) and the proxy on a copy of the example's config, sends traffic, and stops
 # everything on exit. Ports: PROXY_PORT (8080), ADMIN_PORT (9901), UPSTREAM_PORT (7001, then
 # 7002, 7003 for the second and third upstream). PACE=fast shortens the pauses (the tests use it).
+# `run.sh --hold` keeps everything up after the checks, with the dashboard's address printed,
+# until Ctrl-C.
 set -euo pipefail
+
+HOLD=0
+for arg in "$@"; do
+  case $arg in
+    --hold) HOLD=1 ;;
+    *) echo "usage: run.sh [--hold]"; exit 2 ;;
+  esac
+done
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SY=${SWITCHYARD:-}
@@ -114,4 +124,19 @@ wait_for() {
     sleep 0.2
   done
   echo "waited $2 s for \"$1\"; status said:"; echo "$out"; exit 1
+}
+
+# finished: the example's checks passed. With --hold, stays up (the proxy, the upstreams, any
+# background traffic) until interrupted; everything stops on the way out.
+finished() {
+  echo; echo "done."
+  if [ "$HOLD" = 1 ]; then
+    echo "holding: proxy $PROXY, dashboard $ADMIN/ (Ctrl-C stops everything)"
+    trap 'exit 0' INT TERM
+    while true; do
+      sleep 3600 &
+      pids+=($!)
+      wait $! || true
+    done
+  fi
 }

@@ -83,3 +83,73 @@ fn every_example_runs_and_passes_its_checks() {
         ["ab-flag", "blue-green", "canary-rollout", "tenant-migration"]
     );
 }
+
+/// `run.sh --hold` stays up after its checks with the dashboard answering, and SIGTERM (as
+/// Ctrl-C) stops everything it started.
+#[tokio::test]
+async fn an_example_held_stays_up_until_interrupted() {
+    use std::io::{BufRead, BufReader};
+    let (proxy, admin, up) = (free_port(), free_port(), free_run());
+    let mut child = Command::new("bash")
+        .arg("examples/blue-green/run.sh")
+        .arg("--hold")
+        .env("PACE", "fast")
+        .env("SWITCHYARD", BIN)
+        .env("PROXY_PORT", proxy.to_string())
+        .env("ADMIN_PORT", admin.to_string())
+        .env("UPSTREAM_PORT", up.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    while !said.contains("holding: ") {
+        match lines.next() {
+            Some(Ok(l)) => {
+                said.push_str(&l);
+                said.push('\n');
+            }
+            _ => panic!("the example ended without holding:\n{said}"),
+        }
+    }
+    assert!(
+        said.contains(&format!("dashboard http://127.0.0.1:{admin}/")),
+        "{said}"
+    );
+    // Still up: the dashboard answers, and so does the proxy.
+    let get = |port: u16, path: &str| -> String {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out
+    };
+    assert!(get(admin, "/").starts_with("HTTP/1.1 200"));
+    assert!(get(proxy, "/").starts_with("HTTP/1.1 200"));
+    // Interrupted: it exits, and takes the proxy with it.
+    let pid = child.id().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    support::eventually(
+        "the example to exit",
+        std::time::Duration::from_secs(10),
+        async || child.try_wait().unwrap().is_some(),
+    )
+    .await;
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    support::eventually(
+        "the proxy to stop",
+        std::time::Duration::from_secs(10),
+        async || std::net::TcpStream::connect(("127.0.0.1", proxy)).is_err(),
+    )
+    .await;
+}

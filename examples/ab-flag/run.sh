@@ -29,4 +29,4 @@ expect "dark_mode" "$out"
 
 say "the proxy's counts (GET /api/flags; also switchyard_flag_decisions_total in /metrics)"
 curl -s "$ADMIN/api/flags"; echo
-echo; echo "done."
+finished

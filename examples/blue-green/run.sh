@@ -24,4 +24,4 @@ out=$(traffic 20); echo "$out"; expect "20 green" "$out"
 say "and back, as fast"
 edit 's/split = { blue = 0, green = 100 }/split = { blue = 100, green = 0 }/'
 out=$(traffic 20); echo "$out"; expect "20 blue" "$out"
-echo; echo "done."
+finished

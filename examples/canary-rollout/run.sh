@@ -25,4 +25,4 @@ say "fixed: heal the canary and reset the route; the rollout starts again from 1
 curl -s -X POST "http://127.0.0.1:$((UPSTREAM_PORT + 1))/_demo/fail?percent=0"
 "$SY" reset web --admin "$ADMIN"
 wait_for "step 1 of 3 (10%)" 10
-echo; echo "done."
+finished

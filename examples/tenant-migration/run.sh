@@ -28,4 +28,4 @@ say "globex has a problem: back to the old system in one edit; nobody else moves
 edit '/name = "tenant-globex"/,/split/ s/split = { old = 0, new = 100 }/split = { old = 100, new = 0 }/'
 out=$(tenants); echo "$out"
 expect "acme     -> new" "$out"; expect "globex   -> old" "$out"
-echo; echo "done."
+finished
