@@ -37,6 +37,14 @@ pids=()
 
 cleanup() {
   for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  # Up to 5 s for them to finish (the proxy drains); then they are stopped.
+  for _ in $(seq 50); do
+    local alive=0
+    for p in "${pids[@]}"; do kill -0 "$p" 2>/dev/null && alive=1; done
+    [ "$alive" = 0 ] && break
+    sleep 0.1
+  done
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$work"
 }
@@ -131,8 +139,8 @@ wait_for() {
 finished() {
   echo; echo "done."
   if [ "$HOLD" = 1 ]; then
-    echo "holding: proxy $PROXY, dashboard $ADMIN/ (Ctrl-C stops everything)"
     trap 'exit 0' INT TERM
+    echo "holding: proxy $PROXY, dashboard $ADMIN/ (Ctrl-C stops everything)"
     while true; do
       sleep 3600 &
       pids+=($!)

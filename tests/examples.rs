@@ -90,9 +90,11 @@ fn every_example_runs_and_passes_its_checks() {
 async fn an_example_held_stays_up_until_interrupted() {
     use std::io::{BufRead, BufReader};
     let (proxy, admin, up) = (free_port(), free_port(), free_run());
+    use std::os::unix::process::CommandExt;
     let mut child = Command::new("bash")
         .arg("examples/blue-green/run.sh")
         .arg("--hold")
+        .process_group(0)
         .env("PACE", "fast")
         .env("SWITCHYARD", BIN)
         .env("PROXY_PORT", proxy.to_string())
