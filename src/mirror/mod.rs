@@ -333,7 +333,8 @@ pub struct Job {
     pub route: Arc<str>,
     pub pool: Arc<Pool>,
     pub method: Method,
-    pub path: String,
+    /// The primary's request target, as it went upstream.
+    pub path: PathAndQuery,
     pub headers: HeaderMap,
     pub body: BodySource,
     /// The primary's answer, when comparing.
@@ -373,7 +374,7 @@ pub async fn run(mut job: Job) {
             kind,
             request_id: job.request_id.clone(),
             method: job.method.to_string(),
-            path: job.path.clone(),
+            path: job.path.to_string(),
             diff,
         };
         let shown = m.redacted();
@@ -437,10 +438,9 @@ async fn send(job: &Job, body: Bytes) -> Result<Answer, String> {
         .pool
         .select(None, tokio::time::Instant::now())
         .ok_or("no endpoint of the shadow pool is available")?;
-    let path: PathAndQuery = job.path.parse().map_err(|e| format!("{e}"))?;
     let out = Outgoing {
         method: &job.method,
-        path: &path,
+        path: &job.path,
         fields: &MirrorFields(&job.headers),
         upgrade: false,
     };

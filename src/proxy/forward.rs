@@ -159,7 +159,7 @@ pub(super) fn prepare(
             slot: m.slot,
             route: m.route,
             method: routed.parts.method.clone(),
-            path: path.as_str().to_owned(),
+            path: path.clone(),
             headers,
             body: source,
             primary,
