@@ -361,6 +361,30 @@ split = { blue = 100 }
 "#;
 
     #[test]
+    fn a_health_path_the_check_could_not_send_is_refused() {
+        // (In TOML, `\u0007` is a control character.)
+        for (path, ok) in [
+            ("/healthz?full=1", true),
+            ("/health check", false),
+            ("healthz", false),
+            ("/h\\u0007", false),
+        ] {
+            let src = GOOD.replace(
+                "[[routes]]",
+                &format!("health = {{ path = \"{path}\" }}\n\n[[routes]]"),
+            );
+            let errs = errors(&src);
+            assert_eq!(errs.is_empty(), ok, "{path}: {errs:?}");
+            if !ok {
+                assert!(
+                    format!("{errs:?}").contains("must be a request path"),
+                    "{path}: {errs:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_good_file_compiles() {
         let raw = parse(GOOD).0.unwrap();
         let snap = super::compile(GOOD, &raw, Path::new("."), "t.toml").unwrap();

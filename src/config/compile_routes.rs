@@ -69,13 +69,18 @@ pub(super) fn compile_pool(errs: &mut Errors<'_>, path: &str, name: &str, raw: &
         let hp = format!("{path}.health");
         let check_path = match &h.path {
             None => "/healthz".to_owned(),
-            Some(p) if p.get_ref().starts_with('/') => p.get_ref().clone(),
+            // What the check sends as its request target: `run` could not send anything else.
+            Some(p)
+                if p.get_ref().starts_with('/') && p.get_ref().parse::<http::uri::PathAndQuery>().is_ok() =>
+            {
+                p.get_ref().clone()
+            }
             Some(p) => {
                 errs.at(
                     p,
                     format!("{hp}.path"),
-                    "must start with `/`",
-                    "write a path such as \"/healthz\"",
+                    "must be a request path: start with `/`, no spaces or control characters",
+                    "write a path such as \"/healthz\" (percent-encode anything else)",
                 );
                 "/healthz".to_owned()
             }
