@@ -132,15 +132,25 @@ async fn access_log_lines_are_json_with_the_decision_and_the_request_id() {
     let blue = Upstream::start("blue").await;
     let dead = dead_port().await;
     let logs = tempfile::NamedTempFile::new().unwrap();
-    let cfg =
-        config(&[("blue", &[blue.addr]), ("dead", &[dead])], "").replace("access = false", "access = true");
+    let cfg = config(
+        &[("blue", &[blue.addr]), ("dead", &[dead])],
+        "[context]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
+    )
+    .replace("access = false", "access = true");
     let mut proxy = Running::start_with(&cfg, &["--log-format", "json"], logs.reopen().unwrap().into());
     let client = h1_client();
     let req = Request::get(format!("http://{}/a?q=1", proxy.addr))
         .header("x-request-id", "req-7")
+        .header("x-forwarded-for", "198.51.100.7")
         .body(empty())
         .unwrap();
     assert_eq!(send(&client, req).await.0.status, 200);
+    // A body both ways: 10,000 bytes up, the length the upstream read ("10000") down.
+    let req = Request::post(format!("http://{}/upload", proxy.addr))
+        .body(full(vec![b'x'; 10_000]))
+        .unwrap();
+    let (parts, answer) = send(&client, req).await;
+    assert_eq!(parts.status, 200);
     let (parts, _) = get(&client, &format!("http://{}/b", proxy.addr)).await;
     let generated = parts.headers["x-request-id"].to_str().unwrap().to_owned();
     // A response the proxy made itself is logged with the status it sent.
@@ -155,10 +165,33 @@ async fn access_log_lines_are_json_with_the_decision_and_the_request_id() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|l| l["target"] == "switchyard::access")
         .collect();
-    assert_eq!(lines.len(), 3, "one line per request:\n{text}");
-    assert_eq!(lines[2]["status"], 502, "{}", lines[2]);
-    assert_eq!(lines[2]["error"], "upstream_connect", "{}", lines[2]);
-    for (line, path, id) in [(&lines[0], "/a", "req-7"), (&lines[1], "/b", generated.as_str())] {
+    assert_eq!(lines.len(), 4, "one line per request:\n{text}");
+    let failed = &lines[3];
+    assert_eq!(failed["status"], 502, "{failed}");
+    assert_eq!(failed["error"], "upstream_connect", "{failed}");
+    // The endpoint that failed, and how long it took to.
+    assert_eq!(failed["upstream"], dead.to_string(), "{failed}");
+    assert!(failed["upstream_ms"].as_f64().is_some(), "{failed}");
+    // The client: the peer, or whom a trusted proxy's x-forwarded-for names.
+    assert_eq!(lines[0]["client"], "198.51.100.7", "{}", lines[0]);
+    assert_eq!(lines[2]["client"], "127.0.0.1", "{}", lines[2]);
+    assert!(
+        lines[0]["peer"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{}",
+        lines[0]
+    );
+    let upload = &lines[1];
+    assert_eq!(upload["bytes_received"], 10_000, "{upload}");
+    assert_eq!(upload["bytes_sent"], answer.len() as u64, "{upload}");
+    assert_eq!(lines[0]["bytes_received"], 0, "{}", lines[0]);
+    assert_eq!(lines[0]["bytes_sent"], 4, "blue: {}", lines[0]);
+    for (line, path, id) in [(&lines[0], "/a", "req-7"), (&lines[2], "/b", generated.as_str())] {
+        assert_eq!(line["upstream"], blue.addr.to_string(), "{line}");
+        let upstream_ms = line["upstream_ms"].as_f64().unwrap();
+        assert!(
+            upstream_ms >= 0.0 && upstream_ms <= line["duration_ms"].as_f64().unwrap(),
+            "{line}"
+        );
         assert_eq!(line["method"], "GET", "{line}");
         assert_eq!(line["path"], path, "{line}");
         assert_eq!(line["route"], "blue", "{line}");

@@ -66,13 +66,51 @@ pub struct Finish {
     pub outcome: Option<Box<OutcomeTap>>,
 }
 
-/// The request's part of its access-log line.
+/// The request's part of its access-log line, and what the request adds to it on its way.
 pub struct AccessHead {
     pub method: Method,
     pub uri: Uri,
     /// The `x-request-id` sent upstream and back (`None`: `[headers]` leaves it out and the
     /// client sent none).
     pub request_id: Option<http::HeaderValue>,
+    /// The connection's peer.
+    pub peer: std::net::SocketAddr,
+    /// The client as `trusted_proxies` make it out, when that is not the peer.
+    pub client: Option<std::net::IpAddr>,
+    /// Request body bytes read from the client (shared with the body on its way upstream).
+    pub received: Arc<std::sync::atomic::AtomicU64>,
+    /// Response body bytes handed to the client's connection.
+    pub sent: u64,
+    /// The endpoint that answered (or failed), and the time from its request to its response
+    /// head (or its failure).
+    pub upstream: Option<(Arc<str>, std::time::Duration)>,
+}
+
+/// A client's request body counted as it is read, for the access log.
+pub struct Counted {
+    pub body: RequestBody,
+    pub read: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl BodyStream for Counted {
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn length(&self) -> Option<u64> {
+        self.body.length()
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyFault>>> {
+        let polled = self.body.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.read
+                    .fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        polled
+    }
 }
 
 /// A guarded request's outcome, sent to the guard task when the request ends.
@@ -167,6 +205,12 @@ impl Body for ProxyBody {
                         }
                     }
                     Poll::Ready(Some(Ok(frame))) => {
+                        if let (Some(data), Some(log)) = (
+                            frame.data_ref(),
+                            this.finish.as_mut().and_then(|f| f.log.as_mut()),
+                        ) {
+                            log.sent += data.len() as u64;
+                        }
                         if let Some(trailers) = frame.trailers_mut() {
                             super::headers::clean_trailers(trailers);
                         }
@@ -190,7 +234,13 @@ impl Body for ProxyBody {
                 }
                 polled
             }
-            Kind::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Full(b) => {
+                let data = b.take();
+                if let (Some(d), Some(log)) = (&data, this.finish.as_mut().and_then(|f| f.log.as_mut())) {
+                    log.sent += d.len() as u64;
+                }
+                Poll::Ready(data.map(|d| Ok(Frame::data(d))))
+            }
         }
     }
 
@@ -272,17 +322,33 @@ impl Finish {
                 method,
                 uri,
                 request_id,
+                peer,
+                client,
+                received,
+                sent,
+                upstream,
             } = *head;
             let route = self.route.map_or("-", |r| &*self.snap.routes[r].name);
             let pool = self.pool.map_or("-", |p| &*self.snap.pools[p].name);
+            let client = client.unwrap_or(peer.ip());
+            let (upstream, upstream_ms) = match &upstream {
+                Some((address, took)) => (&**address, Some(took.as_secs_f64() * 1000.0)),
+                None => ("-", None),
+            };
             tracing::info!(
                 target: "switchyard::access",
+                client = %client,
+                peer = %peer,
                 method = %method,
                 path = uri.path(),
                 route,
                 pool,
                 status = self.sent,
                 duration_ms = elapsed.as_secs_f64() * 1000.0,
+                bytes_received = received.load(std::sync::atomic::Ordering::Relaxed),
+                bytes_sent = sent,
+                upstream,
+                upstream_ms,
                 error = self.error.unwrap_or("-"),
                 body_failed = self.failed,
                 request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),

@@ -182,7 +182,7 @@ impl Proxy {
     /// [`Proxy::handle`] for a request a server path has taken apart.
     pub fn handle_request(
         self: &Arc<Self>,
-        request: Request,
+        mut request: Request,
         peer: Peer,
         busy: Busy,
     ) -> Handling<impl Future<Output = Response<ProxyBody>> + Send + 'static> {
@@ -198,15 +198,33 @@ impl Proxy {
                 None => headers::new_request_id(),
             });
         let log = snap.access_log.then(|| {
+            let client = crate::routing::context::client_address(
+                Some(peer.addr.ip()),
+                &parts.headers,
+                &snap.context.trusted,
+            )
+            .filter(|&ip| ip != peer.addr.ip());
             Box::new(body::AccessHead {
                 method: parts.method.clone(),
                 uri: parts.uri.clone(),
                 request_id: request_id
                     .clone()
                     .or_else(|| find(&parts.headers, &X_REQUEST_ID).cloned()),
+                peer: peer.addr,
+                client,
+                received: Arc::default(),
+                sent: 0,
+                upstream: None,
             })
         });
-        let begun = Begun {
+        if let (Some(log), Some(b)) = (&log, request.body.take()) {
+            // Counted as it is read: the access log's bytes_received.
+            request.body = Some(RequestBody::Source(Box::new(body::Counted {
+                body: b,
+                read: log.received.clone(),
+            })));
+        }
+        let mut begun = Begun {
             start,
             request_id,
             log,
@@ -280,6 +298,10 @@ impl Proxy {
                     let sent = this
                         .send(&mut ready.request, ready.body.take(), interim.as_deref())
                         .await;
+                    if let Some(log) = begun.log.as_mut() {
+                        let to = &ready.request;
+                        log.upstream = Some((to.pool.endpoints[to.index].address.clone(), to.now.elapsed()));
+                    }
                     if let (Some(kind), Some(p), Some(m)) =
                         (ready.request.retried_after, names.pool, snap.metrics.as_deref())
                     {
