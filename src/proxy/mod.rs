@@ -217,12 +217,14 @@ impl Proxy {
                 upstream: None,
             })
         });
-        if let (Some(log), Some(b)) = (&log, request.body.take()) {
+        if let Some(log) = &log {
             // Counted as it is read: the access log's bytes_received.
-            request.body = Some(RequestBody::Source(Box::new(body::Counted {
-                body: b,
-                read: log.received.clone(),
-            })));
+            if let Some(b) = request.body.take() {
+                request.body = Some(RequestBody::Source(Box::new(body::Counted {
+                    body: b,
+                    read: log.received.clone(),
+                })));
+            }
         }
         let mut begun = Begun {
             start,
