@@ -275,6 +275,51 @@ async fn a_slow_canary_trips_on_p99() {
     proxy.shutdown().await;
 }
 
+/// Failures that come right after a reload, before the guard's next tick, are evidence
+/// against the new config: they are not forgotten with the old config's windows.
+#[tokio::test]
+async fn failures_right_after_a_reload_count() {
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    canary.seen.fail_every.store(1, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let text = guarded(
+        blue.addr,
+        canary.addr,
+        "{ blue = 100, canary = 0 }",
+        "min_requests = 10\nwindow = \"30s\"",
+        "",
+    );
+    std::fs::write(&path, &text).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    std::fs::write(
+        &path,
+        text.replace("{ blue = 100, canary = 0 }", "{ blue = 50, canary = 50 }"),
+    )
+    .unwrap();
+    let client = h1_client();
+    let reload = Request::post(proxy.admin_url("/api/reload"))
+        .body(empty())
+        .unwrap();
+    assert_eq!(send(&client, reload).await.0.status, 200);
+    // At once: twelve failures, well within one tick of the reload.
+    for _ in 0..12 {
+        let req = Request::get(proxy.url("/"))
+            .header("x-switchyard-pool", "canary")
+            .body(empty())
+            .unwrap();
+        assert_eq!(send(&client, req).await.0.status, 500);
+    }
+    wait_for(
+        &proxy,
+        Duration::from_secs(5),
+        "the trip on failures after the reload",
+        |r| r["tripped"] == true,
+    )
+    .await;
+    proxy.shutdown().await;
+}
+
 #[tokio::test]
 async fn three_failures_are_not_enough_evidence() {
     let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);

@@ -26,6 +26,9 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut batch = Vec::with_capacity(1024);
     let mut guard = Guard::new(triggers);
+    // The snapshot the windows were last checked against: outcomes that come after a reload
+    // or a reset, before the next tick, count against the new config, not with the old.
+    let mut seen = state.snapshot.load_full();
     loop {
         tokio::select! {
             n = outcomes.recv_many(&mut batch, 1024) => {
@@ -33,6 +36,12 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
                     return;
                 }
                 let snap = state.snapshot.load();
+                if !Arc::ptr_eq(&seen, &*snap) {
+                    seen = Arc::clone(&*snap);
+                    for route in snap.routes.iter().filter(|r| snap.guard(r).is_some()) {
+                        guard.forget_stale(&snap, route, &mut windows);
+                    }
+                }
                 for o in batch.drain(..) {
                     let length = snap
                         .route_by_name(&o.route)
@@ -130,7 +139,10 @@ impl Guard {
             .fingerprints
             .insert(route.name.to_string(), fingerprint.clone())
             .is_some_and(|f| f != fingerprint);
-        let reset = route.runtime.tripped.is_empty() && self.tripped.contains(&*route.name);
+        let reset = route.runtime.tripped.is_empty() && self.tripped.remove(&*route.name);
+        if !route.runtime.tripped.is_empty() {
+            self.tripped.insert(route.name.to_string());
+        }
         if changed || reset {
             windows.retain(|(r, _), _| **r != *route.name);
         }
