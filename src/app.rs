@@ -136,6 +136,11 @@ impl App {
             });
         }
         let state_path = prepared.state_file.as_ref().map(|f| f.path.clone());
+        // The audit trail, read back from beside the state file, and this start in it.
+        let unreadable = state_path
+            .as_deref()
+            .map_or(0, |p| state.audit.open(crate::audit::path_for(p)));
+        let start = start_event(&state, &prepared, unreadable);
         // Experiments' counts, kept beside the state file: taken back, then kept up to date
         // (unless the file found is damaged and could not be moved aside).
         let mut experiments_file = None;
@@ -210,6 +215,7 @@ impl App {
             .or_else(|| server.http_addr().or(server.https_addr()))
             .map(|a| a.port());
         state.name_replica(port);
+        record_start(&state, start);
         if let Some(t) = &triggers {
             tokio::spawn(crate::fleet::run(Arc::downgrade(&state), t.clone()));
         }
@@ -254,7 +260,12 @@ impl App {
                 let stopped = async {
                     let _ = admin_stopped.await;
                 };
-                if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stopped).await {
+                if let Err(e) = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(stopped)
+                .await {
                     tracing::error!("admin API stopped: {e}");
                 }
             })
@@ -273,6 +284,7 @@ impl App {
             let result = crate::experiments::save(&snap.experiments, path, &mut String::new()).await;
             crate::reload::report_experiments_save(&self.state, path, result);
         }
+        self.state.audit.flush().await;
         let _ = stop_admin.send(());
         if let Some(a) = admin {
             let _ = a.await;
@@ -280,4 +292,65 @@ impl App {
         drop(self._watcher);
         result
     }
+}
+
+/// The start of the process, in the audit trail: the revision, and what the state file left
+/// tripped or held (a restart mid-incident shows in the timeline).
+fn start_event(
+    state: &State,
+    prepared: &reload::Prepared,
+    unreadable_events: usize,
+) -> (String, serde_json::Value) {
+    let snap = state.snapshot.load();
+    let tripped: Vec<serde_json::Value> = prepared
+        .overlay
+        .routes
+        .iter()
+        .flat_map(|(route, e)| {
+            e.trips
+                .iter()
+                .map(move |t| serde_json::json!({ "route": route, "pool": t.pool, "since": t.at }))
+        })
+        .collect();
+    let mut text = format!(
+        "switchyard {} started: revision {}, {} route(s)",
+        env!("CARGO_PKG_VERSION"),
+        snap.revision,
+        snap.routes.len()
+    );
+    if !tripped.is_empty() {
+        text.push_str(&format!(
+            "; {} pool(s) still tripped from the state file",
+            tripped.len()
+        ));
+    }
+    if prepared.problem.is_some() {
+        text.push_str("; the state file could not be read: guarded routes are held at their baselines");
+    }
+    if unreadable_events > 0 {
+        text.push_str(&format!(
+            "; {unreadable_events} line(s) of the audit trail could not be read"
+        ));
+    }
+    let details = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "revision": snap.revision,
+        "tripped": tripped,
+        "state_file_unreadable": prepared.problem.is_some(),
+    });
+    (text, details)
+}
+
+/// Records [`start_event`]'s event, once the replica has its name.
+fn record_start(state: &State, (text, mut details): (String, serde_json::Value)) {
+    details["replica"] = state.replica().into();
+    state.audit.record(crate::audit::Record {
+        kind: crate::notify::Event::Start,
+        route: None,
+        pool: None,
+        by: None,
+        text: text.clone(),
+        details: details.clone(),
+    });
+    state.notifier.send(crate::notify::Event::Start, details, &text);
 }

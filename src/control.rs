@@ -14,7 +14,10 @@ pub enum Trigger {
     /// SIGHUP.
     Signal,
     /// `POST /api/reload`; the report goes back on the channel.
-    Api(oneshot::Sender<ReloadReport>),
+    Api {
+        reply: oneshot::Sender<ReloadReport>,
+        by: Actor,
+    },
     /// The guard found `pool` of `route` failing.
     Trip {
         route: String,
@@ -29,6 +32,7 @@ pub enum Trigger {
         route: String,
         action: Action,
         reply: oneshot::Sender<Result<String, CommandError>>,
+        by: Actor,
     },
     /// Answered once every state file write asked so far is done (at shutdown).
     Flush(oneshot::Sender<()>),
@@ -37,6 +41,56 @@ pub enum Trigger {
     Adopt(Adopt),
     /// The fleet answered: routes held at their baselines since start follow their state.
     FleetKnown,
+}
+
+/// Who asked for a change: the admin API's caller (the CLI, the dashboard, curl), a signal, or
+/// the config file's change. What the audit trail and the webhooks say.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Actor {
+    /// `api`, `signal` (SIGHUP) or `file` (the config file changed).
+    pub via: String,
+    /// The admin API caller's address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// The name of the token it gave (the variable the token came from), when one is needed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    /// Its `user-agent` (`switchyard/…` for the commands, a browser's for the dashboard), at
+    /// most 200 characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+}
+
+impl Actor {
+    pub fn of(via: &str) -> Actor {
+        Actor {
+            via: via.to_owned(),
+            addr: None,
+            token: None,
+            agent: None,
+        }
+    }
+
+    /// `127.0.0.1:50412 (token ADMIN_TOKEN, curl/8.5.0)`, or `SIGHUP`, or `the config file`.
+    pub fn describe(&self) -> String {
+        match self.via.as_str() {
+            "signal" => "SIGHUP".to_owned(),
+            "file" => "the config file's change".to_owned(),
+            _ => {
+                let mut s = self.addr.clone().unwrap_or_else(|| "the admin API".into());
+                let extra: Vec<String> = self
+                    .token
+                    .iter()
+                    .map(|t| format!("token {t}"))
+                    .chain(self.agent.clone())
+                    .collect();
+                if !extra.is_empty() {
+                    s.push_str(&format!(" ({})", extra.join(", ")));
+                }
+                s
+            }
+        }
+    }
 }
 
 /// The operator's commands on a route.

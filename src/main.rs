@@ -105,6 +105,34 @@ enum Command {
         #[arg(long, conflicts_with = "json")]
         watch: bool,
     },
+    /// The audit trail: operators' commands (who, from where), reloads and what they changed,
+    /// trips, rollout steps, fleet adoptions, starts — oldest first (GET /api/events).
+    Events {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// Only this route's events.
+        #[arg(long)]
+        route: Option<String>,
+        /// Only events of this kind (repeatable): trip, rollback, reset, rollout_step,
+        /// rollout_done, rollout_aborted, reload, reload_failed, adopt, state_save_failed, start.
+        #[arg(long = "kind")]
+        kinds: Vec<String>,
+        /// From this time: an RFC 3339 time, Unix milliseconds, or a duration back (`1h`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Before this time (same forms).
+        #[arg(long)]
+        until: Option<String>,
+        /// The newest this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        /// Print JSON (with --follow, one object per line).
+        #[arg(long)]
+        json: bool,
+        /// Then print new events as they come, until interrupted.
+        #[arg(long, short)]
+        follow: bool,
+    },
     /// Send every user of a route to its baseline pool (POST /api/routes/ROUTE/rollback).
     Rollback {
         /// The route's name, as in `[[routes]] name`.
@@ -250,6 +278,27 @@ fn main() -> ExitCode {
                 .target()
                 .and_then(|t| runtime(Some(1)).and_then(|rt| rt.block_on(status(&t, json, watch)))),
         ),
+        Command::Events {
+            admin,
+            route,
+            kinds,
+            since,
+            until,
+            limit,
+            json,
+            follow,
+        } => {
+            let q = cli::events::Query {
+                route,
+                kinds,
+                since,
+                until,
+                limit: Some(limit),
+            };
+            report(admin.target().and_then(|t| {
+                runtime(Some(1)).and_then(|rt| rt.block_on(cli::events::run(&t, &q, json, follow)))
+            }))
+        }
         Command::Run { config, workers } => {
             let _guard = logging::init(cli.log_format);
             report(runtime(workers).and_then(|rt| rt.block_on(run(&config))))

@@ -41,10 +41,32 @@ pub enum Event {
     Rollback,
     ReloadFailed,
     StateSaveFailed,
+    /// A reload that changed the config (only when an entry asks for it).
+    Reload,
+    /// Another replica's trip, rollback or step taken through the fleet (only when asked for).
+    Adopt,
+    /// The process started (only when asked for).
+    Start,
 }
 
 impl Event {
-    pub const ALL: [Event; 8] = [
+    pub const ALL: [Event; 11] = [
+        Event::Trip,
+        Event::RolloutStep,
+        Event::RolloutDone,
+        Event::RolloutAborted,
+        Event::Reset,
+        Event::Rollback,
+        Event::ReloadFailed,
+        Event::StateSaveFailed,
+        Event::Reload,
+        Event::Adopt,
+        Event::Start,
+    ];
+
+    /// What an entry without `events` gets: what needs a person's attention, not the
+    /// routine (reloads, adoptions, starts).
+    pub const DEFAULT: [Event; 8] = [
         Event::Trip,
         Event::RolloutStep,
         Event::RolloutDone,
@@ -65,6 +87,9 @@ impl Event {
             Event::Rollback => "rollback",
             Event::ReloadFailed => "reload_failed",
             Event::StateSaveFailed => "state_save_failed",
+            Event::Reload => "reload",
+            Event::Adopt => "adopt",
+            Event::Start => "start",
         }
     }
 

@@ -4,6 +4,7 @@
 //! need `Authorization: Bearer <token>` when a token is configured (and one must be configured
 //! when the admin API listens off loopback).
 
+pub mod events;
 pub mod history;
 
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use axum::{Json, Router};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::control::{Action, CommandError, Trigger};
+use crate::control::{Action, Actor, CommandError, Trigger};
 use crate::routing::Route;
 use crate::runtime::state::State;
 use crate::runtime::Snapshot;
@@ -263,18 +264,19 @@ impl Admin {
             .route("/api/experiments", get(experiments))
             .route("/api/fleet", get(fleet))
             .route("/api/history", get(history_view))
+            .route("/api/events", get(events::events))
             .route("/api/reload", post(reload))
             .route(
                 "/api/routes/{name}/rollback",
-                post(|a, n, h| command(a, n, h, Action::Rollback)),
+                post(|a, n, c, h| command(a, n, c, h, Action::Rollback)),
             )
             .route(
                 "/api/routes/{name}/reset",
-                post(|a, n, h| command(a, n, h, Action::Reset)),
+                post(|a, n, c, h| command(a, n, c, h, Action::Reset)),
             )
             .route(
                 "/api/routes/{name}/promote",
-                post(|a, n, h| command(a, n, h, Action::Promote)),
+                post(|a, n, c, h| command(a, n, c, h, Action::Promote)),
             )
             .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such admin endpoint".into()) })
             .with_state(self)
@@ -639,7 +641,29 @@ async fn config(Extract(a): Extract<Admin>) -> Json<crate::runtime::state::Confi
     Json((**a.state.config.load()).clone())
 }
 
-async fn reload(Extract(a): Extract<Admin>, headers: HeaderMap) -> Result<Response, ApiError> {
+/// The caller's address, when the listener records it.
+type Caller = Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>;
+
+impl Admin {
+    /// Who makes a mutating call, for the audit trail: its address, the token's name (the
+    /// variable it came from: the call passed [`Admin::authorize`]) and its user agent.
+    fn actor(&self, caller: Caller, headers: &HeaderMap) -> Actor {
+        Actor {
+            via: "api".into(),
+            addr: caller.map(|axum::Extension(axum::extract::ConnectInfo(a))| a.to_string()),
+            token: self.token.as_ref().map(|(var, _)| var.to_string()),
+            agent: headers
+                .get(header::USER_AGENT)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).chars().take(200).collect()),
+        }
+    }
+}
+
+async fn reload(
+    Extract(a): Extract<Admin>,
+    caller: Caller,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
     a.authorize(&headers)?;
     let (true, Some(tx)) = (a.has_file, &a.control) else {
         return Err(ApiError(
@@ -648,7 +672,8 @@ async fn reload(Extract(a): Extract<Admin>, headers: HeaderMap) -> Result<Respon
         ));
     };
     let (reply, answer) = oneshot::channel();
-    tx.send(Trigger::Api(reply))
+    let by = a.actor(caller, &headers);
+    tx.send(Trigger::Api { reply, by })
         .await
         .map_err(|_| ApiError(StatusCode::SERVICE_UNAVAILABLE, "the reloader has stopped".into()))?;
     let report = answer
@@ -665,10 +690,12 @@ async fn reload(Extract(a): Extract<Admin>, headers: HeaderMap) -> Result<Respon
 async fn command(
     Extract(a): Extract<Admin>,
     Path(name): Path<String>,
+    caller: Caller,
     headers: HeaderMap,
     action: Action,
 ) -> Result<Response, ApiError> {
     a.authorize(&headers)?;
+    let by = a.actor(caller, &headers);
     let stopped = || {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -681,6 +708,7 @@ async fn command(
         route: name.clone(),
         action,
         reply,
+        by,
     })
     .await
     .map_err(|_| stopped())?;

@@ -3,6 +3,7 @@
 //! its config names, and reading its live state — trips and rollout steps — for `explain` and
 //! `diff`, so that they answer for what the proxy really does and not for the file alone.
 
+pub mod events;
 pub mod experiments;
 pub mod status;
 pub mod summary;
@@ -115,7 +116,18 @@ impl AdminTarget {
         let url = format!("{}{path}", self.base);
         let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build_http::<Empty<bytes::Bytes>>();
-        let mut req = http::Request::builder().method(method).uri(&url);
+        // Who asks, for the audit trail: the command, and the account it runs as (a hint: the
+        // token is what authorizes).
+        let user = std::env::var("USER").or_else(|_| std::env::var("LOGNAME"));
+        let agent = format!(
+            "switchyard/{} (cli; user {})",
+            env!("CARGO_PKG_VERSION"),
+            user.as_deref().unwrap_or("unknown")
+        );
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(http::header::USER_AGENT, agent);
         let token = std::env::var(&self.token_env).ok().filter(|t| !t.is_empty());
         if let Some(t) = &token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));

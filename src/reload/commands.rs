@@ -4,9 +4,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::Control;
+use super::{Control, Happened};
 use crate::clock::{timestamp, unix_ms};
-use crate::control::{Action, CommandError};
+use crate::control::{Action, Actor, CommandError};
 use crate::guard::Figures;
 use crate::notify::Event;
 use crate::runtime::overlay::{Progress, Trip};
@@ -48,9 +48,7 @@ impl Control {
         );
         self.state.metrics.trip(route, pool);
         let moves = self.republish(route);
-        if !self.notifies("trip") {
-            return;
-        }
+        let webhook = self.notifies("trip");
         let fields = serde_json::json!({
             "pool": pool,
             "baseline": baseline.to_string(),
@@ -61,21 +59,29 @@ impl Control {
             "p50_ms": figures.p50.map(|d| d.as_secs_f64() * 1000.0),
             "p99_ms": figures.p99.map(|d| d.as_secs_f64() * 1000.0),
         });
-        self.notify(
-            Event::Trip,
-            route,
+        self.record(
+            Happened {
+                kind: Event::Trip,
+                route,
+                by: None,
+                fields: fields.clone(),
+                text: format!("{pool} tripped, its users go to {baseline}: {reason}"),
+                webhook,
+            },
             &moves,
-            fields.clone(),
-            &format!("{pool} tripped, its users go to {baseline}: {reason}"),
         );
         if let Some(ro) = snap.rollout(r).filter(|ro| ro.pool == p) {
             let pct = ro.steps[r.runtime.rollout_step.unwrap_or(0).min(ro.steps.len() - 1)];
-            self.notify(
-                Event::RolloutAborted,
-                route,
+            self.record(
+                Happened {
+                    kind: Event::RolloutAborted,
+                    route,
+                    by: None,
+                    fields,
+                    text: format!("the rollout of {pool} is aborted at {pct}%: {reason}"),
+                    webhook,
+                },
                 &moves,
-                fields,
-                &format!("the rollout of {pool} is aborted at {pct}%: {reason}"),
             );
         }
     }
@@ -102,29 +108,29 @@ impl Control {
         entry.origin = None;
         tracing::info!(route, pool = %snap.pools[rollout.pool].name, percent = rollout.steps[step], "rollout: next step after the guard passed for {:?}", rollout.every);
         let moves = self.republish(route);
-        if !self.notifies("rollout step") {
-            return;
-        }
-        self.notify_step(
+        let step_of = Step {
             route,
-            &snap.pools[rollout.pool].name,
+            pool: &snap.pools[rollout.pool].name,
             rollout,
             step,
-            "the guard passed",
-            &moves,
-        );
+            why: "the guard passed",
+            by: None,
+            webhook: self.notifies("rollout step"),
+        };
+        self.record_step(step_of, &moves);
     }
 
-    /// Notifies a rollout's new step (and its end, at the last).
-    pub(super) fn notify_step(
-        &self,
-        route: &str,
-        pool: &str,
-        rollout: &crate::guard::RolloutConfig,
-        step: usize,
-        why: &str,
-        moves: &[(String, String, f64)],
-    ) {
+    /// Records a rollout's new step (and its end, at the last).
+    pub(super) fn record_step(&self, s: Step<'_>, moves: &[(String, String, f64)]) {
+        let Step {
+            route,
+            pool,
+            rollout,
+            step,
+            why,
+            by,
+            webhook,
+        } = s;
         let pct = rollout.steps[step];
         let fields = serde_json::json!({
             "pool": pool,
@@ -138,19 +144,38 @@ impl Control {
             step + 1,
             rollout.steps.len()
         );
-        self.notify(Event::RolloutStep, route, moves, fields.clone(), &text);
-        if step + 1 == rollout.steps.len() {
-            self.notify(
-                Event::RolloutDone,
+        self.record(
+            Happened {
+                kind: Event::RolloutStep,
                 route,
+                by,
+                fields: fields.clone(),
+                text,
+                webhook,
+            },
+            moves,
+        );
+        if step + 1 == rollout.steps.len() {
+            self.record(
+                Happened {
+                    kind: Event::RolloutDone,
+                    route,
+                    by,
+                    fields,
+                    text: format!("the rollout of {pool} is done: {pct}%"),
+                    webhook,
+                },
                 moves,
-                fields,
-                &format!("the rollout of {pool} is done: {pct}%"),
             );
         }
     }
 
-    pub(super) fn command(&mut self, route: &str, action: Action) -> Result<String, CommandError> {
+    pub(super) fn command(
+        &mut self,
+        route: &str,
+        action: Action,
+        by: &Actor,
+    ) -> Result<String, CommandError> {
         let snap = self.state.snapshot.load_full();
         let r = snap
             .route_by_name(route)
@@ -237,35 +262,50 @@ impl Control {
         }
         let moves = self.republish(route);
         let snap = self.state.snapshot.load_full();
+        let happened = |kind, fields, text| Happened {
+            kind,
+            route,
+            by: Some(by),
+            fields,
+            text,
+            webhook: true,
+        };
         match action {
-            Action::Rollback => self.notify(
-                Event::Rollback,
-                route,
-                &moves,
-                serde_json::json!({ "baseline": snap.pools[baseline].name.to_string() }),
-                &format!(
-                    "rolled back by an operator: every user goes to {}",
-                    snap.pools[baseline].name
+            Action::Rollback => self.record(
+                happened(
+                    Event::Rollback,
+                    serde_json::json!({ "baseline": snap.pools[baseline].name.to_string() }),
+                    format!(
+                        "rolled back by an operator: every user goes to {}",
+                        snap.pools[baseline].name
+                    ),
                 ),
-            ),
-            Action::Reset => self.notify(
-                Event::Reset,
-                route,
                 &moves,
-                serde_json::json!({}),
-                &format!("reset by an operator: {message}"),
+            ),
+            Action::Reset => self.record(
+                happened(
+                    Event::Reset,
+                    serde_json::json!({}),
+                    format!(
+                        "reset by an operator: {}",
+                        message.strip_prefix(&format!("{route}: ")).unwrap_or(&message)
+                    ),
+                ),
+                &moves,
             ),
             Action::Promote => {
                 let r = snap.route_by_name(route);
                 if let Some((ro, step)) = r.and_then(|r| snap.rollout(r).zip(r.runtime.rollout_step)) {
-                    self.notify_step(
+                    let s = Step {
                         route,
-                        &snap.pools[ro.pool].name,
-                        ro,
+                        pool: &snap.pools[ro.pool].name,
+                        rollout: ro,
                         step,
-                        "promoted by an operator",
-                        &moves,
-                    );
+                        why: "promoted by an operator",
+                        by: Some(by),
+                        webhook: true,
+                    };
+                    self.record_step(s, &moves);
                 }
             }
         }
@@ -355,25 +395,76 @@ impl Control {
             if a.rollback_only { "rollback (it is on another split)" } else { "state" }
         );
         let moves = self.republish(&a.route);
-        if !self.state.notifies.load(std::sync::atomic::Ordering::Acquire) {
+        // The trail records the adoption; the fleet's notifier replica sends the webhooks of
+        // the trips and steps it brought, as if they happened here.
+        let webhook = self.state.notifies.load(std::sync::atomic::Ordering::Acquire);
+        let taken: Vec<serde_json::Value> = after
+            .iter()
+            .map(|(p, manual)| serde_json::json!({ "pool": p, "rolled_back": manual }))
+            .collect();
+        self.record(
+            Happened {
+                kind: Event::Adopt,
+                route: &a.route,
+                by: None,
+                fields: serde_json::json!({
+                    "replica": a.from,
+                    "changed_at": at,
+                    "tripped": taken,
+                    "step": step_after.map(|s| s + 1),
+                    "rollback_only": a.rollback_only,
+                }),
+                text: format!(
+                    "took replica {}'s {} of {at}: tripped {:?}{}",
+                    a.from,
+                    if a.rollback_only { "rollback" } else { "state" },
+                    after.iter().map(|(p, _)| p.as_str()).collect::<Vec<_>>(),
+                    step_after.map_or(String::new(), |s| format!(", rollout step {}", s + 1))
+                ),
+                webhook,
+            },
+            &moves,
+        );
+        if !webhook {
             return;
         }
         let baseline = snap.pools[r.baseline].name.to_string();
         for pool in new_trips {
             let reason = format!("tripped on replica {}", a.from);
-            self.notify(
-                Event::Trip,
-                &a.route,
-                &moves,
-                serde_json::json!({ "pool": pool, "baseline": baseline, "reason": reason, "replica": a.from }),
-                &format!("{pool} tripped on replica {}, its users go to {baseline}", a.from),
-            );
+            let fields = serde_json::json!({ "pool": pool, "baseline": baseline, "reason": reason, "replica": a.from });
+            let text = format!("{pool} tripped on replica {}, its users go to {baseline}", a.from);
+            self.notify_only(Event::Trip, &a.route, &moves, fields, &text);
         }
         if let (Some(ro), Some(step)) = (snap.rollout(r), step_after) {
             if step_after > step_before && after.is_empty() {
                 let why = format!("the guard passed on replica {}", a.from);
-                self.notify_step(&a.route, &snap.pools[ro.pool].name, ro, step, &why, &moves);
+                let pct = ro.steps[step];
+                let fields = serde_json::json!({
+                    "pool": &*snap.pools[ro.pool].name,
+                    "step": step + 1,
+                    "steps": ro.steps.len(),
+                    "percent": pct,
+                    "why": why,
+                });
+                let pool = &snap.pools[ro.pool].name;
+                let text = format!("the rollout of {pool} moves to {pct}% ({why})");
+                self.notify_only(Event::RolloutStep, &a.route, &moves, fields.clone(), &text);
+                if step + 1 == ro.steps.len() {
+                    let text = format!("the rollout of {pool} is done: {pct}%");
+                    self.notify_only(Event::RolloutDone, &a.route, &moves, fields, &text);
+                }
             }
         }
     }
+}
+
+/// A rollout's new step, as [`Control::record_step`] records it.
+pub(super) struct Step<'a> {
+    pub route: &'a str,
+    pub pool: &'a str,
+    pub rollout: &'a crate::guard::RolloutConfig,
+    pub step: usize,
+    pub why: &'a str,
+    pub by: Option<&'a Actor>,
+    pub webhook: bool,
 }

@@ -29,7 +29,7 @@ pub use watch::{debounce, watch, Watching, DEBOUNCE, DEBOUNCE_MAX};
 
 use crate::clock::timestamp;
 use crate::config::{self, LoadError};
-use crate::control::ReloadReport;
+use crate::control::{Actor, ReloadReport};
 use crate::notify::Event;
 use crate::routing::diff;
 use crate::runtime::overlay::{self, Overlay};
@@ -50,10 +50,42 @@ pub struct Control {
     overlay_version: u64,
     checks: Checks,
     /// The reload compiling now, with whoever waits for its report.
-    compiling: Option<Vec<oneshot::Sender<ReloadReport>>>,
+    compiling: Option<Asked>,
     /// Reloads asked while one compiles: one more, forced if any of them was.
-    queued: Option<(bool, Vec<oneshot::Sender<ReloadReport>>)>,
+    queued: Option<Asked>,
     compiled: mpsc::UnboundedSender<Compiled>,
+}
+
+/// A reload asked for: forced (even if the text is the same), who waits for its report, and who
+/// asked (an operator rather than the file, when both did).
+struct Asked {
+    force: bool,
+    replies: Vec<oneshot::Sender<ReloadReport>>,
+    by: Actor,
+}
+
+impl Asked {
+    fn join(&mut self, other: Asked) {
+        self.force |= other.force;
+        self.replies.extend(other.replies);
+        if self.by.via == "file" {
+            self.by = other.by;
+        }
+    }
+}
+
+/// What happened to a route, for the audit trail and the webhooks.
+pub(super) struct Happened<'a> {
+    pub kind: Event,
+    pub route: &'a str,
+    /// The operator's command, when it was one.
+    pub by: Option<&'a Actor>,
+    /// The event's own fields (pool, figures...).
+    pub fields: serde_json::Value,
+    pub text: String,
+    /// Whether this replica sends its webhooks (with `[fleet]`, one replica sends those of
+    /// automatic events); the audit trail records it either way.
+    pub webhook: bool,
 }
 
 /// A reload as compiled on a blocking thread.
@@ -208,9 +240,9 @@ pub async fn run(
 impl Control {
     fn handle(&mut self, trigger: Trigger) {
         match trigger {
-            Trigger::File => self.ask_reload(false, None),
-            Trigger::Signal => self.ask_reload(true, None),
-            Trigger::Api(tx) => self.ask_reload(true, Some(tx)),
+            Trigger::File => self.ask_reload(false, None, Actor::of("file")),
+            Trigger::Signal => self.ask_reload(true, None, Actor::of("signal")),
+            Trigger::Api { reply, by } => self.ask_reload(true, Some(reply), by),
             Trigger::Trip {
                 route,
                 pool,
@@ -218,8 +250,13 @@ impl Control {
                 figures,
             } => self.trip(&route, &pool, &reason, figures),
             Trigger::Advance { route, from_step } => self.advance(&route, from_step),
-            Trigger::Command { route, action, reply } => {
-                let result = self.command(&route, action);
+            Trigger::Command {
+                route,
+                action,
+                reply,
+                by,
+            } => {
+                let result = self.command(&route, action, &by);
                 // Answered once the state file has the change (or failed to take it).
                 let (saved, on_disk) = oneshot::channel();
                 self.saver.flush(saved);
@@ -295,32 +332,69 @@ impl Control {
         self.saver.save(ov, None);
     }
 
-    /// Sends a notification about `route` (its fields: `extra`, with the users it moved).
-    fn notify(
+    /// Records what happened to a route in the audit trail (with the users it moved), and
+    /// sends it to the webhooks that asked for it.
+    fn record(&self, h: Happened<'_>, moves: &[(String, String, f64)]) {
+        let Happened {
+            kind,
+            route,
+            by,
+            mut fields,
+            text,
+            webhook,
+        } = h;
+        if let Some(map) = fields.as_object_mut() {
+            map.insert("route".into(), route.into());
+            map.insert("moved".into(), moved(moves));
+        }
+        let text = match by {
+            Some(by) => format!("{text} (by {})", by.describe()),
+            None => text,
+        };
+        let event = self.state.audit.record(crate::audit::Record {
+            kind,
+            route: Some(route),
+            pool: fields["pool"].as_str(),
+            by,
+            text: text.clone(),
+            details: fields.clone(),
+        });
+        if webhook {
+            if let (Some(map), Some(by)) = (fields.as_object_mut(), &event.by) {
+                map.insert("by".into(), serde_json::to_value(by).unwrap_or_default());
+            }
+            self.state
+                .notifier
+                .send(kind, fields, &format!("route {route}: {text}"));
+        }
+    }
+
+    /// Sends a webhook about `route` without recording it (what an adoption brought: the
+    /// trail has the adoption).
+    fn notify_only(
         &self,
         event: Event,
         route: &str,
         moves: &[(String, String, f64)],
-        mut extra: serde_json::Value,
+        mut fields: serde_json::Value,
         text: &str,
     ) {
-        if let Some(map) = extra.as_object_mut() {
+        if let Some(map) = fields.as_object_mut() {
             map.insert("route".into(), route.into());
-            map.insert(
-                "moved".into(),
-                moves
-                    .iter()
-                    .map(|(a, b, s)| serde_json::json!({ "from": a, "to": b, "share": s }))
-                    .collect(),
-            );
+            map.insert("moved".into(), moved(moves));
         }
         self.state
             .notifier
-            .send(event, extra, &format!("route {route}: {text}"));
+            .send(event, fields, &format!("route {route}: {text}"));
     }
 
     /// Starts a reload, or queues one behind the reload compiling now.
-    fn ask_reload(&mut self, force: bool, reply: Option<oneshot::Sender<ReloadReport>>) {
+    fn ask_reload(&mut self, force: bool, reply: Option<oneshot::Sender<ReloadReport>>, by: Actor) {
+        let asked = Asked {
+            force,
+            replies: reply.into_iter().collect(),
+            by,
+        };
         let Some(path) = self.path.clone() else {
             let r = ReloadReport {
                 at: timestamp(SystemTime::now()),
@@ -331,18 +405,19 @@ impl Control {
                 ),
                 changes: Vec::new(),
             };
-            if let Some(reply) = reply {
-                let _ = reply.send(r);
+            for reply in asked.replies {
+                let _ = reply.send(r.clone());
             }
             return;
         };
         if self.compiling.is_some() {
-            let (f, waiting) = self.queued.get_or_insert((false, Vec::new()));
-            *f |= force;
-            waiting.extend(reply);
+            match &mut self.queued {
+                Some(q) => q.join(asked),
+                None => self.queued = Some(asked),
+            }
             return;
         }
-        self.compiling = Some(reply.into_iter().collect());
+        self.compiling = Some(asked);
         let (base, overlay, version) = (
             self.state.snapshot.load_full(),
             self.overlay.clone(),
@@ -362,20 +437,24 @@ impl Control {
     /// Publishes a compiled reload (applying the overlay again if it changed meanwhile),
     /// answers whoever asked for it, and starts the reload queued behind it.
     fn finish(&mut self, compiled: Compiled) {
-        let waiting = self.compiling.take().unwrap_or_default();
-        let report = self.publish(compiled);
-        for reply in waiting {
+        let asked = self.compiling.take().unwrap_or(Asked {
+            force: false,
+            replies: Vec::new(),
+            by: Actor::of("file"),
+        });
+        let report = self.publish(compiled, &asked.by);
+        for reply in asked.replies {
             let _ = reply.send(report.clone());
         }
-        if let Some((force, waiting)) = self.queued.take() {
-            self.ask_reload(force, None);
-            if let Some(w) = &mut self.compiling {
-                w.extend(waiting);
+        if let Some(q) = self.queued.take() {
+            self.ask_reload(q.force, None, q.by);
+            if let Some(c) = &mut self.compiling {
+                c.replies.extend(q.replies);
             }
         }
     }
 
-    fn publish(&mut self, compiled: Compiled) -> ReloadReport {
+    fn publish(&mut self, compiled: Compiled, by: &Actor) -> ReloadReport {
         let state = self.state.clone();
         let current = state.snapshot.load_full();
         let report = |result, revision: &str, error: Option<String>, changes| ReloadReport {
@@ -386,9 +465,30 @@ impl Control {
             changes,
         };
         let (mut new, overlay, reconciled, routes, flags) = match compiled.outcome {
-            Outcome::Unchanged => return report("unchanged", &current.revision, None, Vec::new()),
+            Outcome::Unchanged => {
+                // An operator asked, and nothing changed: the trail says who asked all the same.
+                if by.via != "file" {
+                    state.audit.record(crate::audit::Record {
+                        kind: Event::Reload,
+                        route: None,
+                        pool: None,
+                        by: Some(by),
+                        text: format!(
+                            "reload asked by {}: the file is unchanged (revision {})",
+                            by.describe(),
+                            current.revision
+                        ),
+                        details: serde_json::json!({ "result": "unchanged", "revision": current.revision }),
+                    });
+                }
+                return report("unchanged", &current.revision, None, Vec::new());
+            }
             Outcome::Failed(e) => {
-                return failed(&state, report("error", &current.revision, Some(e), Vec::new()))
+                return failed(
+                    &state,
+                    report("error", &current.revision, Some(e), Vec::new()),
+                    by,
+                )
             }
             Outcome::Ready {
                 new,
@@ -401,7 +501,11 @@ impl Control {
         if let Err(e) =
             crate::fleet::check_env(new.fleet.as_ref()).and_then(|()| state.notifier.configure(&new.notify))
         {
-            return failed(&state, report("error", &current.revision, Some(e), Vec::new()));
+            return failed(
+                &state,
+                report("error", &current.revision, Some(e), Vec::new()),
+                by,
+            );
         }
         let (reconciled, routes) =
             if compiled.overlay_version == self.overlay_version && Arc::ptr_eq(&compiled.base, &current) {
@@ -425,6 +529,7 @@ impl Control {
             tracing::info!(revision = %revision, "reload: {c}");
         }
         let r = report("ok", &revision, None, changes);
+        record_reload(&state, &r, &current.revision, by);
         state.config.rcu(|c| {
             let mut c = (**c).clone();
             c.revision = revision.clone();
@@ -489,18 +594,81 @@ fn compile(path: &Path, force: bool, base: &Snapshot, mut overlay: Overlay) -> O
     }
 }
 
-fn failed(state: &State, r: ReloadReport) -> ReloadReport {
-    state.metrics.reload(false);
-    let error = r.error.clone().unwrap_or_default();
-    state.notifier.send(
-        Event::ReloadFailed,
-        serde_json::json!({ "revision": r.revision, "error": error }),
-        &format!(
-            "a config reload failed; still serving revision {}: {}",
+/// The users a change moved, as the trail and the webhooks show them.
+fn moved(moves: &[(String, String, f64)]) -> serde_json::Value {
+    moves
+        .iter()
+        .map(|(a, b, s)| serde_json::json!({ "from": a, "to": b, "share": s }))
+        .collect()
+}
+
+/// A reload that changed the config, in the audit trail (its changes, at most
+/// [`crate::audit::MAX_CHANGES`] of them listed) and to the webhooks that asked for `reload`.
+fn record_reload(state: &State, r: &ReloadReport, previous: &str, by: &Actor) {
+    let listed = r.changes.len().min(crate::audit::MAX_CHANGES);
+    let unchanged = r.revision == previous && r.changes.is_empty();
+    let mut fields = serde_json::json!({
+        "result": if unchanged { "unchanged" } else { "ok" },
+        "revision": r.revision,
+        "previous": previous,
+        "changes": &r.changes[..listed],
+        "changes_not_listed": r.changes.len() - listed,
+    });
+    let text = if unchanged {
+        format!(
+            "reload asked by {}: nothing changed (revision {previous})",
+            by.describe()
+        )
+    } else {
+        format!(
+            "config reloaded: revision {previous} -> {} ({} change(s); by {})",
             r.revision,
-            error.lines().next().unwrap_or_default()
-        ),
+            r.changes.len(),
+            by.describe()
+        )
+    };
+    let event = state.audit.record(crate::audit::Record {
+        kind: Event::Reload,
+        route: None,
+        pool: None,
+        by: Some(by),
+        text: text.clone(),
+        details: fields.clone(),
+    });
+    if !unchanged {
+        fields["by"] = serde_json::to_value(&event.by).unwrap_or_default();
+        state.notifier.send(Event::Reload, fields, &text);
+    }
+}
+
+fn failed(state: &State, r: ReloadReport, by: &Actor) -> ReloadReport {
+    state.metrics.reload(false);
+    let mut error = r.error.clone().unwrap_or_default();
+    // A file with many errors: the trail keeps the first 4 KiB of them (the API has all).
+    if error.len() > 4096 {
+        let mut cut = 4096;
+        while !error.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        error.truncate(cut);
+        error.push_str("\n…");
+    }
+    let text = format!(
+        "a config reload failed; still serving revision {}: {} (by {})",
+        r.revision,
+        error.lines().next().unwrap_or_default(),
+        by.describe()
     );
+    let fields = serde_json::json!({ "revision": r.revision, "error": error, "by": by });
+    state.audit.record(crate::audit::Record {
+        kind: Event::ReloadFailed,
+        route: None,
+        pool: None,
+        by: Some(by),
+        text: text.clone(),
+        details: fields.clone(),
+    });
+    state.notifier.send(Event::ReloadFailed, fields, &text);
     tracing::warn!(
         "config reload failed; still serving revision {}:\n{}",
         r.revision,

@@ -37,6 +37,8 @@ pub struct State {
     pub outcomes: Option<mpsc::Sender<Outcome>>,
     /// Where webhook notifications go (`[[notify]]`).
     pub notifier: crate::notify::Notifier,
+    /// What changed routing, when, and who did it.
+    pub audit: crate::audit::Audit,
     /// `[fleet]`: whether Prometheus answers, and what it showed last.
     pub fleet: ArcSwap<FleetStatus>,
     /// This replica's name in the fleet (`switchyard_fleet_info{replica}`):
@@ -150,6 +152,7 @@ impl State {
             fleet_verdicts: ArcSwap::from_pointee(FleetVerdicts::default()),
             started: std::time::Instant::now(),
             notifier,
+            audit: Default::default(),
             snapshot: Arc::new(ArcSwap::from_pointee(snap)),
             metrics,
             config: ArcSwap::from_pointee(config),
