@@ -24,7 +24,8 @@ use crate::proxy::headers::INTERNAL_PREFIX;
 pub const POOLS: [&str; 3] = ["blue", "green", "canary"];
 
 /// Starts an upstream on `127.0.0.1:0` that answers every request with `name` and the
-/// `x-switchyard-*` headers it received, one per line. `POST /_demo/fail?percent=N` makes it
+/// `x-switchyard-*` headers it received, one per line (not `x-switchyard-mirror`, which marks a
+/// mirrored copy: a shadow of the same name answers a copy as the primary answers the request). `POST /_demo/fail?percent=N` makes it
 /// answer `500` to N% of the requests that follow (0 heals it). Returns its address.
 pub async fn start_upstream(name: &'static str) -> std::io::Result<SocketAddr> {
     start_upstream_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
@@ -79,7 +80,7 @@ fn answer(name: &str, req: &Request<Incoming>, failing: &AtomicU32) -> Response<
     }
     let mut body = format!("{name}\n");
     for (k, v) in req.headers() {
-        if k.as_str().starts_with(INTERNAL_PREFIX) {
+        if k.as_str().starts_with(INTERNAL_PREFIX) && k.as_str() != "x-switchyard-mirror" {
             let _ = writeln!(body, "{k}: {}", v.to_str().unwrap_or("<binary>"));
         }
     }

@@ -80,7 +80,16 @@ fn every_example_runs_and_passes_its_checks() {
     });
     assert_eq!(
         ran,
-        ["ab-flag", "blue-green", "canary-rollout", "tenant-migration"]
+        [
+            "ab-experiment",
+            "ab-flag",
+            "blue-green",
+            "canary-rollout",
+            "feature-file",
+            "parallel-run",
+            "targeting",
+            "tenant-migration"
+        ]
     );
 }
 
