@@ -522,3 +522,192 @@ async fn a_page_on_another_origin_cannot_change_the_proxy() {
     drop(browser);
     proxy.shutdown().await;
 }
+
+/// The cockpit with live data from every capability at once: a parallel run (the shadow's
+/// copies, its match rate, the last mismatches), an A/B experiment on the route's pools, the
+/// fleet through a real Prometheus scraping the proxy, and the events timeline showing a reload,
+/// a trip and a rollback made with the dashboard's own button (named by its address and user
+/// agent).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium, chromedriver and prometheus (.ci/run installs them)"]
+async fn the_cockpit_shows_the_mirror_the_experiments_the_fleet_and_the_events() {
+    let blue = switchyard::demo::start_upstream("blue").await.unwrap();
+    let canary = switchyard::demo::start_upstream("canary").await.unwrap();
+    // The shadow answers as blue does: blue's users match, the canary's do not.
+    let shadow = switchyard::demo::start_upstream("blue").await.unwrap();
+    std::env::set_var(TOKEN_VAR, TOKEN);
+    let (admin, prom_port) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let text = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken_env = \"{TOKEN_VAR}\"\n[log]\naccess = false\n\
+         [identity]\nfrom = [\"header:x-user-id\"]\n\
+         [fleet]\nname = \"cockpit\"\nprometheus = \"http://127.0.0.1:{prom_port}\"\nselector = 'job=\"fleet\"'\ninterval = \"500ms\"\n\
+         [pools.blue]\nendpoints = [\"{blue}\"]\n[pools.canary]\nendpoints = [\"{canary}\"]\n[pools.green]\nendpoints = [\"{shadow}\"]\n\
+         [[routes]]\nname = \"web\"\nsplit = {{ blue = 50, canary = 50 }}\n\
+         guard = {{ baseline = \"blue\", min_requests = 20 }}\n\
+         mirror = {{ pool = \"green\", percent = 100, compare = true }}\n\
+         [[flags]]\nname = \"new_checkout\"\npercent = 30\n\
+         [[experiments]]\nname = \"canary_checkout\"\nroute = \"web\"\n\
+         goal = {{ path_prefix = \"/checkout\", method = \"POST\", status = \"2xx\" }}\n"
+    );
+    std::fs::write(&path, &text).unwrap();
+    let _prometheus = prometheus(
+        prom_port,
+        dir.path(),
+        &[format!("127.0.0.1:{admin}").parse().unwrap()],
+    );
+    let proxy = Proxy::start_file(&path).await;
+
+    // Users browse, and one in three checks out.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for c in 0..4 {
+        let (stop, url) = (stop.clone(), proxy.url("/"));
+        load.push(tokio::spawn(async move {
+            let client = h1_client();
+            let mut i = c;
+            while !stop.load(Ordering::Relaxed) {
+                i += 4;
+                let user = format!("u{}", i % 600);
+                let req = Request::get(&url)
+                    .header("x-user-id", &user)
+                    .body(empty())
+                    .unwrap();
+                let _ = client.request(req).await.map(|r| drop(r.into_body()));
+                if i % 3 == 0 {
+                    let req = Request::post(format!("{url}checkout"))
+                        .header("x-user-id", &user)
+                        .body(empty())
+                        .unwrap();
+                    let _ = client.request(req).await.map(|r| drop(r.into_body()));
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+
+    let browser = Browser::start().await;
+    browser.go(&proxy.admin_url("/")).await;
+    // The fleet: Prometheus answers, and shows this replica.
+    let replica = proxy.state.replica().to_owned();
+    let fleet_shown = format!(
+        "const p = document.querySelector('#fleet [data-prometheus]'); const r = document.querySelector('#fleet [data-replicas]');\
+         return !!p && p.textContent === 'answers' && !!r && r.textContent.startsWith('1: ') && r.textContent.includes({replica:?});"
+    );
+    assert!(
+        browser
+            .until(&fleet_shown, Duration::from_secs(30))
+            .await
+            .is_some(),
+        "the fleet panel: {}",
+        browser
+            .js("return document.querySelector('#fleet').innerText")
+            .await
+    );
+    // The parallel run: copies sent, a match rate over the last minute and since start, and
+    // the canary's mismatches with their first difference.
+    let mirror = "const m = document.querySelector('.card[data-route=\"web\"] [data-mirror]'); if (!m) return false;\
+         const sent = parseInt(m.querySelector('[data-sent]').textContent);\
+         const recent = m.querySelector('[data-match-recent]').textContent, start = m.querySelector('[data-match-start]').textContent;\
+         return sent > 50 && recent.includes('% of') && start.endsWith('%') && !!m.querySelector('[data-mismatch]');";
+    assert!(
+        browser.until(mirror, Duration::from_secs(20)).await.is_some(),
+        "the mirror panel: {}",
+        browser
+            .js("const m = document.querySelector('[data-mirror]'); return m ? m.innerText : 'none'")
+            .await
+    );
+    let panel = browser
+        .js("return document.querySelector('[data-mirror]').innerText")
+        .await;
+    let panel = panel.as_str().unwrap();
+    assert!(panel.contains("parallel run → green"), "{panel}");
+    assert!(panel.contains("canary ≠ blue"), "the first difference: {panel}");
+    // The experiment: both arms with users and conversions, rates and intervals.
+    let arms = "const e = document.querySelector('[data-experiment=\"canary_checkout\"]'); if (!e) return false;\
+         const rows = [...e.querySelectorAll('tr[data-arm]')]; return rows.length === 2 &&\
+         rows.every((r) => parseInt(r.children[2].textContent) > 20 && parseInt(r.children[3].textContent) > 5 && r.children[5].textContent.includes('–'));";
+    assert!(
+        browser.until(arms, Duration::from_secs(20)).await.is_some(),
+        "the experiments panel: {}",
+        browser
+            .js("return document.querySelector('#experiments').innerText")
+            .await
+    );
+
+    // A reload: the timeline shows what it changed.
+    std::fs::write(&path, text.replace("percent = 30", "percent = 40")).unwrap();
+    let reload = "const e = document.querySelector('#events tr[data-kind=\"reload\"]'); return !!e && e.innerText.includes('config reloaded');";
+    assert!(
+        browser.until(reload, Duration::from_secs(10)).await.is_some(),
+        "{}",
+        browser
+            .js("return document.querySelector('#events').innerText")
+            .await
+    );
+    // A trip.
+    let (parts, _) = send(
+        &h1_client(),
+        Request::post(format!("http://{canary}/_demo/fail?percent=100"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(parts.status, 200);
+    let trip = "const e = document.querySelector('#events tr[data-kind=\"trip\"]'); return !!e && e.innerText.includes('canary tripped');";
+    assert!(
+        browser.until(trip, Duration::from_secs(20)).await.is_some(),
+        "no trip in the timeline"
+    );
+    send(
+        &h1_client(),
+        Request::post(format!("http://{canary}/_demo/fail?percent=0"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    // Reset and roll back with the dashboard's buttons: the timeline says who.
+    browser.type_into("#token", TOKEN).await;
+    browser
+        .click(".card[data-route=\"web\"] button[data-action=\"reset\"]")
+        .await;
+    browser.accept_alert().await;
+    let reset = "return !!document.querySelector('#events tr[data-kind=\"reset\"]');";
+    assert!(browser.until(reset, Duration::from_secs(10)).await.is_some());
+    browser
+        .click(".card[data-route=\"web\"] button[data-action=\"rollback\"]")
+        .await;
+    browser.accept_alert().await;
+    let rollback = "const e = document.querySelector('#events tr[data-kind=\"rollback\"]');\
+         return !!e && e.innerText.includes('by 127.0.0.1:') && e.innerText.includes('HeadlessChrome');";
+    assert!(
+        browser.until(rollback, Duration::from_secs(10)).await.is_some(),
+        "{}",
+        browser
+            .js("return document.querySelector('#events').innerText")
+            .await
+    );
+    // Newest first: rollback, reset, trip, ..., reload, ..., start.
+    let kinds = browser
+        .js("return [...document.querySelectorAll('#events tr[data-kind]')].map((e) => e.dataset.kind)")
+        .await;
+    let kinds: Vec<&str> = kinds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k.as_str().unwrap())
+        .collect();
+    assert_eq!(&kinds[..3], ["rollback", "reset", "trip"], "{kinds:?}");
+    assert_eq!(kinds.last(), Some(&"start"), "{kinds:?}");
+    assert!(kinds.contains(&"reload"), "{kinds:?}");
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.await.unwrap();
+    }
+    drop(browser);
+    proxy.shutdown().await;
+}

@@ -15,7 +15,6 @@ mod support;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use http::Request;
@@ -132,30 +131,6 @@ fn config(prometheus: u16, blue: SocketAddr, canary: SocketAddr, route_extra: &s
          [fleet]\nname = \"shop\"\nprometheus = \"http://127.0.0.1:{prometheus}\"\nselector = 'job=\"fleet\"'\ninterval = \"500ms\"\n\
          [pools.blue]\nendpoints = [\"{blue}\"]\n[pools.canary]\nendpoints = [\"{canary}\"]\n\
          [[routes]]\nname = \"web\"\nsplit = {{ blue = 50, canary = 50 }}\noverride = {{ header = \"x-switchyard-pool\" }}\n{route_extra}"
-    )
-}
-
-/// Starts Prometheus on `port`, scraping `targets` every second as job "fleet".
-fn prometheus(port: u16, dir: &std::path::Path, targets: &[SocketAddr]) -> Killed {
-    let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
-    let config = dir.join("prometheus.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fleet\n    static_configs:\n      - targets: [{}]\n",
-            list.join(", ")
-        ),
-    )
-    .unwrap();
-    Killed(
-        Command::new("prometheus")
-            .arg(format!("--config.file={}", config.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the prometheus binary (apt-get install prometheus)"),
     )
 }
 

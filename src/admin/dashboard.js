@@ -20,8 +20,15 @@ function dur(s) {
 }
 function ago(iso) { return dur((Date.now() - Date.parse(iso)) / 1000) + " ago"; }
 
+/// The token typed in the header: sent with every call, so reads show what needs it (whole
+/// mirror mismatches) and commands are allowed.
+function auth() {
+  const token = $("token").value.trim();
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
 async function api(path, opts = {}) {
-  const r = await fetch(path, opts);
+  const r = await fetch(path, { ...opts, headers: { ...auth(), ...(opts.headers || {}) } });
   let body = null;
   try { body = await r.json(); } catch (_) { body = null; }
   return { ok: r.ok, status: r.status, body, headers: r.headers };
@@ -37,15 +44,19 @@ async function poll() {
     if (!routes.ok) throw new Error("admin API answered with an error");
     const names = routes.body.map((r) => r.name).join(",");
     if (names !== shownKey) { history.clear(); since = 0; shownKey = names; }
-    const [pools, flags, config, hist, fleet] = await Promise.all([
+    const [pools, flags, config, hist, fleet, experiments, events] = await Promise.all([
       api("/api/pools"), api("/api/flags"), api("/api/config"),
       api(`/api/history?since=${since}&routes=${encodeURIComponent(names)}`), api("/api/fleet"),
+      api("/api/experiments"), api(eventSeq == null ? `/api/events?limit=${EVENTS}` : `/api/events?after=${eventSeq}&limit=${EVENTS}`),
     ]);
-    if (!pools.ok || !flags.ok || !config.ok || !hist.ok || !fleet.ok) throw new Error("admin API answered with an error");
+    if (![pools, flags, config, hist, fleet, experiments, events].every((x) => x.ok)) throw new Error("admin API answered with an error");
     absorb(hist.body);
+    absorbEvents(events.body);
+    for (const r of routes.body) if (r.mirror) sampleMirror(r.name, r.mirror, hist.body.now);
     data = {
       routes: routes.body, total: Number(routes.headers.get("x-switchyard-total") || routes.body.length),
       pools: pools.body, flags: flags.body, config: config.body, fleet: fleet.body, now: hist.body.now,
+      experiments: experiments.body,
     };
     $("live").className = "on";
     render();
@@ -65,6 +76,35 @@ function absorb(h) {
     history.set(key, list);
     if (s.samples.length) since = Math.max(since, s.samples[s.samples.length - 1].t);
   }
+}
+
+/// The audit trail, newest first (EVENTS at most), and the last number seen.
+const EVENTS = 100;
+let events = [], eventSeq = null;
+function absorbEvents(body) {
+  for (const e of body.events) if (eventSeq == null || e.seq > eventSeq) events.unshift(e);
+  events = events.slice(0, EVENTS);
+  // A restart with a fresh trail numbers from 0 again: start over.
+  if (eventSeq != null && body.next_seq <= eventSeq) { events = []; eventSeq = null; return; }
+  eventSeq = body.next_seq - 1;
+}
+
+/// Each mirrored route's counts over the last minute: [t, compared, mismatched, sent].
+const mirrorSamples = new Map();
+const MIRROR_WINDOW_MS = 60000;
+function mirrorCounts(m) {
+  const c = Object.fromEntries(m.counts);
+  const mismatched = (c.status || 0) + (c.header || 0) + (c.body || 0);
+  // Every copy that went to the shadow (compared or not); dropped ones never went.
+  const copies = m.counts.reduce((a, [, n]) => a + n, 0) - (c.dropped || 0);
+  return { c, compared: (c.match || 0) + mismatched, mismatched, copies };
+}
+function sampleMirror(route, m, now) {
+  const { compared, mismatched, copies } = mirrorCounts(m);
+  const list = mirrorSamples.get(route) || [];
+  list.push([now, compared, mismatched, copies]);
+  while (list.length > 2 && list[1][0] < now - MIRROR_WINDOW_MS) list.shift();
+  mirrorSamples.set(route, list);
 }
 
 /// The pool's figures over its last sample interval (zero when it had no requests then).
@@ -133,6 +173,7 @@ function routeCard(r, now) {
   if (r.trips.length) {
     html += `<div class="trips">${r.trips.map((t) => `<div class="trip"><b>${esc(t.pool)}</b> ${t.manual ? "rolled back" : "tripped"} ${esc(ago(t.at))}: ${esc(t.reason)}${t.manual ? "" : ` <span class="muted">(${t.requests} requests, ${t.errors} errors${t.p99_ms != null ? ", p99 " + ms(t.p99_ms) : ""})</span>`}</div>`).join("")}</div>`;
   }
+  html += mirrorPanel(r);
   const reports = new Map((guard ? guard.pools : []).map((p) => [p.pool, p]));
   html += `<div class="pools">`;
   for (const s of r.configured) {
@@ -154,6 +195,72 @@ function routeCard(r, now) {
   return html + `</div></div>`;
 }
 
+/// A parallel run: the shadow pool's copies, the match rate over the last minute, since its
+/// comparison settings changed and since start, and the last mismatches' first differences
+/// (credentials shown only to a reader who gave the token).
+function mirrorPanel(r) {
+  const m = r.mirror;
+  if (!m) return "";
+  const { c, compared, mismatched, copies } = mirrorCounts(m);
+  const list = mirrorSamples.get(r.name) || [];
+  let recent = "–", rate = "–";
+  if (list.length >= 2) {
+    const a = list[0], b = list[list.length - 1], dc = b[1] - a[1], dm = b[2] - a[2];
+    const secs = Math.max(1, (b[0] - a[0]) / 1000);
+    recent = dc > 0 ? `${pct(1 - dm / dc, 1)} of ${dc}` : "nothing compared";
+    rate = ((b[3] - a[3]) / secs).toFixed(1) + "/s";
+  }
+  const matchOf = (x) => (x == null ? "–" : pct(1 - x, 1));
+  const mm = (m.recent || []).slice().reverse().slice(0, 5);
+  return `<div class="mirror" data-mirror>
+    <div><b>parallel run</b> → <b>${esc(m.pool)}</b> <span class="muted">${m.percent}% of users${m.compare ? ", answers compared" : ""} · ${rate} copies · ${m.in_flight}/${m.max_in_flight} in flight</span></div>
+    <div class="figs mirror-figs">
+      <div>match, last 1m<b data-match-recent>${esc(recent)}</b></div>
+      <div>since settings changed<b data-match-current>${matchOf(m.current_mismatch_rate)}</b></div>
+      <div>since start<b data-match-start>${matchOf(m.mismatch_rate)}</b></div>
+      <div>copies sent<b data-sent>${copies}</b></div>
+    </div>
+    <div class="muted">compared ${compared} · mismatched ${mismatched} (status ${c.status || 0}, header ${c.header || 0}, body ${c.body || 0}) · dropped ${c.dropped || 0} · too large ${c.too_large || 0} · shadow errors ${c.shadow_error || 0} · incomplete ${c.incomplete || 0}</div>
+    ${mm.length ? `<table class="mismatches"><tr><th>when</th><th>kind</th><th>request</th><th>first difference</th></tr>${mm.map((x) =>
+      `<tr data-mismatch><td>${esc(ago(x.at))}</td><td>${esc(x.kind)}</td><td>${esc(x.method)} ${esc(x.path)}</td><td><code>${esc(x.diff)}</code></td></tr>`).join("")}</table>` : ""}
+  </div>`;
+}
+
+function experimentsPanel(list) {
+  if (!list.length) return `<span class="muted">no experiments</span>`;
+  const p = (x) => (x == null ? "–" : x < 0.001 ? "<0.001" : x.toFixed(3));
+  return list.map((e) => `<div class="experiment" data-experiment="${esc(e.name)}">
+    <div><b>${esc(e.name)}</b> <span class="muted">${esc(e.subject)} · goal ${esc(e.goal)}</span></div>
+    ${e.srm && e.srm.mismatch ? `<div class="banner" data-srm>sample ratio mismatch (p = ${p(e.srm.p_value)}): users do not reach the arms in the configured shares; do not read these results</div>` : ""}
+    <table><tr><th>arm</th><th>share</th><th>users</th><th>converted</th><th>rate</th><th>95% interval</th><th>vs first</th><th>p-value</th></tr>
+    ${e.arms.map((a) => `<tr data-arm="${esc(a.name)}"><td>${esc(a.name)}</td><td class="num">${pct(a.weight, 0)}</td><td class="num">${a.exposed}</td><td class="num">${a.converted}</td>
+      <td class="num">${pct(a.rate, 1)}</td><td class="num">${pct(a.ci[0], 1)} – ${pct(a.ci[1], 1)}</td>
+      <td class="num">${a.difference == null ? "–" : (a.difference >= 0 ? "+" : "") + (a.difference * 100).toFixed(1) + " pts"}</td><td class="num">${p(a.p_value)}</td></tr>`).join("")}
+    </table></div>`).join("");
+}
+
+function fleetPanel(f) {
+  if (!f.prometheus) return `<span class="muted">one replica (no [fleet]):</span> ${esc(f.replica || "")}`;
+  const state = f.up == null ? "not asked yet" : f.up ? "answers" : "does not answer";
+  return `<table>
+    <tr><th>Prometheus</th><td>${esc(f.prometheus)} <span class="${f.up ? "up" : "down"}" data-prometheus>${state}</span>${f.error ? ": " + esc(f.error) : ""}</td></tr>
+    <tr><th>last answer</th><td>${f.last_answer ? esc(ago(f.last_answer)) : "never"}</td></tr>
+    <tr><th>replicas seen</th><td data-replicas>${f.replicas}${f.members && f.members.length ? ": " + f.members.map(esc).join(", ") : ""}</td></tr>
+    <tr><th>this replica</th><td>${esc(f.replica)}${f.notifier === f.replica ? " (sends the fleet's webhooks)" : f.notifier ? ` (webhooks: ${esc(f.notifier)})` : ""}</td></tr>
+    <tr><th>judging</th><td>${esc(f.judging)}${f.held ? " · guarded routes held at their baselines until the fleet answers" : ""}</td></tr>
+  </table>`;
+}
+
+const BAD = new Set(["trip", "rollout_aborted", "reload_failed", "state_save_failed"]);
+const OPERATOR = new Set(["rollback", "reset"]);
+function eventsPanel() {
+  if (!events.length) return `<span class="muted">no events yet</span>`;
+  return `<table>${events.map((e) => `<tr data-event="${e.seq}" data-kind="${esc(e.kind)}">
+    <td class="num" title="${esc(e.at)}">${esc(ago(e.at))}</td>
+    <td><span class="badge${BAD.has(e.kind) ? " bad" : OPERATOR.has(e.kind) ? " warn" : ""}">${esc(e.kind.replace(/_/g, " "))}</span></td>
+    <td>${esc(e.route || "")}</td><td>${esc(e.text)}</td></tr>`).join("")}</table>`;
+}
+
 function render() {
   const { routes, total, pools, flags, config, fleet, now } = data;
   $("revision").textContent = `revision ${config.revision} · loaded ${ago(config.loaded_at)}` +
@@ -169,6 +276,9 @@ function render() {
   // The admin API sent the filter's routes, tripped first, SHOWN at most.
   $("count").textContent = total > routes.length ? `${routes.length} of ${total} shown` : `${routes.length} route${routes.length === 1 ? "" : "s"}`;
   $("routes").innerHTML = routes.map((r) => routeCard(r, now)).join("");
+  $("events").innerHTML = eventsPanel();
+  $("experiments").innerHTML = experimentsPanel(data.experiments);
+  $("fleet").innerHTML = fleetPanel(fleet);
   $("flags").innerHTML = flags.length ? `<table><tr><th>flag</th><th>decisions</th><th></th></tr>${flags.map((f) => {
     const total = f.decisions.reduce((a, [, n]) => a + n, 0);
     const parts = f.decisions.filter(([, n]) => n > 0);
@@ -181,9 +291,7 @@ function render() {
 }
 
 async function act(action, route) {
-  const token = $("token").value.trim();
-  const headers = token ? { Authorization: "Bearer " + token } : {};
-  const r = await api(`/api/routes/${encodeURIComponent(route)}/${action}`, { method: "POST", headers });
+  const r = await api(`/api/routes/${encodeURIComponent(route)}/${action}`, { method: "POST" });
   // A command's result names its route already ("web: 1 trip(s) cleared").
   const msg = r.ok ? r.body.result : r.status === 401 ? `refused: ${r.body && r.body.error} — enter the token above` : `${route}: ${(r.body && r.body.error) || "HTTP " + r.status}`;
   $("message").innerHTML = `<div class="${r.ok ? "ok" : "error"}" data-status="${r.status}">${esc(msg)}</div>`;

@@ -253,6 +253,8 @@ pub struct FleetStatus {
     pub error: Option<String>,
     /// Replicas seen at the last answer.
     pub replicas: usize,
+    /// Their names, sorted (the first 100).
+    pub members: Vec<String>,
     /// This replica's name in the fleet.
     pub replica: String,
     /// The replica that sends the fleet's webhooks for automatic events, as of the last

@@ -687,3 +687,27 @@ pub async fn eventually(what: &str, within: Duration, mut check: impl AsyncFnMut
     }
     started.elapsed()
 }
+
+/// Starts Prometheus on `port`, scraping `targets` every second as job "fleet".
+pub fn prometheus(port: u16, dir: &std::path::Path, targets: &[SocketAddr]) -> Killed {
+    let list: Vec<String> = targets.iter().map(|t| format!("'{t}'")).collect();
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fleet\n    static_configs:\n      - targets: [{}]\n",
+            list.join(", ")
+        ),
+    )
+    .unwrap();
+    Killed(
+        std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("the prometheus binary (apt-get install prometheus)"),
+    )
+}
