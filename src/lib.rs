@@ -53,6 +53,7 @@ pub mod reload;
 pub mod routing;
 pub mod runtime;
 pub mod tls;
+pub mod trace;
 pub mod upstream;
 
 pub use app::{App, Source};

@@ -95,6 +95,7 @@ pub struct Metrics {
     pub(crate) state_save_errors: IntCounter,
     pub(crate) state_load_errors: IntCounter,
     pub(crate) notifications: IntCounterVec,
+    pub(crate) trace_spans: IntCounterVec,
     pub(crate) mirror: IntCounterVec,
     pub(crate) experiment_users: GaugeVec,
     pub connections: IntGauge,
@@ -241,6 +242,10 @@ impl Metrics {
                 opts("switchyard_notifications_total", "Webhook notifications by result: delivered, failed (after retries), dropped (queue full)."),
                 &["result"],
             )),
+            trace_spans: register(&r, IntCounterVec::new(
+                opts("switchyard_trace_spans_total", "Sampled spans by result: exported (the collector took them), failed (it refused or did not answer), dropped (the export queue was full)."),
+                &["result"],
+            )),
             experiment_users: register(&r, GaugeVec::new(
                 opts("switchyard_experiment_users", "Distinct users of each experiment's arm (estimated, ±1%), by kind: exposed, converted."),
                 &["experiment", "variant", "kind"],
@@ -285,6 +290,9 @@ impl Metrics {
         }
         for result in ["delivered", "failed", "dropped"] {
             m.notifications.with_label_values(&[result]);
+        }
+        for result in ["exported", "failed", "dropped"] {
+            m.trace_spans.with_label_values(&[result]);
         }
         m
     }

@@ -44,12 +44,25 @@ fn the_declared_rust_version_is_what_the_locked_crates_need() {
             Some((w.next()?.to_owned(), w.next()?.trim_start_matches('v').to_owned()))
         })
         .collect();
+    // This machine's platform only: other platforms' crates (android_system_properties, say)
+    // are in the lock but never downloaded here.
+    let rustc = Command::new(std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into()))
+        .arg("-vV")
+        .output()
+        .unwrap();
+    let host = String::from_utf8(rustc.stdout)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("host: ").map(str::to_owned))
+        .expect("rustc -vV names its host");
     let meta: serde_json::Value = serde_json::from_str(&cargo(&[
         "metadata",
         "--format-version",
         "1",
         "--locked",
         "--offline",
+        "--filter-platform",
+        &host,
     ]))
     .unwrap();
     let mut needs: Vec<(Vec<u32>, String)> = meta["packages"]

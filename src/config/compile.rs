@@ -318,6 +318,10 @@ pub fn compile(
             .and_then(|o| o.get_ref().enabled.as_ref())
             .is_some_and(|e| *e.get_ref()),
         experiments: experiments.into(),
+        tracing: raw
+            .tracing
+            .as_ref()
+            .and_then(|t| super::compile_settings::compile_tracing(&mut errs, t.get_ref())),
         flags_from: flags_from.map(|(f, _)| f),
         warnings: errs.warnings.into(),
         extras: extras.into(),

@@ -553,3 +553,66 @@ pub(super) fn compile_listen(
     }
     (listen, tls)
 }
+
+/// `[tracing]`: an `http(s)://` collector base (its `/v1/traces` gets the spans), a sample
+/// rate in 0..=1 (default 1: every trace started here), a service name.
+pub(super) fn compile_tracing(
+    errs: &mut Errors<'_>,
+    t: &super::raw::RawTracing,
+) -> Option<crate::trace::TracingConfig> {
+    let before = errs.list.len();
+    let otlp = t.otlp.as_ref().and_then(|o| {
+        let text = o.get_ref().trim().trim_end_matches('/');
+        match text.parse::<http::Uri>() {
+            Ok(u)
+                if matches!(u.scheme_str(), Some("http" | "https"))
+                    && u.host().is_some()
+                    && u.query().is_none() =>
+            {
+                Some(u)
+            }
+            _ => {
+                errs.at(
+                    o,
+                    "tracing.otlp",
+                    format!("`{}` is not an http:// or https:// URL", o.get_ref()),
+                    "write the collector's OTLP/HTTP base URL, such as \"http://otel-collector:4318\" (spans go to its /v1/traces)",
+                );
+                None
+            }
+        }
+    });
+    let sample = match &t.sample {
+        Some(s) if (0.0..=1.0).contains(s.get_ref()) => *s.get_ref(),
+        Some(s) => {
+            errs.at(
+                s,
+                "tracing.sample",
+                format!("{} is not a share between 0 and 1", s.get_ref()),
+                "write the share of traces to record, such as 0.01 for 1%",
+            );
+            1.0
+        }
+        None => 1.0,
+    };
+    let service_name = match &t.service_name {
+        Some(n) if !n.get_ref().trim().is_empty() && n.get_ref().len() <= 128 => {
+            n.get_ref().trim().to_owned()
+        }
+        Some(n) => {
+            errs.at(
+                n,
+                "tracing.service_name",
+                "a service name is 1 to 128 characters",
+                "write the name spans are filed under, such as \"switchyard-shop\"",
+            );
+            String::new()
+        }
+        None => "switchyard".to_owned(),
+    };
+    (errs.list.len() == before).then_some(crate::trace::TracingConfig {
+        otlp,
+        sample,
+        service_name,
+    })
+}

@@ -35,6 +35,8 @@ pub struct Compiled {
     pub fleet: Option<FleetSettings>,
     /// `[ofrep] enabled`: the proxy's listeners answer OFREP evaluations.
     pub ofrep: bool,
+    /// `[tracing]`: trace context kept or started, spans exported.
+    pub tracing: Option<crate::trace::TracingConfig>,
     /// `[[experiments]]`: what they compare, their goals and their counts.
     pub experiments: Arc<[crate::experiments::ExperimentConfig]>,
     /// `flags_from`: where the feature file comes from (watched like the config).

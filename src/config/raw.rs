@@ -41,6 +41,15 @@ pub struct RawConfig {
     pub experiments: Vec<Spanned<RawExperiment>>,
     /// Who may force a pool with a route's override header or cookie.
     pub overrides: Option<Spanned<RawOverrides>>,
+    /// W3C trace context and OTLP export.
+    pub tracing: Option<Spanned<RawTracing>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawTracing {
+    pub otlp: Option<Spanned<String>>,
+    pub sample: Option<Spanned<f64>>,
+    pub service_name: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

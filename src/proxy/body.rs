@@ -64,6 +64,8 @@ pub struct Finish {
     /// Where a guarded route's outcome goes. Boxed: most routes have no guard, and the body
     /// carrying this is moved several times on its way out.
     pub outcome: Option<Box<OutcomeTap>>,
+    /// `[tracing]`: the request's span, exported when sampled.
+    pub trace: Option<Box<crate::trace::Span>>,
 }
 
 /// The request's part of its access-log line, and what the request adds to it on its way.
@@ -353,6 +355,34 @@ impl Finish {
                 body_failed = self.failed,
                 request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             );
+        }
+        if let (Some(mut span), Some(tracer)) = (self.trace, self.snap.tracer.as_deref()) {
+            if span.sampled {
+                span.set(
+                    "http.response.status_code",
+                    crate::trace::Value::Int(i64::from(self.sent)),
+                );
+                let failed = self.failed || self.sent >= 500;
+                if let Some(e) = self.error {
+                    span.set("error.type", e);
+                }
+                let route = self.route.map(|r| self.snap.routes[r].name.clone());
+                let name = match &route {
+                    Some(r) => format!("{} {r}", span.method()),
+                    None => span.method().to_owned(),
+                };
+                let error = failed.then(|| match (self.error, self.failed) {
+                    (Some(e), _) => e.to_owned(),
+                    (None, true) => "the upstream broke off its body".to_owned(),
+                    (None, false) => format!("status {}", self.sent),
+                });
+                tracer.send(crate::trace::Finished {
+                    span: *span,
+                    name,
+                    end: std::time::SystemTime::now(),
+                    error,
+                });
+            }
         }
         drop(self.in_flight);
     }

@@ -250,6 +250,7 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime, overlay: Option<&
             upgrade: false,
             settings: &snap.headers,
             decision: decided.decision(pool),
+            traceparent: None,
         }
         .to_map();
         let upstream_headers = upstream

@@ -19,6 +19,8 @@ pub(super) struct Routed {
     pub(super) body: Option<RequestBody>,
     /// Set when the request is mirrored.
     pub(super) mirror: Option<MirrorStart>,
+    /// `[tracing]`: the `traceparent` this hop sends (to the shadow too).
+    pub(super) traceparent: Option<HeaderValue>,
 }
 
 /// A mirrored request, until its copy is prepared.
@@ -115,6 +117,7 @@ pub(super) fn prepare(
         upgrade,
         settings: &snap.headers,
         decision: routed.decided.decision(&pool),
+        traceparent: routed.traceparent.as_ref(),
     };
     let root = PathAndQuery::from_static("/");
     let path = match &routed.path {

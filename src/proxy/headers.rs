@@ -30,6 +30,7 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 pub static X_SWITCHYARD_ERROR: HeaderName = HeaderName::from_static("x-switchyard-error");
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// True for an HTTP/1.1 WebSocket upgrade request: `Connection: upgrade` and `Upgrade:
 /// websocket`, the one protocol switch the proxy passes (as Envoy's `upgrade_configs`, it must
@@ -169,6 +170,8 @@ pub struct UpstreamFields<'a> {
     pub upgrade: bool,
     pub settings: &'a HeaderSettings,
     pub decision: DecisionFields<'a>,
+    /// `[tracing]`: this hop's `traceparent`, in place of the client's.
+    pub traceparent: Option<&'a HeaderValue>,
 }
 
 impl UpstreamFields<'_> {
@@ -207,6 +210,7 @@ impl UpstreamFields<'_> {
                 via += 1;
                 continue;
             } else if (name == X_REQUEST_ID && self.request_id.is_some())
+                || (name == TRACEPARENT && self.traceparent.is_some())
                 || (set.forwarded
                     && (name == X_FORWARDED_PROTO || (name == X_FORWARDED_HOST && self.host.is_some())))
                 || name.as_str().starts_with(INTERNAL_PREFIX)
@@ -220,6 +224,9 @@ impl UpstreamFields<'_> {
         }
         if self.upgrade {
             f(b"connection", b"upgrade");
+        }
+        if let Some(tp) = self.traceparent {
+            f(b"traceparent", tp.as_bytes());
         }
         if te_trailers {
             f(b"te", b"trailers");
@@ -431,6 +438,7 @@ mod tests {
                 flags: Some("a=on"),
                 payloads: None,
             },
+            traceparent: None,
         }
         .to_map()
     }
@@ -505,6 +513,7 @@ mod tests {
                 flags: None,
                 payloads: None,
             },
+            traceparent: None,
         }
         .to_map();
         assert_eq!(fields.get_all("host").iter().collect::<Vec<_>>(), [&routed]);

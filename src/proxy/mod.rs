@@ -142,6 +142,8 @@ struct Names {
     conversions: Vec<crate::experiments::Conversion>,
     /// Answered by the proxy itself rather than routed.
     local: Option<Local>,
+    /// `[tracing]`: the request's span.
+    trace: Option<Box<crate::trace::Span>>,
 }
 
 pub use crate::metrics::Local;
@@ -233,6 +235,17 @@ impl Proxy {
         };
         let mut names = Names {
             http2: parts.version == Version::HTTP_2,
+            trace: snap.tracer.as_ref().map(|t| {
+                let mut span =
+                    crate::trace::Span::start(find(&parts.headers, &headers::TRACEPARENT), t.config.sample);
+                span.set("http.request.method", parts.method.as_str());
+                span.set("url.path", parts.uri.path());
+                span.set(
+                    "client.address",
+                    std::str::from_utf8(peer.ip.as_bytes()).unwrap_or(""),
+                );
+                Box::new(span)
+            }),
             ..Names::default()
         };
         if snap.ofrep && ofrep::is_ofrep(parts.uri.path()) {
@@ -303,6 +316,10 @@ impl Proxy {
                     if let Some(log) = begun.log.as_mut() {
                         let to = &ready.request;
                         log.upstream = Some((to.pool.endpoints[to.index].address.clone(), to.now.elapsed()));
+                    }
+                    if let Some(span) = names.trace.as_deref_mut() {
+                        let to = &ready.request;
+                        span.set("server.address", to.pool.endpoints[to.index].address.clone());
                     }
                     if let (Some(kind), Some(p), Some(m)) =
                         (ready.request.retried_after, names.pool, snap.metrics.as_deref())
@@ -423,6 +440,7 @@ impl Proxy {
             in_flight,
             log,
             conversions: (!conversions.is_empty()).then(|| Box::new(conversions)),
+            trace: names.trace.take(),
             snap,
         });
         response

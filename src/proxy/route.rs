@@ -88,12 +88,29 @@ impl Proxy {
                         None
                     }
                 });
-            (snap.pool(pool).clone(), Decided::new(&d, snap), mirror)
+            let decided = Decided::new(&d, snap);
+            if let Some(span) = names.trace.as_deref_mut().filter(|s| s.sampled) {
+                span.set("switchyard.route", d.route.name.clone());
+                span.set("switchyard.pool", snap.pools[pool].name.clone());
+                span.set("switchyard.why", why(&d).as_str());
+                span.set(
+                    "switchyard.bucket",
+                    std::str::from_utf8(&decided.bucket).unwrap_or(""),
+                );
+                if let Some(flags) = &decided.flags {
+                    span.set("switchyard.flags", flags.as_str());
+                }
+                if let Some(m) = &mirror {
+                    span.set("switchyard.mirror.pool", snap.pools[m.config.pool].name.clone());
+                }
+            }
+            (snap.pool(pool).clone(), decided, mirror)
         };
 
         // Phase: upstream_request (the header fields are made by `Decided::fields`).
         let via = via_entry(snap, parts.version);
         Ok(Routed {
+            traceparent: names.trace.as_ref().map(|s| s.header.clone()),
             mirror,
             pool,
             decided,
@@ -105,5 +122,20 @@ impl Proxy {
             parts,
             body,
         })
+    }
+}
+
+/// Why the pool was picked, as a trace shows it: `split`, `override header`, `override
+/// cookie`, or `rule NAME`.
+fn why(d: &crate::routing::Decision<'_, '_>) -> String {
+    use crate::routing::Why;
+    match d.why {
+        Why::Split => "split".to_owned(),
+        Why::OverrideHeader => "override header".to_owned(),
+        Why::OverrideCookie => "override cookie".to_owned(),
+        Why::Rule(i) => format!(
+            "rule {}",
+            d.route.rules.get(usize::from(i)).map_or("?", |r| r.name.as_str())
+        ),
     }
 }

@@ -15,6 +15,9 @@ pub struct Snapshot {
     pub compiled: Compiled,
     /// Metric series of this snapshot, attached before it is published.
     pub metrics: Option<Arc<crate::metrics::Handles>>,
+    /// `[tracing]`'s exporter, attached before it is published (kept across reloads that
+    /// leave `[tracing]` as it was).
+    pub tracer: Option<Arc<crate::trace::Exporter>>,
 }
 
 impl Deref for Snapshot {
@@ -82,6 +85,7 @@ pub fn assemble(mut compiled: Compiled, previous: Option<&Snapshot>) -> Snapshot
     Snapshot {
         compiled,
         metrics: None,
+        tracer: None,
     }
 }
 

@@ -39,6 +39,8 @@ pub struct State {
     pub notifier: crate::notify::Notifier,
     /// What changed routing, when, and who did it.
     pub audit: crate::audit::Audit,
+    /// `[tracing]`'s exporter, made again only when `[tracing]` changes.
+    tracer: std::sync::Mutex<Option<Arc<crate::trace::Exporter>>>,
     /// `[fleet]`: whether Prometheus answers, and what it showed last.
     pub fleet: ArcSwap<FleetStatus>,
     /// This replica's name in the fleet (`switchyard_fleet_info{replica}`):
@@ -136,6 +138,8 @@ impl State {
     ) -> Arc<State> {
         let metrics = Metrics::new();
         metrics.attach(&mut snap);
+        let tracer = std::sync::Mutex::new(None);
+        attach_tracer(&tracer, &metrics, &mut snap);
         let config = ConfigStatus {
             path,
             revision: snap.revision.clone(),
@@ -153,6 +157,7 @@ impl State {
             started: std::time::Instant::now(),
             notifier,
             audit: Default::default(),
+            tracer,
             snapshot: Arc::new(ArcSwap::from_pointee(snap)),
             metrics,
             config: ArcSwap::from_pointee(config),
@@ -168,6 +173,7 @@ impl State {
     /// Swaps `snap` in; returns the snapshot it replaces.
     pub fn publish(&self, mut snap: Snapshot) -> Arc<Snapshot> {
         self.metrics.attach(&mut snap);
+        attach_tracer(&self.tracer, &self.metrics, &mut snap);
         self.snapshot.swap(Arc::new(snap))
     }
 
@@ -236,6 +242,32 @@ impl State {
     pub fn is_ready(&self) -> bool {
         self.readiness().is_ok()
     }
+}
+
+/// Gives `snap` the exporter of its `[tracing]`: the one running when the settings are the same,
+/// else a new one (the old one's task ends when the last snapshot holding it goes).
+fn attach_tracer(
+    current: &std::sync::Mutex<Option<Arc<crate::trace::Exporter>>>,
+    metrics: &Metrics,
+    snap: &mut Snapshot,
+) {
+    let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
+    snap.tracer = match &snap.tracing {
+        None => None,
+        Some(config) => match &*current {
+            Some(t) if t.config == *config => Some(t.clone()),
+            _ => {
+                let c = |result: &str| metrics.trace_spans.with_label_values(&[result]);
+                let counters = crate::trace::export::Counters {
+                    exported: c("exported"),
+                    failed: c("failed"),
+                    dropped: c("dropped"),
+                };
+                Some(Arc::new(crate::trace::Exporter::new(config.clone(), counters)))
+            }
+        },
+    };
+    *current = snap.tracer.clone();
 }
 
 /// What `GET /api/fleet` shows.
