@@ -298,3 +298,35 @@ async fn without_tracing_the_traceparent_passes_untouched() {
     assert_eq!(blue.requests.lock().unwrap()[1].get("traceparent"), None);
     proxy.shutdown().await;
 }
+
+#[test]
+fn check_shows_tracing_and_refuses_what_run_could_not_use() {
+    let run = |extra: &str| {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(
+            &mut f,
+            support::config(&[("blue", &["127.0.0.1:9".parse().unwrap()])], extra).as_bytes(),
+        )
+        .unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(["check", "-c"])
+            .arg(f.path())
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, said) = run("[tracing]\notlp = \"http://otel:4318\"\nsample = 0.05\n");
+    assert!(ok, "{said}");
+    assert!(
+        said.contains("tracing: traceparent kept or started; spans of 5% of the traces started here"),
+        "{said}"
+    );
+    let (ok, said) = run("[tracing]\notlp = \"ftp://otel\"\nsample = 2\nservice_name = \"\"\n");
+    assert!(!ok);
+    for key in ["tracing.otlp", "tracing.sample", "tracing.service_name"] {
+        assert!(said.contains(key), "{key}: {said}");
+    }
+}

@@ -86,7 +86,29 @@ pub fn summary(path: &Path, snap: &Snapshot) -> String {
         .state_path
         .clone()
         .unwrap_or_else(|| crate::runtime::overlay::state_path(path));
-    let _ = writeln!(s, "state: {}", state.display());
+    let _ = writeln!(
+        s,
+        "state: {} (audit trail: {})",
+        state.display(),
+        crate::audit::path_for(&state).display()
+    );
+    if let Some(t) = &snap.tracing {
+        let _ = writeln!(
+            s,
+            "tracing: traceparent kept or started; {}",
+            match &t.otlp {
+                Some(u) => format!(
+                    "spans of {}% of the traces started here (and of clients' sampled ones) to {} (its /v1/traces) as {}",
+                    format!("{:.4}", t.sample * 100.0)
+                        .trim_end_matches('0')
+                        .trim_end_matches('.'),
+                    crate::notify::redact_url(u),
+                    t.service_name
+                ),
+                None => "nothing exported (no otlp)".to_owned(),
+            }
+        );
+    }
     for n in &snap.notify {
         let events: Vec<&str> = n.events.iter().map(|e| e.name()).collect();
         let _ = writeln!(

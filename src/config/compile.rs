@@ -282,6 +282,10 @@ pub fn compile(
     warn_over_limit(&mut errs, over_limit, &headers);
 
     let experiments = super::experiments::compile(&mut errs, &raw.experiments, &flags, &routes, &pools);
+    let tracing = raw
+        .tracing
+        .as_ref()
+        .and_then(|t| super::compile_settings::compile_tracing(&mut errs, t.get_ref()));
     if !errs.list.is_empty() {
         errs.list.sort_by_key(|e| (e.line, e.col));
         return Err(errs.list);
@@ -318,10 +322,7 @@ pub fn compile(
             .and_then(|o| o.get_ref().enabled.as_ref())
             .is_some_and(|e| *e.get_ref()),
         experiments: experiments.into(),
-        tracing: raw
-            .tracing
-            .as_ref()
-            .and_then(|t| super::compile_settings::compile_tracing(&mut errs, t.get_ref())),
+        tracing,
         flags_from: flags_from.map(|(f, _)| f),
         warnings: errs.warnings.into(),
         extras: extras.into(),
