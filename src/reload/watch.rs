@@ -49,7 +49,9 @@ fn target_dir(path: &Path) -> Option<PathBuf> {
 }
 
 /// Whether an event may be a change of the config: not an open or a read, and not only our
-/// own state file's writes.
+/// own writes beside it: the state file, and the files named after it (the audit trail and its
+/// rotated part, the experiments' counts) and their temporary files. (The audit trail records
+/// a failed reload: were its write a change, a bad file would be read again and again.)
 fn relevant(event: &notify::Event, state_name: &str) -> bool {
     if let EventKind::Access(kind) = event.kind {
         // Only a write finishing is a change; opens and reads (ours too) are not.
@@ -61,7 +63,7 @@ fn relevant(event: &notify::Event, state_name: &str) -> bool {
         && event.paths.iter().all(|p| {
             p.file_name().is_some_and(|n| {
                 let n = n.to_string_lossy();
-                n == state_name || n == format!(".{state_name}.tmp")
+                n.starts_with(state_name) || (n.starts_with(&format!(".{state_name}")) && n.ends_with(".tmp"))
             })
         });
     !ours
@@ -214,6 +216,26 @@ mod tests {
                 EventKind::Create(CreateKind::File),
                 "/c/.switchyard.toml.state.json.tmp",
                 false,
+            ),
+            (
+                EventKind::Modify(ModifyKind::Any),
+                "/c/switchyard.toml.state.json.events.jsonl",
+                false,
+            ),
+            (
+                EventKind::Create(CreateKind::File),
+                "/c/switchyard.toml.state.json.events.jsonl.1",
+                false,
+            ),
+            (
+                EventKind::Create(CreateKind::File),
+                "/c/.switchyard.toml.state.json.experiments.json.tmp",
+                false,
+            ),
+            (
+                EventKind::Create(CreateKind::File),
+                "/c/switchyard.toml.new",
+                true,
             ),
         ] {
             assert_eq!(relevant(&event(kind, path), state), is, "{kind:?} {path}");
