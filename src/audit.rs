@@ -315,7 +315,7 @@ async fn write(path: PathBuf, mut rx: mpsc::Receiver<Write_>, error: Arc<Mutex<O
                 Ok(()) => *last = None,
                 Err(e) => {
                     if last.is_none() {
-                        tracing::error!(file = %path.display(), "events: cannot write the audit trail ({e}); events are kept in memory only until it can");
+                        tracing::warn!(file = %path.display(), "events: cannot write the audit trail ({e}); events are kept in memory only until it can (it is kept beside the state file: point [state] path at a writable file)");
                     }
                     *last = Some(e.to_string());
                 }

@@ -64,18 +64,9 @@ impl Event {
         Event::Start,
     ];
 
-    /// What an entry without `events` gets: what needs a person's attention, not the
-    /// routine (reloads, adoptions, starts).
-    pub const DEFAULT: [Event; 8] = [
-        Event::Trip,
-        Event::RolloutStep,
-        Event::RolloutDone,
-        Event::RolloutAborted,
-        Event::Reset,
-        Event::Rollback,
-        Event::ReloadFailed,
-        Event::StateSaveFailed,
-    ];
+    /// What an entry without `events` gets: what needs a person's attention (the first eight),
+    /// not the routine (reloads, adoptions, starts).
+    pub const DEFAULT: &'static [Event] = Event::ALL.split_at(8).0;
 
     pub fn name(self) -> &'static str {
         match self {

@@ -215,6 +215,53 @@ async fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> Opti
     Some(v["value"].clone())
 }
 
+/// Four clients sending requests from `users` users in turn (every 5 ms each); with `checkout`,
+/// one request in three is followed by the user's `POST /checkout`.
+struct Load {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Load {
+    fn start(url: String, users: usize, checkout: bool) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let tasks = (0..4)
+            .map(|c| {
+                let (stop, url) = (stop.clone(), url.clone());
+                tokio::spawn(async move {
+                    let client = h1_client();
+                    let mut i = c;
+                    while !stop.load(Ordering::Relaxed) {
+                        i += 4;
+                        let user = format!("u{}", i % users);
+                        let req = Request::get(&url)
+                            .header("x-user-id", &user)
+                            .body(empty())
+                            .unwrap();
+                        let _ = client.request(req).await.map(|r| drop(r.into_body()));
+                        if checkout && i % 3 == 0 {
+                            let req = Request::post(format!("{url}checkout"))
+                                .header("x-user-id", &user)
+                                .body(empty())
+                                .unwrap();
+                            let _ = client.request(req).await.map(|r| drop(r.into_body()));
+                        }
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                })
+            })
+            .collect();
+        Load { stop, tasks }
+    }
+
+    async fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.tasks {
+            t.await.unwrap();
+        }
+    }
+}
+
 async fn tripped(proxy: &Proxy) -> bool {
     let (_, body) = get(&h1_client(), &proxy.admin_url("/api/routes/web")).await;
     serde_json::from_slice::<Value>(&body).unwrap()["tripped"] == true
@@ -240,24 +287,7 @@ async fn the_dashboard_shows_live_numbers_and_trips_and_its_buttons_need_the_tok
     let proxy = Proxy::start(&cfg).await;
 
     // Steady load from 4 clients over 1,000 users.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for c in 0..4 {
-        let (stop, url) = (stop.clone(), proxy.url("/"));
-        load.push(tokio::spawn(async move {
-            let client = h1_client();
-            let mut i = c;
-            while !stop.load(Ordering::Relaxed) {
-                i += 4;
-                let req = Request::get(&url)
-                    .header("x-user-id", format!("u{}", i % 1000))
-                    .body(empty())
-                    .unwrap();
-                let _ = client.request(req).await.map(|r| drop(r.into_body()));
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
-    }
+    let load = Load::start(proxy.url("/"), 1000, false);
 
     let browser = Browser::start().await;
     browser.go(&proxy.admin_url("/")).await;
@@ -403,10 +433,7 @@ async fn the_dashboard_shows_live_numbers_and_trips_and_its_buttons_need_the_tok
     assert_eq!(said.as_str().unwrap().trim(), "web: 1 trip(s) cleared", "{said}");
     assert!(!tripped(&proxy).await);
 
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
+    load.stop().await;
     drop(browser);
     proxy.shutdown().await;
 }
@@ -560,32 +587,7 @@ async fn the_cockpit_shows_the_mirror_the_experiments_the_fleet_and_the_events()
     let proxy = Proxy::start_file(&path).await;
 
     // Users browse, and one in three checks out.
-    let stop = Arc::new(AtomicBool::new(false));
-    let mut load = Vec::new();
-    for c in 0..4 {
-        let (stop, url) = (stop.clone(), proxy.url("/"));
-        load.push(tokio::spawn(async move {
-            let client = h1_client();
-            let mut i = c;
-            while !stop.load(Ordering::Relaxed) {
-                i += 4;
-                let user = format!("u{}", i % 600);
-                let req = Request::get(&url)
-                    .header("x-user-id", &user)
-                    .body(empty())
-                    .unwrap();
-                let _ = client.request(req).await.map(|r| drop(r.into_body()));
-                if i % 3 == 0 {
-                    let req = Request::post(format!("{url}checkout"))
-                        .header("x-user-id", &user)
-                        .body(empty())
-                        .unwrap();
-                    let _ = client.request(req).await.map(|r| drop(r.into_body()));
-                }
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        }));
-    }
+    let load = Load::start(proxy.url("/"), 600, true);
 
     let browser = Browser::start().await;
     browser.go(&proxy.admin_url("/")).await;
@@ -704,10 +706,7 @@ async fn the_cockpit_shows_the_mirror_the_experiments_the_fleet_and_the_events()
     let errors = browser.console_errors().await;
     assert!(errors.is_empty(), "console errors: {errors:?}");
 
-    stop.store(true, Ordering::Relaxed);
-    for l in load {
-        l.await.unwrap();
-    }
+    load.stop().await;
     drop(browser);
     proxy.shutdown().await;
 }

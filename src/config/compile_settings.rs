@@ -143,7 +143,7 @@ pub(super) fn compile_notify(errs: &mut Errors<'_>, path: &str, n: &RawNotify) -
     };
     let mut events = Vec::new();
     match &n.events {
-        None => events.extend(Event::DEFAULT),
+        None => events.extend_from_slice(Event::DEFAULT),
         Some(list) => {
             for (i, e) in list.iter().enumerate() {
                 match Event::from_name(e.get_ref()) {
