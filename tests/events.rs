@@ -292,3 +292,44 @@ async fn a_reload_asked_through_the_api_is_recorded_even_when_nothing_changed_an
     );
     proxy.shutdown().await;
 }
+
+/// `switchyard events --follow` prints the trail, then each new event as it comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follow_prints_new_events_as_they_come() {
+    use tokio::io::AsyncBufReadExt;
+    // SAFETY: as above.
+    unsafe { std::env::set_var(TOKEN_VAR, "t0ken") };
+    let (blue, canary) = (Upstream::start("blue").await, Upstream::start("canary").await);
+    let hook = Recorder::start(ok_answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(
+        &path,
+        config(&blue, &canary, free_port(), &hook, "{ blue = 50, canary = 50 }"),
+    )
+    .unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let mut child = tokio::process::Command::new(BIN)
+        .args(["events", "--follow", "-c", path.to_str().unwrap()])
+        .env(TOKEN_VAR, "t0ken")
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(first.contains("start"), "{first}");
+    cli(&["rollback", "web", "-c", path.to_str().unwrap()]).await;
+    let next = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("the rollback printed within 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(next.contains("rollback") && next.contains("web"), "{next}");
+    child.kill().await.unwrap();
+    proxy.shutdown().await;
+}

@@ -258,6 +258,19 @@ async fn three_replicas_trip_together_through_prometheus() {
     .await;
     eprintln!("A tripped on its own numbers; B and C followed {took:?} later");
     assert!(took.iter().all(|t| *t < Duration::from_secs(4)), "{took:?}");
+    // The audit trails: A's own trip; B and C took it from A, and say so.
+    let from = a.proxy.state.replica().to_owned();
+    assert!(a.api("/api/events?kind=trip").await["matched"].as_u64().unwrap() >= 1);
+    for r in [&b, &c] {
+        let v = r.api("/api/events?kind=adopt").await;
+        let last = v["events"].as_array().unwrap().last().cloned().unwrap();
+        assert_eq!(last["details"]["replica"], from.as_str(), "{last}");
+        assert!(
+            last["details"]["tripped"].to_string().contains("canary"),
+            "{last}"
+        );
+        assert!(last["text"].as_str().unwrap().contains(&from), "{last}");
+    }
     let reason = a.web().await["trips"][0]["reason"].as_str().unwrap().to_owned();
     assert!(reason.starts_with("local numbers: "), "{reason}");
     // B took A's trip, or judged the fleet's numbers (A's among them) first: either way, the
