@@ -148,7 +148,7 @@ async fn post(admin: SocketAddr, path: &str) -> (Duration, String) {
     let mut s = TcpStream::connect(admin).await.unwrap();
     let started = Instant::now();
     let req =
-        format!("POST {path} HTTP/1.1\r\nhost: bench\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        format!("POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
     s.write_all(req.as_bytes()).await.unwrap();
     let mut out = Vec::new();
     s.read_to_end(&mut out).await.unwrap();
