@@ -29,6 +29,7 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
     // The snapshot the windows were last checked against: outcomes that come after a reload
     // or a reset, before the next tick, count against the new config, not with the old.
     let mut seen = state.snapshot.load_full();
+    guard.forget_stale_all(&seen, &mut windows);
     loop {
         tokio::select! {
             n = outcomes.recv_many(&mut batch, 1024) => {
@@ -38,9 +39,7 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
                 let snap = state.snapshot.load();
                 if !Arc::ptr_eq(&seen, &*snap) {
                     seen = Arc::clone(&*snap);
-                    for route in snap.routes.iter().filter(|r| snap.guard(r).is_some()) {
-                        guard.forget_stale(&snap, route, &mut windows);
-                    }
+                    guard.forget_stale_all(&snap, &mut windows);
                 }
                 for o in batch.drain(..) {
                     let length = snap
@@ -56,6 +55,12 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
             }
             _ = tick.tick() => {
                 let snap = state.snapshot.load_full();
+                // Fingerprints change only with the snapshot: 10,000 guarded routes are not
+                // fingerprinted ten times a second for nothing.
+                if !Arc::ptr_eq(&seen, &snap) {
+                    seen = snap.clone();
+                    guard.forget_stale_all(&snap, &mut windows);
+                }
                 guard.fleet = state.fleet_verdicts.load_full();
                 let report = guard.judge(&snap, &mut windows, Instant::now()).await;
                 state.guard.store(Arc::new(report));
@@ -116,7 +121,6 @@ impl Guard {
         let mut tripped_now = HashSet::new();
         for route in &snap.routes {
             let Some(g) = snap.guard(route) else { continue };
-            self.forget_stale(snap, route, windows);
             if !route.runtime.tripped.is_empty() {
                 tripped_now.insert(route.name.to_string());
             }
@@ -129,6 +133,14 @@ impl Guard {
         });
         self.tripped = tripped_now;
         report
+    }
+
+    /// [`Guard::forget_stale`] for every guarded route of a snapshot the windows were not
+    /// checked against yet.
+    fn forget_stale_all(&mut self, snap: &Snapshot, windows: &mut Windows) {
+        for route in snap.routes.iter().filter(|r| snap.guard(r).is_some()) {
+            self.forget_stale(snap, route, windows);
+        }
     }
 
     /// Clears a route's windows when they are no evidence any more: its split or pools
