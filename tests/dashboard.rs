@@ -116,10 +116,22 @@ impl Browser {
             .to_owned()
     }
 
+    /// Clicks the element `css` finds. The page redraws every second: an element found just
+    /// before a redraw is gone when the click comes ("stale element reference"), and is found
+    /// again.
     async fn click(&self, css: &str) {
-        let e = self.element(css).await;
-        self.cmd("POST", &format!("/element/{e}/click"), Some(json!({})))
-            .await;
+        for _ in 0..10 {
+            let e = self.element(css).await;
+            let path = format!("/session/{}/element/{e}/click", self.session);
+            let (ok, v) = call_status(&self.base, "POST", &path, Some(json!({})))
+                .await
+                .unwrap_or_else(|| panic!("POST {path} failed"));
+            if ok {
+                return;
+            }
+            assert_eq!(v["error"], "stale element reference", "{path}: {v}");
+        }
+        panic!("{css} went stale ten times in a row");
     }
 
     async fn type_into(&self, css: &str, text: &str) {
@@ -195,6 +207,14 @@ fn chromium() -> &'static str {
 
 /// One WebDriver call; its `value`, or `None` if the driver did not answer.
 async fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> Option<Value> {
+    let (ok, v) = call_status(base, method, path, body).await?;
+    assert!(ok, "WebDriver {method} {path}: {v}");
+    Some(v)
+}
+
+/// One WebDriver call: whether it succeeded, and its `value`; `None` if the driver did not
+/// answer.
+async fn call_status(base: &str, method: &str, path: &str, body: Option<Value>) -> Option<(bool, Value)> {
     let req = Request::builder()
         .method(method)
         .uri(format!("{base}{path}"))
@@ -211,8 +231,7 @@ async fn call(base: &str, method: &str, path: &str, body: Option<Value>) -> Opti
         .ok()?
         .to_bytes();
     let v: Value = serde_json::from_slice(&bytes).ok()?;
-    assert!(status.is_success(), "WebDriver {method} {path}: {status} {v}");
-    Some(v["value"].clone())
+    Some((status.is_success(), v["value"].clone()))
 }
 
 /// Four clients sending requests from `users` users in turn (every 5 ms each); with `checkout`,
