@@ -229,6 +229,42 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(20_000))]
+
+        /// Whatever a client sends, the parser answers without panicking, and what it accepts
+        /// is written back exactly as read (version 00).
+        #[test]
+        fn any_bytes_parse_or_not_without_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..80)) {
+            if let Some(p) = parse(&bytes) {
+                proptest::prop_assert!(p.trace_id != [0; 16] && p.span_id != [0; 8]);
+                if bytes.len() == 55 && bytes.starts_with(b"00-") {
+                    let flags = &bytes[53..55];
+                    if flags == b"00" || flags == b"01" {
+                        let written = format(&p.trace_id, &p.span_id, p.sampled);
+                        proptest::prop_assert_eq!(written.as_bytes(), &bytes[..]);
+                    }
+                }
+            }
+        }
+
+        /// Every id pair written is read back (a near miss, one character changed, never is
+        /// read as the same ids).
+        #[test]
+        fn written_is_read_back(trace in 1u128.., span in 1u64.., sampled: bool, at in 0usize..55, to: u8) {
+            let v = format(&trace.to_be_bytes(), &span.to_be_bytes(), sampled);
+            let p = parse(v.as_bytes()).unwrap();
+            proptest::prop_assert_eq!((p.trace_id, p.span_id, p.sampled), (trace.to_be_bytes(), span.to_be_bytes(), sampled));
+            let mut bent = v.as_bytes().to_vec();
+            bent[at] = to;
+            if bent != v.as_bytes() && at < 53 {
+                if let Some(q) = parse(&bent) {
+                    proptest::prop_assert!(q.trace_id != p.trace_id || q.span_id != p.span_id || at < 2);
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_child_keeps_the_trace_and_the_sampling_a_root_samples_at_the_rate() {
         let client = HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
