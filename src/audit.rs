@@ -259,18 +259,59 @@ impl Audit {
     }
 }
 
+/// The longest line of the trail read back (longer ones are skipped and counted).
+const MAX_LINE: u64 = 256 << 10;
+
 /// The events of the trail at `path`: its rotated part, then itself, in order; and the lines
-/// that could not be read.
+/// that could not be read. Bounded whatever the files hold: of a file larger than this writer
+/// makes, only its last [`MAX_FILE`] bytes are read, a line at most [`MAX_LINE`].
 fn load(path: &Path) -> (Vec<Event>, usize) {
+    use std::io::{Read, Seek};
     let mut events: VecDeque<Event> = VecDeque::new();
     let mut bad = 0;
     for p in [previous(path), path.to_owned()] {
-        let Ok(f) = std::fs::File::open(&p) else { continue };
-        for line in std::io::BufReader::new(f).split(b'\n') {
-            let Ok(line) = line else {
+        let Ok(mut f) = std::fs::File::open(&p) else {
+            continue;
+        };
+        let len = f.metadata().map_or(0, |m| m.len());
+        let mut skip_first = false;
+        if len > MAX_FILE + MAX_LINE {
+            if f.seek(std::io::SeekFrom::Start(len - MAX_FILE)).is_err() {
                 bad += 1;
-                break;
-            };
+                continue;
+            }
+            // Where the reading starts is inside a line, most likely.
+            skip_first = true;
+        }
+        let mut reader = std::io::BufReader::new(f);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let read = (&mut reader).take(MAX_LINE + 1).read_until(b'\n', &mut line);
+            match read {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(_) => {
+                    bad += 1;
+                    break;
+                }
+            }
+            if line.len() as u64 > MAX_LINE {
+                // Too long to be one of ours: skipped to its end.
+                bad += 1;
+                let mut rest = Vec::new();
+                while !line.ends_with(b"\n") {
+                    rest.clear();
+                    match (&mut reader).take(MAX_LINE).read_until(b'\n', &mut rest) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => line = std::mem::take(&mut rest),
+                    }
+                }
+                continue;
+            }
+            if std::mem::take(&mut skip_first) {
+                continue;
+            }
             if line.iter().all(u8::is_ascii_whitespace) {
                 continue;
             }
@@ -460,6 +501,54 @@ mod tests {
         assert!(got.windows(2).all(|w| w[1].seq == w[0].seq + 1));
         let e = b.record(rec(Kind::Rollback, "web", "after the restart"));
         assert_eq!(e.seq, n as u64);
+    }
+
+    #[test]
+    fn a_file_of_any_size_is_read_back_within_bounds() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.jsonl");
+        let event = |seq: u64| {
+            let mut e = serde_json::to_string(&Event {
+                seq,
+                at: "2026-12-07T00:00:00.000Z".into(),
+                at_ms: 0,
+                kind: "reload".into(),
+                route: None,
+                pool: None,
+                by: None,
+                text: "x".into(),
+                details: serde_json::Value::Null,
+            })
+            .unwrap();
+            e.push('\n');
+            e
+        };
+        // A line of 1 MiB with no newline in the middle, then good lines; then 3 MiB of
+        // good lines in a file this writer would never make (no rotation).
+        let mut text = String::new();
+        text.push_str(&"y".repeat(1 << 20));
+        text.push('\n');
+        text.push_str(&event(0));
+        let mut seq = 1;
+        while text.len() < 3 << 20 {
+            text.push_str(&event(seq));
+            seq += 1;
+        }
+        std::fs::write(&path, &text).unwrap();
+        let (events, bad) = load(&path);
+        // Only the last MAX_FILE bytes: the long line and the first events are not read.
+        assert_eq!(bad, 0);
+        assert_eq!(events.last().unwrap().seq, seq - 1);
+        assert!(events.len() <= KEEP);
+        // A long line in a small file is skipped and counted, the lines after it kept.
+        std::fs::write(
+            &path,
+            format!("{}\n{}{}", "z".repeat(300 << 10), event(0), event(1)),
+        )
+        .unwrap();
+        let (events, bad) = load(&path);
+        assert_eq!(bad, 1);
+        assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [0, 1]);
     }
 
     #[tokio::test]
