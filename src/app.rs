@@ -344,13 +344,13 @@ fn start_event(
 /// Records [`start_event`]'s event, once the replica has its name.
 fn record_start(state: &State, (text, mut details): (String, serde_json::Value)) {
     details["replica"] = state.replica().into();
-    state.audit.record(crate::audit::Record {
+    let record = crate::audit::Record {
         kind: crate::notify::Event::Start,
         route: None,
         pool: None,
         by: None,
-        text: text.clone(),
-        details: details.clone(),
-    });
-    state.notifier.send(crate::notify::Event::Start, details, &text);
+        text,
+        details,
+    };
+    state.announce(record, true);
 }

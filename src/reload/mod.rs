@@ -351,22 +351,16 @@ impl Control {
             Some(by) => format!("{text} (by {})", by.describe()),
             None => text,
         };
-        let event = self.state.audit.record(crate::audit::Record {
+        let pool = fields["pool"].as_str().map(str::to_owned);
+        let record = crate::audit::Record {
             kind,
             route: Some(route),
-            pool: fields["pool"].as_str(),
+            pool: pool.as_deref(),
             by,
-            text: text.clone(),
-            details: fields.clone(),
-        });
-        if webhook {
-            if let (Some(map), Some(by)) = (fields.as_object_mut(), &event.by) {
-                map.insert("by".into(), serde_json::to_value(by).unwrap_or_default());
-            }
-            self.state
-                .notifier
-                .send(kind, fields, &format!("route {route}: {text}"));
-        }
+            text,
+            details: fields,
+        };
+        self.state.announce(record, webhook);
     }
 
     /// Sends a webhook about `route` without recording it (what an adoption brought: the
@@ -466,22 +460,12 @@ impl Control {
         };
         let (mut new, overlay, reconciled, routes, flags) = match compiled.outcome {
             Outcome::Unchanged => {
+                let r = report("unchanged", &current.revision, None, Vec::new());
                 // An operator asked, and nothing changed: the trail says who asked all the same.
                 if by.via != "file" {
-                    state.audit.record(crate::audit::Record {
-                        kind: Event::Reload,
-                        route: None,
-                        pool: None,
-                        by: Some(by),
-                        text: format!(
-                            "reload asked by {}: the file is unchanged (revision {})",
-                            by.describe(),
-                            current.revision
-                        ),
-                        details: serde_json::json!({ "result": "unchanged", "revision": current.revision }),
-                    });
+                    record_reload(&state, &r, &current.revision, by);
                 }
-                return report("unchanged", &current.revision, None, Vec::new());
+                return r;
             }
             Outcome::Failed(e) => {
                 return failed(
@@ -607,7 +591,7 @@ fn moved(moves: &[(String, String, f64)]) -> serde_json::Value {
 fn record_reload(state: &State, r: &ReloadReport, previous: &str, by: &Actor) {
     let listed = r.changes.len().min(crate::audit::MAX_CHANGES);
     let unchanged = r.revision == previous && r.changes.is_empty();
-    let mut fields = serde_json::json!({
+    let fields = serde_json::json!({
         "result": if unchanged { "unchanged" } else { "ok" },
         "revision": r.revision,
         "previous": previous,
@@ -627,18 +611,15 @@ fn record_reload(state: &State, r: &ReloadReport, previous: &str, by: &Actor) {
             by.describe()
         )
     };
-    let event = state.audit.record(crate::audit::Record {
+    let record = crate::audit::Record {
         kind: Event::Reload,
         route: None,
         pool: None,
         by: Some(by),
-        text: text.clone(),
-        details: fields.clone(),
-    });
-    if !unchanged {
-        fields["by"] = serde_json::to_value(&event.by).unwrap_or_default();
-        state.notifier.send(Event::Reload, fields, &text);
-    }
+        text,
+        details: fields,
+    };
+    state.announce(record, !unchanged);
 }
 
 fn failed(state: &State, r: ReloadReport, by: &Actor) -> ReloadReport {
@@ -659,16 +640,15 @@ fn failed(state: &State, r: ReloadReport, by: &Actor) -> ReloadReport {
         error.lines().next().unwrap_or_default(),
         by.describe()
     );
-    let fields = serde_json::json!({ "revision": r.revision, "error": error, "by": by });
-    state.audit.record(crate::audit::Record {
+    let record = crate::audit::Record {
         kind: Event::ReloadFailed,
         route: None,
         pool: None,
         by: Some(by),
-        text: text.clone(),
-        details: fields.clone(),
-    });
-    state.notifier.send(Event::ReloadFailed, fields, &text);
+        text,
+        details: serde_json::json!({ "revision": r.revision, "error": error }),
+    };
+    state.announce(record, true);
     tracing::warn!(
         "config reload failed; still serving revision {}:\n{}",
         r.revision,

@@ -162,16 +162,15 @@ fn report(state: &State, f: &StateFile, result: Result<(), String>, retry_in: Op
     if previous.is_none() {
         tracing::error!("cannot write the state file {}: {error} — trips and rollout steps will not survive a restart until it is written{}; free its disk or set [state] path to a writable file", f.path.display(), if retry_in.is_some() { " (retrying)" } else { "" });
         let text = format!("the state file {} cannot be written ({error}): trips and rollout steps will not survive a restart", f.path.display());
-        let fields = serde_json::json!({ "path": f.path, "error": error });
-        state.audit.record(crate::audit::Record {
+        let record = crate::audit::Record {
             kind: Event::StateSaveFailed,
             route: None,
             pool: None,
             by: None,
-            text: text.clone(),
-            details: fields.clone(),
-        });
-        state.notifier.send(Event::StateSaveFailed, fields, &text);
+            text,
+            details: serde_json::json!({ "path": f.path, "error": error }),
+        };
+        state.announce(record, true);
     }
     let failure = StateSaveError {
         at: previous.map_or_else(|| timestamp(SystemTime::now()), |p| p.at),

@@ -196,6 +196,24 @@ impl State {
         self.snapshot.swap(Arc::new(snap))
     }
 
+    /// Records an event in the audit trail and, with `webhook`, sends it to the webhooks that
+    /// asked for its kind: the event's details as the body's fields, with `by`, and its text
+    /// (prefixed with its route). The one way events leave the control paths.
+    pub fn announce(&self, r: crate::audit::Record<'_>, webhook: bool) {
+        let (kind, mut fields) = (r.kind, r.details.clone());
+        let text = match r.route {
+            Some(route) => format!("route {route}: {}", r.text),
+            None => r.text.clone(),
+        };
+        let event = self.audit.record(r);
+        if webhook {
+            if let (Some(map), Some(by)) = (fields.as_object_mut(), &event.by) {
+                map.insert("by".into(), serde_json::to_value(by).unwrap_or_default());
+            }
+            self.notifier.send(kind, fields, &text);
+        }
+    }
+
     /// This replica's name in the fleet; [`State::name_replica`] sets it once the listeners
     /// are bound (their ports are part of it).
     pub fn replica(&self) -> &str {
