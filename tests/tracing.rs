@@ -251,13 +251,17 @@ async fn a_trace_started_here_is_recorded_at_the_sample_rate_and_failures_are_er
     let cfg = support::config(
         &[("blue", &[blue.addr]), ("dead", &[dead])],
         &format!(
-            "[tracing]\notlp = \"http://{}/\"\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+            "[tracing]\notlp = \"http://{}/\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[context]\ntrusted_proxies = [\"127.0.0.0/8\"]\n",
             collector.addr
         ),
     );
     let proxy = Proxy::start(&cfg).await;
     let client = h1_client();
-    let (parts, _) = get(&client, &proxy.url("/dead")).await;
+    let req = Request::get(proxy.url("/dead"))
+        .header("x-forwarded-for", "198.51.100.7")
+        .body(empty())
+        .unwrap();
+    let (parts, _) = send(&client, req).await;
     assert_eq!(parts.status, 502);
     let (_, span) = collector.spans(1).await.remove(0);
     assert!(span.parent_span_id.is_empty(), "a root");
@@ -269,6 +273,9 @@ async fn a_trace_started_here_is_recorded_at_the_sample_rate_and_failures_are_er
     assert_eq!(a["http.response.status_code"], "502");
     assert_eq!(a["error.type"], "upstream_connect");
     assert_eq!(a["server.address"], dead.to_string());
+    // The client a trusted proxy names, and the connection's peer.
+    assert_eq!(a["client.address"], "198.51.100.7");
+    assert_eq!(a["network.peer.address"], "127.0.0.1");
     assert_eq!(collector.spans.lock().unwrap().len(), 1);
     // The spans' count in the metrics.
     eventually("the exported count", Duration::from_secs(5), async || {

@@ -238,12 +238,23 @@ impl Proxy {
             trace: snap.tracer.as_ref().map(|t| {
                 let mut span =
                     crate::trace::Span::start(find(&parts.headers, &headers::TRACEPARENT), t.config.sample);
-                span.set("http.request.method", parts.method.as_str());
-                span.set("url.path", parts.uri.path());
-                span.set(
-                    "client.address",
-                    std::str::from_utf8(peer.ip.as_bytes()).unwrap_or(""),
-                );
+                if span.sampled {
+                    span.set("http.request.method", parts.method.as_str());
+                    span.set("url.path", parts.uri.path());
+                    let peer_ip = std::str::from_utf8(peer.ip.as_bytes()).unwrap_or("");
+                    // The client as `trusted_proxies` make it out, as the access log says it.
+                    let client = crate::routing::context::client_address(
+                        Some(peer.addr.ip()),
+                        &parts.headers,
+                        &snap.context.trusted,
+                    )
+                    .filter(|&ip| ip != peer.addr.ip());
+                    match client {
+                        Some(ip) => span.set("client.address", ip.to_string().as_str()),
+                        None => span.set("client.address", peer_ip),
+                    }
+                    span.set("network.peer.address", peer_ip);
+                }
                 Box::new(span)
             }),
             ..Names::default()
