@@ -337,3 +337,56 @@ fn check_shows_tracing_and_refuses_what_run_could_not_use() {
         assert!(said.contains(key), "{key}: {said}");
     }
 }
+
+/// `[tracing]` follows a reload: sampling from nothing to everything, then tracing taken out
+/// (the client's `traceparent` passes untouched again).
+#[tokio::test]
+async fn tracing_follows_a_reload() {
+    let collector = Collector::start().await;
+    let blue = Recorder::start(ok_answer).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let with = |sample: &str| {
+        support::config(
+            &[("blue", &[blue.addr])],
+            &format!(
+                "[tracing]\notlp = \"http://{}\"\nsample = {sample}\n",
+                collector.addr
+            ),
+        )
+    };
+    std::fs::write(&path, with("0.0")).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let client = h1_client();
+    get(&client, &proxy.url("/")).await;
+    std::fs::write(&path, with("1.0")).unwrap();
+    eventually("the reload", Duration::from_secs(10), async || {
+        proxy
+            .state
+            .snapshot
+            .load()
+            .tracing
+            .as_ref()
+            .is_some_and(|t| t.sample == 1.0)
+    })
+    .await;
+    get(&client, &proxy.url("/")).await;
+    let spans = collector.spans(1).await;
+    assert_eq!(spans.len(), 1, "only the request after the reload is recorded");
+    std::fs::write(&path, support::config(&[("blue", &[blue.addr])], "")).unwrap();
+    eventually("the reload", Duration::from_secs(10), async || {
+        proxy.state.snapshot.load().tracing.is_none()
+    })
+    .await;
+    let tp = format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01");
+    let req = Request::get(proxy.url("/"))
+        .header("traceparent", &tp)
+        .body(empty())
+        .unwrap();
+    send(&client, req).await;
+    assert_eq!(
+        blue.requests.lock().unwrap().last().unwrap().get("traceparent"),
+        Some(tp.as_str())
+    );
+    proxy.shutdown().await;
+}
