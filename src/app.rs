@@ -120,6 +120,11 @@ impl App {
         let state = State::new(snap, path.clone(), Some(outcomes_tx));
         state.notifier.configure(&notify).map_err(StartError::Env)?;
         crate::fleet::check_env(state.snapshot.load().fleet.as_ref()).map_err(StartError::Env)?;
+        {
+            let snap = state.snapshot.load();
+            crate::config::analysis_env(snap.analysis.as_ref(), snap.any_checks())
+                .map_err(StartError::Env)?;
+        }
         let server = Server::bind(state.clone()).await?;
         let (tx, rx) = mpsc::channel(64);
         let watcher = match &path {
@@ -219,6 +224,7 @@ impl App {
         if let Some(t) = &triggers {
             tokio::spawn(crate::fleet::run(Arc::downgrade(&state), t.clone()));
         }
+        tokio::spawn(crate::analysis::run(Arc::downgrade(&state)));
         state.set_ready();
         Ok(App {
             state,

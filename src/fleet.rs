@@ -22,14 +22,12 @@
 //! When Prometheus does not answer, each replica keeps judging its own traffic, and says so:
 //! `GET /api/fleet`, `switchyard status`, and `switchyard_fleet_up 0`.
 
-use crate::egress::{RemoteError, RemoteFailure};
+use crate::egress::RemoteError;
+use crate::prometheus::{Prometheus, Sample, Target};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::clock::timestamp;
@@ -51,23 +49,6 @@ pub fn check_env(fleet: Option<&FleetSettings>) -> Result<(), String> {
             "fleet.token_env names {var}, but {var} is not set — export it, or remove token_env"
         )),
         _ => Ok(()),
-    }
-}
-
-/// One sample of an instant vector: its labels and value.
-struct Sample {
-    labels: BTreeMap<String, String>,
-    value: f64,
-}
-
-impl Sample {
-    fn label(&self, name: &str) -> &str {
-        self.labels.get(name).map_or("", String::as_str)
-    }
-
-    /// The scrape target it comes from.
-    fn target(&self) -> (&str, &str) {
-        (self.label("instance"), self.label("job"))
     }
 }
 
@@ -116,32 +97,6 @@ impl View {
     }
 }
 
-/// Parses a Prometheus `/api/v1/query` answer holding an instant vector.
-fn samples(answer: &Value) -> Result<Vec<Sample>, String> {
-    if answer["status"] != "success" {
-        return Err(format!(
-            "Prometheus answered {}: {}",
-            answer["errorType"].as_str().unwrap_or("an error"),
-            answer["error"].as_str().unwrap_or("(no message)")
-        ));
-    }
-    let result = answer["data"]["result"]
-        .as_array()
-        .ok_or("Prometheus's answer has no data.result")?;
-    Ok(result
-        .iter()
-        .filter_map(|r| {
-            let labels = r["metric"]
-                .as_object()?
-                .iter()
-                .map(|(k, v)| (k.clone(), v.as_str().unwrap_or("").to_owned()))
-                .collect();
-            let value = r["value"][1].as_str()?.parse::<f64>().ok()?;
-            value.is_finite().then_some(Sample { labels, value })
-        })
-        .collect())
-}
-
 /// `{matchers}` with the fleet's selector added.
 fn select(settings: &FleetSettings, matchers: &str) -> String {
     match (matchers.is_empty(), settings.selector.is_empty()) {
@@ -166,47 +121,15 @@ fn of_fleet(settings: &FleetSettings) -> String {
 /// needs, and well under the shipped manifest's memory limit (256 Mi).
 pub const MAX_ANSWER: usize = 16 << 20;
 
-/// Prometheus's HTTP API.
-struct Prometheus {
-    client: crate::egress::HttpsClient,
-}
-
-impl Prometheus {
-    async fn query(&self, settings: &FleetSettings, promql: &str) -> Result<Vec<Sample>, RemoteError> {
-        let invalid = |m: String| RemoteError::new(RemoteFailure::Invalid, m);
-        let url = format!(
-            "{}/api/v1/query?query={}",
-            settings.prometheus,
-            form_urlencoded::byte_serialize(promql.as_bytes()).collect::<String>()
-        );
-        let mut req = http::Request::get(&url);
-        if let Some(var) = &settings.token_env {
-            match std::env::var(var) {
-                Ok(t) if !t.is_empty() => {
-                    req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"))
-                }
-                _ => return Err(invalid(format!("fleet.token_env names {var}, which is not set"))),
-            }
-        }
-        let req = req
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| invalid(e.to_string()))?;
-        let (head, body) = crate::egress::exchange(
-            &self.client,
-            req,
-            settings.query_timeout,
-            &settings.prometheus,
-            MAX_ANSWER,
-        )
-        .await?;
-        let value: Value = serde_json::from_slice(&body).map_err(|_| {
-            invalid(format!(
-                "{} from {}: not Prometheus's JSON",
-                head.status, settings.prometheus
-            ))
-        })?;
-        samples(&value).map_err(invalid)
-    }
+/// Asks the fleet's Prometheus.
+async fn query(p: &Prometheus, settings: &FleetSettings, promql: &str) -> Result<Vec<Sample>, RemoteError> {
+    let target = Target {
+        url: &settings.prometheus,
+        token_env: settings.token_env.as_deref().map(|v| ("fleet.token_env", v)),
+        timeout: settings.query_timeout,
+        limit: MAX_ANSWER,
+    };
+    p.query(&target, promql).await
 }
 
 /// What one query round decided.
@@ -354,7 +277,8 @@ async fn round(
 ) -> Result<Round, RemoteError> {
     let names = "switchyard_route_changed_timestamp_seconds|switchyard_route_config_timestamp_seconds|switchyard_pool_tripped|switchyard_rollout_step_index|switchyard_fleet_info";
     let view = View::new(
-        p.query(
+        query(
+            p,
             settings,
             &format!(
                 "{}{}",
@@ -405,30 +329,31 @@ async fn round(
         let by = |metric: String, extra: &str| {
             format!("sum by (instance, job, route, pool{extra}) (increase({metric}[{range}s]){fleet})")
         };
-        let requests = p
-            .query(
-                settings,
-                &by(format!("switchyard_requests_total{}", select(settings, "")), ""),
-            )
-            .await?;
-        let errors = p
-            .query(
-                settings,
-                &by(
-                    format!(
-                        "switchyard_requests_total{}",
-                        select(settings, "class=~\"5xx|error\"")
-                    ),
-                    "",
+        let requests = query(
+            p,
+            settings,
+            &by(format!("switchyard_requests_total{}", select(settings, "")), ""),
+        )
+        .await?;
+        let errors = query(
+            p,
+            settings,
+            &by(
+                format!(
+                    "switchyard_requests_total{}",
+                    select(settings, "class=~\"5xx|error\"")
                 ),
-            )
-            .await?;
+                "",
+            ),
+        )
+        .await?;
         let latency = routes.iter().any(|(i, _)| {
             snap.guard(&snap.routes[*i])
                 .is_some_and(|g| g.max_p99.is_some() || g.max_p50.is_some())
         });
         let buckets = if latency {
-            p.query(
+            query(
+                p,
                 settings,
                 &by(
                     format!(
@@ -508,9 +433,7 @@ async fn round(
 /// adopt and what to trip to the control task, and keeps [`FleetStatus`] and the metrics. Ends
 /// when the state is dropped.
 pub async fn run(state: Weak<State>, triggers: mpsc::Sender<Trigger>) {
-    let p = Prometheus {
-        client: crate::egress::client(),
-    };
+    let p = Prometheus::default();
     loop {
         let Some(st) = state.upgrade() else { return };
         let snap = st.snapshot.load_full();

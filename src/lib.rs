@@ -30,6 +30,7 @@
 #![deny(unsafe_code)]
 
 pub mod admin;
+pub mod analysis;
 pub mod app;
 pub mod audit;
 pub mod cli;
@@ -48,6 +49,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod notify;
 pub mod persist;
+pub mod prometheus;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

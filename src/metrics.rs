@@ -98,6 +98,8 @@ pub struct Metrics {
     pub(crate) trace_spans: IntCounterVec,
     pub(crate) mirror: IntCounterVec,
     pub(crate) experiment_users: GaugeVec,
+    pub(crate) check_value: GaugeVec,
+    pub(crate) check_verdicts: IntCounterVec,
     pub connections: IntGauge,
 }
 
@@ -246,6 +248,14 @@ impl Metrics {
                 opts("switchyard_trace_spans_total", "Sampled spans by result: exported (the collector took them), failed (it refused or did not answer), dropped (the export queue was full)."),
                 &["result"],
             )),
+            check_value: register(&r, GaugeVec::new(
+                opts("switchyard_check_value", "The last value of a guard's check (a PromQL query on the application's metrics) for a pool or its baseline; absent while the query gives no data."),
+                &["route", "pool", "check"],
+            )),
+            check_verdicts: register(&r, IntCounterVec::new(
+                opts("switchyard_check_verdicts_total", "Measurements of a guard's check by verdict: pass, fail, inconclusive (no data), error (the query failed)."),
+                &["route", "pool", "check", "verdict"],
+            )),
             experiment_users: register(&r, GaugeVec::new(
                 opts("switchyard_experiment_users", "Distinct users of each experiment's arm (estimated, ±1%), by kind: exposed, converted."),
                 &["experiment", "variant", "kind"],
@@ -369,6 +379,31 @@ impl Metrics {
     /// The state file could not be read at start.
     pub fn state_load_error(&self) {
         self.state_load_errors.inc();
+    }
+
+    /// A check's measurement of `pool`: its value (`None`: no data) and verdict.
+    pub fn check(&self, labels: [&str; 3], value: Option<f64>, verdict: &str) {
+        match value {
+            Some(v) => self.check_value.with_label_values(&labels).set(v),
+            None => {
+                let _ = self.check_value.remove_label_values(&labels);
+            }
+        }
+        let [route, pool, check] = labels;
+        self.check_verdicts
+            .with_label_values(&[route, pool, check, verdict])
+            .inc();
+    }
+
+    /// A check's series for `pool` go (the check, its route or the pool went away).
+    pub fn check_gone(&self, labels: [&str; 3]) {
+        let _ = self.check_value.remove_label_values(&labels);
+        let [route, pool, check] = labels;
+        for verdict in ["pass", "fail", "inconclusive", "error"] {
+            let _ = self
+                .check_verdicts
+                .remove_label_values(&[route, pool, check, verdict]);
+        }
     }
 
     /// Counts a mirrored request's result.

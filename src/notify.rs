@@ -47,10 +47,13 @@ pub enum Event {
     Adopt,
     /// The process started (only when asked for).
     Start,
+    /// A guard's check of a pool changed verdict: passing, failing, inconclusive, erroring
+    /// (only when asked for).
+    Check,
 }
 
 impl Event {
-    pub const ALL: [Event; 11] = [
+    pub const ALL: [Event; 12] = [
         Event::Trip,
         Event::RolloutStep,
         Event::RolloutDone,
@@ -62,6 +65,7 @@ impl Event {
         Event::Reload,
         Event::Adopt,
         Event::Start,
+        Event::Check,
     ];
 
     /// What an entry without `events` gets: what needs a person's attention (the first eight),
@@ -81,6 +85,7 @@ impl Event {
             Event::Reload => "reload",
             Event::Adopt => "adopt",
             Event::Start => "start",
+            Event::Check => "check",
         }
     }
 

@@ -109,6 +109,12 @@ pub struct GuardStatus {
     pub window_s: f64,
     /// Figures over the window and the verdict, per pool.
     pub pools: Vec<crate::guard::PoolReport>,
+    /// `[[routes.guard.checks]]` and each pool's last measurements.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<crate::guard::checks::CheckView>,
+    /// Why the rollout waits on a check, while it does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_waits: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -166,6 +172,16 @@ pub fn route_status(state: &State, snap: &Snapshot, route: &Route, details: bool
             .get(&*route.name)
             .map(|r| r.pools.clone())
             .unwrap_or_default(),
+        checks: crate::guard::checks::views(
+            &g.checks,
+            &state.checks.load(),
+            &route.name,
+            &snap.pools[g.baseline].name,
+        ),
+        rollout_waits: report
+            .routes
+            .get(&*route.name)
+            .and_then(|r| r.rollout_waits.clone()),
     });
     let rollout = snap.rollout(route).map(|r| {
         let step = route.runtime.rollout_step.unwrap_or(0);

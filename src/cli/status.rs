@@ -71,6 +71,46 @@ fn next_step(rollout: &Value, now: SystemTime) -> Option<String> {
 }
 
 /// The `status` table at `now`.
+/// A guard's checks, a line per check and pool: the value, the baseline's, the verdict and
+/// failures in a row; then why the rollout waits, if it does.
+fn checks(guard: &Value) -> String {
+    let mut s = String::new();
+    let num = |v: &Value| v.as_f64().map_or("no data".to_owned(), |v| format!("{v:.4}"));
+    for c in guard["checks"].as_array().into_iter().flatten() {
+        for p in c["pools"].as_array().into_iter().flatten() {
+            let verdict = match p["verdict"].as_str() {
+                None => "not run yet".to_owned(),
+                Some("fail") => format!(
+                    "fail {}/{}: {}",
+                    p["failures"].as_u64().unwrap_or(0),
+                    p["failure_limit"].as_u64().unwrap_or(0),
+                    text(&p["reason"])
+                ),
+                Some(v) if p["reason"].is_string() => format!("{v}: {}", text(&p["reason"])),
+                Some(v) => v.to_owned(),
+            };
+            let compared = if p["baseline"].as_bool() == Some(true) {
+                "(baseline)".to_owned()
+            } else {
+                format!("vs {}", num(&p["baseline_value"]))
+            };
+            let _ = writeln!(
+                s,
+                "{:<16}   check {:<16} {:<10} {:>10} {:<14} {verdict}",
+                "",
+                text(&c["name"]),
+                text(&p["pool"]),
+                num(&p["value"]),
+                compared
+            );
+        }
+    }
+    if let Some(w) = guard["rollout_waits"].as_str() {
+        let _ = writeln!(s, "{:<16}   {w}", "");
+    }
+    s
+}
+
 pub fn render(view: &View, now: SystemTime) -> String {
     let (config, routes) = (&view.config, &view.routes);
     let mut s = String::new();
@@ -294,6 +334,7 @@ pub fn render(view: &View, now: SystemTime) -> String {
                 }),
             );
         }
+        s.push_str(&checks(&r["guard"]));
     }
     if let Some(pools) = view.pools.as_array().filter(|p| !p.is_empty()) {
         let _ = writeln!(
@@ -368,6 +409,33 @@ pub async fn watch(admin: &AdminTarget) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checks_show_each_pools_value_against_the_baselines() {
+        let guard = serde_json::json!({
+            "checks": [{"name": "checkout_success", "pools": [
+                {"pool": "blue", "baseline": true, "verdict": "pass", "value": 0.99},
+                {"pool": "green", "baseline": false, "verdict": "fail", "reason": "low", "failures": 1, "failure_limit": 2, "value": 0.9, "baseline_value": 0.99},
+                {"pool": "late", "baseline": false, "verdict": "inconclusive", "reason": "no data for the pool", "value": null, "baseline_value": 0.99}
+            ]}],
+            "rollout_waits": "the rollout waits: check checkout_success is inconclusive: no data for the pool"
+        });
+        let out = checks(&guard);
+        let lines: Vec<&str> = out.lines().map(str::trim).collect();
+        assert_eq!(
+            lines[0],
+            "check checkout_success blue           0.9900 (baseline)     pass"
+        );
+        assert_eq!(
+            lines[1],
+            "check checkout_success green          0.9000 vs 0.9900      fail 1/2: low"
+        );
+        assert_eq!(
+            lines[2],
+            "check checkout_success late          no data vs 0.9900      inconclusive: no data for the pool"
+        );
+        assert!(lines[3].starts_with("the rollout waits: check checkout_success"));
+    }
 
     #[test]
     fn the_next_rollout_step_counts_down_from_since_plus_every() {

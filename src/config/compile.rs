@@ -243,6 +243,8 @@ pub fn compile(
             }
         }
     }
+    let analysis = super::compile_checks::compile_analysis(&mut errs, raw.analysis.as_ref(), fleet.as_ref());
+    super::compile_checks::need_prometheus(&mut errs, raw, analysis.as_ref());
     let headers = compile_headers(&mut errs, raw);
     let overrides = compile_overrides(&mut errs, raw);
     let scope = super::targeting::FlagScope {
@@ -316,6 +318,7 @@ pub fn compile(
         state_path,
         notify,
         fleet,
+        analysis,
         ofrep: raw
             .ofrep
             .as_ref()

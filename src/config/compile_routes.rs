@@ -385,6 +385,11 @@ pub(super) fn compile_guard(
             }
         },
     };
+    let checks = g
+        .checks
+        .as_ref()
+        .map(|c| super::compile_checks::compile_checks(errs, &path, c))
+        .unwrap_or_default();
     (errs.list.len() == before).then_some(GuardConfig {
         baseline,
         max_error_rate,
@@ -395,6 +400,7 @@ pub(super) fn compile_guard(
         min_requests,
         window,
         dry_run: g.dry_run.as_ref().is_some_and(|d| *d.get_ref()),
+        checks,
     })
 }
 

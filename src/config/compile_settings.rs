@@ -51,19 +51,7 @@ pub(super) fn compile_fleet(
             String::new()
         }
     };
-    let url = f.prometheus.get_ref().trim().trim_end_matches('/').to_owned();
-    match url.parse::<http::Uri>() {
-        Ok(u)
-            if matches!(u.scheme_str(), Some("http" | "https"))
-                && u.host().is_some()
-                && u.query().is_none() => {}
-        _ => errs.at(
-            &f.prometheus,
-            "fleet.prometheus",
-            format!("`{}` is not an http:// or https:// URL", f.prometheus.get_ref()),
-            "write Prometheus's base URL, such as \"http://prometheus:9090\"",
-        ),
-    }
+    let url = super::compile_checks::prometheus_url(errs, &f.prometheus, "fleet.prometheus");
     let selector = f
         .selector
         .as_ref()

@@ -33,6 +33,8 @@ pub struct Compiled {
     pub notify: Vec<crate::notify::NotifyConfig>,
     /// `[fleet]`: judge and agree with the other replicas through Prometheus.
     pub fleet: Option<FleetSettings>,
+    /// `[analysis]` (or `[fleet]`'s Prometheus): where guards' checks are asked.
+    pub analysis: Option<super::settings::AnalysisSettings>,
     /// `[ofrep] enabled`: the proxy's listeners answer OFREP evaluations.
     pub ofrep: bool,
     /// `[tracing]`: trace context kept or started, spans exported.
@@ -83,6 +85,13 @@ impl Compiled {
     /// `route`'s `[routes.guard]`.
     pub fn guard(&self, route: &Route) -> Option<&GuardConfig> {
         self.extras.get(route.index)?.guard.as_ref()
+    }
+
+    /// Whether any guard has checks (`[[routes.guard.checks]]`).
+    pub fn any_checks(&self) -> bool {
+        self.extras
+            .iter()
+            .any(|x| x.guard.as_ref().is_some_and(|g| !g.checks.is_empty()))
     }
 
     /// `route`'s `[routes.rollout]`.

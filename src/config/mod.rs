@@ -6,6 +6,7 @@
 //! [`Snapshot`]: crate::runtime::Snapshot
 
 mod compile;
+mod compile_checks;
 mod compile_routes;
 mod compile_settings;
 mod compiled;
@@ -23,8 +24,9 @@ use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
 pub use compile::{compile, revision};
+pub use compile_checks::check_env as analysis_env;
 pub use compiled::{Compiled, RouteExtras};
-pub use settings::{AdminSettings, FleetSettings, Listen};
+pub use settings::{AdminSettings, AnalysisSettings, FleetSettings, Listen};
 pub use targeting::{combined_revision, parse_features, FlagsFrom, ServerSource};
 
 /// One problem in a config file, with where it is and how to fix it.

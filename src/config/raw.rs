@@ -29,6 +29,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub notify: Vec<Spanned<RawNotify>>,
     pub fleet: Option<Spanned<RawFleet>>,
+    /// Canary analysis: the Prometheus guards' checks ask.
+    pub analysis: Option<Spanned<RawAnalysis>>,
     pub ofrep: Option<Spanned<RawOfrep>>,
     /// Request attributes flags and rules read: `name = "header:x-country"` (or `cookie:`,
     /// `query:`), and `trusted_proxies = [...]` for the client address.
@@ -251,6 +253,27 @@ pub struct RawGuard {
     pub min_requests: Option<Spanned<i64>>,
     pub window: Option<Spanned<String>>,
     pub dry_run: Option<Spanned<bool>>,
+    pub checks: Option<Vec<Spanned<RawCheck>>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawCheck {
+    pub name: Spanned<String>,
+    pub query: Spanned<String>,
+    pub min: Option<Spanned<f64>>,
+    pub max: Option<Spanned<f64>>,
+    pub min_ratio: Option<Spanned<f64>>,
+    pub max_ratio: Option<Spanned<f64>>,
+    pub interval: Option<Spanned<String>>,
+    pub failure_limit: Option<Spanned<i64>>,
+    pub no_data: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawAnalysis {
+    pub prometheus: Option<Spanned<String>>,
+    pub query_timeout: Option<Spanned<String>>,
+    pub token_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -40,6 +40,16 @@ pub struct FleetSettings {
     pub token_env: Option<String>,
 }
 
+/// `[analysis]` (or, without it, `[fleet]`'s Prometheus): where guards' checks are asked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnalysisSettings {
+    /// Prometheus's base URL, without a trailing slash.
+    pub prometheus: String,
+    pub query_timeout: Duration,
+    /// The config key and the environment variable holding a bearer token for Prometheus.
+    pub token_env: Option<(&'static str, String)>,
+}
+
 /// The `[admin]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AdminSettings {

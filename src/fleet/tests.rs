@@ -239,19 +239,3 @@ fn a_token_variable_that_is_not_set_is_refused() {
     f.token_env = Some("PATH".into());
     assert_eq!(check_env(Some(&f)), Ok(()));
 }
-
-#[test]
-fn prometheus_errors_are_said() {
-    let v = serde_json::json!({"status": "error", "errorType": "bad_data", "error": "parse error"});
-    assert_eq!(
-        samples(&v).err().unwrap(),
-        "Prometheus answered bad_data: parse error"
-    );
-    let v = serde_json::json!({"status": "success", "data": {"resultType": "vector", "result": [
-        {"metric": {"route": "web"}, "value": [1, "3.5"]},
-        {"metric": {"route": "x"}, "value": [1, "NaN"]}
-    ]}});
-    let s = samples(&v).unwrap();
-    assert_eq!(s.len(), 1);
-    assert_eq!((s[0].label("route"), s[0].value), ("web", 3.5));
-}

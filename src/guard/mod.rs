@@ -7,6 +7,7 @@
 //! [`crate::runtime::overlay::Overlay`] that it applies to every config it compiles (so a reload cannot undo a
 //! trip) and writes to a state file (so a restart cannot either).
 
+pub mod checks;
 pub mod task;
 pub mod verdict;
 pub mod window;
@@ -40,6 +41,8 @@ pub struct GuardConfig {
     pub min_requests: u64,
     pub window: Duration,
     pub dry_run: bool,
+    /// `[[routes.guard.checks]]`: queries on the application's own metrics.
+    pub checks: Arc<[checks::CheckConfig]>,
 }
 
 /// A route's `[routes.rollout]`, compiled.
@@ -72,6 +75,10 @@ pub struct Report {
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct RouteReport {
     pub pools: Vec<PoolReport>,
+    /// Why the rollout does not step though its time may have come: a check that has not
+    /// passed since the step began (no data, an error, not run yet).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rollout_waits: Option<String>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -62,6 +62,7 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
                     guard.forget_stale_all(&snap, &mut windows);
                 }
                 guard.fleet = state.fleet_verdicts.load_full();
+                guard.checks = state.checks.load_full();
                 let report = guard.judge(&snap, &mut windows, Instant::now()).await;
                 state.guard.store(Arc::new(report));
                 for pool in snap.pools.iter() {
@@ -96,6 +97,8 @@ struct Guard {
     mirror_samples: HashMap<String, std::collections::VecDeque<(Instant, u64, u64)>>,
     /// The fleet's verdicts at its last answer (`[fleet]`).
     fleet: Arc<crate::fleet::FleetVerdicts>,
+    /// The checks' last measurements (`[[routes.guard.checks]]`).
+    checks: Arc<super::checks::Results>,
 }
 
 type Windows = HashMap<(Arc<str>, Arc<str>), Window>;
@@ -112,6 +115,7 @@ impl Guard {
             at_trip: HashMap::new(),
             mirror_samples: HashMap::new(),
             fleet: Default::default(),
+            checks: Default::default(),
         }
     }
 
@@ -219,6 +223,11 @@ impl Guard {
             });
         }
         let mirrored = self.mirror_verdict(snap, route, g, now);
+        // The checks' records count only when measured on the route as it is now (a reset
+        // must not be tripped again by the failures that caused the trip).
+        let checks = self.checks.clone();
+        let current = g.checks.is_empty()
+            || checks.epochs.get(&*route.name) == Some(&crate::analysis::epoch(snap, route));
         for (pool, f) in judged {
             let mut v = verdict::judge(g, &base, &f);
             if let Some((shadow, mv)) = &mirrored {
@@ -231,6 +240,25 @@ impl Guard {
                 *reason = format!("local numbers: {reason}");
             }
             let name = snap.pools[pool].name.to_string();
+            let records = if current {
+                checks.of(&route.name, &name)
+            } else {
+                &[]
+            };
+            if let (false, Some(c)) = (matches!(v, Verdict::Fail(_)), records.iter().find(|c| c.failing)) {
+                v = Verdict::Fail(format!(
+                    "check {} failed {} time(s) in a row (failure_limit {}): {} — {} {}, baseline {} {} — query: {}",
+                    c.check,
+                    c.failures,
+                    c.failure_limit,
+                    c.verdict.as_ref().and_then(|v| v.reason()).unwrap_or("failed"),
+                    name,
+                    c.value.map_or("no data".into(), super::checks::num),
+                    snap.pools[g.baseline].name,
+                    c.baseline_value.map_or("no data".into(), super::checks::num),
+                    c.query
+                ));
+            }
             self.act(route, g, &name, &v, f, now).await;
             // Too few requests here to judge: a rollout steps on the fleet's numbers (fresh:
             // from its last three rounds), as it trips on them.
@@ -242,7 +270,12 @@ impl Guard {
                     .unwrap_or(Verdict::Hold),
                 _ => v.clone(),
             };
-            self.step_rollout(snap, route, pool, &step_on, now).await;
+            let waits = self
+                .step_rollout(snap, route, pool, (&step_on, &g.checks, records), now)
+                .await;
+            if waits.is_some() {
+                rr.rollout_waits = waits;
+            }
             if let Verdict::Fail(_) = &v {
                 if !g.dry_run {
                     self.at_trip
@@ -342,20 +375,25 @@ impl Guard {
         }
     }
 
-    /// Asks for a rollout's next step when its pool has passed for a whole step.
+    /// Asks for a rollout's next step when its pool has passed for a whole step and every
+    /// check of it has passed since the step began; says why it waits on a check.
     async fn step_rollout(
         &mut self,
         snap: &Snapshot,
         route: &Route,
         pool: usize,
-        verdict: &Verdict,
+        (verdict, checks, records): (
+            &Verdict,
+            &[super::checks::CheckConfig],
+            &[super::checks::CheckStatus],
+        ),
         now: Instant,
-    ) {
+    ) -> Option<String> {
         let (Some(r), Some(step)) = (snap.rollout(route), route.runtime.rollout_step) else {
-            return;
+            return None;
         };
         if r.pool != pool {
-            return;
+            return None;
         }
         let started = match self.steps.get(&*route.name) {
             Some(&(s, t)) if s == step => t,
@@ -364,7 +402,16 @@ impl Guard {
                 now
             }
         };
-        if step + 1 < r.steps.len() && rollout_due(started, now, r.every, verdict) {
+        if step + 1 >= r.steps.len() {
+            return None;
+        }
+        let waits = checks
+            .iter()
+            .find_map(|c| match records.iter().find(|s| s.check == c.name) {
+                Some(s) => s.holds_step(started),
+                None => Some(format!("check {} has not run since the route changed", c.name)),
+            });
+        if waits.is_none() && rollout_due(started, now, r.every, verdict) {
             self.steps.insert(route.name.to_string(), (step, now));
             let _ = self
                 .triggers
@@ -374,5 +421,6 @@ impl Guard {
                 })
                 .await;
         }
+        waits.map(|w| format!("the rollout waits: {w}"))
     }
 }

@@ -142,6 +142,7 @@ mod tests {
             min_requests: 50,
             window: Duration::from_secs(30),
             dry_run: false,
+            checks: Default::default(),
         }
     }
 

@@ -482,8 +482,9 @@ impl Control {
                 flags,
             } => (new, overlay, reconciled, routes, flags),
         };
-        if let Err(e) =
-            crate::fleet::check_env(new.fleet.as_ref()).and_then(|()| state.notifier.configure(&new.notify))
+        if let Err(e) = crate::fleet::check_env(new.fleet.as_ref())
+            .and_then(|()| crate::config::analysis_env(new.analysis.as_ref(), new.any_checks()))
+            .and_then(|()| state.notifier.configure(&new.notify))
         {
             return failed(
                 &state,

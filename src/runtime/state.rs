@@ -33,6 +33,8 @@ pub struct State {
     pub overlay: ArcSwap<Overlay>,
     /// Windows and verdicts, as the guard last judged them.
     pub guard: ArcSwap<Report>,
+    /// The guards' checks, as the analysis task last measured them.
+    pub checks: ArcSwap<crate::guard::checks::Results>,
     /// Where guarded routes' outcomes go; `None` until the guard task runs.
     pub outcomes: Option<mpsc::Sender<Outcome>>,
     /// Where webhook notifications go (`[[notify]]`).
@@ -163,6 +165,7 @@ impl State {
             config: ArcSwap::from_pointee(config),
             overlay: ArcSwap::from_pointee(Overlay::default()),
             guard: ArcSwap::from_pointee(Report::default()),
+            checks: Default::default(),
             fleet: ArcSwap::from_pointee(FleetStatus::default()),
             outcomes,
             ready: AtomicBool::new(false),
