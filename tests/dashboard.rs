@@ -591,7 +591,8 @@ async fn the_cockpit_shows_the_mirror_the_experiments_the_fleet_and_the_events()
          [fleet]\nname = \"cockpit\"\nprometheus = \"http://127.0.0.1:{prom_port}\"\nselector = 'job=\"fleet\"'\ninterval = \"500ms\"\n\
          [pools.blue]\nendpoints = [\"{blue}\"]\n[pools.canary]\nendpoints = [\"{canary}\"]\n[pools.green]\nendpoints = [\"{shadow}\"]\n\
          [[routes]]\nname = \"web\"\nsplit = {{ blue = 50, canary = 50 }}\n\
-         guard = {{ baseline = \"blue\", min_requests = 20 }}\n\
+         guard = {{ baseline = \"blue\", min_requests = 20, checks = [{{ name = \"served\", min = 0, interval = \"1s\",\
+         query = 'sum(rate(switchyard_requests_total{{route=\"{{{{route}}}}\", pool=\"{{{{pool}}}}\", job=\"fleet\"}}[10s]))' }}] }}\n\
          mirror = {{ pool = \"green\", percent = 100, compare = true }}\n\
          [[flags]]\nname = \"new_checkout\"\npercent = 30\n\
          [[experiments]]\nname = \"canary_checkout\"\nroute = \"web\"\n\
@@ -657,6 +658,17 @@ async fn the_cockpit_shows_the_mirror_the_experiments_the_fleet_and_the_events()
             .await
     );
 
+    // The guard's check, from Prometheus: each pool's rate against the baseline's, passing.
+    let checks = "const rows = [...document.querySelectorAll('.card[data-route=\"web\"] tr[data-check=\"served\"]')];\
+         return rows.length === 2 && rows.every((r) => r.querySelector('[data-check-verdict]').textContent === 'pass'\
+           && parseFloat(r.querySelector('[data-check-value]').textContent) > 0) && !!document.querySelector('[data-checks] svg path');";
+    assert!(
+        browser.until(checks, Duration::from_secs(30)).await.is_some(),
+        "the checks panel: {}",
+        browser
+            .js("const c = document.querySelector('[data-checks]'); return c ? c.innerText : 'none'")
+            .await
+    );
     // A reload: the timeline shows what it changed.
     std::fs::write(&path, text.replace("percent = 30", "percent = 40")).unwrap();
     let reload = "const e = document.querySelector('#events tr[data-kind=\"reload\"]'); return !!e && e.innerText.includes('config reloaded');";

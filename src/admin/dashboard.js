@@ -173,7 +173,7 @@ function routeCard(r, now) {
   if (r.trips.length) {
     html += `<div class="trips">${r.trips.map((t) => `<div class="trip"><b>${esc(t.pool)}</b> ${t.manual ? "rolled back" : "tripped"} ${esc(ago(t.at))}: ${esc(t.reason)}${t.manual ? "" : ` <span class="muted">(${t.requests} requests, ${t.errors} errors${t.p99_ms != null ? ", p99 " + ms(t.p99_ms) : ""})</span>`}</div>`).join("")}</div>`;
   }
-  html += mirrorPanel(r);
+  html += mirrorPanel(r) + checksPanel(guard);
   const reports = new Map((guard ? guard.pools : []).map((p) => [p.pool, p]));
   html += `<div class="pools">`;
   for (const s of r.configured) {
@@ -193,6 +193,41 @@ function routeCard(r, now) {
       ${spark(r.name, s.pool, (x) => x.p99_ms, now, ms, "p99")}</div></div>`;
   }
   return html + `</div></div>`;
+}
+
+/// A guard's checks on the application's own metrics: per check, each pool's last value against
+/// the baseline's, its verdict and failures in a row, and the history of both values.
+function checksPanel(guard) {
+  if (!guard || !guard.checks || !guard.checks.length) return "";
+  const num = (v) => (v == null ? "no data" : Math.abs(v) >= 100 ? v.toFixed(0) : v.toPrecision(4).replace(/\.?0+$/, ""));
+  const rows = guard.checks.map((c) => {
+    const lines = c.pools.map((p) => {
+      const v = p.verdict || "not run yet";
+      const cls = v === "fail" || v === "error" ? "fail" : v === "inconclusive" ? "muted" : "";
+      return `<tr data-check="${esc(c.name)}" data-check-pool="${esc(p.pool)}"><td><i style="background:${color(p.pool)}"></i> ${esc(p.pool)}${p.baseline ? " <span class=\"muted\">(baseline)</span>" : ""}</td>
+        <td data-check-value>${esc(num(p.value))}</td><td>${p.baseline ? "" : esc(num(p.baseline_value))}</td>
+        <td><span class="${cls}" data-check-verdict>${esc(v)}</span>${p.reason ? ": " + esc(p.reason) : ""}${p.baseline ? "" : ` <span class="muted">(${p.failures}/${p.failure_limit} in a row)</span>`}</td>
+        <td>${checkHistory(p)}</td></tr>`;
+    }).join("");
+    return `<div class="check"><b>${esc(c.name)}</b> <span class="muted">${esc(c.condition)} · every ${dur(c.interval_s)} · ${c.failure_limit} failure(s) in a row trip · no data ${c.no_data === "fail" ? "fails" : "holds"}</span>
+      <div><code>${esc(c.query)}</code></div>
+      <table><tr><th>pool</th><th>value</th><th>baseline</th><th>verdict</th><th>history</th></tr>${lines}</table></div>`;
+  }).join("");
+  const waits = guard.rollout_waits ? `<div class="banner" data-rollout-waits>${esc(guard.rollout_waits)}</div>` : "";
+  return `<div class="checks mirror" data-checks><b>checks</b> <span class="muted">(the application's own metrics, from Prometheus)</span>${waits}${rows}</div>`;
+}
+
+/// A check's last values for a pool (solid) and its baseline (dashed), oldest first; failed
+/// measurements marked.
+function checkHistory(p) {
+  const h = p.history || [], w = 160, ht = 24;
+  const vals = h.flatMap((x) => [x.value, x.baseline]).filter((v) => v != null);
+  if (!vals.length) return `<span class="muted">no values</span>`;
+  const lo = Math.min(...vals), hi = Math.max(...vals), range = hi - lo || 1;
+  const X = (i) => (h.length < 2 ? w / 2 : (i / (h.length - 1)) * w), Y = (v) => ht - 2 - ((v - lo) / range) * (ht - 4);
+  const path = (pick) => h.map((x, i) => [i, pick(x)]).filter((q) => q[1] != null).map((q, j) => `${j ? "L" : "M"}${X(q[0]).toFixed(1)},${Y(q[1]).toFixed(1)}`).join(" ");
+  const fails = h.map((x, i) => (x.verdict === "fail" ? `<circle cx="${X(i).toFixed(1)}" cy="${ht - 2}" r="1.5" fill="#c0392b"/>` : "")).join("");
+  return `<svg width="${w}" height="${ht}" viewBox="0 0 ${w} ${ht}"><path d="${path((x) => x.baseline)}" fill="none" stroke="#999" stroke-dasharray="3 2"/><path d="${path((x) => x.value)}" fill="none" stroke="${color(p.pool)}" stroke-width="1.5"/>${fails}</svg>`;
 }
 
 /// A parallel run: the shadow pool's copies, the match rate over the last minute, since its

@@ -73,6 +73,18 @@ pub fn summary(path: &Path, snap: &Snapshot) -> String {
                 g.window,
                 if g.dry_run { " (dry run)" } else { "" }
             );
+            for c in g.checks.iter() {
+                let _ = writeln!(
+                    s,
+                    "  {:<12} check {}: {} every {:?}, {} failure(s) in a row trip, no data {}",
+                    "",
+                    c.name,
+                    c.condition(),
+                    c.interval,
+                    c.failure_limit,
+                    if c.no_data_fails { "fails" } else { "holds" }
+                );
+            }
         }
         if let Some(ro) = snap.rollout(r) {
             let _ = writeln!(
@@ -136,6 +148,17 @@ pub fn summary(path: &Path, snap: &Snapshot) -> String {
             f.interval,
             if f.selector.is_empty() { String::new() } else { format!(", series {{{}}}", f.selector) },
             f.token_env.as_deref().map_or(String::new(), |v| format!(", token ${v}"))
+        );
+    }
+    if let Some(a) = snap.analysis.as_ref().filter(|_| snap.any_checks()) {
+        let _ = writeln!(
+            s,
+            "analysis: guards' checks ask {} (timeout {:?}{})",
+            a.prometheus,
+            a.query_timeout,
+            a.token_env
+                .as_ref()
+                .map_or(String::new(), |(_, v)| format!(", token ${v}"))
         );
     }
     if !snap.flags.is_empty() {

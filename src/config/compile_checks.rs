@@ -290,3 +290,94 @@ pub(super) fn need_prometheus(errs: &mut Errors<'_>, raw: &RawConfig, analysis: 
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    fn compile(src: &str) -> Result<crate::config::Compiled, Vec<crate::config::ConfigError>> {
+        let raw = crate::config::parse(src).0.expect("parses");
+        crate::config::compile(src, &raw, std::path::Path::new("."), "t.toml")
+    }
+
+    fn errors(src: &str) -> Vec<String> {
+        match compile(src) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const HEAD: &str = "[listen]\nhttp = \"127.0.0.1:1\"\n[pools.blue]\nendpoints = [\"127.0.0.1:2\"]\n[pools.green]\nendpoints = [\"127.0.0.1:3\"]\n[[routes]]\nname = \"web\"\nsplit = { blue = 90, green = 10 }\n[routes.guard]\nbaseline = \"blue\"\n";
+
+    #[test]
+    fn every_mistake_in_a_check_is_pointed_at() {
+        let src = format!(
+            "{HEAD}[[routes.guard.checks]]\nname = \"a b\"\nquery = 'sum(rate(x{{pool=\"{{{{pod}}}}\"}}[5m])'\nmin = 2\nmax = 1\ninterval = \"100ms\"\nfailure_limit = 0\nno_data = \"pass\"\n\
+             [[routes.guard.checks]]\nname = \"c\"\nquery = 'sum(x'\n[[routes.guard.checks]]\nname = \"d\"\nquery = 'x'\nmin_ratio = 0\n"
+        );
+        let shown = errors(&src);
+        let expect = [
+            ("13:8 routes[0].guard.checks[0].name", "not a check name"),
+            (
+                "14:9 routes[0].guard.checks[0].query",
+                "unknown placeholder `{{pod}}`",
+            ),
+            ("16:7 routes[0].guard.checks[0].max", "below the lower bound 2"),
+            ("17:12 routes[0].guard.checks[0].interval", "at least 1s"),
+            (
+                "18:17 routes[0].guard.checks[0].failure_limit",
+                "between 1 and 1000",
+            ),
+            (
+                "19:11 routes[0].guard.checks[0].no_data",
+                "`pass` is not what no data can mean",
+            ),
+            ("22:9 routes[0].guard.checks[1].query", "`(` is not closed"),
+            ("20:1 routes[0].guard.checks[1]", "a check needs a condition"),
+            (
+                "26:13 routes[0].guard.checks[2].min_ratio",
+                "must be a positive number",
+            ),
+            ("12:1 routes[0].guard.checks[0]", "no Prometheus to ask"),
+        ];
+        for (at, what) in expect {
+            assert!(
+                shown.iter().any(|s| s.starts_with(at) && s.contains(what)),
+                "missing {at} {what} in {shown:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_prometheus_comes_from_analysis_or_the_fleet() {
+        let check = "[[routes.guard.checks]]\nname = \"ok\"\nquery = 'sum(up{job=\"{{pool}}\"})'\nmin = 1\n";
+        let with_fleet = format!(
+            "[fleet]\nname = \"prod\"\nprometheus = \"http://p:9090/\"\ntoken_env = \"T\"\n{HEAD}{check}"
+        );
+        let c = compile(&with_fleet).ok().unwrap();
+        let a = c.analysis.as_ref().unwrap();
+        assert_eq!(a.prometheus, "http://p:9090");
+        assert_eq!(a.token_env, Some(("fleet.token_env", "T".to_owned())));
+        assert!(c.any_checks());
+        // Its own Prometheus: the fleet's token does not go there.
+        let own = format!(
+            "[analysis]\nprometheus = \"http://other:9090\"\n[fleet]\nname = \"prod\"\nprometheus = \"http://p:9090\"\ntoken_env = \"T\"\n{HEAD}{check}"
+        );
+        let c = compile(&own).ok().unwrap();
+        let a = c.analysis.as_ref().unwrap();
+        assert_eq!(
+            (a.prometheus.as_str(), &a.token_env),
+            ("http://other:9090", &None)
+        );
+        assert_eq!(
+            super::check_env(Some(&super::AnalysisSettings { token_env: Some(("analysis.token_env", "SY_NOT_SET_EVER".into())), ..a.clone() }), true)
+                .unwrap_err(),
+            "analysis.token_env names SY_NOT_SET_EVER, but SY_NOT_SET_EVER is not set — export it, or remove analysis.token_env"
+        );
+        let shown = errors(&format!("[analysis]\nquery_timeout = \"1s\"\n{HEAD}{check}"));
+        assert!(
+            shown
+                .iter()
+                .any(|s| s.contains("analysis.prometheus: no Prometheus to ask")),
+            "{shown:?}"
+        );
+    }
+}
