@@ -10,9 +10,10 @@
 //! (`switchyard_check_value`, `switchyard_check_verdicts_total`), and, when a pool's verdict
 //! changes, in the audit trail (kind `check`).
 //!
-//! A check's count of failures starts again when its route's split, pools or trips change (a
-//! reset must not be tripped again by the failures that caused the trip), and when the check
-//! itself is changed by a reload; its history stays.
+//! A check's count of failures starts again when its route's split, pools, trips or rollout
+//! step change (a reset must not be tripped again by the failures that caused the trip; a new
+//! step is judged on measurements made since), and when the check itself is changed by a
+//! reload; its history stays.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Weak};
@@ -128,16 +129,10 @@ fn measured(route: &Route, baseline: usize) -> Vec<usize> {
     pools
 }
 
-/// What a route's checks count against: its split, pools and trips.
+/// What a route's checks count against: its split and pools, and the last change of its trips
+/// or rollout step (a time, so a trip and a reset between two looks still differ).
 pub fn epoch(snap: &Snapshot, route: &Route) -> String {
-    let mut tripped: Vec<&str> = route
-        .runtime
-        .tripped
-        .iter()
-        .map(|&p| &*snap.pools[p].name)
-        .collect();
-    tripped.sort_unstable();
-    format!("{}|{}", fingerprint(snap, route), tripped.join(","))
+    format!("{}|{}", fingerprint(snap, route), route.runtime.changed_ms)
 }
 
 /// Brings the entries in line with the snapshot: new checks are due at once, removed ones

@@ -233,6 +233,8 @@ interval = "1s"
     )
     .await;
     eprintln!("first value after {first_data:?}; tripped {tripped:?} after that");
+    // Two scrape intervals (1 s) plus the failures in a row (2 × 1 s), with room to spare.
+    assert!(tripped < Duration::from_secs(8), "{tripped:?}");
     let web = api(&proxy, "/api/routes/web").await;
     let reason = pool(&web, "green")["verdict"]["reason"]
         .as_str()
@@ -270,7 +272,34 @@ interval = "1s"
     let v: f64 = value.rsplit(' ').next().unwrap().parse().unwrap();
     assert!((0.85..0.95).contains(&v), "{value}");
     assert!(text.contains("switchyard_check_verdicts_total{check=\"checkout_success\",pool=\"green\",route=\"web\",verdict=\"fail\"}"));
-    assert!(text.contains("switchyard_guard_trips_total{pool=\"green\",route=\"web\"} 1"));
+    assert!(
+        text.contains("switchyard_guard_trips_total{pool=\"green\",route=\"web\"} 1"),
+        "{text}"
+    );
+
+    // A reset starts the count again: the failures that caused the trip do not trip it at
+    // once (the guard would within 100 ms), two new ones do.
+    let (parts, body) = send(
+        &h1_client(),
+        Request::post(proxy.admin_url("/api/routes/web/reset"))
+            .body(empty())
+            .unwrap(),
+    )
+    .await;
+    assert!(parts.status.is_success(), "{:?}", String::from_utf8_lossy(&body));
+    assert_eq!(api(&proxy, "/api/routes/web").await["tripped"], false);
+    let again = eventually(
+        "green to trip again after the reset",
+        Duration::from_secs(30),
+        async || api(&proxy, "/api/routes/web").await["tripped"] == true,
+    )
+    .await;
+    assert!(
+        again > Duration::from_millis(700),
+        "tripped again {again:?} after the reset: {}",
+        api(&proxy, "/api/routes/web").await
+    );
+    eprintln!("tripped again {again:?} after the reset");
 
     // Dry run: the same failing check is shown, and changes nothing.
     let dry = api(&proxy, "/api/routes/dry").await;
