@@ -10,8 +10,9 @@
 //!   passes;
 //! - a query that Prometheus refuses at run time is reported and holds its rollout, never a pass.
 //!
-//! Needs the `prometheus` binary: `.ci/run` installs it and runs these tests; `cargo test`
-//! alone skips them as ignored.
+//! That test needs the `prometheus` binary: `.ci/run` installs it and runs it; `cargo test`
+//! alone skips it as ignored. The other runs everywhere: a stand-in Prometheus that fails in
+//! every way it can (too large, endless, stalled, several series, NaN, HTML).
 
 mod support;
 
@@ -361,5 +362,141 @@ interval = "1s"
         .iter()
         .all(|p| p["verdict"] == "error"));
     load.abort();
+    proxy.shutdown().await;
+}
+
+/// A stand-in Prometheus that answers each pool's query as a broken or hostile one would.
+fn lying_prometheus(req: &Recorded) -> Vec<u8> {
+    let query: String = req
+        .path
+        .split_once("query=")
+        .map(|(_, q)| {
+            form_urlencoded::parse(format!("q={q}").as_bytes())
+                .next()
+                .unwrap()
+                .1
+                .into_owned()
+        })
+        .unwrap_or_default();
+    let json = |body: String| {
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    };
+    let vector = |values: &[&str]| {
+        let series: Vec<String> = values
+            .iter()
+            .enumerate()
+            .map(|(i, v)| format!(r#"{{"metric":{{"i":"{i}"}},"value":[1,"{v}"]}}"#))
+            .collect();
+        json(format!(
+            r#"{{"status":"success","data":{{"resultType":"vector","result":[{}]}}}}"#,
+            series.join(",")
+        ))
+    };
+    if query.contains("\"big\"") {
+        // 2 MiB of chunks, no length given: read up to the limit, then refused.
+        let mut out = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        for _ in 0..32 {
+            out.extend_from_slice(format!("{:x}\r\n", 65536).as_bytes());
+            out.extend(std::iter::repeat_n(b' ', 65536));
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"0\r\n\r\n");
+        out
+    } else if query.contains("\"huge\"") {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 314572800\r\n\r\n{".to_vec()
+    } else if query.contains("\"stall\"") {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"status\"".to_vec()
+    } else if query.contains("\"many\"") {
+        vector(&["1", "2"])
+    } else if query.contains("\"nan\"") {
+        vector(&["NaN"])
+    } else if query.contains("\"liar\"") {
+        b"HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n<html>hi!".to_vec()
+    } else {
+        vector(&["1"])
+    }
+}
+
+/// Every way a Prometheus can fail a check is an error or no data — shown, counted, never a
+/// pass, never a trip — and the proxy serves on: an answer past the size limit (announced, or
+/// endless), one that stalls, several series, NaN, HTML. The token goes with every query.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_that_fails_every_way_is_reported_and_never_passes() {
+    let prom = Recorder::start(lying_prometheus).await;
+    std::env::set_var("SY_ANALYSIS_TEST_TOKEN", "s3cret");
+    let up = Upstream::start("app").await;
+    let a = up.addr;
+    let pools: Vec<&str> = vec!["blue", "big", "huge", "stall", "many", "nan", "liar"];
+    let mut config = format!(
+        "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = false\n\
+         [analysis]\nprometheus = \"http://{}\"\nquery_timeout = \"300ms\"\ntoken_env = \"SY_ANALYSIS_TEST_TOKEN\"\n",
+        prom.addr
+    );
+    for p in &pools {
+        config.push_str(&format!("[pools.{p}]\nendpoints = [\"{a}\"]\n"));
+    }
+    let split: Vec<String> = pools.iter().map(|p| format!("{p} = 10")).collect();
+    config.push_str(&format!(
+        "[[routes]]\nname = \"web\"\nsplit = {{ {} }}\n[routes.guard]\nbaseline = \"blue\"\n\
+         [[routes.guard.checks]]\nname = \"up\"\nquery = 'q{{pool=\"{{{{pool}}}}\"}}'\nmin = 0\nmax_ratio = 10\ninterval = \"1s\"\n",
+        split.join(", ")
+    ));
+    let proxy = Proxy::start(&config).await;
+    eventually("every pool measured twice", Duration::from_secs(20), async || {
+        let r = api(&proxy, "/api/routes/web").await;
+        pools.iter().all(|p| {
+            record(&r, "up", p)["history"]
+                .as_array()
+                .is_some_and(|h| h.len() >= 2)
+        })
+    })
+    .await;
+    let r = api(&proxy, "/api/routes/web").await;
+    let said = |pool: &str| {
+        let rec = record(&r, "up", pool);
+        (
+            rec["verdict"].as_str().unwrap_or("").to_owned(),
+            rec["reason"].as_str().unwrap_or("").to_owned(),
+        )
+    };
+    assert_eq!(said("blue").0, "pass");
+    for (pool, verdict, reason) in [
+        ("big", "error", "more than 1048576 bytes"),
+        ("huge", "error", "more than 1048576 bytes"),
+        ("stall", "error", "300ms"),
+        ("many", "error", "gives 2 series"),
+        ("nan", "inconclusive", "no data for the pool"),
+        ("liar", "error", "not Prometheus's JSON"),
+    ] {
+        let (v, why) = said(pool);
+        assert_eq!(v, verdict, "{pool}: {why}");
+        assert!(why.contains(reason), "{pool}: {why}");
+    }
+    assert_eq!(r["tripped"], false, "{r}");
+    let (_, text) = get(&h1_client(), &proxy.admin_url("/metrics")).await;
+    let text = String::from_utf8_lossy(&text);
+    for reason in ["too_large", "timeout", "invalid"] {
+        assert!(
+            text.contains(&format!(
+                "switchyard_remote_errors_total{{reason=\"{reason}\",source=\"prometheus\"}}"
+            )),
+            "{reason}"
+        );
+    }
+    assert!(
+        !text.contains("switchyard_check_value{check=\"up\",pool=\"nan\""),
+        "no data, no value"
+    );
+    let (parts, _) = get(&h1_client(), &proxy.url("/")).await;
+    assert_eq!(parts.status, 200, "the proxy serves on");
+    let asked = prom.requests();
+    assert!(asked.len() >= 14);
+    assert!(asked
+        .iter()
+        .all(|q| q.get("authorization") == Some("Bearer s3cret")));
     proxy.shutdown().await;
 }
