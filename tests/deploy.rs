@@ -40,16 +40,18 @@ async fn every_metric_the_dashboards_and_alerts_name_is_exported() {
     )
     .replacen(
         "split = { blue = 100 }",
-        "split = { blue = 100, canary = 0 }\nguard = { baseline = \"blue\" }\nrollout = { pool = \"canary\", steps = [10, 100], every = \"1h\" }",
+        "split = { blue = 100, canary = 0 }\nguard = { baseline = \"blue\", checks = [{ name = \"c\", query = 'up', min = 0, interval = \"1s\" }] }\nrollout = { pool = \"canary\", steps = [10, 100], every = \"1h\" }",
         1,
     );
     let proxy = Proxy::start(&cfg).await;
     get(&h1_client(), &proxy.url("/")).await;
-    // The fleet's gauges appear once its (absent) Prometheus has been asked.
+    // The fleet's gauges and the checks' counts appear once its (absent) Prometheus has been
+    // asked.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     let text = loop {
         let (_, text) = get(&h1_client(), &proxy.admin_url("/metrics")).await;
-        if String::from_utf8_lossy(&text).contains("switchyard_fleet_up{") {
+        let t = String::from_utf8_lossy(&text);
+        if t.contains("switchyard_fleet_up{") && t.contains("switchyard_check_verdicts_total{") {
             break text;
         }
         assert!(std::time::Instant::now() < deadline, "no switchyard_fleet_up");
