@@ -337,24 +337,23 @@ impl Finish {
                 Some((address, took)) => (&**address, Some(took.as_secs_f64() * 1000.0)),
                 None => ("-", None),
             };
-            tracing::info!(
-                target: "switchyard::access",
-                client = %client,
-                peer = %peer,
-                method = %method,
-                path = uri.path(),
+            crate::logging::access(&crate::logging::AccessLine {
+                client,
+                peer,
+                method: method.as_str(),
+                path: uri.path(),
                 route,
                 pool,
-                status = self.sent,
-                duration_ms = elapsed.as_secs_f64() * 1000.0,
-                bytes_received = received.load(std::sync::atomic::Ordering::Relaxed),
-                bytes_sent = sent,
+                status: self.sent,
+                duration_ms: elapsed.as_secs_f64() * 1000.0,
+                bytes_received: received.load(std::sync::atomic::Ordering::Relaxed),
+                bytes_sent: sent,
                 upstream,
                 upstream_ms,
-                error = self.error.unwrap_or("-"),
-                body_failed = self.failed,
-                request_id = request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
-            );
+                error: self.error.unwrap_or("-"),
+                body_failed: self.failed,
+                request_id: request_id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            });
         }
         if let (Some(mut span), Some(tracer)) = (self.trace, self.snap.tracer.as_deref()) {
             if span.sampled {
