@@ -186,7 +186,13 @@ impl App {
             prepared.state_file,
             rx,
         ));
-        tokio::spawn(crate::guard::task::run(state.clone(), outcomes_rx, tx.clone()));
+        // The guard judges every guarded route ten times a second, and fingerprints them all
+        // after a reload: with ten thousand routes that is milliseconds of work a tick, which
+        // on a worker would stall its requests. It gets a thread of its own.
+        on_own_thread(
+            "switchyard-guard",
+            crate::guard::task::run(Arc::downgrade(&state), outcomes_rx, tx.clone()),
+        )?;
         let live = Arc::downgrade(&state.snapshot);
         tokio::spawn(crate::upstream::sweep_idle(move || {
             live.upgrade().map(|s| s.load().pools.clone())
@@ -359,4 +365,16 @@ fn record_start(state: &State, (text, mut details): (String, serde_json::Value))
         details,
     };
     state.announce(record, true);
+}
+
+/// Runs `task` on a thread of its own with a single-threaded runtime, off the workers; the
+/// thread ends with the task.
+fn on_own_thread(name: &str, task: impl std::future::Future<Output = ()> + Send + 'static) -> io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(move || rt.block_on(task))?;
+    Ok(())
 }

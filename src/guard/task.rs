@@ -2,7 +2,7 @@
 //! rollout steps to the one writer ([`crate::control::Trigger`]).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -19,8 +19,8 @@ use crate::runtime::state::State;
 use crate::runtime::Snapshot;
 
 /// The guard task: records outcomes, judges every [`TICK`], and sends trips and rollout
-/// advances to the reloader. Ends when the outcome channel closes.
-pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, triggers: mpsc::Sender<Trigger>) {
+/// advances to the reloader. Ends when the outcome channel closes or the state is dropped.
+pub async fn run(state: Weak<State>, mut outcomes: mpsc::Receiver<Outcome>, triggers: mpsc::Sender<Trigger>) {
     let mut windows: HashMap<(Arc<str>, Arc<str>), Window> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -28,7 +28,9 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
     let mut guard = Guard::new(triggers);
     // The snapshot the windows were last checked against: outcomes that come after a reload
     // or a reset, before the next tick, count against the new config, not with the old.
-    let mut seen = state.snapshot.load_full();
+    let Some(mut seen) = state.upgrade().map(|s| s.snapshot.load_full()) else {
+        return;
+    };
     guard.forget_stale_all(&seen, &mut windows);
     loop {
         tokio::select! {
@@ -36,6 +38,7 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
                 if n == 0 {
                     return;
                 }
+                let Some(state) = state.upgrade() else { return };
                 let snap = state.snapshot.load();
                 if !Arc::ptr_eq(&seen, &*snap) {
                     seen = Arc::clone(&*snap);
@@ -54,6 +57,7 @@ pub async fn run(state: Arc<State>, mut outcomes: mpsc::Receiver<Outcome>, trigg
                 }
             }
             _ = tick.tick() => {
+                let Some(state) = state.upgrade() else { return };
                 let snap = state.snapshot.load_full();
                 // Fingerprints change only with the snapshot: 10,000 guarded routes are not
                 // fingerprinted ten times a second for nothing.

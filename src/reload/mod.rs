@@ -232,7 +232,7 @@ pub async fn run(
                 Some(t) => c.handle(t),
                 None => break,
             },
-            Some(compiled) = done.recv() => c.finish(compiled),
+            Some(compiled) = done.recv() => c.finish(compiled).await,
         }
     }
 }
@@ -430,13 +430,13 @@ impl Control {
 
     /// Publishes a compiled reload (applying the overlay again if it changed meanwhile),
     /// answers whoever asked for it, and starts the reload queued behind it.
-    fn finish(&mut self, compiled: Compiled) {
+    async fn finish(&mut self, compiled: Compiled) {
         let asked = self.compiling.take().unwrap_or(Asked {
             force: false,
             replies: Vec::new(),
             by: Actor::of("file"),
         });
-        let report = self.publish(compiled, &asked.by);
+        let report = self.publish(compiled, &asked.by).await;
         for reply in asked.replies {
             let _ = reply.send(report.clone());
         }
@@ -448,7 +448,7 @@ impl Control {
         }
     }
 
-    fn publish(&mut self, compiled: Compiled, by: &Actor) -> ReloadReport {
+    async fn publish(&mut self, compiled: Compiled, by: &Actor) -> ReloadReport {
         let state = self.state.clone();
         let current = state.snapshot.load_full();
         let report = |result, revision: &str, error: Option<String>, changes| ReloadReport {
@@ -507,7 +507,14 @@ impl Control {
         changes.extend(flags);
         changes.extend(reconciled);
         let revision = new.revision.clone();
-        let old = state.publish(*new);
+        // Resolving ten thousand routes' metric series takes a while: on a blocking thread,
+        // so a worker that also runs this task goes on serving requests meanwhile (nothing
+        // else of the control task's runs until it is done: triggers wait in the channel).
+        let publisher = state.clone();
+        let old = match tokio::task::spawn_blocking(move || publisher.publish(*new)).await {
+            Ok(old) => old,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         state.metrics.reload(true);
         tracing::info!(revision = %revision, previous = %current.revision, "config reloaded");
         for c in &changes {
