@@ -345,10 +345,18 @@ async fn readyz(Extract(a): Extract<Admin>) -> Response {
 }
 
 async fn metrics_text(Extract(a): Extract<Admin>) -> Response {
-    a.state.metrics.experiments(&a.state.snapshot.load());
+    // Ten thousand routes are some hundred thousand series: written on a blocking thread, so a
+    // scrape does not stall the requests of the worker it came in on.
+    let state = a.state.clone();
+    let text = tokio::task::spawn_blocking(move || {
+        state.metrics.experiments(&state.snapshot.load());
+        state.metrics.render()
+    })
+    .await
+    .unwrap_or_default();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        a.state.metrics.render(),
+        text,
     )
         .into_response()
 }
