@@ -23,6 +23,14 @@ impl Metrics {
             .unwrap_or_else(|e| e.into_inner())
             .clear();
         self.endpoint_healthy.reset();
+        // Set again at once (the guard sets them each tick): a scrape between the two would
+        // miss every endpoint.
+        let now = tokio::time::Instant::now();
+        for pool in &snap.pools {
+            for ep in pool.endpoints.iter() {
+                self.endpoint_healthy(&pool.name, &ep.address, ep.is_available(now));
+            }
+        }
         for route in &snap.routes {
             let mut per_pool = Vec::new();
             // Every pool of the split (an override may send a request to one at weight 0).
