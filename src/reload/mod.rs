@@ -540,12 +540,16 @@ impl Control {
     }
 }
 
-/// Drops a replaced snapshot on a blocking thread: a large one takes a while to free, and
-/// the control task has better things to do.
+/// Drops a replaced snapshot on a blocking thread once nothing else holds it: a large one
+/// takes a while to free, and the request that happened to finish last on it would otherwise
+/// free it on its worker. Requests (and WebSockets) that started on it finish on it first.
 fn drop_elsewhere(old: Arc<Snapshot>) {
-    if Arc::strong_count(&old) == 1 {
-        tokio::task::spawn_blocking(move || drop(old));
-    }
+    tokio::spawn(async move {
+        while Arc::strong_count(&old) > 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let _ = tokio::task::spawn_blocking(move || drop(old)).await;
+    });
 }
 
 /// One reload of `path` against `base`, on a blocking thread: read, compile, check what
