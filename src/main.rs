@@ -479,6 +479,14 @@ fn unset_variables(snap: &switchyard::runtime::Snapshot) -> Vec<String> {
                 .filter_map(|f| f.token_env.as_deref().map(|v| (v, "fleet.token_env"))),
         )
         .chain(
+            snap.analysis
+                .iter()
+                .filter(|_| snap.any_checks())
+                .filter_map(|a| a.token_env.as_ref())
+                .filter(|(key, _)| *key == "analysis.token_env")
+                .map(|(key, v)| (v.as_str(), *key)),
+        )
+        .chain(
             snap.overrides
                 .secret_env
                 .as_deref()

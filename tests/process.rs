@@ -521,7 +521,9 @@ fn check_warns_of_variables_run_would_need() {
         &path,
         "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\ntoken_env = \"SY_CHECK_TOKEN\"\n\
          [fleet]\nname = \"t\"\nprometheus = \"http://p:9090\"\ntoken_env = \"SY_CHECK_PROM\"\n\
-         [pools.a]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"a\"\nsplit = { a = 100 }\n",
+         [analysis]\nprometheus = \"http://q:9090\"\ntoken_env = \"SY_CHECK_ANALYSIS\"\n\
+         [pools.a]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"a\"\nsplit = { a = 100 }\n\
+         guard = { baseline = \"a\", checks = [{ name = \"c\", query = 'up', min = 1 }] }\n",
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -529,10 +531,15 @@ fn check_warns_of_variables_run_would_need() {
         .arg(&path)
         .env_remove("SY_CHECK_TOKEN")
         .env_remove("SY_CHECK_PROM")
+        .env_remove("SY_CHECK_ANALYSIS")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("analysis.token_env names SY_CHECK_ANALYSIS, which is not set here"),
+        "{err}"
+    );
     assert!(
         err.contains("admin.token_env names SY_CHECK_TOKEN, which is not set here"),
         "{err}"
@@ -546,6 +553,7 @@ fn check_warns_of_variables_run_would_need() {
         .arg(&path)
         .env("SY_CHECK_TOKEN", "t")
         .env("SY_CHECK_PROM", "p")
+        .env("SY_CHECK_ANALYSIS", "q")
         .output()
         .unwrap();
     assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("warning"));
