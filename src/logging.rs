@@ -116,8 +116,8 @@ fn write_json(buf: &mut Vec<u8>, now: &impl std::fmt::Display, l: &AccessLine<'_
         let _ = serde_json::to_writer(&mut *buf, v);
     };
     let _ = write!(buf, "{{\"timestamp\":\"{now}\",\"level\":\"INFO\"");
-    s(buf, "client", &l.client.to_string());
-    s(buf, "peer", &l.peer.to_string());
+    // Addresses need no escaping: written in place, without a string each.
+    let _ = write!(buf, ",\"client\":\"{}\",\"peer\":\"{}\"", l.client, l.peer);
     s(buf, "method", l.method);
     s(buf, "path", l.path);
     s(buf, "route", l.route);
