@@ -96,7 +96,7 @@ pub async fn run(state: Weak<State>) {
                         let name = snap.pools[pool].name.to_string();
                         match render(&e.config.query, &name, &route.name, g.window) {
                             Ok(q) => queries.push((name, q)),
-                            Err(p) => tracing::error!(route = %route.name, check = %e.config.name, "unknown placeholder {p}"),
+                            Err(why) => tracing::error!(route = %route.name, check = %e.config.name, "{why}"),
                         }
                     }
                     let done = Done {

@@ -74,9 +74,9 @@ pub fn validate_query(query: &str) -> Result<(), (String, String)> {
         ));
     }
     // Placeholders first (they sit inside string literals as often as not).
-    let filled = render(query, "pool", "route", Duration::from_secs(30)).map_err(|name| {
+    let filled = render(query, "pool", "route", Duration::from_secs(30)).map_err(|message| {
         (
-            format!("unknown placeholder `{{{{{name}}}}}`"),
+            message,
             format!("use {}", PLACEHOLDERS.map(|p| format!("{{{{{p}}}}}")).join(", ")),
         )
     })?;
@@ -149,7 +149,7 @@ pub fn promql_duration(d: Duration) -> String {
 }
 
 /// The query for one pool: `{{pool}}`, `{{route}}` and `{{window}}` (spaces inside the braces
-/// allowed) replaced. `Err(name)` for an unknown placeholder.
+/// allowed) replaced. `Err(what is wrong)` for an unknown placeholder or a `{{` never closed.
 pub fn render(query: &str, pool: &str, route: &str, window: Duration) -> Result<String, String> {
     let mut out = String::with_capacity(query.len() + 16);
     let mut rest = query;
@@ -157,14 +157,17 @@ pub fn render(query: &str, pool: &str, route: &str, window: Duration) -> Result<
         out.push_str(&rest[..at]);
         let after = &rest[at + 2..];
         let Some(end) = after.find("}}") else {
-            return Err(after.chars().take(20).collect());
+            let from: String = after.chars().take(20).collect();
+            return Err(format!(
+                "`{{{{{from}` opens a placeholder that is not closed with `}}}}`"
+            ));
         };
         let name = after[..end].trim();
         match name {
             "pool" => out.push_str(pool),
             "route" => out.push_str(route),
             "window" => out.push_str(&promql_duration(window)),
-            other => return Err(other.to_owned()),
+            other => return Err(format!("unknown placeholder `{{{{{other}}}}}`")),
         }
         rest = &after[end + 2..];
     }
@@ -489,7 +492,14 @@ mod tests {
             render("{{window}}", "", "", Duration::from_millis(1500)).unwrap(),
             "1500ms"
         );
-        assert_eq!(render("a{{pod}}", "", "", Duration::ZERO).unwrap_err(), "pod");
+        assert_eq!(
+            render("a{{pod}}", "", "", Duration::ZERO).unwrap_err(),
+            "unknown placeholder `{{pod}}`"
+        );
+        assert!(validate_query(r#"x{a="{{pool"}"#)
+            .unwrap_err()
+            .0
+            .contains("`{{pool\"}` opens a placeholder that is not closed"));
         assert!(validate_query(q).is_ok());
         assert!(validate_query("up{{pod}}").unwrap_err().0.contains("`{{pod}}`"));
     }
