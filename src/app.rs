@@ -123,6 +123,7 @@ impl App {
         {
             let snap = state.snapshot.load();
             crate::config::analysis_env(snap.analysis.as_ref(), snap.any_checks())
+                .and_then(|()| crate::config::session_env(&snap.routes))
                 .map_err(StartError::Env)?;
         }
         let server = Server::bind(state.clone()).await?;

@@ -492,6 +492,12 @@ fn unset_variables(snap: &switchyard::runtime::Snapshot) -> Vec<String> {
                 .as_deref()
                 .map(|v| (v, "overrides.secret_env")),
         )
+        .chain(
+            snap.routes
+                .iter()
+                .filter_map(|r| r.session.as_deref())
+                .map(|s| (s.secret_env.as_str(), "routes.session secret_env")),
+        )
         .chain(match &snap.flags_from {
             Some(switchyard::config::FlagsFrom::Server(s)) => {
                 s.token_env.as_deref().map(|v| (v, "flags_from.token_env"))
@@ -503,7 +509,12 @@ fn unset_variables(snap: &switchyard::runtime::Snapshot) -> Vec<String> {
         .map(|(var, key)| {
             format!("{key} names {var}, which is not set here: `run` refuses to start without it")
         })
-        .collect()
+        .fold(Vec::new(), |mut all, line| {
+            if !all.contains(&line) {
+                all.push(line);
+            }
+            all
+        })
 }
 
 fn explain(args: ExplainArgs) -> anyhow::Result<()> {

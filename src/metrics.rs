@@ -100,6 +100,9 @@ pub struct Metrics {
     pub(crate) experiment_users: GaugeVec,
     pub(crate) check_value: GaugeVec,
     pub(crate) check_verdicts: IntCounterVec,
+    pub(crate) session_requests: IntCounterVec,
+    pub(crate) session_pins_ended: IntCounterVec,
+    pub(crate) session_valid_until: IntGaugeVec,
     pub connections: IntGauge,
 }
 
@@ -114,8 +117,19 @@ pub struct Handles {
     pub(crate) flags: Vec<Vec<IntCounter>>,
     pub(crate) overrides_ignored: Vec<IntCounter>,
     pub(crate) flag_headers_truncated: Vec<IntCounter>,
+    /// Per route: its session's series, when it has a session.
+    pub(crate) sessions: Vec<Option<SessionSeries>>,
     /// By [`Local`]: per-class counters and the duration.
     pub(crate) local: Vec<([IntCounter; 6], Histogram)>,
+}
+
+/// A route's session series (`[routes.session]`).
+pub struct SessionSeries {
+    /// Per pool of the split: `(pool index, [by pin, by split], pins ended by the reasons that
+    /// name a pool, when its pins may still be valid)`.
+    pub(crate) pools: Vec<(usize, [IntCounter; 2], [IntCounter; 4], IntGauge)>,
+    /// Pins ended because their pool left the split, or forged (no pool named).
+    pub(crate) unnamed: [IntCounter; 2],
 }
 
 /// Registers a new metric in `registry` and returns it.
@@ -255,6 +269,18 @@ impl Metrics {
             check_verdicts: register(&r, IntCounterVec::new(
                 opts("switchyard_check_verdicts_total", "Measurements of a guard's check by verdict: pass, fail, inconclusive (no data), error (the query failed)."),
                 &["route", "pool", "check", "verdict"],
+            )),
+            session_requests: register(&r, IntCounterVec::new(
+                opts("switchyard_session_requests_total", "Requests on routes with [routes.session], by the pool they went to and what sent them there: pin (the user's session pin held) or split (no pin, or it ended; a new pin is set)."),
+                &["route", "pool", "by"],
+            )),
+            session_pins_ended: register(&r, IntCounterVec::new(
+                opts("switchyard_session_pins_ended_total", "Session pins a request carried that no longer held, by reason: idle, max_age, tripped, rolled_back (the pool named), removed (its pool left the split), forged (bad signature; pool empty for both)."),
+                &["route", "pool", "reason"],
+            )),
+            session_valid_until: register(&r, IntGaugeVec::new(
+                opts("switchyard_session_pins_valid_until_timestamp_seconds", "The latest time a session pin on this pool that this replica wrote or honoured can still be honoured (Unix time; from start, at least start plus the idle time, as pins from before a restart are not known). Past it (the max over replicas), the pool has no session left."),
+                &["route", "pool"],
             )),
             experiment_users: register(&r, GaugeVec::new(
                 opts("switchyard_experiment_users", "Distinct users of each experiment's arm (estimated, ±1%), by kind: exposed, converted."),
@@ -519,6 +545,84 @@ impl Handles {
         if let Some(c) = self.flag_headers_truncated.get(route) {
             c.inc();
         }
+    }
+
+    /// Counts a session decision of `route` that sent the request to `pool`.
+    pub fn session(
+        &self,
+        route: usize,
+        pool: usize,
+        d: &crate::routing::session::SessionDecision,
+        valid_until: Option<u64>,
+        written_until: Option<(usize, u64)>,
+    ) {
+        use crate::routing::session::Outcome;
+        let Some(Some(s)) = self.sessions.get(route) else {
+            return;
+        };
+        let find = |p: usize| s.pools.iter().find(|x| x.0 == p);
+        let raise = |g: &IntGauge, t: u64| {
+            let t = i64::try_from(t).unwrap_or(i64::MAX);
+            if g.get() < t {
+                g.set(t);
+            }
+        };
+        match d.outcome {
+            Outcome::Pinned { .. } => {
+                if let Some(x) = find(pool) {
+                    x.1[0].inc();
+                    if let Some(t) = valid_until {
+                        raise(&x.3, t);
+                    }
+                }
+            }
+            Outcome::Split { ended } => {
+                if let Some(x) = find(pool) {
+                    x.1[1].inc();
+                }
+                match ended {
+                    Some((e, Some(p))) if e.names_pool() => {
+                        if let Some(x) = find(p) {
+                            x.2[e as usize].inc();
+                        }
+                    }
+                    Some((crate::routing::session::Ended::Removed, _)) => s.unnamed[0].inc(),
+                    Some(_) => s.unnamed[1].inc(),
+                    None => {}
+                }
+            }
+            Outcome::Unverifiable | Outcome::Held => {
+                if let Some(x) = find(pool) {
+                    x.1[1].inc();
+                }
+            }
+        }
+        if let Some((p, t)) = written_until {
+            if let Some(x) = find(p) {
+                raise(&x.3, t);
+            }
+        }
+    }
+
+    /// The session counters of `route`: per pool `(pool, by pin, by split, ended by reason
+    /// [idle, max_age, tripped, rolled_back], valid until)`, and the removed and forged counts.
+    #[allow(clippy::type_complexity)]
+    pub fn session_counts(&self, route: usize) -> Option<(Vec<(usize, u64, u64, [u64; 4], u64)>, [u64; 2])> {
+        let s = self.sessions.get(route)?.as_ref()?;
+        let pools = s
+            .pools
+            .iter()
+            .map(|(p, by, ended, until)| {
+                (
+                    *p,
+                    by[0].get(),
+                    by[1].get(),
+                    ended.each_ref().map(IntCounter::get),
+                    u64::try_from(until.get()).unwrap_or(0),
+                )
+            })
+            .collect();
+        Some((pools, s.unnamed.each_ref().map(IntCounter::get)))
     }
 
     pub fn override_ignored(&self, route: usize) {

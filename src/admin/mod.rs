@@ -6,6 +6,7 @@
 
 pub mod events;
 pub mod history;
+pub mod sessions;
 
 use std::sync::Arc;
 
@@ -73,6 +74,9 @@ pub struct RouteStatus {
     pub trips: Vec<crate::runtime::overlay::Trip>,
     pub guard: Option<GuardStatus>,
     pub rollout: Option<RolloutStatus>,
+    /// `[routes.session]`: requests by pin and by split, pins ended, drain per pool.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<sessions::SessionStatus>,
 }
 
 #[derive(Debug, Serialize)]
@@ -237,6 +241,7 @@ pub fn route_status(state: &State, snap: &Snapshot, route: &Route, details: bool
         trips: entry.map(|e| e.trips.clone()).unwrap_or_default(),
         guard,
         rollout,
+        session: sessions::status(snap, route, crate::clock::unix_ms()),
     }
 }
 

@@ -132,6 +132,7 @@ pub fn compile(
     }
 
     let identity = compile_identity(&mut errs, raw);
+    super::compile_session::check_cookies(&mut errs, &routes, &raw.routes, &identity.cookie);
     let (listen_http, listen_https) = (listen.http, listen.https);
     let admin = raw.admin.as_ref().and_then(|a| {
         let a = a.get_ref();

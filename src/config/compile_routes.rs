@@ -270,6 +270,10 @@ pub(super) fn compile_route(
         context,
         segments,
     );
+    let session = raw
+        .session
+        .as_ref()
+        .and_then(|s| super::compile_session::compile_session(errs, path, s));
     let baseline = guard.as_ref().map_or_else(
         || {
             split
@@ -294,6 +298,7 @@ pub(super) fn compile_route(
             overrides,
             flags: Arc::from([]),
             uses_key: false,
+            session,
         };
         (
             route,

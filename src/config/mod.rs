@@ -8,6 +8,7 @@
 mod compile;
 mod compile_checks;
 mod compile_routes;
+mod compile_session;
 mod compile_settings;
 mod compiled;
 mod errors;
@@ -25,6 +26,7 @@ use toml::Spanned;
 
 pub use compile::{compile, revision};
 pub use compile_checks::check_env as analysis_env;
+pub use compile_session::check_env as session_env;
 pub use compiled::{Compiled, RouteExtras};
 pub use settings::{AdminSettings, AnalysisSettings, FleetSettings, Listen};
 pub use targeting::{combined_revision, parse_features, FlagsFrom, ServerSource};

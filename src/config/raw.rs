@@ -228,6 +228,15 @@ pub struct RawRoute {
     #[serde(default)]
     pub rules: Vec<Spanned<RawRule>>,
     pub mirror: Option<Spanned<RawMirror>>,
+    pub session: Option<Spanned<RawSession>>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RawSession {
+    pub cookie: Option<Spanned<String>>,
+    pub idle: Option<Spanned<String>>,
+    pub max_age: Option<Spanned<String>>,
+    pub secret_env: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

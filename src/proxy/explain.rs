@@ -69,6 +69,10 @@ pub struct RouteFacts {
     pub flags: Vec<FlagFacts>,
     pub upstream_headers: Vec<(String, String)>,
     pub set_cookie: Option<String>,
+    /// What the route's session (`[routes.session]`) does to the request, in words.
+    pub session: Option<String>,
+    /// The session pin the response sets, if any.
+    pub set_pin: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -205,6 +209,11 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime, overlay: Option<&
                     None => why,
                 }
             }
+            Why::Pin => format!(
+                "session pin: cookie {} pins the user to {}",
+                route.session.as_deref().map_or("", |s| &*s.cookie),
+                pool.name
+            ),
             Why::Rule(i) => {
                 let rule = &route.rules[i as usize];
                 if rule.pool == d.pool {
@@ -230,7 +239,8 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime, overlay: Option<&
                 }
             })
             .collect();
-        let decided = Decided::new(&d, snap);
+        let decided = Decided::new(&d, snap, now);
+        let session = route.session.as_deref().map(|s| session_facts(snap, s, &d));
         let peer = Peer::new(
             SocketAddr::new(q.client.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()), 0),
             q.uri.scheme_str() == Some("https"),
@@ -272,6 +282,8 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime, overlay: Option<&
             flags,
             upstream_headers,
             set_cookie: decided.set_cookie,
+            session,
+            set_pin: decided.set_pin,
         }
     });
     Explanation {
@@ -280,6 +292,61 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime, overlay: Option<&
         refused: None,
         route,
         live: None,
+    }
+}
+
+/// What a route's session does to a decision, in words.
+fn session_facts(
+    snap: &Snapshot,
+    s: &crate::routing::session::Session,
+    d: &crate::routing::Decision<'_, '_>,
+) -> String {
+    use crate::routing::session::Outcome;
+    let at = |t: u64| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(t))
+            .to_string()
+    };
+    let terms = format!(
+        "cookie {}, idle {}, max_age {}",
+        s.cookie,
+        humantime::format_duration(s.idle),
+        humantime::format_duration(s.max_age)
+    );
+    let Some(sd) = d.session else {
+        return format!(
+            "{terms}: not consulted — {} decides before any pin",
+            match d.why {
+                Why::Rule(_) => "a rule",
+                _ => "an override",
+            }
+        );
+    };
+    let new_pin = |why: &str| match sd.write {
+        Some((p, _)) => format!(
+            "{terms}: {why}; the response pins the user to {}",
+            snap.pools[p].name
+        ),
+        None => format!("{terms}: {why}"),
+    };
+    match sd.outcome {
+        Outcome::Pinned { issued, seen } => {
+            let lapses = (seen + s.idle.as_secs() + s.refresh()).min(issued + s.max_age.as_secs());
+            format!(
+                "{terms}: the pin holds (session began {}, pin written {}; it lapses at {} without a request{})",
+                at(issued),
+                at(seen),
+                at(lapses),
+                if sd.write.is_some() { "; the response writes it again" } else { "" }
+            )
+        }
+        Outcome::Split { ended: None } => new_pin("no pin in the request"),
+        Outcome::Split { ended: Some((e, _)) } => new_pin(&format!("the request's pin is ignored: {}", e.describe())),
+        Outcome::Unverifiable => format!(
+            "{terms}: the request carries a pin that cannot be checked here: {} is not set (or shorter than {} bytes); the split decides",
+            s.secret_env,
+            crate::routing::session::MIN_SECRET_BYTES
+        ),
+        Outcome::Held => format!("{terms}: the route is held at its baseline until the fleet's state is known; pins wait"),
     }
 }
 
@@ -382,7 +449,13 @@ impl std::fmt::Display for Explanation {
         for (k, v) in &r.upstream_headers {
             writeln!(f, "          {k}: {v}")?;
         }
+        if let Some(session) = &r.session {
+            writeln!(f, "session:  {session}")?;
+        }
         if let Some(c) = &r.set_cookie {
+            writeln!(f, "response: set-cookie: {c}")?;
+        }
+        if let Some(c) = &r.set_pin {
             writeln!(f, "response: set-cookie: {c}")?;
         }
         Ok(())

@@ -187,6 +187,7 @@ pub(super) fn prepare(
             via: routed.via,
             client_upgrade: routed.client_upgrade,
             set_cookie: routed.decided.set_cookie,
+            set_pin: routed.decided.set_pin,
         },
     })
 }

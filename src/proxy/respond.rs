@@ -13,6 +13,8 @@ pub(super) struct Reply {
     pub(super) via: Option<&'static HeaderValue>,
     pub(super) client_upgrade: Option<ClientUpgrade>,
     pub(super) set_cookie: Option<String>,
+    /// The session pin (`[routes.session]`).
+    pub(super) set_pin: Option<String>,
 }
 
 /// The response phase for an upstream's answer.
@@ -43,7 +45,11 @@ pub(super) fn respond(
         let tap = crate::mirror::Tap::new(response.status(), response.headers().clone(), limit, tx);
         response.body_mut().tap(tap);
     }
-    if let Some(c) = reply.set_cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
+    for c in [reply.set_cookie, reply.set_pin]
+        .into_iter()
+        .flatten()
+        .filter_map(|c| HeaderValue::try_from(c).ok())
+    {
         response.headers_mut().append(header::SET_COOKIE, c);
     }
     response
@@ -55,10 +61,11 @@ pub(super) struct Decided {
     pub(super) flags: Option<String>,
     pub(super) payloads: Option<String>,
     pub(super) set_cookie: Option<String>,
+    pub(super) set_pin: Option<String>,
 }
 
 impl Decided {
-    pub(super) fn new(d: &Decision<'_, '_>, snap: &Snapshot) -> Decided {
+    pub(super) fn new(d: &Decision<'_, '_>, snap: &Snapshot, now: SystemTime) -> Decided {
         let mut truncated = false;
         let flags = d.flags_header(snap, &mut truncated);
         let payloads = d.payloads_header(snap, &mut truncated);
@@ -73,6 +80,7 @@ impl Decided {
             flags,
             payloads,
             set_cookie: d.sets_cookie().then(|| snap.identity.set_cookie(&d.key)),
+            set_pin: d.pin_cookie(snap, now),
         }
     }
 

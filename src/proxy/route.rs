@@ -32,12 +32,11 @@ impl Proxy {
         };
         // Phase: decide. Only owned values leave this block, so the request is free to change.
         let (pool, decided, mirror) = {
-            let d = snap
-                .decide(&view, None, SystemTime::now())
-                .ok_or_else(|| ProxyError::NoRoute {
-                    host: host_name.to_string(),
-                    path: routed_path.to_owned(),
-                })?;
+            let now = SystemTime::now();
+            let d = snap.decide(&view, None, now).ok_or_else(|| ProxyError::NoRoute {
+                host: host_name.to_string(),
+                path: routed_path.to_owned(),
+            })?;
             names.route = Some(d.route.index);
             let mut pool = d.pool;
             if let Some(g) = snap.guard(d.route) {
@@ -71,6 +70,17 @@ impl Proxy {
                     m.override_ignored(d.route.index);
                     tracing::debug!(route = %d.route.name, "override ignored: {}", refused.describe());
                 }
+                if let (Some(sd), Some(s)) = (&d.session, d.route.session.as_deref()) {
+                    let now_s = crate::routing::unix_s(now);
+                    let honoured = match sd.outcome {
+                        crate::routing::session::Outcome::Pinned { issued, seen } => {
+                            Some(s.valid_until(issued, seen))
+                        }
+                        _ => None,
+                    };
+                    let written = sd.write.map(|(p, issued)| (p, s.valid_until(issued, now_s)));
+                    m.session(d.route.index, d.pool, sd, honoured, written);
+                }
             }
             // A mirrored request takes a slot among its route's mirrors in flight. An upgrade
             // (WebSocket) is never mirrored: the shadow would open a real second session.
@@ -88,7 +98,7 @@ impl Proxy {
                         None
                     }
                 });
-            let decided = Decided::new(&d, snap);
+            let decided = Decided::new(&d, snap, now);
             if let Some(span) = names.trace.as_deref_mut().filter(|s| s.sampled) {
                 span.set("switchyard.route", d.route.name.clone());
                 span.set("switchyard.pool", snap.pools[pool].name.clone());
@@ -133,6 +143,7 @@ fn why(d: &crate::routing::Decision<'_, '_>) -> String {
         Why::Split => "split".to_owned(),
         Why::OverrideHeader => "override header".to_owned(),
         Why::OverrideCookie => "override cookie".to_owned(),
+        Why::Pin => "session pin".to_owned(),
         Why::Rule(i) => format!(
             "rule {}",
             d.route.rules.get(usize::from(i)).map_or("?", |r| r.name.as_str())

@@ -484,6 +484,7 @@ impl Control {
         };
         if let Err(e) = crate::fleet::check_env(new.fleet.as_ref())
             .and_then(|()| crate::config::analysis_env(new.analysis.as_ref(), new.any_checks()))
+            .and_then(|()| crate::config::session_env(&new.routes))
             .and_then(|()| state.notifier.configure(&new.notify))
         {
             return failed(

@@ -1,8 +1,8 @@
 //! The compiled, immutable view of the config that every request reads, and the pure
 //! function that turns a request into a [`Decision`]:
 //!
-//! route ([`table`]) → user key ([`identity`]) → bucket ([`bucket`]) → pool (override, else the
-//! route's [`split`]) → flags ([`flags`]).
+//! route ([`table`]) → user key ([`identity`]) → bucket ([`bucket`]) → pool (override, else a
+//! rule, else the user's [`session`] pin, else the route's [`split`]) → flags ([`flags`]).
 //!
 //! Nothing here does I/O, so all of it is tested directly; the proxy and `switchyard explain`
 //! both call [`Table::decide`], so what explain prints is what the proxy does.
@@ -13,6 +13,7 @@ pub mod diff;
 pub mod flags;
 pub mod identity;
 pub mod overrides;
+pub mod session;
 pub mod split;
 pub mod table;
 pub mod target;
@@ -154,6 +155,8 @@ pub struct Route {
     /// pools, or a flag that is neither fully on nor off). Only then does an anonymous user get
     /// the id cookie.
     pub uses_key: bool,
+    /// `[routes.session]`: users stay on the pool that served them.
+    pub session: Option<Arc<session::Session>>,
 }
 
 impl Route {
@@ -191,6 +194,8 @@ pub enum Why {
     /// The route's rule at this index matched (to its pool, or to the baseline when that pool
     /// is tripped).
     Rule(u16),
+    /// The user's session pin named the pool (`[routes.session]`).
+    Pin,
 }
 
 /// What the proxy decided for one request.
@@ -209,12 +214,22 @@ pub struct Decision<'s, 'r> {
     pub ignored_override: Option<overrides::Refused>,
     /// `(index into Table::flags, value, reason)` for the flags in scope, in config order.
     pub flags: Vec<(usize, flags::Value, flags::Reason)>,
+    /// What the route's session did, when it has one and neither an override nor a rule
+    /// decided.
+    pub session: Option<session::SessionDecision>,
 }
 
 impl Decision<'_, '_> {
     /// True when the proxy should set the anonymous-id cookie on the response.
     pub fn sets_cookie(&self) -> bool {
         self.key_source == KeySource::New && self.route.uses_key
+    }
+
+    /// The session pin to set on the response, if the decision writes one (at `now`).
+    pub fn pin_cookie(&self, snap: &Table, now: SystemTime) -> Option<String> {
+        let (pool, issued) = self.session?.write?;
+        let s = self.route.session.as_deref()?;
+        s.set_cookie(&self.route.name, &snap.pool_names[pool], issued, unix_s(now))
     }
 
     /// The flags header value, `key=value, ...`; `None` when no flag is in scope. Flags that
@@ -299,6 +314,7 @@ impl Table {
             _ => (Some(&*key), context::Session::Cookie(&self.identity.cookie)),
         };
         let ctx = RequestContext::new(&self.context, *req, user_id, session, self.env.as_deref(), now);
+        let mut session = None;
         let (pool, why) = found.unwrap_or_else(|| match route.rules.iter().position(|r| r.matches(&ctx)) {
             Some(i) => {
                 let p = route.rules[i].pool;
@@ -309,7 +325,14 @@ impl Table {
                 };
                 (p, Why::Rule(i as u16))
             }
-            None => (route.effective.pick(point), Why::Split),
+            None => match route.session.as_deref() {
+                None => (route.effective.pick(point), Why::Split),
+                Some(s) => {
+                    let (pool, why, d) = self.session_pool(route, s, req.headers, point, now);
+                    session = Some(d);
+                    (pool, why)
+                }
+            },
         });
         let flags = route
             .flags
@@ -329,7 +352,68 @@ impl Table {
             why,
             ignored_override,
             flags,
+            session,
         })
+    }
+
+    /// The pool for a request that neither an override nor a rule decided, on a route with a
+    /// session: the pinned pool while the pin holds, else the split's (and a new pin on it).
+    fn session_pool(
+        &self,
+        route: &Route,
+        s: &session::Session,
+        headers: &HeaderMap,
+        point: u32,
+        now: SystemTime,
+    ) -> (usize, Why, session::SessionDecision) {
+        use session::{Ended, Outcome, Session, SessionDecision};
+        let split = route.effective.pick(point);
+        let value = identity::cookie(headers, &s.cookie).filter(|v| !v.is_empty());
+        let decided = |outcome, write| (split, Why::Split, SessionDecision { outcome, write });
+        if route.runtime.held {
+            // Held at the baseline until the fleet's state is known: a pin may name a pool the
+            // fleet rolled back, and nothing is known yet to end it for.
+            return decided(Outcome::Held, None);
+        }
+        let Some(key) = s.key.as_deref() else {
+            let outcome = match value {
+                Some(_) => Outcome::Unverifiable,
+                None => Outcome::Split { ended: None },
+            };
+            return decided(outcome, None);
+        };
+        let now_s = unix_s(now);
+        let ended = match value.map(|v| (v, Session::verify(key, &route.name, v))) {
+            None => None,
+            Some((_, None)) => Some((Ended::Forged, None)),
+            Some((_, Some(pin))) => {
+                let pinned = route
+                    .split
+                    .weights()
+                    .map(|(p, _)| p)
+                    .find(|&p| *self.pool_names[p] == *pin.pool);
+                let refresh = s.refresh();
+                match pinned {
+                    None => Some((Ended::Removed, None)),
+                    Some(p) => match pin.lapsed(now_s, s.idle.as_secs(), refresh, s.max_age.as_secs()) {
+                        Some(e) => Some((e, Some(p))),
+                        None if route.runtime.rolled_back.contains(&p) => Some((Ended::RolledBack, Some(p))),
+                        None if route.runtime.tripped.contains(&p) => Some((Ended::Tripped, Some(p))),
+                        None => {
+                            // The pin holds; it is written again once `refresh` has passed.
+                            let write =
+                                (now_s.saturating_sub(pin.seen) >= refresh).then_some((p, pin.issued));
+                            let outcome = Outcome::Pinned {
+                                issued: pin.issued,
+                                seen: pin.seen,
+                            };
+                            return (p, Why::Pin, SessionDecision { outcome, write });
+                        }
+                    },
+                }
+            }
+        };
+        decided(Outcome::Split { ended }, Some((split, now_s)))
     }
 
     /// The pool an override header or cookie names, if it is one of the route's pools and
@@ -360,9 +444,7 @@ impl Table {
             return (None, None);
         };
         let policy = &self.overrides;
-        let now_s = now
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+        let now_s = unix_s(now);
         let (name, signed) = match policy.key.as_deref().map(|k| overrides::verify(k, value, now_s)) {
             Some(Ok(Some(pool))) => (pool, true),
             Some(Err(refused)) => return (None, Some(refused)),
@@ -395,6 +477,12 @@ impl Table {
     pub fn route_by_name(&self, name: &str) -> Option<&Route> {
         self.routes.iter().find(|r| &*r.name == name).map(|r| &**r)
     }
+}
+
+/// Unix seconds at `now` (0 before 1970).
+pub(crate) fn unix_s(now: SystemTime) -> u64 {
+    now.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// The first value of a header. A request or response usually has a handful of headers, and

@@ -105,6 +105,7 @@ mod tests {
             overrides: Default::default(),
             flags: std::sync::Arc::from([]),
             uses_key: false,
+            session: None,
         }
     }
 

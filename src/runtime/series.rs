@@ -56,6 +56,12 @@ impl Metrics {
                 .push(self.overrides_ignored.with_label_values(&[&*route.name]));
             h.flag_headers_truncated
                 .push(self.flag_headers_truncated.with_label_values(&[&*route.name]));
+            h.sessions.push(
+                route
+                    .session
+                    .as_deref()
+                    .map(|s| self.session_series(snap, route, s)),
+            );
             if snap.mirror(route).is_some() {
                 for result in crate::mirror::RESULTS {
                     self.mirror.with_label_values(&[&*route.name, result]);
@@ -86,6 +92,42 @@ impl Metrics {
         self.revision.reset();
         self.revision.with_label_values(&[&snap.revision]).set(1);
         snap.metrics = Some(Arc::new(h));
+    }
+
+    /// The series of a route's session. A pool's "valid until" starts at least at now plus
+    /// the idle time: pins written before this process started are not known.
+    fn session_series(
+        &self,
+        snap: &Snapshot,
+        route: &crate::routing::Route,
+        s: &crate::routing::session::Session,
+    ) -> crate::metrics::SessionSeries {
+        use crate::routing::session::Ended;
+        let floor = crate::clock::unix_ms() / 1000 + s.idle.as_secs() + s.refresh();
+        let r = &*route.name;
+        let pools = route
+            .split
+            .weights()
+            .map(|(p, _)| {
+                let name = &*snap.pools[p].name;
+                let until = self.session_valid_until.with_label_values(&[r, name]);
+                if until.get() == 0 {
+                    until.set(i64::try_from(floor).unwrap_or(i64::MAX));
+                }
+                (
+                    p,
+                    ["pin", "split"].map(|by| self.session_requests.with_label_values(&[r, name, by])),
+                    [Ended::Idle, Ended::MaxAge, Ended::Tripped, Ended::RolledBack]
+                        .map(|e| self.session_pins_ended.with_label_values(&[r, name, e.name()])),
+                    until,
+                )
+            })
+            .collect();
+        crate::metrics::SessionSeries {
+            pools,
+            unnamed: [Ended::Removed, Ended::Forged]
+                .map(|e| self.session_pins_ended.with_label_values(&[r, "", e.name()])),
+        }
     }
 
     /// Sets the gauges of `route` (its effective shares, whether it is tripped, its rollout
