@@ -164,5 +164,84 @@ fn bench_regex_worst(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, bench, bench_constraints, bench_regex_worst);
+/// `[routes.session]` on the peer job's shape (1 route, 1 flag): the same decision without a
+/// session, with one and a returning user's valid pin (an HMAC-SHA256 check), and with one and
+/// a new user (a pin signed and its `Set-Cookie` made). The pin's cookie sits among others, as
+/// a browser sends them.
+fn bench_sessions(c: &mut Criterion) {
+    std::env::set_var("SY_BENCH_SESSION_SECRET", "a-bench-secret-of-32-bytes-long!");
+    let now = SystemTime::now();
+    let text = |session: &str| {
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[identity]\nfrom = [\"header:x-user-id\"]\n\
+             [pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n\
+             [[routes]]\nname = \"web\"\nsplit = {{ blue = 90, canary = 10 }}\n{session}\
+             [[flags]]\nname = \"flag0\"\npercent = 50\n"
+        )
+    };
+    let plain = switchyard::runtime::load_str(&text(""), Path::new("bench.toml"), None).unwrap();
+    let sessions = switchyard::runtime::load_str(
+        &text("[routes.session]\nsecret_env = \"SY_BENCH_SESSION_SECRET\"\n"),
+        Path::new("bench.toml"),
+        None,
+    )
+    .unwrap();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, b"a-bench-secret-of-32-bytes-long!");
+    let now_s = now.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let pin = switchyard::routing::session::Session::sign(&key, "web", "blue", now_s, now_s);
+    let with_cookies = |pin: Option<&str>| {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-user-id", HeaderValue::from_static("user-123456"));
+        headers.insert("accept", HeaderValue::from_static("*/*"));
+        headers.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+        let mut cookie = String::from("_ga=GA1.2.1234567890.1234567890; theme=dark");
+        if let Some(p) = pin {
+            cookie.push_str("; sy_ver=");
+            cookie.push_str(p);
+        }
+        cookie.push_str("; lang=en");
+        headers.insert("cookie", HeaderValue::try_from(cookie).unwrap());
+        headers
+    };
+    let returning = with_cookies(Some(&pin));
+    let new = with_cookies(None);
+    for (name, snap, headers, pinned) in [
+        ("no_session", &plain, &returning, false),
+        ("session_valid_pin", &sessions, &returning, true),
+        ("session_new_pin", &sessions, &new, false),
+    ] {
+        let view = RequestView {
+            host: "shop.example.com",
+            path: "/",
+            query: None,
+            headers,
+            method: &http::Method::GET,
+            peer: None,
+        };
+        let d = snap.decide(&view, None, now).unwrap();
+        assert_eq!(d.why == switchyard::routing::Why::Pin, pinned, "{name}");
+        assert_eq!(
+            d.pin_cookie(snap, now).is_some(),
+            name == "session_new_pin",
+            "{name}"
+        );
+        c.bench_function(&format!("decision/{name}"), |b| {
+            b.iter(|| {
+                let d = black_box(snap).decide(black_box(&view), None, now).unwrap();
+                let pin = d.pin_cookie(snap, now);
+                let pool = snap.pool(d.pool).name_header.clone();
+                let flags = HeaderValue::try_from(d.flags_header(snap, &mut false).unwrap()).unwrap();
+                (pool, flags, pin)
+            })
+        });
+    }
+}
+
+criterion_group!(
+    benches,
+    bench,
+    bench_constraints,
+    bench_regex_worst,
+    bench_sessions
+);
 criterion_main!(benches);

@@ -741,3 +741,95 @@ async fn the_cockpit_shows_the_mirror_the_experiments_the_fleet_and_the_events()
     drop(browser);
     proxy.shutdown().await;
 }
+
+/// A blue/green switch with sessions, in the browser: blue's row counts the requests its pins
+/// keep sending it after the switch and says its pins may last; once the users go quiet past the
+/// idle time, it says no session is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs chromium and chromedriver (.ci/run installs them)"]
+async fn the_sessions_panel_shows_a_pool_draining_by_sessions() {
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    std::env::set_var("SY_DASHBOARD_SESSION_SECRET", "a-dashboard-secret-32-bytes-long");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    let text = |split: &str| {
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[log]\naccess = false\n\
+             [pools.blue]\nendpoints = [\"{}\"]\n[pools.green]\nendpoints = [\"{}\"]\n\
+             [[routes]]\nname = \"web\"\nsplit = {{ {split} }}\n\
+             [routes.session]\nidle = \"2s\"\nsecret_env = \"SY_DASHBOARD_SESSION_SECRET\"\n",
+            blue.addr, green.addr
+        )
+    };
+    std::fs::write(&path, text("blue = 100, green = 0")).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let client = h1_client();
+    // Ten users, each with its pin: one request each every 100 ms.
+    let mut pins: Vec<Option<String>> = vec![None; 10];
+    let round = async |pins: &mut Vec<Option<String>>| {
+        for pin in pins.iter_mut() {
+            let mut req = Request::get(proxy.url("/"));
+            if let Some(p) = pin.as_deref() {
+                req = req.header("cookie", p);
+            }
+            let (parts, _) = send(&client, req.body(empty()).unwrap()).await;
+            if let Some(c) = parts.headers.get("set-cookie") {
+                *pin = Some(c.to_str().unwrap().split(';').next().unwrap().to_owned());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    round(&mut pins).await;
+    std::fs::write(&path, text("blue = 0, green = 100")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = get(&h1_client(), &proxy.admin_url("/api/routes/web")).await;
+        if serde_json::from_slice::<Value>(&body).unwrap()["effective"][1]["share"] == 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the switch was not served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let browser = Browser::start().await;
+    browser.go(&proxy.admin_url("/")).await;
+    let row = |pool: &str| {
+        format!("document.querySelector('.card[data-route=\"web\"] [data-sessions] [data-session-pool=\"{pool}\"]')")
+    };
+    let pinned = format!(
+        "const r = {}; return !!r && parseInt(r.querySelector('[data-by-pin]').textContent) >= 50 && r.querySelector('[data-drain]').textContent.startsWith('pins may last');",
+        row("blue")
+    );
+    let mut shown = None;
+    for _ in 0..60 {
+        round(&mut pins).await;
+        if browser.js(&pinned).await == true {
+            shown = Some(());
+            break;
+        }
+    }
+    assert!(
+        shown.is_some(),
+        "blue's pins in the panel: {}",
+        browser
+            .js("const s = document.querySelector('[data-sessions]'); return s ? s.innerText : 'none'")
+            .await
+    );
+    assert_eq!(green.hits(), 0, "the pinned users stayed on blue");
+    // The users go quiet: blue's pins lapse (2 s idle + 1 s slack) and the panel says so.
+    let drained = format!(
+        "const r = {}; return !!r && !!r.querySelector('[data-drained]');",
+        row("blue")
+    );
+    assert!(
+        browser.until(&drained, Duration::from_secs(10)).await.is_some(),
+        "blue drained: {}",
+        browser
+            .js("const s = document.querySelector('[data-sessions]'); return s ? s.innerText : 'none'")
+            .await
+    );
+    let errors = browser.console_errors().await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    drop(browser);
+    proxy.shutdown().await;
+}

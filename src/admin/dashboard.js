@@ -53,6 +53,7 @@ async function poll() {
     absorb(hist.body);
     absorbEvents(events.body);
     for (const r of routes.body) if (r.mirror) sampleMirror(r.name, r.mirror, hist.body.now);
+    for (const r of routes.body) if (r.session) sampleSession(r.name, r.session, hist.body.now);
     data = {
       routes: routes.body, total: Number(routes.headers.get("x-switchyard-total") || routes.body.length),
       pools: pools.body, flags: flags.body, config: config.body, fleet: fleet.body, now: hist.body.now,
@@ -105,6 +106,41 @@ function sampleMirror(route, m, now) {
   list.push([now, compared, mismatched, copies]);
   while (list.length > 2 && list[1][0] < now - MIRROR_WINDOW_MS) list.shift();
   mirrorSamples.set(route, list);
+}
+
+/// Each pool's requests by pin and by split, sampled each poll: the pinned share of the last
+/// minute's requests comes from the oldest sample in it and the newest.
+const sessionSamples = new Map();   // route -> [[t, {pool: [by_pin, by_split]}]]
+function sampleSession(route, s, now) {
+  const list = sessionSamples.get(route) || [];
+  list.push([now, Object.fromEntries(s.pools.map((p) => [p.pool, [p.by_pin, p.by_split]]))]);
+  while (list.length > 2 && list[1][0] < now - MIRROR_WINDOW_MS) list.shift();
+  sessionSamples.set(route, list);
+}
+
+/// A route's sessions: per pool, requests by pin and by split (since start and the last
+/// minute's pinned share), pins ended by reason, and whether a pin on it can still be honoured
+/// — "no session left" says the pool can be shut down.
+function sessionsPanel(r, now) {
+  const s = r.session;
+  if (!s) return "";
+  const list = sessionSamples.get(r.name) || [];
+  const first = list[0], last = list[list.length - 1];
+  const rows = s.pools.map((p) => {
+    let recent = "–";
+    if (first && last && first !== last && first[1][p.pool] && last[1][p.pool]) {
+      const pin = last[1][p.pool][0] - first[1][p.pool][0], split = last[1][p.pool][1] - first[1][p.pool][1];
+      recent = pin + split > 0 ? `${pct(pin / (pin + split), 0)} of ${pin + split}` : "no requests";
+    }
+    const ended = Object.entries(p.ended).filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ") || "–";
+    const drain = p.drained ? `<span class="ok-text" data-drained>no session left</span>`
+      : `pins may last ${dur(Math.max(1, (p.pins_valid_until_ms - now) / 1000))} more`;
+    return `<tr data-session-pool="${esc(p.pool)}"><td><i style="background:${color(p.pool)}"></i> ${esc(p.pool)} <span class="muted">(weight ${p.weight})</span></td>
+      <td data-by-pin>${p.by_pin}</td><td data-by-split>${p.by_split}</td><td>${esc(recent)}</td><td>${esc(ended)}</td><td data-drain>${drain}</td></tr>`;
+  }).join("");
+  const other = [["removed", s.ended_removed], ["forged", s.ended_forged]].filter(([, n]) => n > 0).map(([k, n]) => `${k} ${n}`).join(", ");
+  return `<div class="mirror sessions" data-sessions><b>sessions</b> <span class="muted">cookie ${esc(s.cookie)} · idle ${dur(s.idle_s)} · max age ${dur(s.max_age_s)}${other ? " · pins ended: " + esc(other) : ""}</span>
+    <table><tr><th>pool</th><th>by pin</th><th>by split</th><th>pinned, last minute</th><th>pins ended</th><th>drain</th></tr>${rows}</table></div>`;
 }
 
 /// The pool's figures over its last sample interval (zero when it had no requests then).
@@ -173,7 +209,7 @@ function routeCard(r, now) {
   if (r.trips.length) {
     html += `<div class="trips">${r.trips.map((t) => `<div class="trip"><b>${esc(t.pool)}</b> ${t.manual ? "rolled back" : "tripped"} ${esc(ago(t.at))}: ${esc(t.reason)}${t.manual ? "" : ` <span class="muted">(${t.requests} requests, ${t.errors} errors${t.p99_ms != null ? ", p99 " + ms(t.p99_ms) : ""})</span>`}</div>`).join("")}</div>`;
   }
-  html += mirrorPanel(r) + checksPanel(guard);
+  html += mirrorPanel(r) + checksPanel(guard) + sessionsPanel(r, now);
   const reports = new Map((guard ? guard.pools : []).map((p) => [p.pool, p]));
   html += `<div class="pools">`;
   for (const s of r.configured) {

@@ -73,6 +73,57 @@ fn next_step(rollout: &Value, now: SystemTime) -> Option<String> {
 /// The `status` table at `now`.
 /// A guard's checks, a line per check and pool: the value, the baseline's, the verdict and
 /// failures in a row; then why the rollout waits, if it does.
+/// A route's sessions: per pool, requests by pin and by split and whether a pin on it may
+/// still be honoured; then the pins ended, by reason.
+fn sessions(session: &Value, now_ms: u64) -> String {
+    let mut s = String::new();
+    if session.is_null() {
+        return s;
+    }
+    let _ = writeln!(
+        s,
+        "{:<16}   session cookie {} (idle {}, max_age {})",
+        "",
+        text(&session["cookie"]),
+        human(Duration::from_secs(session["idle_s"].as_u64().unwrap_or(0))),
+        human(Duration::from_secs(session["max_age_s"].as_u64().unwrap_or(0)))
+    );
+    let mut ended: Vec<String> = Vec::new();
+    for p in session["pools"].as_array().into_iter().flatten() {
+        let until = p["pins_valid_until_ms"].as_u64().unwrap_or(0);
+        let drain = if p["drained"].as_bool() == Some(true) {
+            "no session left".to_owned()
+        } else {
+            format!(
+                "pins may last {} more",
+                human(Duration::from_millis(until.saturating_sub(now_ms)).max(Duration::from_secs(1)))
+            )
+        };
+        let _ = writeln!(
+            s,
+            "{:<16}   session {:<10} {:>8} by pin {:>8} by split  {drain}",
+            "",
+            text(&p["pool"]),
+            p["by_pin"].as_u64().unwrap_or(0),
+            p["by_split"].as_u64().unwrap_or(0),
+        );
+        for (reason, n) in p["ended"].as_object().into_iter().flatten() {
+            if let Some(n) = n.as_u64().filter(|&n| n > 0) {
+                ended.push(format!("{} {reason} {n}", text(&p["pool"])));
+            }
+        }
+    }
+    for (key, label) in [("ended_removed", "removed"), ("ended_forged", "forged")] {
+        if let Some(n) = session[key].as_u64().filter(|&n| n > 0) {
+            ended.push(format!("{label} {n}"));
+        }
+    }
+    if !ended.is_empty() {
+        let _ = writeln!(s, "{:<16}   session pins ended: {}", "", ended.join(", "));
+    }
+    s
+}
+
 fn checks(guard: &Value) -> String {
     let mut s = String::new();
     let num = |v: &Value| v.as_f64().map_or("no data".to_owned(), |v| format!("{v:.4}"));
@@ -335,6 +386,7 @@ pub fn render(view: &View, now: SystemTime) -> String {
             );
         }
         s.push_str(&checks(&r["guard"]));
+        s.push_str(&sessions(&r["session"], crate::clock::unix_ms_of(now)));
     }
     if let Some(pools) = view.pools.as_array().filter(|p| !p.is_empty()) {
         let _ = writeln!(
@@ -409,6 +461,34 @@ pub async fn watch(admin: &AdminTarget) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sessions_show_each_pools_pins_and_drain() {
+        let session = serde_json::json!({
+            "cookie": "sy_ver", "idle_s": 1800, "max_age_s": 43200, "ended_removed": 0, "ended_forged": 3,
+            "pools": [
+                {"pool": "blue", "by_pin": 1200, "by_split": 40, "drained": false, "pins_valid_until_ms": 1_000_000 + 720_000,
+                 "ended": {"idle": 5, "max_age": 0, "tripped": 0, "rolled_back": 0}},
+                {"pool": "green", "by_pin": 10, "by_split": 900, "drained": true, "pins_valid_until_ms": 0,
+                 "ended": {"idle": 0, "max_age": 0, "tripped": 0, "rolled_back": 0}}
+            ]
+        });
+        let s = sessions(&session, 1_000_000);
+        assert!(
+            s.contains("session cookie sy_ver (idle 30m 00s, max_age 12h 00m)"),
+            "{s}"
+        );
+        assert!(
+            s.contains("session blue           1200 by pin       40 by split  pins may last 12m 00s more"),
+            "{s}"
+        );
+        assert!(
+            s.contains("session green            10 by pin      900 by split  no session left"),
+            "{s}"
+        );
+        assert!(s.contains("session pins ended: blue idle 5, forged 3"), "{s}");
+        assert_eq!(sessions(&Value::Null, 0), "");
+    }
 
     #[test]
     fn checks_show_each_pools_value_against_the_baselines() {

@@ -93,6 +93,17 @@ pub fn summary(path: &Path, snap: &Snapshot) -> String {
                 "", snap.pools[ro.pool].name, ro.steps, ro.every
             );
         }
+        if let Some(se) = r.session.as_deref() {
+            let _ = writeln!(
+                s,
+                "  {:<12} session: cookie {}, idle {}, max_age {}, signed with {} (pools at weight 0 keep their pinned users)",
+                "",
+                se.cookie,
+                humantime::format_duration(se.idle),
+                humantime::format_duration(se.max_age),
+                se.secret_env
+            );
+        }
     }
     let state = snap
         .state_path

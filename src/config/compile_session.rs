@@ -89,6 +89,7 @@ pub(super) fn compile_session(
             max_age,
             secret_env,
             key,
+            id: session::next_id(),
         })
     })
 }
@@ -176,4 +177,84 @@ pub fn check_env(routes: &[Arc<Route>]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    fn errors(src: &str) -> Vec<String> {
+        let raw = crate::config::parse(src).0.expect("parses");
+        match crate::config::compile(src, &raw, std::path::Path::new("."), "t.toml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const HEAD: &str = "[listen]\nhttp = \"127.0.0.1:1\"\n[pools.blue]\nendpoints = [\"127.0.0.1:2\"]\n[pools.green]\nendpoints = [\"127.0.0.1:3\"]\n";
+
+    fn route(name: &str, host: &str, session: &str) -> String {
+        format!("[[routes]]\nname = \"{name}\"\n{host}path_prefix = \"/{name}\"\nsplit = {{ blue = 0, green = 100 }}\noverride = {{ cookie = \"sy_pool\" }}\n[routes.session]\n{session}\n")
+    }
+
+    #[test]
+    fn every_mistake_in_a_session_is_pointed_at() {
+        let src = format!(
+            "{HEAD}{}{}",
+            route(
+                "a",
+                "",
+                "cookie = \"a b\"\nidle = \"500ms\"\nmax_age = \"0s\"\nsecret_env = \"NOT-A-VAR\""
+            ),
+            route("b", "", "idle = \"2h\"\nmax_age = \"1h\"")
+        );
+        let shown = errors(&src);
+        for (at, says) in [
+            ("routes[0].session.cookie", "`a b` is not a valid cookie name"),
+            ("routes[0].session.idle", "must be at least 1s"),
+            ("routes[0].session.max_age", "must be positive"),
+            (
+                "routes[0].session.secret_env",
+                "`NOT-A-VAR` is not an environment variable's name",
+            ),
+            ("routes[1].session.max_age", "is shorter than idle (2h)"),
+        ] {
+            assert!(
+                shown.iter().any(|e| e.contains(at) && e.contains(says)),
+                "{at}: {says}\n{shown:#?}"
+            );
+        }
+    }
+
+    #[test]
+    fn session_cookies_that_a_browser_would_mix_up_are_refused() {
+        let clash =
+            |a: &str, b: &str, bs: &str| errors(&format!("{HEAD}{}{}", route("a", a, ""), route("b", b, bs)));
+        // Same host, or a route for any host, or a wildcard covering the other: one cookie jar.
+        for (a, b) in [
+            ("", ""),
+            ("host = \"shop.example.com\"\n", ""),
+            ("host = \"*.example.com\"\n", "host = \"shop.example.com\"\n"),
+        ] {
+            let e = clash(a, b, "");
+            assert!(
+                e.iter().any(|e| e.contains("routes[1].session.cookie")
+                    && e.contains("is also route a's session cookie")),
+                "{a} {b}: {e:#?}"
+            );
+        }
+        assert_eq!(
+            clash("host = \"a.example.com\"\n", "host = \"b.example.com\"\n", ""),
+            Vec::<String>::new()
+        );
+        assert_eq!(clash("", "", "cookie = \"sy_ver_b\""), Vec::<String>::new());
+        let e = clash("", "", "cookie = \"sy_uid\"");
+        assert!(
+            e.iter().any(|e| e.contains("is the anonymous-id cookie")),
+            "{e:#?}"
+        );
+        let e = clash("", "", "cookie = \"sy_pool\"");
+        assert!(
+            e.iter().any(|e| e.contains("is the route's override cookie")),
+            "{e:#?}"
+        );
+    }
 }

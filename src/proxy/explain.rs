@@ -283,7 +283,9 @@ pub fn explain(snap: &Snapshot, q: &Question, now: SystemTime, overlay: Option<&
             upstream_headers,
             set_cookie: decided.set_cookie,
             session,
-            set_pin: decided.set_pin,
+            set_pin: decided
+                .set_pin
+                .map(|v| v.to_str().unwrap_or("<binary>").to_owned()),
         }
     });
     Explanation {

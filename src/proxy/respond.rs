@@ -14,7 +14,7 @@ pub(super) struct Reply {
     pub(super) client_upgrade: Option<ClientUpgrade>,
     pub(super) set_cookie: Option<String>,
     /// The session pin (`[routes.session]`).
-    pub(super) set_pin: Option<String>,
+    pub(super) set_pin: Option<HeaderValue>,
 }
 
 /// The response phase for an upstream's answer.
@@ -45,11 +45,10 @@ pub(super) fn respond(
         let tap = crate::mirror::Tap::new(response.status(), response.headers().clone(), limit, tx);
         response.body_mut().tap(tap);
     }
-    for c in [reply.set_cookie, reply.set_pin]
-        .into_iter()
-        .flatten()
-        .filter_map(|c| HeaderValue::try_from(c).ok())
-    {
+    if let Some(c) = reply.set_cookie.and_then(|c| HeaderValue::try_from(c).ok()) {
+        response.headers_mut().append(header::SET_COOKIE, c);
+    }
+    if let Some(c) = reply.set_pin {
         response.headers_mut().append(header::SET_COOKIE, c);
     }
     response
@@ -61,7 +60,7 @@ pub(super) struct Decided {
     pub(super) flags: Option<String>,
     pub(super) payloads: Option<String>,
     pub(super) set_cookie: Option<String>,
-    pub(super) set_pin: Option<String>,
+    pub(super) set_pin: Option<HeaderValue>,
 }
 
 impl Decided {

@@ -56,6 +56,9 @@ pub struct RouteDiff {
     pub weights_after: Vec<(String, u64)>,
     /// `(from pool, to pool, share of the route's users)`, largest first.
     pub moves: Vec<(String, String, f64)>,
+    /// What the route's session (`[routes.session]`) does to the change, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<String>,
 }
 
 /// `blue=90 canary=10`.
@@ -73,10 +76,14 @@ impl RouteDiff {
         if self.change == Change::Unchanged {
             return None;
         }
-        Some(if self.moves.is_empty() {
+        let line = if self.moves.is_empty() {
             self.head()
         } else {
             format!("{} ({})", self.head(), show_moves(&self.moves))
+        };
+        Some(match &self.sessions {
+            Some(note) => format!("{line}; {note}"),
+            None => line,
         })
     }
 
@@ -150,17 +157,20 @@ pub fn diff_routes(old: &Table, new: &Table) -> Vec<RouteDiff> {
                 weights_before: weights(old, r),
                 weights_after: Vec::new(),
                 moves: Vec::new(),
+                sessions: None,
             }),
             Some(n) => {
                 let moves = split_moves(old, &r.effective, new, &n.effective);
                 let (before, after) = (weights(old, r), weights(new, n));
                 let same = before == after && old.identity.salt == new.identity.salt && moves.is_empty();
+                let sessions = (!same).then(|| sessions_note(old, r, new, n, &moves)).flatten();
                 routes.push(RouteDiff {
                     name: r.name.to_string(),
                     change: if same { Change::Unchanged } else { Change::Changed },
                     weights_before: before,
                     weights_after: after,
                     moves,
+                    sessions,
                 });
             }
         }
@@ -173,10 +183,55 @@ pub fn diff_routes(old: &Table, new: &Table) -> Vec<RouteDiff> {
                 weights_before: Vec::new(),
                 weights_after: weights(new, n),
                 moves: Vec::new(),
+                sessions: None,
             });
         }
     }
     routes
+}
+
+/// What sessions do to a route's change from `r` (in `old`) to `n` (in `new`): users with a
+/// live pin do not move until it ends; a pool that leaves the split ends its pins at once.
+fn sessions_note(
+    old: &Table,
+    r: &Route,
+    new: &Table,
+    n: &Route,
+    moves: &[(String, String, f64)],
+) -> Option<String> {
+    let in_split =
+        |t: &Table, route: &Route, name: &str| route.split.weights().any(|(p, _)| &*t.pool_names[p] == name);
+    let removed: Vec<&str> = r
+        .split
+        .weights()
+        .map(|(p, _)| &*old.pool_names[p])
+        .filter(|name| !in_split(new, n, name))
+        .collect();
+    match (&r.session, &n.session) {
+        (Some(_), None) => Some("sessions end with this change: every move applies at once".to_owned()),
+        (None, Some(_)) => Some(
+            "sessions start with this change: nobody holds a pin yet, so these moves apply at once"
+                .to_owned(),
+        ),
+        (Some(_), Some(s)) => {
+            let mut note = Vec::new();
+            if !moves.is_empty() {
+                note.push(format!(
+                    "with sessions, users with a live pin stay on their pool until it ends (idle {}, max_age {}): the moves apply to new sessions",
+                    humantime::format_duration(s.idle),
+                    humantime::format_duration(s.max_age)
+                ));
+            }
+            if !removed.is_empty() {
+                note.push(format!(
+                    "pins on {} end at once: it leaves the split (keep it at weight 0 to drain it by sessions)",
+                    removed.join(", ")
+                ));
+            }
+            (!note.is_empty()).then(|| note.join("; "))
+        }
+        (None, None) => None,
+    }
 }
 
 /// How a flag's values change from `f` to `n`.
@@ -400,6 +455,9 @@ impl std::fmt::Display for Diff {
             for (a, b, s) in &r.moves {
                 writeln!(f, "  {:>6.2}%  {a} → {b}", s * 100.0)?;
             }
+            if let Some(note) = &r.sessions {
+                writeln!(f, "  {note}")?;
+            }
         }
         for line in self.flags.iter().filter_map(FlagDiff::line) {
             writeln!(f, "{line}")?;
@@ -418,6 +476,49 @@ mod tests {
             "[listen]\nhttp = \"127.0.0.1:0\"\n[identity]\nsalt = \"{salt}\"\n[pools.blue]\nendpoints = [\"127.0.0.1:1\"]\n[pools.canary]\nendpoints = [\"127.0.0.1:2\"]\n[pools.green]\nendpoints = [\"127.0.0.1:3\"]\n[[routes]]\nname = \"web\"\nsplit = {split}\n[[flags]]\nname = \"f\"\npercent = {flag_percent}\n"
         );
         crate::runtime::load_str(&text, Path::new("t.toml"), None).unwrap()
+    }
+
+    #[test]
+    fn sessions_say_who_stays_and_whose_pins_end() {
+        let s = "\n[routes.session]\nidle = \"10m\"";
+        let d = diff(
+            &snap(&format!("{{ blue = 100, green = 0 }}{s}"), 10, "s"),
+            &snap(&format!("{{ blue = 0, green = 100 }}{s}"), 10, "s"),
+            SystemTime::now(),
+        );
+        let note = d.routes[0].sessions.as_deref().unwrap();
+        assert!(note.starts_with("with sessions, users with a live pin stay on their pool until it ends (idle 10m, max_age 12h)"), "{note}");
+        assert!(d.to_string().contains(note), "{d}");
+        assert!(d.routes[0].line().unwrap().ends_with(note));
+        let d = diff(
+            &snap(&format!("{{ blue = 100, green = 0 }}{s}"), 10, "s"),
+            &snap(&format!("{{ green = 100 }}{s}"), 10, "s"),
+            SystemTime::now(),
+        );
+        assert!(
+            d.routes[0]
+                .sessions
+                .as_deref()
+                .unwrap()
+                .contains("pins on blue end at once: it leaves the split (keep it at weight 0"),
+            "{d}"
+        );
+        let started = diff(
+            &snap("{ blue = 100 }", 10, "s"),
+            &snap(&format!("{{ green = 100 }}{s}"), 10, "s"),
+            SystemTime::now(),
+        );
+        assert!(started.routes[0]
+            .sessions
+            .as_deref()
+            .unwrap()
+            .starts_with("sessions start with this change"));
+        let plain = diff(
+            &snap("{ blue = 100 }", 10, "s"),
+            &snap("{ green = 100 }", 10, "s"),
+            SystemTime::now(),
+        );
+        assert_eq!(plain.routes[0].sessions, None);
     }
 
     #[test]
@@ -495,6 +596,7 @@ mod tests {
             weights_before: Vec::new(),
             weights_after: Vec::new(),
             moves: Vec::new(),
+            sessions: None,
         };
         assert_eq!(format!("{:.2}%", r.moved() * 100.0), "0.00%");
     }

@@ -91,15 +91,64 @@ impl Identity {
 }
 
 /// The value of cookie `name` in the request's `Cookie` headers.
+///
+/// Read as the `cookie` crate's `split_parse` reads it (pairs split on `;`, name and value
+/// trimmed, pairs without `=` or without a name skipped; a test holds the two to the same
+/// answers), but by searching the header for the name's first byte (SIMD `memchr`) and checking that it
+/// starts a pair: a browser's cookie header is read on every request of a route whose identity
+/// or session lives in a cookie, and the crate's parse of a 100-byte header took 260 ns. A header
+/// with non-ASCII bytes elsewhere (another site's UTF-8 cookie) does not hide this cookie.
 pub fn cookie<'r>(headers: &'r HeaderMap, name: &str) -> Option<&'r str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .filter_map(Result::ok)
-        .find(|c| c.name() == name)
-        .and_then(|c| c.value_raw())
+    let n = name.as_bytes();
+    // A name is trimmed in the header: one with blanks at its ends names nothing.
+    if n.first().is_none_or(blank) || n.last().is_some_and(blank) {
+        return None;
+    }
+    cookie_bytes(headers, n).and_then(|v| std::str::from_utf8(v).ok())
+}
+
+/// [`cookie`]'s value as bytes (`n` not blank at its ends).
+pub fn cookie_bytes<'r>(headers: &'r HeaderMap, n: &[u8]) -> Option<&'r [u8]> {
+    // A request has a handful of fields: comparing names costs less than hashing one (as
+    // `routing::header` does).
+    if headers.len() <= 12 {
+        headers
+            .iter()
+            .filter(|(k, _)| *k == header::COOKIE)
+            .find_map(|(_, v)| cookie_in(v.as_bytes(), n))
+    } else {
+        headers
+            .get_all(header::COOKIE)
+            .iter()
+            .find_map(|v| cookie_in(v.as_bytes(), n))
+    }
+}
+
+fn blank(c: &u8) -> bool {
+    matches!(c, b' ' | b'\t')
+}
+
+/// The value of the first pair named `n` in one cookie header.
+fn cookie_in<'r>(b: &'r [u8], n: &[u8]) -> Option<&'r [u8]> {
+    // (A `memmem` searcher costs more to build than a cookie header takes to scan.)
+    let first = *n.first()?;
+    for i in memchr::memchr_iter(first, b).filter(|&i| b[i..].starts_with(n)) {
+        // Only blanks between the name and the header's start or a `;`.
+        if !matches!(b[..i].iter().rev().find(|c| !blank(c)), None | Some(b';')) {
+            continue;
+        }
+        // Then only blanks up to the `=`.
+        let rest = &b[i + n.len()..];
+        let Some(eq) = rest.iter().position(|c| !blank(c)).filter(|&j| rest[j] == b'=') else {
+            continue;
+        };
+        let value = &rest[eq + 1..];
+        let value = &value[..memchr::memchr(b';', value).unwrap_or(value.len())];
+        let start = value.iter().position(|c| !blank(c)).unwrap_or(value.len());
+        let end = value.iter().rposition(|c| !blank(c)).map_or(start, |e| e + 1);
+        return Some(&value[start..end]);
+    }
+    None
 }
 
 pub fn query_param<'r>(query: &'r str, name: &str) -> Option<Cow<'r, str>> {
@@ -117,6 +166,35 @@ pub fn new_id() -> String {
 mod tests {
     use super::*;
     use http::HeaderValue;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The scan finds what the `cookie` crate finds, in any cookie header.
+        #[test]
+        fn cookie_lookup_agrees_with_the_cookie_crate(
+            pairs in proptest::collection::vec(("[ a-c=\"]{0,4}", "[ a-c=\";]{0,5}"), 0..6),
+            seps in proptest::collection::vec(prop_oneof![Just(";"), Just("; "), Just(" ;"), Just(";;")], 6),
+            name in prop_oneof![Just("a"), Just("b"), Just("ab"), Just(" a")],
+        ) {
+            let mut text = String::new();
+            for (i, (n, v)) in pairs.iter().enumerate() {
+                if i > 0 {
+                    text.push_str(seps[i]);
+                }
+                text.push_str(n);
+                text.push('=');
+                text.push_str(v);
+            }
+            let Ok(value) = HeaderValue::from_str(&text) else { return Ok(()) };
+            let mut headers = HeaderMap::new();
+            headers.insert(header::COOKIE, value);
+            let oracle = cookie::Cookie::split_parse(text.as_str())
+                .filter_map(Result::ok)
+                .find(|c| c.name() == name)
+                .and_then(|c| c.value_raw());
+            prop_assert_eq!(cookie(&headers, name), oracle, "{:?}", text);
+        }
+    }
 
     fn identity() -> Identity {
         Identity {

@@ -226,10 +226,16 @@ impl Decision<'_, '_> {
     }
 
     /// The session pin to set on the response, if the decision writes one (at `now`).
-    pub fn pin_cookie(&self, snap: &Table, now: SystemTime) -> Option<String> {
+    pub fn pin_cookie(&self, snap: &Table, now: SystemTime) -> Option<HeaderValue> {
         let (pool, issued) = self.session?.write?;
         let s = self.route.session.as_deref()?;
-        s.set_cookie(&self.route.name, &snap.pool_names[pool], issued, unix_s(now))
+        s.set_cookie_value(
+            &self.route.name,
+            pool,
+            &snap.pool_names[pool],
+            issued,
+            unix_s(now),
+        )
     }
 
     /// The flags header value, `key=value, ...`; `None` when no flag is in scope. Flags that
@@ -366,16 +372,16 @@ impl Table {
         point: u32,
         now: SystemTime,
     ) -> (usize, Why, session::SessionDecision) {
-        use session::{Ended, Outcome, Session, SessionDecision};
+        use session::{Ended, Outcome, SessionDecision};
         let split = route.effective.pick(point);
-        let value = identity::cookie(headers, &s.cookie).filter(|v| !v.is_empty());
+        let value = identity::cookie_bytes(headers, s.cookie.as_bytes()).filter(|v| !v.is_empty());
         let decided = |outcome, write| (split, Why::Split, SessionDecision { outcome, write });
         if route.runtime.held {
             // Held at the baseline until the fleet's state is known: a pin may name a pool the
             // fleet rolled back, and nothing is known yet to end it for.
             return decided(Outcome::Held, None);
         }
-        let Some(key) = s.key.as_deref() else {
+        if s.key.is_none() {
             let outcome = match value {
                 Some(_) => Outcome::Unverifiable,
                 None => Outcome::Split { ended: None },
@@ -383,7 +389,7 @@ impl Table {
             return decided(outcome, None);
         };
         let now_s = unix_s(now);
-        let ended = match value.map(|v| (v, Session::verify(key, &route.name, v))) {
+        let ended = match value.map(|v| (v, s.verify_cached(&route.name, v))) {
             None => None,
             Some((_, None)) => Some((Ended::Forged, None)),
             Some((_, Some(pin))) => {
