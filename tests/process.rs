@@ -523,7 +523,8 @@ fn check_warns_of_variables_run_would_need() {
          [fleet]\nname = \"t\"\nprometheus = \"http://p:9090\"\ntoken_env = \"SY_CHECK_PROM\"\n\
          [analysis]\nprometheus = \"http://q:9090\"\ntoken_env = \"SY_CHECK_ANALYSIS\"\n\
          [pools.a]\nendpoints = [\"127.0.0.1:1\"]\n[[routes]]\nname = \"a\"\nsplit = { a = 100 }\n\
-         guard = { baseline = \"a\", checks = [{ name = \"c\", query = 'up', min = 1 }] }\n",
+         guard = { baseline = \"a\", checks = [{ name = \"c\", query = 'up', min = 1 }] }\n\
+         [routes.session]\nsecret_env = \"SY_CHECK_SESSION\"\n",
     )
     .unwrap();
     let out = Command::new(BIN)
@@ -532,6 +533,7 @@ fn check_warns_of_variables_run_would_need() {
         .env_remove("SY_CHECK_TOKEN")
         .env_remove("SY_CHECK_PROM")
         .env_remove("SY_CHECK_ANALYSIS")
+        .env_remove("SY_CHECK_SESSION")
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -548,12 +550,23 @@ fn check_warns_of_variables_run_would_need() {
         err.contains("fleet.token_env names SY_CHECK_PROM, which is not set here"),
         "{err}"
     );
+    assert!(
+        err.contains("routes.session secret_env names SY_CHECK_SESSION, which is not set here"),
+        "{err}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("session: cookie sy_ver, idle 30m, max_age 12h, signed with SY_CHECK_SESSION"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let out = Command::new(BIN)
         .args(["check", "-c"])
         .arg(&path)
         .env("SY_CHECK_TOKEN", "t")
         .env("SY_CHECK_PROM", "p")
         .env("SY_CHECK_ANALYSIS", "q")
+        .env("SY_CHECK_SESSION", "a-session-secret-long-enough")
         .output()
         .unwrap();
     assert!(out.status.success() && !String::from_utf8_lossy(&out.stderr).contains("warning"));
