@@ -481,3 +481,58 @@ async fn run_refuses_a_session_without_its_secret() {
     };
     assert!(err.contains("holds 5 bytes"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rollout_step_moves_new_sessions_only() {
+    set_secret();
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let extra = "[routes.guard]\nbaseline = \"blue\"\nmin_requests = 5\nwindow = \"5s\"\n\
+                 [routes.rollout]\npool = \"green\"\nsteps = [10, 100]\nevery = \"1s\"\n";
+    let proxy = Proxy::start(&session_config(&blue, &green, "blue = 100, green = 0", extra)).await;
+    let url = proxy.url("/");
+    let client = h1_client();
+    // Users who started at the first step (10%): most on blue.
+    let mut users = vec![User::default(); 40];
+    for u in &mut users {
+        u.get(&client, &url).await;
+    }
+    // New users keep the guard's sample coming; the old ones keep their sessions alive.
+    eventually("the rollout reaches 100%", Duration::from_secs(20), async || {
+        let mut fresh = User::default();
+        fresh.get(&client, &url).await;
+        for u in users.iter_mut() {
+            u.get(&client, &url).await;
+        }
+        api(&proxy, "/api/routes/web").await["rollout"]["percent"] == 100
+    })
+    .await;
+    for u in &mut users {
+        let first = u.seen[0].clone();
+        u.get(&client, &url).await;
+        assert!(u.seen.iter().all(|p| *p == first), "a pinned user moved with a rollout step: {:?}", u.seen);
+    }
+    assert!(users.iter().filter(|u| u.seen[0] == "blue").count() >= 25, "most began on blue");
+    for _ in 0..10 {
+        assert_eq!(User::default().get(&client, &url).await, "green", "new sessions follow the step");
+    }
+    proxy.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pins_survive_a_restart_and_a_restarted_replica_does_not_claim_a_drain() {
+    set_secret();
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let before = Proxy::start(&session_config(&blue, &green, "blue = 100, green = 0", "")).await;
+    let client = h1_client();
+    let mut u = User::default();
+    assert_eq!(u.get(&client, &before.url("/")).await, "blue");
+    before.shutdown().await;
+    // Restarted, switched: the pin from before the restart holds.
+    let after = Proxy::start(&session_config(&blue, &green, "blue = 0, green = 100", "")).await;
+    let route = api(&after, "/api/routes/web").await;
+    assert_eq!(pool_status(&route, "blue")["drained"], false, "pins from before the start are not known: {route}");
+    assert_eq!(u.get(&client, &after.url("/")).await, "blue");
+    after.shutdown().await;
+}
