@@ -87,6 +87,7 @@ fn every_example_runs_and_passes_its_checks() {
             "canary-rollout",
             "feature-file",
             "parallel-run",
+            "sessions",
             "targeting",
             "tenant-migration"
         ]
