@@ -510,11 +510,22 @@ async fn a_rollout_step_moves_new_sessions_only() {
     for u in &mut users {
         let first = u.seen[0].clone();
         u.get(&client, &url).await;
-        assert!(u.seen.iter().all(|p| *p == first), "a pinned user moved with a rollout step: {:?}", u.seen);
+        assert!(
+            u.seen.iter().all(|p| *p == first),
+            "a pinned user moved with a rollout step: {:?}",
+            u.seen
+        );
     }
-    assert!(users.iter().filter(|u| u.seen[0] == "blue").count() >= 25, "most began on blue");
+    assert!(
+        users.iter().filter(|u| u.seen[0] == "blue").count() >= 25,
+        "most began on blue"
+    );
     for _ in 0..10 {
-        assert_eq!(User::default().get(&client, &url).await, "green", "new sessions follow the step");
+        assert_eq!(
+            User::default().get(&client, &url).await,
+            "green",
+            "new sessions follow the step"
+        );
     }
     proxy.shutdown().await;
 }
@@ -532,7 +543,11 @@ async fn pins_survive_a_restart_and_a_restarted_replica_does_not_claim_a_drain()
     // Restarted, switched: the pin from before the restart holds.
     let after = Proxy::start(&session_config(&blue, &green, "blue = 0, green = 100", "")).await;
     let route = api(&after, "/api/routes/web").await;
-    assert_eq!(pool_status(&route, "blue")["drained"], false, "pins from before the start are not known: {route}");
+    assert_eq!(
+        pool_status(&route, "blue")["drained"],
+        false,
+        "pins from before the start are not known: {route}"
+    );
     assert_eq!(u.get(&client, &after.url("/")).await, "blue");
     after.shutdown().await;
 }
