@@ -364,6 +364,18 @@ mod tests {
     const REFRESH: u64 = 112;
     const MAX: u64 = 43_200;
 
+    /// A session with the defaults of these tests, signing with `secret`.
+    fn session(secret: &[u8]) -> Session {
+        Session {
+            cookie: "sy_ver".into(),
+            idle: Duration::from_secs(IDLE),
+            max_age: Duration::from_secs(MAX),
+            secret_env: DEFAULT_SECRET_ENV.into(),
+            key: Some(Arc::new(key(secret))),
+            id: next_id(),
+        }
+    }
+
     fn read<'v>(k: &ring::hmac::Key, route: &str, v: &'v str, now: u64) -> Result<Pin<'v>, Ended> {
         let pin = Session::verify(k, route, v).ok_or(Ended::Forged)?;
         pin.lapsed(now, IDLE, REFRESH, MAX).map_or(Ok(pin), Err)
@@ -420,14 +432,7 @@ mod tests {
 
     #[test]
     fn the_cookie_lives_as_long_as_the_pin_is_honoured() {
-        let s = Session {
-            cookie: "sy_ver".into(),
-            idle: Duration::from_secs(IDLE),
-            max_age: Duration::from_secs(MAX),
-            secret_env: DEFAULT_SECRET_ENV.into(),
-            key: Some(Arc::new(key(b"0123456789abcdef"))),
-            id: next_id(),
-        };
+        let s = session(b"0123456789abcdef");
         assert_eq!(s.refresh(), REFRESH);
         let c = s.set_cookie("web", "green", 1_000, 1_000).unwrap();
         assert!(c.starts_with("sy_ver=green.1000.1000."), "{c}");
@@ -446,14 +451,6 @@ mod tests {
 
     #[test]
     fn the_verified_cache_never_accepts_what_verify_refuses() {
-        let session = |secret: &[u8]| Session {
-            cookie: "sy_ver".into(),
-            idle: Duration::from_secs(IDLE),
-            max_age: Duration::from_secs(MAX),
-            secret_env: DEFAULT_SECRET_ENV.into(),
-            key: Some(Arc::new(key(secret))),
-            id: next_id(),
-        };
         let (a, b) = (session(b"0123456789abcdef"), session(b"fedcba9876543210"));
         let v = Session::sign(a.key.as_deref().unwrap(), "web", "blue", 1_000, 2_000);
         let pin = Pin {
@@ -488,14 +485,7 @@ mod tests {
 
     #[test]
     fn a_new_sessions_pin_is_signed_once_a_second_per_pool() {
-        let s = Session {
-            cookie: "sy_ver".into(),
-            idle: Duration::from_secs(IDLE),
-            max_age: Duration::from_secs(MAX),
-            secret_env: DEFAULT_SECRET_ENV.into(),
-            key: Some(Arc::new(key(b"0123456789abcdef"))),
-            id: next_id(),
-        };
+        let s = session(b"0123456789abcdef");
         let one = s.set_cookie_value("web", 0, "blue", 5_000, 5_000).unwrap();
         assert_eq!(
             one.to_str().unwrap(),
