@@ -185,7 +185,10 @@ impl Session {
     /// HMAC-SHA256 costs more than the rest of a decision (200 ns against 180 ns). Each worker
     /// thread keeps its own table of [`CACHE_SLOTS`] verified values (direct-mapped by the end of
     /// the signature, compared whole, bound to this compiled session), so nothing is shared and
-    /// nothing locks; a value not in it is verified as ever. Forged values are never kept.
+    /// nothing locks; a value not in it is verified as ever. Forged values are never kept. (The
+    /// comparison with a kept value is not constant-time: a pin is no secret — any user gets a
+    /// valid one for a pool by landing in it — what the signature guards is that nobody makes
+    /// one they were not given, such as for a pool at weight 0 or with times of their choosing.)
     pub fn verify_cached<'v>(&self, route: &str, bytes: &'v [u8]) -> Option<Pin<'v>> {
         let key = self.key.as_deref()?;
         if bytes.len() > CACHED_LEN || bytes.len() < 8 {
