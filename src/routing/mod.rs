@@ -387,12 +387,12 @@ impl Table {
                 None => Outcome::Split { ended: None },
             };
             return decided(outcome, None);
-        };
+        }
         let now_s = unix_s(now);
-        let ended = match value.map(|v| (v, s.verify_cached(&route.name, v))) {
+        let ended = match value.map(|v| s.verify_cached(&route.name, v)) {
             None => None,
-            Some((_, None)) => Some((Ended::Forged, None)),
-            Some((_, Some(pin))) => {
+            Some(None) => Some((Ended::Forged, None)),
+            Some(Some(pin)) => {
                 let pinned = route
                     .split
                     .weights()
