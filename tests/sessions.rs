@@ -551,3 +551,33 @@ async fn pins_survive_a_restart_and_a_restarted_replica_does_not_claim_a_drain()
     assert_eq!(u.get(&client, &after.url("/")).await, "blue");
     after.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_to_a_session_without_its_secret_changes_nothing() {
+    set_secret();
+    let blue = Upstream::start("blue").await;
+    let green = Upstream::start("green").await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("switchyard.toml");
+    std::fs::write(&path, session_config(&blue, &green, "blue = 100, green = 0", "")).unwrap();
+    let proxy = Proxy::start_file(&path).await;
+    let before = api(&proxy, "/api/config").await["revision"].clone();
+    // The switch, but signed with a variable this process does not have.
+    let text = session_config(&blue, &green, "blue = 0, green = 100", "")
+        .replace(SECRET_VAR, "SY_SESSIONS_NEVER_SET");
+    std::fs::write(&path, text).unwrap();
+    eventually("the reload is refused", Duration::from_secs(10), async || {
+        let c = api(&proxy, "/api/config").await;
+        c["last_error"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("SY_SESSIONS_NEVER_SET, which is not set"))
+    })
+    .await;
+    assert_eq!(api(&proxy, "/api/config").await["revision"], before);
+    assert_eq!(
+        User::default().get(&h1_client(), &proxy.url("/")).await,
+        "blue",
+        "the last good config serves"
+    );
+    proxy.shutdown().await;
+}
