@@ -461,8 +461,8 @@ fn override_token(path: &Path, pool: &str, ttl: std::time::Duration) -> anyhow::
     Ok(())
 }
 
-/// The environment variables `snap` names that are not set here: `run` would refuse to start
-/// without them.
+/// The environment variables `snap` names that are not set here (or hold a session secret too
+/// short to sign with): `run` would refuse to start without them.
 fn unset_variables(snap: &switchyard::runtime::Snapshot) -> Vec<String> {
     let named = snap
         .admin
@@ -509,6 +509,22 @@ fn unset_variables(snap: &switchyard::runtime::Snapshot) -> Vec<String> {
         .map(|(var, key)| {
             format!("{key} names {var}, which is not set here: `run` refuses to start without it")
         })
+        // A session secret that is set but too short: `run` refuses it as it refuses an unset one.
+        .chain(
+            snap.routes
+                .iter()
+                .filter_map(|r| r.session.as_deref())
+                .filter_map(|s| {
+                    let len = std::env::var(&s.secret_env).map_or(0, |v| v.len());
+                    (len > 0 && len < switchyard::routing::session::MIN_SECRET_BYTES).then(|| {
+                        format!(
+                            "routes.session secret_env names {}, which holds {len} bytes here: `run` refuses a session secret under {}",
+                            s.secret_env,
+                            switchyard::routing::session::MIN_SECRET_BYTES
+                        )
+                    })
+                }),
+        )
         .fold(Vec::new(), |mut all, line| {
             if !all.contains(&line) {
                 all.push(line);

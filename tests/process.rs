@@ -560,6 +560,21 @@ fn check_warns_of_variables_run_would_need() {
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // Set, but too short to sign with: `run` would refuse it too.
+    let out = Command::new(BIN)
+        .args(["check", "-c"])
+        .arg(&path)
+        .env("SY_CHECK_SESSION", "short")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success()
+            && err.contains(
+                "names SY_CHECK_SESSION, which holds 5 bytes here: `run` refuses a session secret under 16"
+            ),
+        "{err}"
+    );
     let out = Command::new(BIN)
         .args(["check", "-c"])
         .arg(&path)
