@@ -547,60 +547,50 @@ impl Handles {
         }
     }
 
-    /// Counts a session decision of `route` that sent the request to `pool`.
+    /// Counts a session decision `d` of `route` (session `session`) that sent the request to
+    /// `pool` at `now_s`, and moves the pools' "valid until" by the pin it honoured or wrote.
     pub fn session(
         &self,
         route: usize,
         pool: usize,
         d: &crate::routing::session::SessionDecision,
-        valid_until: Option<u64>,
-        written_until: Option<(usize, u64)>,
+        session: &crate::routing::session::Session,
+        now_s: u64,
     ) {
-        use crate::routing::session::Outcome;
+        use crate::routing::session::{Ended, Outcome};
         let Some(Some(s)) = self.sessions.get(route) else {
             return;
         };
         let find = |p: usize| s.pools.iter().find(|x| x.0 == p);
-        let raise = |g: &IntGauge, t: u64| {
-            let t = i64::try_from(t).unwrap_or(i64::MAX);
-            if g.get() < t {
-                g.set(t);
+        let raise = |p: usize, t: u64| {
+            if let Some(x) = find(p) {
+                let t = i64::try_from(t).unwrap_or(i64::MAX);
+                if x.3.get() < t {
+                    x.3.set(t);
+                }
             }
         };
-        match d.outcome {
-            Outcome::Pinned { .. } => {
-                if let Some(x) = find(pool) {
-                    x.1[0].inc();
-                    if let Some(t) = valid_until {
-                        raise(&x.3, t);
-                    }
-                }
-            }
-            Outcome::Split { ended } => {
-                if let Some(x) = find(pool) {
-                    x.1[1].inc();
-                }
-                match ended {
-                    Some((e, Some(p))) if e.names_pool() => {
-                        if let Some(x) = find(p) {
-                            x.2[e as usize].inc();
-                        }
-                    }
-                    Some((crate::routing::session::Ended::Removed, _)) => s.unnamed[0].inc(),
-                    Some(_) => s.unnamed[1].inc(),
-                    None => {}
-                }
-            }
-            Outcome::Unverifiable | Outcome::Held => {
-                if let Some(x) = find(pool) {
-                    x.1[1].inc();
-                }
-            }
+        let by_pin = matches!(d.outcome, Outcome::Pinned { .. });
+        if let Some(x) = find(pool) {
+            x.1[usize::from(!by_pin)].inc();
         }
-        if let Some((p, t)) = written_until {
-            if let Some(x) = find(p) {
-                raise(&x.3, t);
+        match d.outcome {
+            Outcome::Pinned { issued, seen } => raise(pool, session.valid_until(issued, seen)),
+            Outcome::Split {
+                ended: Some((e, Some(p))),
+            } if e.names_pool() => {
+                if let Some(x) = find(p) {
+                    x.2[e as usize].inc();
+                }
             }
+            Outcome::Split {
+                ended: Some((Ended::Removed, _)),
+            } => s.unnamed[0].inc(),
+            Outcome::Split { ended: Some(_) } => s.unnamed[1].inc(),
+            Outcome::Split { ended: None } | Outcome::Unverifiable | Outcome::Held => {}
+        }
+        if let Some((p, issued)) = d.write {
+            raise(p, session.valid_until(issued, now_s));
         }
     }
 

@@ -71,15 +71,7 @@ impl Proxy {
                     tracing::debug!(route = %d.route.name, "override ignored: {}", refused.describe());
                 }
                 if let (Some(sd), Some(s)) = (&d.session, d.route.session.as_deref()) {
-                    let now_s = crate::routing::unix_s(now);
-                    let honoured = match sd.outcome {
-                        crate::routing::session::Outcome::Pinned { issued, seen } => {
-                            Some(s.valid_until(issued, seen))
-                        }
-                        _ => None,
-                    };
-                    let written = sd.write.map(|(p, issued)| (p, s.valid_until(issued, now_s)));
-                    m.session(d.route.index, d.pool, sd, honoured, written);
+                    m.session(d.route.index, d.pool, sd, s, crate::routing::unix_s(now));
                 }
             }
             // A mirrored request takes a slot among its route's mirrors in flight. An upgrade
