@@ -204,6 +204,31 @@ fn bench_sessions(c: &mut Criterion) {
         headers
     };
     let returning = with_cookies(Some(&pin));
+    // The parts a session adds: finding the pin among the cookies (the scan, and the `cookie`
+    // crate's parse it replaced), and reading the pin (its HMAC-SHA256, and the per-thread
+    // table of values already verified).
+    c.bench_function("session/cookie_scan", |b| {
+        b.iter(|| switchyard::routing::identity::cookie_bytes(black_box(&returning), b"sy_ver"))
+    });
+    c.bench_function("session/cookie_crate_parse", |b| {
+        b.iter(|| {
+            returning
+                .get_all("cookie")
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(cookie::Cookie::split_parse)
+                .filter_map(Result::ok)
+                .find(|c| c.name() == black_box("sy_ver"))
+                .and_then(|c| c.value_raw())
+        })
+    });
+    c.bench_function("session/pin_verify", |b| {
+        b.iter(|| switchyard::routing::session::Session::verify(&key, "web", black_box(&pin)))
+    });
+    let session = sessions.routes[0].session.clone().unwrap();
+    c.bench_function("session/pin_verify_cached", |b| {
+        b.iter(|| session.verify_cached("web", black_box(pin.as_bytes())))
+    });
     let new = with_cookies(None);
     for (name, snap, headers, pinned) in [
         ("no_session", &plain, &returning, false),

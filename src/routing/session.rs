@@ -182,7 +182,8 @@ impl Session {
 
     /// [`Session::verify`] with this session's key, remembering the values it verified: a
     /// returning user sends the same pin until it is written again (`idle`/16), and an
-    /// HMAC-SHA256 costs more than the rest of a decision (200 ns against 180 ns). Each worker
+    /// HMAC-SHA256 costs more than the rest of a decision (`session/pin_verify` 271 ns against
+    /// 154 ns; cached, 14 ns). Each worker
     /// thread keeps its own table of [`CACHE_SLOTS`] verified values (direct-mapped by the end of
     /// the signature, compared whole, bound to this compiled session), so nothing is shared and
     /// nothing locks; a value not in it is verified as ever. Forged values are never kept. (The
